@@ -1,0 +1,143 @@
+"""Task runner. The README's commands are these sessions.
+
+`nox` with no arguments runs the whole suite: lint, typecheck, tests (unit, acceptance) and
+interop. `nox -s bench` runs the benchmarks; `nox -s protos` regenerates `prism/_proto/`.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "protos_check", "tests", "interop"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-trio>=0.8",
+    "hypothesis>=6.100",
+    "trustme>=1.1",
+    "grpcio>=1.60",
+    "grpcio-health-checking>=1.60",
+    "grpcio-reflection>=1.60",
+    "grpclib>=0.4.7",
+]
+PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
+
+
+def _install_project(session: nox.Session) -> None:
+    session.install("-e", ".", *(arg for p in PLUGINS for arg in ("-e", str(p))))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, scenario and acceptance tests (plugins against real backends)."""
+    session.run("bash", "scripts/system-deps", external=True)
+    _install_project(session)
+    session.install(*TEST_DEPS)
+    paths = session.posargs or ["tests", *(str(p / "tests") for p in PLUGINS), "--ignore=tests/interop"]
+    session.run("pytest", *paths)
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """prism's gRPC stack against real peers (grpcio, grpclib), both directions."""
+    _install_project(session)
+    session.install(*TEST_DEPS)
+    session.run("pytest", "tests/interop", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    _install_project(session)
+    session.install("mypy>=1.10", *TEST_DEPS)
+    session.run("mypy", "prism", *(str(p / "src") for p in PLUGINS))
+
+
+def _generate(session: nox.Session, proto_root: Path, out: Path) -> None:
+    protos = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
+    out.mkdir(parents=True, exist_ok=True)
+    session.run(
+        "python", "-m", "grpc_tools.protoc", f"-I{proto_root}",
+        f"--python_betterproto2_out={out}",
+        "--python_betterproto2_opt=client_generation=none,server_generation=none",
+        f"--descriptor_set_out={out / 'descriptors.binpb'}", "--include_imports",
+        *protos,
+        silent=True,
+    )
+
+
+def _targets() -> list[tuple[Path, Path]]:
+    pairs = [(ROOT / "protos", ROOT / "prism" / "_proto")]
+    for plugin in PLUGINS:
+        if (plugin / "protos").is_dir():
+            package = next((plugin / "src").iterdir())
+            pairs.append((plugin / "protos", package / "_proto"))
+    return pairs
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(
+        _same_tree(a / d, b / d) for d in cmp.common_dirs
+    )
+
+
+def _regenerate(session: nox.Session, *, check: bool) -> None:
+    session.install(*PROTO_DEPS)
+    for proto_root, target in _targets():
+        with tempfile.TemporaryDirectory() as tmp:
+            _generate(session, proto_root, Path(tmp))
+            if check:
+                if not target.exists() or not _same_tree(Path(tmp), target):
+                    session.error(f"{target} is stale: run `nox -s protos`")
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(tmp, target)
+                session.log(f"generated {target.relative_to(ROOT)}")
+
+
+@nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerate betterproto2 code from protos/. `-- --check` fails when it is stale."""
+    _regenerate(session, check="--check" in session.posargs)
+
+
+@nox.session
+def protos_check(session: nox.Session) -> None:
+    """Fails when prism/_proto (or a plugin's _proto) is not what protos/ generates."""
+    _regenerate(session, check=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side; see docs/benchmarks.md."""
+    session.run("bash", "scripts/system-deps", "bench", external=True)
+    _install_project(session)
+    session.install(*TEST_DEPS, "uvloop")
+    session.run("python", "-m", "bench", *session.posargs, env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Install and run the proxy on its embedded default (memstore + sqlite)."""
+    _install_project(session)
+    session.run("prism", "serve", *session.posargs)
+
