@@ -1,0 +1,92 @@
+"""Length-prefixed message framing: a 1-byte compressed flag, a 4-byte big-endian length."""
+
+from __future__ import annotations
+
+import struct
+
+from prism.grpc.wire.status import Internal, ResourceExhausted
+
+HEADER = struct.Struct(">BI")
+HEADER_SIZE = HEADER.size
+
+
+def frame_header(length: int, compressed: bool = False) -> bytes:
+    return HEADER.pack(1 if compressed else 0, length)
+
+
+def encode_message(data: bytes, compressed: bool = False) -> bytes:
+    """One framed message. Large payloads are better sent as header + data to avoid a copy."""
+    return HEADER.pack(1 if compressed else 0, len(data)) + data
+
+
+class MessageDecoder:
+    """Reassembles framed messages from DATA frame payloads of any size.
+
+    ``max_message_size`` is enforced from the header, before the body is buffered, so an
+    oversized message costs nothing. Compressed messages are refused: Prism negotiates no
+    ``grpc-encoding`` (identity only), so a set flag is a protocol error (INTERNAL).
+    """
+
+    __slots__ = ("_buffer", "_chunks", "_max", "_need")
+
+    def __init__(self, max_message_size: int) -> None:
+        self._max = max_message_size
+        self._buffer = bytearray()
+        # While inside a large body: chunks collected so far and how many bytes are missing.
+        self._chunks: list[bytes] = []
+        self._need = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a message."""
+        return len(self._buffer) + sum(len(c) for c in self._chunks)
+
+    @property
+    def partial(self) -> bool:
+        """True when a message has started but not finished (the stream ended mid-message)."""
+        return bool(self._buffer) or bool(self._chunks)
+
+    def receive_data(self, data: bytes) -> list[bytes]:
+        """Feed bytes; returns every message completed by them, in order."""
+        messages: list[bytes] = []
+        if self._need:
+            if len(data) < self._need:
+                self._chunks.append(data)
+                self._need -= len(data)
+                return messages
+            self._chunks.append(data[: self._need])
+            messages.append(b"".join(self._chunks))
+            data = data[self._need :]
+            self._chunks = []
+            self._need = 0
+        if self._buffer:
+            self._buffer += data
+            buf: bytes | bytearray = self._buffer
+        else:
+            buf = data
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER_SIZE:
+            flag, length = HEADER.unpack_from(buf, pos)
+            if flag:
+                raise Internal(
+                    "received a compressed message but no grpc-encoding was negotiated"
+                    if flag == 1
+                    else f"invalid message flag {flag}"
+                )
+            if length > self._max:
+                raise ResourceExhausted(
+                    f"received message larger than max ({length} vs. {self._max})"
+                )
+            start = pos + HEADER_SIZE
+            if end - start >= length:
+                messages.append(bytes(buf[start : start + length]))
+                pos = start + length
+                continue
+            # Incomplete body: large remainders go to a chunk list (no quadratic re-buffering).
+            self._chunks = [bytes(buf[start:])]
+            self._need = length - (end - start)
+            self._buffer = bytearray()
+            return messages
+        self._buffer = bytearray(buf[pos:])
+        return messages
