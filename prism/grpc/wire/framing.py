@@ -38,8 +38,11 @@ class MessageDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held back waiting for the rest of a message."""
-        return len(self._buffer) + sum(len(c) for c in self._chunks)
+        """Bytes received but not yet returned as part of a message (headers included)."""
+        if self._chunks:
+            # Inside a body: its header was consumed from the buffer but is still held back.
+            return HEADER_SIZE + sum(len(c) for c in self._chunks)
+        return len(self._buffer)
 
     @property
     def partial(self) -> bool:

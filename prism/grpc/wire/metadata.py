@@ -59,8 +59,12 @@ def validate(metadata: MetadataLike) -> None:
                 raise MetadataError(f"metadata key {key!r} ends in -bin: its value must be bytes")
         elif not isinstance(value, str) or not _ASCII_VALUE.match(value):
             raise MetadataError(
-                f"metadata value for {key!r} must be printable ASCII text (use a -bin key for bytes)"
+                f"metadata value for {key!r} must be printable ASCII text"
+                " (use a -bin key for bytes)"
             )
+        elif value[:1] == " " or value[-1:] == " ":
+            # HTTP/2 (RFC 9113 §8.2.1) forbids it; a peer's h2 rejects the whole header block.
+            raise MetadataError(f"metadata value for {key!r} may not start or end with a space")
 
 
 def encode(metadata: MetadataLike) -> list[tuple[bytes, bytes]]:

@@ -67,7 +67,9 @@ class GrpcError(Exception):
         try:
             code = Status(status)
         except ValueError:
-            return GrpcError(f"unknown status {status}: {message}", status=Status.UNKNOWN)
+            return GrpcError(
+                f"unknown status {status}: {message}", status=Status.UNKNOWN, trailers=trailers
+            )
         return _BY_STATUS.get(code, GrpcError)(message, status=code, trailers=trailers)
 
 
@@ -138,9 +140,22 @@ class Unauthenticated(GrpcError):
 _BY_STATUS: dict[Status, type[GrpcError]] = {
     cls.status: cls
     for cls in (
-        Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
-        PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
-        Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
     )
 }
 
@@ -149,11 +164,21 @@ _UNRESERVED = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
 def encode_grpc_message(message: str) -> str:
-    """Percent-encode ``grpc-message`` (UTF-8, then every byte outside 0x20-0x7E and '%')."""
-    data = message.encode("utf-8")
-    if all(b in _UNRESERVED for b in data):
-        return message
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in data)
+    """Percent-encode ``grpc-message`` (UTF-8, then every byte outside 0x20-0x7E and '%').
+
+    A space at either end is encoded too: HTTP/2 forbids a field value that starts or ends with
+    whitespace (h2 strips it on send and rejects it on receipt).
+    """
+    # Lone surrogates (a path decoded with surrogateescape, say) cannot be UTF-8: send them
+    # escaped rather than fail the RPC's error path.
+    data = message.encode("utf-8", "backslashreplace")
+    last = len(data) - 1
+    if all(b in _UNRESERVED for b in data) and data[:1] != b" " and data[-1:] != b" ":
+        return data.decode("ascii")
+    return "".join(
+        chr(b) if b in _UNRESERVED and not (b == 0x20 and i in (0, last)) else f"%{b:02X}"
+        for i, b in enumerate(data)
+    )
 
 
 def decode_grpc_message(value: str) -> str:

@@ -1,0 +1,186 @@
+"""The server side of one RPC, as a handler sees it."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import h2.exceptions
+import trio
+
+from prism.grpc.service import Cardinality, RpcMethod, decode, encode
+from prism.grpc.transport import PeerInfo
+from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
+from prism.grpc.wire.metadata import validate as validate_metadata
+from prism.grpc.wire.status import (
+    Cancelled,
+    GrpcError,
+    Internal,
+    ResourceExhausted,
+    Status,
+    Unknown,
+)
+
+if TYPE_CHECKING:
+    from prism.grpc.server import _Connection
+
+log = logging.getLogger("prism.grpc.server")
+
+
+def error_from_exception(exc: BaseException, method: str) -> GrpcError:
+    """The status a handler's exception ends its RPC with.
+
+    A :class:`GrpcError` (also inside an exception group) keeps its status. Anything else is a
+    bug or an unexpected failure: UNKNOWN, with a trace id that is logged next to the traceback
+    so the message itself never leaks internals (or secrets) to the client.
+    """
+    if isinstance(exc, GrpcError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = exc.subgroup(lambda e: isinstance(e, GrpcError))
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if isinstance(found, GrpcError):
+            return found
+    trace_id = uuid.uuid4().hex[:16]
+    log.error("%s failed (trace id %s)", method, trace_id, exc_info=exc)
+    return Unknown(f"internal error in {method} (trace id {trace_id})")
+
+
+class ServerCall:
+    """One RPC in progress. Handlers receive it as ``call``."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        stream_id: int,
+        method: str,
+        metadata: Metadata,
+        peer: PeerInfo,
+        deadline: float,
+        rpc: RpcMethod,
+    ) -> None:
+        self._connection = connection
+        self.stream_id = stream_id
+        self.method = method
+        self.metadata = metadata
+        self.peer = peer
+        self.deadline = deadline
+        self.rpc = rpc
+        self.trailing_metadata: Metadata = []
+        self.aborted: GrpcError | None = None
+        self.scope: trio.CancelScope | None = None
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._input_ended = False
+        self._arrived = trio.Event()
+        self._headers_sent = False
+
+    # -- fed by the connection's reader -----------------------------------------------------
+
+    def feed(self, message: bytes) -> None:
+        self._inbox.append(message)
+        self._arrived.set()
+
+    def end_input(self) -> None:
+        self._input_ended = True
+        self._arrived.set()
+
+    def abort(self, error: GrpcError) -> None:
+        """The stream is gone (client reset, or a broken request): stop the handler."""
+        self.aborted = error
+        self._input_ended = True
+        self._arrived.set()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    # -- the handler's API ------------------------------------------------------------------
+
+    @property
+    def time_remaining(self) -> float:
+        return self.deadline - trio.current_time() if self.deadline != math.inf else math.inf
+
+    def metadata_value(self, key: str) -> str | bytes | None:
+        """The first value of ``key`` in the invocation metadata, or None."""
+        for k, v in self.metadata:
+            if k == key:
+                return v
+        return None
+
+    async def receive_message(self) -> Any:
+        """The next request message, or None once the client has half-closed.
+
+        Cancellation (deadline, client reset) raises ``trio.Cancelled`` as usual.
+        """
+        while not self._inbox:
+            if self._input_ended:
+                await trio.lowlevel.checkpoint()
+                return None
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+        data = self._inbox.popleft()
+        self._connection.conn.consumed(self.stream_id, len(data) + 5)
+        self._connection.kick()
+        return decode(self.rpc.request_type, data)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while (message := await self.receive_message()) is not None:
+            yield message
+
+    async def send_initial_metadata(self, metadata: MetadataLike = ()) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._headers_sent:
+            raise Internal("initial metadata was already sent")
+        self._send(lambda: self._connection.conn.send_headers(self.stream_id, metadata))
+        self._headers_sent = True
+        self._connection.kick()
+
+    def set_trailing_metadata(self, metadata: MetadataLike) -> None:
+        try:
+            validate_metadata(metadata)
+        except MetadataError as exc:
+            raise Internal(str(exc)) from None
+        self.trailing_metadata = list(metadata)
+
+    async def send_message(self, message: Any) -> None:
+        """Send one response message; waits while the client's flow-control window is full."""
+        await trio.lowlevel.checkpoint()
+        data = encode(message)
+        limit = self._connection.server.options.max_send_message_size
+        if limit is not None and len(data) > limit:
+            raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
+        self._send(lambda: self._connection.conn.send_message(self.stream_id, data))
+        self._headers_sent = True
+        self._connection.kick()
+        await self._connection.wait_writable(self.stream_id)
+
+    def _send(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            raise Cancelled("the client closed the stream") from None
+
+    # -- run by the server ------------------------------------------------------------------
+
+    async def invoke(self, func: Callable[..., Any]) -> None:
+        shape = self.rpc.cardinality
+        if shape is Cardinality.UNARY_UNARY:
+            await self.send_message(await func(await self._single_request(), self))
+        elif shape is Cardinality.UNARY_STREAM:
+            await func(await self._single_request(), self)
+        elif shape is Cardinality.STREAM_UNARY:
+            await self.send_message(await func(self))
+        else:
+            await func(self)
+
+    async def _single_request(self) -> Any:
+        request = await self.receive_message()
+        if request is None:
+            raise GrpcError("expected one request message, got none", status=Status.INTERNAL)
+        return request

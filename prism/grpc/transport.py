@@ -1,0 +1,167 @@
+"""Byte streams under the gRPC connections: TCP, Unix sockets, TLS with ALPN h2, mTLS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket as _socket
+import ssl
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from prism.grpc.wire.status import Unavailable
+
+ALPN = "h2"
+
+
+def server_ssl_context(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    ca: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """TLS for a server, ALPN h2. With ``ca``, clients must present a certificate it signed."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols([ALPN])
+    if ca is not None:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_ssl_context(
+    ca: str | os.PathLike[str] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """TLS for a client, ALPN h2. ``ca`` = trusted roots (system roots when None);
+    ``cert``/``key`` = the client certificate for mTLS."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols([ALPN])
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Who is on the other end of a connection, as handlers see it."""
+
+    address: str
+    transport: str  # "tcp" | "unix"
+    tls: bool = False
+    certificate: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> str | None:
+        """The verified client certificate's subject CN, else its first SAN; None without one."""
+        cert = self.certificate
+        if not cert:
+            return None
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        for _kind, value in cert.get("subjectAltName", ()):
+            return str(value)
+        return None
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    return getattr(inner, "socket", None)
+
+
+def peer_info(stream: trio.abc.Stream) -> PeerInfo:
+    sock = _socket_of(stream)
+    tls = isinstance(stream, trio.SSLStream)
+    cert = stream.getpeercert() if tls else None  # type: ignore[attr-defined]
+    if sock is not None and sock.family == _socket.AF_UNIX:
+        return PeerInfo("unix:" + str(sock.getsockname() or ""), "unix", tls, cert or None)
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
+    except OSError:
+        host, port = "?", 0
+    address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return PeerInfo(address, "tcp", tls, cert or None)
+
+
+def check_alpn(stream: trio.SSLStream[Any]) -> None:
+    proto = stream.selected_alpn_protocol()
+    if proto not in (None, ALPN):
+        raise Unavailable(f"TLS peer negotiated ALPN {proto!r}, not h2")
+
+
+def set_nodelay(stream: trio.abc.Stream) -> None:
+    sock = _socket_of(stream)
+    if sock is not None and sock.family in (_socket.AF_INET, _socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+
+
+async def open_unix_listener(
+    path: str | os.PathLike[str], mode: int = 0o600
+) -> trio.SocketListener:
+    """A listening Unix socket at ``path`` with ``mode`` set before anyone can connect.
+
+    A stale socket file is replaced; any other kind of file at ``path`` is an error.
+    """
+    p = os.fspath(path)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(p).st_mode):
+            raise FileExistsError(f"{p} exists and is not a socket")
+        os.unlink(p)
+    sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        await sock.bind(p)
+        # chmod before listen(): until then nobody can connect, so there is no window.
+        os.chmod(p, mode)
+        sock.listen(_socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def connect(
+    target: str, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+) -> trio.abc.Stream:
+    """Open the byte stream for ``target`` (``host:port`` or ``unix:/path``).
+
+    Cancellation aborts the connection attempt. Failures raise :class:`Unavailable`.
+    """
+    try:
+        stream: trio.abc.Stream
+        if target.startswith("unix:"):
+            stream = await trio.open_unix_socket(target[len("unix:") :])
+            host = server_hostname or "localhost"
+        else:
+            host, port = split_host_port(target)
+            stream = await trio.open_tcp_stream(host, port)
+            set_nodelay(stream)
+        if ssl_context is not None:
+            tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
+            try:
+                await tls.do_handshake()
+                check_alpn(tls)
+            except BaseException:
+                await trio.aclose_forcefully(tls)
+                raise
+            stream = tls
+        return stream
+    except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+        raise Unavailable(f"cannot connect to {target}: {exc}") from exc
+
+
+def split_host_port(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"target {target!r} must be host:port or unix:/path")
+    return host.strip("[]"), int(port)
