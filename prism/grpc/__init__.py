@@ -1,20 +1,14 @@
-"""prism.grpc: a pure-Python gRPC stack over h2 on Trio. See docs/grpc-api.md."""
+"""prism.grpc: a pure-Python gRPC stack over h2 on Trio. See docs/grpc-api.md.
+
+The Trio parts are imported on first use, so that ``import prism.grpc.wire`` (sans-IO) never
+loads trio, ssl or socket.
+"""
 
 from __future__ import annotations
 
-from prism.grpc.call import ServerCall
-from prism.grpc.channel import Channel, ChannelOptions, ClientCall, open_channel
-from prism.grpc.server import Server, ServerOptions
-from prism.grpc.service import (
-    Cardinality,
-    RpcMethod,
-    Service,
-    stream_stream,
-    stream_unary,
-    unary_stream,
-    unary_unary,
-)
-from prism.grpc.transport import PeerInfo, client_ssl_context, server_ssl_context
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from prism.grpc.wire.metadata import Metadata, MetadataLike
 from prism.grpc.wire.status import (
     Aborted,
@@ -36,6 +30,50 @@ from prism.grpc.wire.status import (
     Unimplemented,
     Unknown,
 )
+
+if TYPE_CHECKING:
+    from prism.grpc.call import ServerCall
+    from prism.grpc.channel import Channel, ChannelOptions, ClientCall, open_channel
+    from prism.grpc.server import Server, ServerOptions
+    from prism.grpc.service import (
+        Cardinality,
+        RpcMethod,
+        Service,
+        stream_stream,
+        stream_unary,
+        unary_stream,
+        unary_unary,
+    )
+    from prism.grpc.transport import PeerInfo, client_ssl_context, server_ssl_context
+
+_LAZY = {
+    "ServerCall": "call",
+    "Channel": "channel",
+    "ChannelOptions": "channel",
+    "ClientCall": "channel",
+    "open_channel": "channel",
+    "Server": "server",
+    "ServerOptions": "server",
+    "Cardinality": "service",
+    "RpcMethod": "service",
+    "Service": "service",
+    "stream_stream": "service",
+    "stream_unary": "service",
+    "unary_stream": "service",
+    "unary_unary": "service",
+    "PeerInfo": "transport",
+    "client_ssl_context": "transport",
+    "server_ssl_context": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prism.grpc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"prism.grpc.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Aborted",
