@@ -1,0 +1,109 @@
+"""The ``prism`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+
+from prism.grpc.transport import server_ssl_context
+from prism.hosting.host import PluginStartFailed
+from prism.hosting.loader import load_plugin_class
+from prism.hosting.verify import PluginRefused
+from prism.proxy.app import Proxy
+from prism.proxy.config import ConfigError, ProxyConfig, default_config, load_config
+
+log = logging.getLogger("prism")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="prism", description="Prism data-access proxy")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", type=Path, help="YAML config (default: embedded memstore + "
+                       "sqlite namespaces)")
+    serve.add_argument("--listen", help="host:port for the front door (overrides the config)")
+    serve.add_argument("--data-dir", type=Path, default=Path("prism-data"),
+                       help="where the embedded default keeps its sqlite file")
+
+    plugin = sub.add_parser("plugin", help="plugin tools").add_subparsers(
+        dest="plugin_command", required=True)
+    pserve = plugin.add_parser("serve", help="serve a plugin as a remote service (TCP + mTLS)")
+    pserve.add_argument("plugin", help="entry point name or package.module:Class")
+    pserve.add_argument("--listen", required=True, help="host:port")
+    pserve.add_argument("--tls-cert", type=Path, required=True)
+    pserve.add_argument("--tls-key", type=Path, required=True)
+    pserve.add_argument("--tls-client-ca", type=Path, required=True,
+                        help="CA that signed the proxy's client certificate (mTLS)")
+    init = plugin.add_parser("init", help="scaffold a new plugin distribution")
+    init.add_argument("name")
+    init.add_argument("--directory", type=Path, default=None)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            config = load_config(args.config) if args.config else default_config(args.data_dir)
+            if args.listen:
+                config = replace(config, listen=args.listen)
+            trio.run(_serve, config)
+        elif args.plugin_command == "serve":
+            trio.run(_serve_plugin, args)
+        elif args.plugin_command == "init":
+            from prism.sdk.scaffold import scaffold
+
+            path = scaffold(args.name, args.directory)
+            print(f"created {path}; next: pip install -e {path} && pytest {path}")
+    except* (ConfigError, PluginRefused, PluginStartFailed) as group:
+        # Startup errors are the operator's to fix: one clear line, no traceback.
+        for exc in _leaves(group):
+            print(f"prism: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+async def _serve(config: ProxyConfig) -> None:
+    for ns in config.namespaces:
+        path = ns.config.get("path")
+        if ns.plugin.name == "sqlite" and isinstance(path, str):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    async with trio.open_nursery() as nursery:
+        proxy: Proxy = await nursery.start(Proxy(config).run)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: shutting down (grace %.0f s)", signal.Signals(signum).name,
+                         config.shutdown_grace)
+                await proxy.stop()
+                return
+
+
+async def _serve_plugin(args: argparse.Namespace) -> None:
+    from prism.sdk.runner import serve_plugin
+
+    cls = load_plugin_class(args.plugin)
+    ctx = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(
+            lambda task_status: serve_plugin(
+                cls(), listen=args.listen, ssl_context=ctx, task_status=task_status
+            )
+        )
+        log.info("plugin %s serving on %s (mTLS)", args.plugin, address)
+
+
+if __name__ == "__main__":
+    main()

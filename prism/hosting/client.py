@@ -1,0 +1,142 @@
+"""How the proxy talks to one plugin instance, whatever the deployment model.
+
+The proxy side speaks bytes for Execute and ExecuteStream: a client's request is forwarded as
+it came (see protos/prism/proxy/v1/proxy.proto), so nothing is decoded on the way to a sidecar
+or remote plugin. The in-process client decodes once, because the plugin wants typed objects.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from prism._proto.prism.plugin.v1 import (
+    ExecuteRequest,
+    ExecuteResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    InitializeRequest,
+    InitializeResponse,
+    PluginMetrics,
+    ShutdownRequest,
+    ShutdownResponse,
+    StreamRequest,
+    StreamResponse,
+)
+from prism.grpc.channel import Channel, ClientCall
+from prism.grpc.service import decode
+from prism.sdk.instance import METRICS_OPERATION, PluginInstance
+from prism.sdk.typed import unpack
+
+SERVICE = "/prism.plugin.v1.BackendPlugin/"
+ReceiveBytes = Callable[[], Awaitable[bytes | None]]
+SendBytes = Callable[[bytes], Awaitable[None]]
+
+
+class PluginClient(abc.ABC):
+    @abc.abstractmethod
+    async def initialize(self, request: InitializeRequest) -> InitializeResponse: ...
+
+    @abc.abstractmethod
+    async def health_check(self) -> HealthCheckResponse: ...
+
+    @abc.abstractmethod
+    async def execute(self, request: bytes) -> bytes:
+        """A plugin ``ExecuteRequest`` (encoded) → its ``ExecuteResponse`` (encoded)."""
+
+    @abc.abstractmethod
+    async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
+        """Run one ExecuteStream: ``receive`` yields encoded ``StreamRequest``s (None = the
+        client half-closed), ``send`` takes encoded ``StreamResponse``s. Returns when the plugin
+        ends the stream; raises its ``GrpcError``. Cancellation cancels the plugin's side."""
+
+    @abc.abstractmethod
+    async def shutdown(self, grace: float, reason: str) -> ShutdownResponse: ...
+
+    async def metrics(self) -> PluginMetrics:
+        """Fetch (and reset) the plugin's interval metrics."""
+        raw = await self.execute(bytes(ExecuteRequest(operation=METRICS_OPERATION)))
+        response = ExecuteResponse.parse(raw)
+        if not response.success or response.typed_result is None:
+            return PluginMetrics()
+        return unpack(response.typed_result, PluginMetrics)
+
+
+class InProcessClient(PluginClient):
+    def __init__(self, instance: PluginInstance) -> None:
+        self.instance = instance
+
+    async def initialize(self, request: InitializeRequest) -> InitializeResponse:
+        return await self.instance.initialize(request)
+
+    async def health_check(self) -> HealthCheckResponse:
+        return await self.instance.health_check(HealthCheckRequest())
+
+    async def execute(self, request: bytes) -> bytes:
+        return bytes(await self.instance.execute(decode(ExecuteRequest, request)))
+
+    async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
+        async def typed_receive() -> StreamRequest | None:
+            data = await receive()
+            return None if data is None else decode(StreamRequest, data)
+
+        async def typed_send(response: StreamResponse) -> None:
+            await send(bytes(response))
+
+        await self.instance.execute_stream(typed_receive, typed_send)
+
+    async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
+        return await self.instance.shutdown(
+            ShutdownRequest(grace_period_ms=int(grace * 1000), reason=reason)
+        )
+
+    async def metrics(self) -> PluginMetrics:
+        return self.instance.metrics()
+
+
+class GrpcClient(PluginClient):
+    """A sidecar (Unix socket) or remote (mTLS) plugin, over a prism.grpc channel."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def initialize(self, request: InitializeRequest) -> InitializeResponse:
+        response: InitializeResponse = await self.channel.unary_unary(
+            SERVICE + "Initialize", request, InitializeResponse
+        )
+        return response
+
+    async def health_check(self) -> HealthCheckResponse:
+        response: HealthCheckResponse = await self.channel.unary_unary(
+            SERVICE + "HealthCheck", HealthCheckRequest(), HealthCheckResponse
+        )
+        return response
+
+    async def execute(self, request: bytes) -> bytes:
+        response: bytes = await self.channel.unary_unary(SERVICE + "Execute", request, bytes)
+        return response
+
+    async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
+        async with self.channel.stream(SERVICE + "ExecuteStream", bytes) as call:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump_requests, receive, call)
+                async for response in call:
+                    await send(response)
+                nursery.cancel_scope.cancel()
+
+    async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
+        response: ShutdownResponse = await self.channel.unary_unary(
+            SERVICE + "Shutdown",
+            ShutdownRequest(grace_period_ms=int(grace * 1000), reason=reason),
+            ShutdownResponse,
+        )
+        return response
+
+
+async def _pump_requests(receive: ReceiveBytes, call: ClientCall) -> None:
+    while (data := await receive()) is not None:
+        await call.send_message(data)
+    await call.end()
+

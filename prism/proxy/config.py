@@ -1,0 +1,324 @@
+"""The proxy's configuration: YAML → validated, frozen dataclasses.
+
+Every error names the offending field by its path (``namespaces[1].plugin.mode``). Secrets are
+written as references (``{{ env:NAME }}`` or ``{{ file:/path }}``) and resolved at load; their
+values never appear in errors or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PluginMode = Literal["in_process", "sidecar", "remote"]
+_MODES = ("in_process", "sidecar", "remote")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,62}\Z")
+_SECRET = re.compile(r"\{\{\s*(env|file):([^}]+?)\s*\}\}")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server TLS for the front door. ``client_ca`` turns on mTLS (client certs required)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class RemoteTlsConfig:
+    """The proxy's side of an mTLS connection to a remote plugin."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    server_hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    memory_mb: int | None = None
+    cpu_seconds: int | None = None
+    open_files: int | None = None
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    name: str  # entry point in "prism.plugins", or "package.module:Class"
+    mode: PluginMode = "in_process"
+    command: tuple[str, ...] | None = None  # sidecar: how to start it (default: prism's runner)
+    endpoint: str | None = None  # remote: host:port
+    tls: RemoteTlsConfig | None = None  # remote
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    health_interval: float = 5.0
+    startup_timeout: float = 15.0
+    drain_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    name: str
+    plugin: PluginConfig
+    config: Mapping[str, Any] = field(default_factory=dict)
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class PluginSecurityConfig:
+    verify_permissions: bool = True
+    require_signatures: bool = False
+    trusted_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:50051"
+    tls: TlsConfig | None = None
+    max_message_size: int = 16 << 20
+    shutdown_grace: float = 10.0
+    runtime_dir: Path | None = None  # sidecar sockets; default: a private temp directory
+    plugin_security: PluginSecurityConfig = field(default_factory=PluginSecurityConfig)
+    namespaces: tuple[NamespaceConfig, ...] = ()
+
+    def namespace(self, name: str) -> NamespaceConfig:
+        for ns in self.namespaces:
+            if ns.name == name:
+                return ns
+        raise KeyError(name)
+
+
+def default_config(data_dir: Path = Path("prism-data")) -> ProxyConfig:
+    """The embedded default: ``kv`` on memstore and ``durable`` on sqlite, both in-process."""
+    return ProxyConfig(
+        namespaces=(
+            NamespaceConfig("kv", PluginConfig("memstore")),
+            NamespaceConfig(
+                "durable",
+                PluginConfig("sqlite"),
+                config={"path": str(data_dir / "durable.sqlite3")},
+            ),
+        )
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(raw or {}, base=Path(path).parent)
+
+
+def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
+    r = _Reader(raw, "", base)
+    namespaces = tuple(_namespace(n) for n in r.list("namespaces"))
+    names = [n.name for n in namespaces]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"namespaces: {name!r} is defined more than once")
+    tls = r.optional("tls")
+    sec = r.optional("plugin_security")
+    cfg = ProxyConfig(
+        listen=r.str("listen", "127.0.0.1:50051"),
+        tls=TlsConfig(tls.path("cert"), tls.path("key"), tls.opt_path("client_ca"))
+        if tls
+        else None,
+        max_message_size=r.int("max_message_size", 16 << 20),
+        shutdown_grace=r.float("shutdown_grace", 10.0),
+        runtime_dir=r.opt_path("runtime_dir"),
+        plugin_security=PluginSecurityConfig(
+            verify_permissions=sec.bool("verify_permissions", True),
+            require_signatures=sec.bool("require_signatures", False),
+            trusted_keys=tuple(str(k) for k in sec.list("trusted_keys")),
+        )
+        if sec
+        else PluginSecurityConfig(),
+        namespaces=namespaces,
+    )
+    r.done()
+    return cfg
+
+
+def _namespace(r: _Reader) -> NamespaceConfig:
+    name = r.str("name")
+    if not _NAME.match(name):
+        raise ConfigError(f"{r.where('name')}: {name!r} is not a valid namespace name "
+                          "(lowercase letters, digits, '-', '_', '.')")
+    p = r.section("plugin")
+    mode = p.str("mode", "in_process")
+    if mode not in _MODES:
+        raise ConfigError(f"{p.where('mode')}: {mode!r} is not one of {', '.join(_MODES)}")
+    command = p.list("command")
+    endpoint = p.str("endpoint", "") or None
+    if mode == "remote" and not endpoint:
+        raise ConfigError(f"{p.where('endpoint')}: required for a remote plugin")
+    rtls = p.optional("tls")
+    lim = p.optional("limits")
+    plugin = PluginConfig(
+        name=p.str("name"),
+        mode=mode,  # type: ignore[arg-type]
+        command=tuple(str(c) for c in command) if command else None,
+        endpoint=endpoint,
+        tls=RemoteTlsConfig(rtls.path("ca"), rtls.opt_path("cert"), rtls.opt_path("key"),
+                            rtls.str("server_hostname", "") or None)
+        if rtls
+        else None,
+        limits=LimitsConfig(lim.opt_int("memory_mb"), lim.opt_int("cpu_seconds"),
+                            lim.opt_int("open_files"))
+        if lim
+        else LimitsConfig(),
+        health_interval=p.float("health_interval", 5.0),
+        startup_timeout=p.float("startup_timeout", 15.0),
+        drain_grace=p.float("drain_grace", 10.0),
+    )
+    p.done()
+    if mode == "remote" and plugin.tls is None:
+        raise ConfigError(f"{p.where('tls')}: a remote plugin needs mTLS settings (ca, cert, key)")
+    config = r.mapping("config")
+    credentials = {k: _resolve_secret(str(v), r.where(f"credentials.{k}"))
+                   for k, v in r.mapping("credentials").items()}
+    r.done()
+    return NamespaceConfig(name, plugin, config, credentials)
+
+
+def _resolve_secret(value: str, where: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        kind, ref = match.group(1), match.group(2).strip()
+        if kind == "env":
+            if ref not in os.environ:
+                raise ConfigError(f"{where}: environment variable {ref} is not set")
+            return os.environ[ref]
+        try:
+            return Path(ref).read_text().rstrip("\n")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {ref}: {exc.strerror}") from None
+
+    return _SECRET.sub(replace, value)
+
+
+class _Reader:
+    """Typed access to one mapping of the YAML document, tracking the path for errors and
+    rejecting keys nobody read (a misspelt field is an error, not a silent default)."""
+
+    def __init__(self, raw: Any, path: str, base: Path) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path or 'config'}: expected a mapping")
+        self.raw: dict[str, Any] = raw
+        self.path = path
+        self.base = base
+        self.seen: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return True
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.raw.get(key)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.raw) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self.where(unknown[0])}: unknown field")
+
+    def str(self, key: str, default: str | None = None) -> str:
+        value = self._get(key)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{self.where(key)}: required")
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.where(key)}: expected a string")
+        return value
+
+    def int(self, key: str, default: int) -> int:
+        value = self.opt_int(key)
+        return default if value is None else value
+
+    def opt_int(self, key: str) -> int | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{self.where(key)}: expected a non-negative integer")
+        return value
+
+    def float(self, key: str, default: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{self.where(key)}: expected a positive number (seconds)")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where(key)}: expected true or false")
+        return value
+
+    def path(self, key: str) -> Path:
+        return self.base / self.str(key)
+
+    def opt_path(self, key: str) -> Path | None:
+        value = self.str(key, "")
+        return self.base / value if value else None
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where(key)}: expected a mapping")
+        return value
+
+    def list(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.where(key)}: expected a list")
+        return [
+            _Reader(item, f"{self.where(key)}[{i}]", self.base) if isinstance(item, dict) else item
+            for i, item in enumerate(value)
+        ]
+
+    def section(self, key: str) -> _Reader:
+        value = self._get(key)
+        if value is None:
+            raise ConfigError(f"{self.where(key)}: required")
+        return _Reader(value, self.where(key), self.base)
+
+    def optional(self, key: str) -> _Reader:
+        value = self._get(key)
+        if value is None:
+            return _Empty(self.where(key), self.base)
+        return _Reader(value, self.where(key), self.base)
+
+
+class _Empty(_Reader):
+    """A section that is absent: falsy, and every field takes its default."""
+
+    def __init__(self, path: str, base: Path) -> None:
+        super().__init__({}, path, base)
+
+    def __bool__(self) -> bool:
+        return False
