@@ -119,12 +119,14 @@ class GrpcClient(PluginClient):
         return response
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
-        async with self.channel.stream(SERVICE + "ExecuteStream", bytes) as call:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_requests, receive, call)
-                async for response in call:
-                    await send(response)
-                nursery.cancel_scope.cancel()
+        async with (
+            self.channel.stream(SERVICE + "ExecuteStream", bytes) as call,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(_pump_requests, receive, call)
+            async for response in call:
+                await send(response)
+            nursery.cancel_scope.cancel()
 
     async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
         response: ShutdownResponse = await self.channel.unary_unary(
@@ -139,4 +141,3 @@ async def _pump_requests(receive: ReceiveBytes, call: ClientCall) -> None:
     while (data := await receive()) is not None:
         await call.send_message(data)
     await call.end()
-

@@ -150,8 +150,9 @@ class PluginHost:
             raise NotFound(f"unknown namespace {namespace!r}")
         return route
 
-    async def run(self, *, task_status: trio.TaskStatus[PluginHost] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[PluginHost] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Start every namespace's plugin (failures raise PluginStartFailed), report started,
         then keep them running until cancelled. Cancellation shuts every instance down."""
         async with trio.open_nursery() as nursery:
@@ -174,8 +175,9 @@ class PluginHost:
             new = await self._start(new_config)
             old, route.current, route.config = route.current, new, new_config
             self._on_status(namespace, new.available)
-            log.info("namespace %r now served by instance %d (%s)",
-                     namespace, new.generation, new.mode)
+            log.info(
+                "namespace %r now served by instance %d (%s)", namespace, new.generation, new.mode
+            )
             if old is not None:
                 await self._retire(old, new_config.plugin.drain_grace, "hot reload")
             return new
@@ -183,8 +185,14 @@ class PluginHost:
     async def _retire(self, old: Instance, grace: float, reason: str) -> None:
         drained = await old.drain(grace)
         if not drained:
-            log.warning("namespace %r: %d call(s) still running on instance %d after %.1f s; "
-                        "cancelling them", old.namespace, old.in_flight, old.generation, grace)
+            log.warning(
+                "namespace %r: %d call(s) still running on instance %d after %.1f s; "
+                "cancelling them",
+                old.namespace,
+                old.in_flight,
+                old.generation,
+                grace,
+            )
         client = old.client
         if client is not None:
             with trio.move_on_after(grace):
@@ -303,8 +311,11 @@ class PluginHost:
                         except GrpcError as exc:
                             if not started:
                                 raise
-                            log.error("namespace %r: restarted plugin failed to initialize: "
-                                      "%s", ns.name, exc)
+                            log.error(
+                                "namespace %r: restarted plugin failed to initialize: %s",
+                                ns.name,
+                                exc,
+                            )
                             continue
                         if not started:
                             started = True
@@ -314,10 +325,14 @@ class PluginHost:
         self, ns: NamespaceConfig, instance: Instance, task_status: trio.TaskStatus[None]
     ) -> None:
         tls = ns.plugin.tls
-        assert tls is not None and ns.plugin.endpoint is not None
+        assert tls is not None
+        assert ns.plugin.endpoint is not None
         ctx = client_ssl_context(tls.ca, tls.cert, tls.key)
-        await self._connect(ns.plugin.endpoint, ctx, tls.server_hostname, ns, instance,
-                            task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                self._connect, ns.plugin.endpoint, ctx, tls.server_hostname, ns, instance
+            )
+            task_status.started()
 
     async def _connect(
         self,
@@ -380,4 +395,3 @@ class PluginHost:
                 log.warning("namespace %r: health check failed: %s", ns.name, exc)
                 continue
             self._report(instance, instance.health.status != HealthCheckResponseStatus.UNHEALTHY)
-

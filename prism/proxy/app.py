@@ -59,9 +59,13 @@ class Proxy:
                     partial(self.server.serve_tcp, host, port, ssl_context=ssl_context)
                 )
                 self.health.set("prism.proxy.v1.DataProxy", ServingStatus.SERVING)
-                log.info("prism listening on %s:%d (%s)", *self.address,
-                         ", ".join(f"{n.name}={n.plugin.name}/{n.plugin.mode}"
-                                   for n in self.config.namespaces))
+                log.info(
+                    "prism listening on %s:%d (%s)",
+                    *self.address,
+                    ", ".join(
+                        f"{n.name}={n.plugin.name}/{n.plugin.mode}" for n in self.config.namespaces
+                    ),
+                )
                 task_status.started(self)
 
     async def stop(self) -> None:

@@ -125,7 +125,7 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
 
 def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
     r = _Reader(raw, "", base)
-    namespaces = tuple(_namespace(n) for n in r.list("namespaces"))
+    namespaces = tuple(_namespace(n) for n in r.items("namespaces"))
     names = [n.name for n in namespaces]
     for name in names:
         if names.count(name) > 1:
@@ -133,17 +133,17 @@ def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
     tls = r.optional("tls")
     sec = r.optional("plugin_security")
     cfg = ProxyConfig(
-        listen=r.str("listen", "127.0.0.1:50051"),
+        listen=r.text("listen", "127.0.0.1:50051"),
         tls=TlsConfig(tls.path("cert"), tls.path("key"), tls.opt_path("client_ca"))
         if tls
         else None,
-        max_message_size=r.int("max_message_size", 16 << 20),
-        shutdown_grace=r.float("shutdown_grace", 10.0),
+        max_message_size=r.integer("max_message_size", 16 << 20),
+        shutdown_grace=r.seconds("shutdown_grace", 10.0),
         runtime_dir=r.opt_path("runtime_dir"),
         plugin_security=PluginSecurityConfig(
-            verify_permissions=sec.bool("verify_permissions", True),
-            require_signatures=sec.bool("require_signatures", False),
-            trusted_keys=tuple(str(k) for k in sec.list("trusted_keys")),
+            verify_permissions=sec.flag("verify_permissions", True),
+            require_signatures=sec.flag("require_signatures", False),
+            trusted_keys=tuple(str(k) for k in sec.items("trusted_keys")),
         )
         if sec
         else PluginSecurityConfig(),
@@ -154,43 +154,52 @@ def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
 
 
 def _namespace(r: _Reader) -> NamespaceConfig:
-    name = r.str("name")
+    name = r.text("name")
     if not _NAME.match(name):
-        raise ConfigError(f"{r.where('name')}: {name!r} is not a valid namespace name "
-                          "(lowercase letters, digits, '-', '_', '.')")
+        raise ConfigError(
+            f"{r.where('name')}: {name!r} is not a valid namespace name "
+            "(lowercase letters, digits, '-', '_', '.')"
+        )
     p = r.section("plugin")
-    mode = p.str("mode", "in_process")
+    mode = p.text("mode", "in_process")
     if mode not in _MODES:
         raise ConfigError(f"{p.where('mode')}: {mode!r} is not one of {', '.join(_MODES)}")
-    command = p.list("command")
-    endpoint = p.str("endpoint", "") or None
+    command = p.items("command")
+    endpoint = p.text("endpoint", "") or None
     if mode == "remote" and not endpoint:
         raise ConfigError(f"{p.where('endpoint')}: required for a remote plugin")
     rtls = p.optional("tls")
     lim = p.optional("limits")
     plugin = PluginConfig(
-        name=p.str("name"),
+        name=p.text("name"),
         mode=mode,  # type: ignore[arg-type]
         command=tuple(str(c) for c in command) if command else None,
         endpoint=endpoint,
-        tls=RemoteTlsConfig(rtls.path("ca"), rtls.opt_path("cert"), rtls.opt_path("key"),
-                            rtls.str("server_hostname", "") or None)
+        tls=RemoteTlsConfig(
+            rtls.path("ca"),
+            rtls.opt_path("cert"),
+            rtls.opt_path("key"),
+            rtls.text("server_hostname", "") or None,
+        )
         if rtls
         else None,
-        limits=LimitsConfig(lim.opt_int("memory_mb"), lim.opt_int("cpu_seconds"),
-                            lim.opt_int("open_files"))
+        limits=LimitsConfig(
+            lim.opt_int("memory_mb"), lim.opt_int("cpu_seconds"), lim.opt_int("open_files")
+        )
         if lim
         else LimitsConfig(),
-        health_interval=p.float("health_interval", 5.0),
-        startup_timeout=p.float("startup_timeout", 15.0),
-        drain_grace=p.float("drain_grace", 10.0),
+        health_interval=p.seconds("health_interval", 5.0),
+        startup_timeout=p.seconds("startup_timeout", 15.0),
+        drain_grace=p.seconds("drain_grace", 10.0),
     )
     p.done()
     if mode == "remote" and plugin.tls is None:
         raise ConfigError(f"{p.where('tls')}: a remote plugin needs mTLS settings (ca, cert, key)")
     config = r.mapping("config")
-    credentials = {k: _resolve_secret(str(v), r.where(f"credentials.{k}"))
-                   for k, v in r.mapping("credentials").items()}
+    credentials = {
+        k: _resolve_secret(str(v), r.where(f"credentials.{k}"))
+        for k, v in r.mapping("credentials").items()
+    }
     r.done()
     return NamespaceConfig(name, plugin, config, credentials)
 
@@ -218,7 +227,7 @@ class _Reader:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path or 'config'}: expected a mapping")
         self.raw: dict[str, Any] = raw
-        self.path = path
+        self.prefix = path
         self.base = base
         self.seen: set[str] = set()
 
@@ -226,7 +235,7 @@ class _Reader:
         return True
 
     def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        return f"{self.prefix}.{key}" if self.prefix else key
 
     def _get(self, key: str) -> Any:
         self.seen.add(key)
@@ -237,7 +246,7 @@ class _Reader:
         if unknown:
             raise ConfigError(f"{self.where(unknown[0])}: unknown field")
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         value = self._get(key)
         if value is None:
             if default is None:
@@ -247,7 +256,7 @@ class _Reader:
             raise ConfigError(f"{self.where(key)}: expected a string")
         return value
 
-    def int(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int) -> int:
         value = self.opt_int(key)
         return default if value is None else value
 
@@ -259,7 +268,7 @@ class _Reader:
             raise ConfigError(f"{self.where(key)}: expected a non-negative integer")
         return value
 
-    def float(self, key: str, default: float) -> float:
+    def seconds(self, key: str, default: float) -> float:
         value = self._get(key)
         if value is None:
             return default
@@ -267,7 +276,7 @@ class _Reader:
             raise ConfigError(f"{self.where(key)}: expected a positive number (seconds)")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self._get(key)
         if value is None:
             return default
@@ -276,10 +285,10 @@ class _Reader:
         return value
 
     def path(self, key: str) -> Path:
-        return self.base / self.str(key)
+        return self.base / self.text(key)
 
     def opt_path(self, key: str) -> Path | None:
-        value = self.str(key, "")
+        value = self.text(key, "")
         return self.base / value if value else None
 
     def mapping(self, key: str) -> dict[str, Any]:
@@ -290,7 +299,7 @@ class _Reader:
             raise ConfigError(f"{self.where(key)}: expected a mapping")
         return value
 
-    def list(self, key: str) -> list[Any]:
+    def items(self, key: str) -> list[Any]:
         value = self._get(key)
         if value is None:
             return []

@@ -1,0 +1,1 @@
+"""The proxy side of plugins: verification, sidecar process supervision and the handshake."""
