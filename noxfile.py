@@ -64,7 +64,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     _install_project(session)
-    session.install("mypy>=1.10", *TEST_DEPS)
+    session.install("mypy>=1.10", "types-PyYAML", *TEST_DEPS)
     session.run("mypy", "prism", *(str(p / "src") for p in PLUGINS))
 
 
@@ -85,7 +85,9 @@ def _targets() -> list[tuple[Path, Path]]:
     pairs = [(ROOT / "protos", ROOT / "prism" / "_proto")]
     for plugin in PLUGINS:
         if (plugin / "protos").is_dir():
-            package = next((plugin / "src").iterdir())
+            # The package directory, not a sibling such as an editable install's *.egg-info.
+            src = sorted((plugin / "src").iterdir())
+            package = next(p for p in src if (p / "__init__.py").is_file())
             pairs.append((plugin / "protos", package / "_proto"))
     return pairs
 
@@ -126,12 +128,15 @@ def protos_check(session: nox.Session) -> None:
     _regenerate(session, check=True)
 
 
+BENCH_DEPS = ["grpcio>=1.60", "grpcio-tools>=1.60", "grpclib>=0.4.7", "uvloop>=0.19"]
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side; see docs/benchmarks.md."""
+    """Benchmarks side by side; see docs/benchmarks.md. `nox -s bench -- --quick`, `-- --help`."""
     session.run("bash", "scripts/system-deps", "bench", external=True)
     _install_project(session)
-    session.install(*TEST_DEPS, "uvloop")
+    session.install(*BENCH_DEPS)
     session.run("python", "-m", "bench", *session.posargs, env={"PYTHONPATH": str(ROOT)})
 
 

@@ -1,0 +1,45 @@
+"""The registry of benchmark suites: `python -m bench SUITE [options]`.
+
+A suite is an object with a `name`, a one-line `summary`, `add_arguments(parser)` for its own
+options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already there) and
+`run(args) -> exit code`. To add one (e.g. `plugins`: plugin-call latency in-process vs sidecar
+vs remote), write `bench/suites/<module>.py` that calls `register(...)` at import time and list
+the module in `SUITE_MODULES`. Shared pieces: `bench.procs` (server processes, their CPU time),
+`bench.h2load` (load generation), `bench.report` (medians, tables, the results file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Protocol
+
+#: Modules that register suites when imported; the first suite registered is not the default,
+#: DEFAULT_SUITE is.
+SUITE_MODULES = ("bench.suites.grpc_stack",)
+DEFAULT_SUITE = "grpc"
+
+
+class Suite(Protocol):
+    name: str
+    summary: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+SUITES: dict[str, Suite] = {}
+
+
+def register(suite: Suite) -> Suite:
+    if suite.name in SUITES:
+        raise ValueError(f"benchmark suite {suite.name!r} registered twice")
+    SUITES[suite.name] = suite
+    return suite
+
+
+def load_suites() -> dict[str, Suite]:
+    for module in SUITE_MODULES:
+        importlib.import_module(module)
+    return SUITES
