@@ -28,28 +28,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, help="YAML config (default: embedded memstore + "
-                       "sqlite namespaces)")
+    serve.add_argument(
+        "--config", type=Path, help="YAML config (default: embedded memstore + sqlite namespaces)"
+    )
     serve.add_argument("--listen", help="host:port for the front door (overrides the config)")
-    serve.add_argument("--data-dir", type=Path, default=Path("prism-data"),
-                       help="where the embedded default keeps its sqlite file")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("prism-data"),
+        help="where the embedded default keeps its sqlite file",
+    )
 
     plugin = sub.add_parser("plugin", help="plugin tools").add_subparsers(
-        dest="plugin_command", required=True)
+        dest="plugin_command", required=True
+    )
     pserve = plugin.add_parser("serve", help="serve a plugin as a remote service (TCP + mTLS)")
     pserve.add_argument("plugin", help="entry point name or package.module:Class")
     pserve.add_argument("--listen", required=True, help="host:port")
     pserve.add_argument("--tls-cert", type=Path, required=True)
     pserve.add_argument("--tls-key", type=Path, required=True)
-    pserve.add_argument("--tls-client-ca", type=Path, required=True,
-                        help="CA that signed the proxy's client certificate (mTLS)")
+    pserve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        required=True,
+        help="CA that signed the proxy's client certificate (mTLS)",
+    )
     init = plugin.add_parser("init", help="scaffold a new plugin distribution")
     init.add_argument("name")
     init.add_argument("--directory", type=Path, default=None)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.command == "serve":
             config = load_config(args.config) if args.config else default_config(args.data_dir)
@@ -61,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.plugin_command == "init":
             from prism.sdk.scaffold import scaffold
 
-            path = scaffold(args.name, args.directory)
+            try:
+                path = scaffold(args.name, args.directory)
+            except ValueError as exc:
+                print(f"prism: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
             print(f"created {path}; next: pip install -e {path} && pytest {path}")
     except* (ConfigError, PluginRefused, PluginStartFailed) as group:
         # Startup errors are the operator's to fix: one clear line, no traceback.
@@ -85,8 +102,11 @@ async def _serve(config: ProxyConfig) -> None:
         proxy: Proxy = await nursery.start(Proxy(config).run)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("%s: shutting down (grace %.0f s)", signal.Signals(signum).name,
-                         config.shutdown_grace)
+                log.info(
+                    "%s: shutting down (grace %.0f s)",
+                    signal.Signals(signum).name,
+                    config.shutdown_grace,
+                )
                 await proxy.stop()
                 return
 

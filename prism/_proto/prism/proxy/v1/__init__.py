@@ -29,23 +29,23 @@ class ExecuteRequest(betterproto2.Message):
         - params:
     """
 
-    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
-
-    operation: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    operation: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     typed_params: "___google__protobuf__.Any | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True, group="params"
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="params"
     )
 
     raw_params: "bytes | None" = betterproto2.field(
-        4, betterproto2.TYPE_BYTES, optional=True, group="params"
+        3, betterproto2.TYPE_BYTES, optional=True, group="params"
     )
 
     metadata: "dict[str, str]" = betterproto2.field(
-        5,
+        4,
         betterproto2.TYPE_MAP,
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
+
+    namespace: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("prism.proxy.v1", "ExecuteRequest", ExecuteRequest)
@@ -61,11 +61,11 @@ class ExecuteResponse(betterproto2.Message):
     """
 
     typed_result: "___google__protobuf__.Any | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True, group="result"
+        4, betterproto2.TYPE_MESSAGE, optional=True, group="result"
     )
 
     raw_result: "bytes | None" = betterproto2.field(
-        2, betterproto2.TYPE_BYTES, optional=True, group="result"
+        5, betterproto2.TYPE_BYTES, optional=True, group="result"
     )
 
 
@@ -81,17 +81,17 @@ class StreamRequest(betterproto2.Message):
         - params:
     """
 
-    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
-
-    operation: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    operation: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     typed_params: "___google__protobuf__.Any | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True, group="params"
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="params"
     )
 
     raw_params: "bytes | None" = betterproto2.field(
-        4, betterproto2.TYPE_BYTES, optional=True, group="params"
+        3, betterproto2.TYPE_BYTES, optional=True, group="params"
     )
+
+    namespace: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("prism.proxy.v1", "StreamRequest", StreamRequest)

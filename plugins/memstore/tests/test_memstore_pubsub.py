@@ -1,0 +1,141 @@
+"""memstore's publish / subscribe."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from prism_plugin_memstore import MemstoreConfig, MemstorePlugin
+
+from prism._proto.prism.data.v1 import Message, PublishRequest, PublishResponse, SubscribeRequest
+from prism.sdk import InvalidArgument, ResourceExhausted, Unavailable
+from prism.sdk.testing import PluginHarness
+
+
+async def publish(h: PluginHarness, topic: str, payload: bytes, **headers: str) -> int:
+    response = await h.execute(
+        "publish", PublishRequest(topic=topic, payload=payload, headers=headers)
+    )
+    assert isinstance(response, PublishResponse)
+    return response.sequence
+
+
+async def test_memstore_publish_fans_out_to_every_subscriber() -> None:
+    async with (
+        PluginHarness(MemstorePlugin) as h,
+        h.stream("subscribe", SubscribeRequest(topic="news")) as first,
+        h.stream("subscribe", SubscribeRequest(topic="news")) as second,
+        h.stream("subscribe", SubscribeRequest(topic="sport")) as other,
+    ):
+        assert await publish(h, "news", b"one", lang="en") == 1
+        assert await publish(h, "news", b"two") == 2
+        expected = [
+            Message(topic="news", payload=b"one", headers={"lang": "en"}, sequence=1),
+            Message(topic="news", payload=b"two", sequence=2),
+        ]
+        for subscriber in (first, second):
+            assert [await subscriber.receive(), await subscriber.receive()] == expected
+        with trio.move_on_after(0.1) as nothing:
+            await other.receive()
+        assert nothing.cancelled_caught
+
+
+async def test_memstore_subscriber_sees_only_messages_after_subscribing() -> None:
+    async with PluginHarness(MemstorePlugin) as h:
+        assert await publish(h, "t", b"before") == 0  # nobody subscribed: dropped
+        async with h.stream("subscribe", SubscribeRequest(topic="t")) as sub:
+            await publish(h, "t", b"after")
+            message = await sub.receive()
+            assert isinstance(message, Message)
+            assert message.payload == b"after"
+
+
+async def test_memstore_subscription_ends_when_client_goes_away() -> None:
+    async with PluginHarness(MemstorePlugin) as h:
+        async with h.stream("subscribe", SubscribeRequest(topic="t")):
+            assert (await h.health()).details["subscribers"] == "1"
+            assert h.plugin.metrics.connections_active == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await h.health()).details["subscribers"] == "0"
+        assert h.plugin.metrics.connections_active == 0
+
+
+async def test_memstore_slow_subscriber_is_disconnected_with_resource_exhausted() -> None:
+    config = MemstoreConfig(subscriber_buffer=3)
+    async with (
+        PluginHarness(MemstorePlugin, config=config) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as slow,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as fast,
+    ):
+        received = []
+        for i in range(10):
+            await publish(h, "t", str(i).encode())
+            message = await fast.receive()
+            assert isinstance(message, Message)
+            received.append(message.sequence)
+        assert received == list(range(1, 11))
+        # The slow one holds one message in flight plus 3 buffered; then it is cut off.
+        sequences = []
+        for _ in range(4):
+            message = await slow.receive()
+            assert isinstance(message, Message)
+            sequences.append(message.sequence)
+        assert sequences == [1, 2, 3, 4]
+        with pytest.raises(ResourceExhausted, match="fell more than 3 messages behind"):
+            await slow.receive()
+
+
+async def test_memstore_shutdown_ends_subscriptions_with_unavailable_at_once() -> None:
+    async with (
+        PluginHarness(MemstorePlugin) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        with trio.fail_after(1):  # far below the default 5 s grace
+            response = await h.shutdown(grace_seconds=30)
+        assert response.success
+        with pytest.raises(Unavailable, match="shutting down"):
+            await sub.receive()
+
+
+async def test_memstore_subscribe_to_empty_topic_is_invalid_argument() -> None:
+    async with (
+        PluginHarness(MemstorePlugin) as h,
+        h.stream("subscribe", SubscribeRequest(topic="")) as sub,
+    ):
+        with pytest.raises(InvalidArgument, match="topic"):
+            await sub.receive()
+        with pytest.raises(InvalidArgument, match="topic"):
+            await publish(h, "", b"x")
+
+
+async def test_memstore_subscribe_rejects_further_requests() -> None:
+    async with (
+        PluginHarness(MemstorePlugin) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        await sub.send(SubscribeRequest(topic="u"))
+        with pytest.raises(InvalidArgument, match="takes no requests after the first"):
+            await sub.receive()
+
+
+async def test_memstore_subscription_outlives_the_clients_half_close() -> None:
+    async with (
+        PluginHarness(MemstorePlugin) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        await sub.end()  # "no more requests from me", not "stop sending"
+        await publish(h, "t", b"x")
+        message = await sub.receive()
+        assert isinstance(message, Message)
+        assert message.payload == b"x"
+
+
+async def test_memstore_subscribe_on_typed_path() -> None:
+    async with (
+        PluginHarness(MemstorePlugin, typed=True) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        await publish(h, "t", b"x")
+        message = await sub.receive()
+        assert isinstance(message, Message)
+        assert message.payload == b"x"

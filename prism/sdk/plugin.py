@@ -1,0 +1,307 @@
+"""What a plugin author writes: a ``BackendPlugin`` subclass with decorated operations.
+
+```python
+class KvPlugin(BackendPlugin):
+    name = "kv"
+    version = "1.0.0"
+    config_type = KvConfig
+
+    async def initialize(self, config: KvConfig, credentials, namespace):
+        self.nursery.start_soon(self._sweep)          # lives until the instance shuts down
+
+    @operation("get", params=GetRequest, result=GetResponse)
+    async def get(self, params: GetRequest, ctx: OperationContext) -> GetResponse: ...
+
+    @stream_operation("subscribe", params=SubscribeRequest, result=Message)
+    async def subscribe(self, params: SubscribeRequest, stream: OperationStream) -> None:
+        await stream.send(Message(...))
+```
+
+The engine that drives these hooks for the RFC's five calls is ``prism.sdk.instance``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
+
+import betterproto2
+
+from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus
+from prism.sdk.metrics import Metrics
+from prism.sdk.typed import type_name, type_url
+
+if TYPE_CHECKING:
+    import trio
+
+__all__ = [
+    "RESERVED_PREFIX",
+    "BackendPlugin",
+    "Credentials",
+    "HealthReport",
+    "HealthStatus",
+    "OperationContext",
+    "OperationSpec",
+    "OperationStream",
+    "operation",
+    "stream_operation",
+]
+
+#: Operation names starting with this are the SDK's own (``_prism.metrics``).
+RESERVED_PREFIX = "_prism."
+
+HealthStatus: TypeAlias = HealthCheckResponseStatus
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Payload = betterproto2.Message | bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthReport:
+    """What ``BackendPlugin.health`` returns; becomes the RFC's ``HealthCheckResponse``."""
+
+    status: HealthStatus = HealthStatus.HEALTHY
+    message: str = ""
+    details: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperationSpec:
+    """One decorated operation: its wire name, payload types and handler method."""
+
+    name: str
+    params: type  # a betterproto2.Message subclass, or bytes for raw_params
+    result: type  # likewise, for typed_result / raw_result
+    streaming: bool
+    inbound: type | None  # streams: type of the client's later requests; None = none allowed
+    method: str  # attribute name of the handler on the plugin class
+
+    def kind(self, payload_type: type | None) -> str:
+        """How a payload type reads in error messages."""
+        if payload_type is None:
+            return "nothing"
+        if payload_type is bytes:
+            return "raw bytes"
+        return type_name(type_url(payload_type))
+
+
+def _check_payload_type(what: str, value: object) -> type:
+    if value is bytes or (isinstance(value, type) and issubclass(value, betterproto2.Message)):
+        return value
+    raise TypeError(f"{what} must be bytes or a betterproto2 message class, not {value!r}")
+
+
+def _decorate(spec: OperationSpec) -> Callable[[F], F]:
+    if not spec.name or spec.name.startswith(RESERVED_PREFIX):
+        raise ValueError(f"operation name {spec.name!r} is empty or reserved ({RESERVED_PREFIX}*)")
+
+    def decorator(func: F) -> F:
+        func.__prism_operation__ = spec  # type: ignore[attr-defined]
+        return func
+
+    return decorator
+
+
+def operation(name: str, *, params: type, result: type) -> Callable[[F], F]:
+    """Declare ``async def handler(self, params, ctx: OperationContext) -> result`` as ``name``.
+
+    ``params``/``result`` are generated message classes (carried as ``typed_params`` /
+    ``typed_result`` Anys) or ``bytes`` (``raw_params`` / ``raw_result``: no decoding at all).
+    """
+    spec = OperationSpec(
+        name,
+        _check_payload_type("params", params),
+        _check_payload_type("result", result),
+        streaming=False,
+        inbound=None,
+        method="",
+    )
+    return _decorate(spec)
+
+
+def stream_operation(
+    name: str, *, params: type, result: type, inbound: type | None = None
+) -> Callable[[F], F]:
+    """Declare ``async def handler(self, params, stream: OperationStream) -> None`` as ``name``.
+
+    The handler sends any number of ``result`` values with ``await stream.send(...)``; the stream
+    ends (``is_final``) when it returns. ``inbound`` is the type of the further requests the
+    client may send after the first (read with ``await stream.receive()``); with the default
+    ``None`` a further request fails the stream with ``INVALID_ARGUMENT``.
+    """
+    spec = OperationSpec(
+        name,
+        _check_payload_type("params", params),
+        _check_payload_type("result", result),
+        streaming=True,
+        inbound=None if inbound is None else _check_payload_type("inbound", inbound),
+        method="",
+    )
+    return _decorate(spec)
+
+
+class Credentials(Mapping[str, str]):
+    """The credentials a plugin was initialized with; its repr names the keys, never values."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Credentials(keys={sorted(self._values)!r}, values withheld)"
+
+
+class OperationContext:
+    """Per-call context of a unary operation: who asked what, and the plugin's cache counters."""
+
+    __slots__ = ("_metrics", "metadata", "namespace", "operation")
+
+    def __init__(
+        self, operation: str, metadata: Mapping[str, str], namespace: str, metrics: Metrics
+    ) -> None:
+        self.operation = operation
+        self.metadata = metadata  # the request's metadata (trace id, user id, ...)
+        self.namespace = namespace
+        self._metrics = metrics
+
+    def cache_hit(self) -> None:
+        self._metrics.cache_hit()
+
+    def cache_miss(self) -> None:
+        self._metrics.cache_miss()
+
+
+class OperationStream(OperationContext):
+    """Context of a stream operation: send results, receive the client's further requests."""
+
+    __slots__ = ("_receive", "_send")
+
+    def __init__(
+        self,
+        operation: str,
+        metadata: Mapping[str, str],
+        namespace: str,
+        metrics: Metrics,
+        send: Callable[[Payload], Awaitable[None]],
+        receive: Callable[[], Awaitable[Payload | None]],
+    ) -> None:
+        super().__init__(operation, metadata, namespace, metrics)
+        self._send = send
+        self._receive = receive
+
+    async def send(self, result: Payload) -> None:
+        """Send one result. Waits while the client is not reading (flow control);
+        cancellation abandons the send."""
+        await self._send(result)
+
+    async def receive(self) -> Payload | None:
+        """The client's next request (of the declared ``inbound`` type), or ``None`` once the
+        client has ended its side. Cancellation abandons the wait; no request is lost."""
+        return await self._receive()
+
+    def __aiter__(self) -> OperationStream:
+        return self
+
+    async def __anext__(self) -> Payload:
+        request = await self._receive()
+        if request is None:
+            raise StopAsyncIteration
+        return request
+
+
+class BackendPlugin:
+    """Base class of every plugin. Subclass it, set the class attributes, decorate operations.
+
+    Lifetime: the host creates the object (no arguments), opens an instance scope for it
+    (``prism.sdk.instance.open_plugin``) and then calls ``initialize`` once. ``self.nursery`` is
+    that scope's nursery: start connections' and background tasks there, and they live exactly
+    as long as the instance. Shutdown stops new operations, calls ``begin_shutdown``, lets
+    in-flight ones finish within the grace period, calls ``shutdown``, then cancels the
+    nursery. A background task that crashes ends the instance (the host restarts it).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0.0.0"
+    api_version: ClassVar[str] = "1.0"
+    #: The generated message ``InitializeRequest.config`` must hold; None = the plugin takes none.
+    config_type: ClassVar[type[betterproto2.Message] | None] = None
+    #: When False, a missing config means ``config_type()`` (all defaults).
+    config_required: ClassVar[bool] = True
+    #: Credential keys ``initialize`` needs; a missing or empty one is ``INVALID_ARGUMENT``.
+    required_credentials: ClassVar[tuple[str, ...]] = ()
+    #: Grace period when ``ShutdownRequest.grace_period_ms`` is 0.
+    default_grace_seconds: ClassVar[float] = 5.0
+
+    #: Every operation by name, built from the decorators (subclasses inherit and override).
+    operations: ClassVar[Mapping[str, OperationSpec]] = {}
+    #: The names ``InitializeResponse.supported_operations`` reports, in declaration order.
+    supported_operations: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[str, OperationSpec] = {}
+        for klass in reversed(cls.__mro__):
+            declared: dict[str, OperationSpec] = {}
+            for attr, value in vars(klass).items():
+                spec = getattr(value, "__prism_operation__", None)
+                if not isinstance(spec, OperationSpec):
+                    continue
+                if spec.name in declared:
+                    raise TypeError(f"{klass.__qualname__}: operation {spec.name!r} declared twice")
+                declared[spec.name] = dataclasses.replace(spec, method=attr)
+            # A subclass re-decorating a method replaces what that method declared; declaring an
+            # inherited name on another method replaces the inherited operation. Overriding a
+            # handler without a decorator keeps its operation (the lookup is by method name).
+            redefined = {spec.method for spec in declared.values()}
+            found = {n: s for n, s in found.items() if s.method not in redefined}
+            found.update(declared)
+        cls.operations = found
+        cls.supported_operations = tuple(found)
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self._nursery: trio.Nursery | None = None
+        self.logger = logging.getLogger(f"prism.plugin.{self.name or type(self).__name__}")
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The instance scope's nursery (see the class docstring); set before ``initialize``."""
+        if self._nursery is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.nursery is only available inside an instance scope "
+                "(prism.sdk.instance.open_plugin), from initialize() on"
+            )
+        return self._nursery
+
+    def attach(self, nursery: trio.Nursery | None) -> None:
+        """Called by the SDK's engine: give the plugin its instance nursery (or take it away)."""
+        self._nursery = nursery
+
+    async def initialize(self, config: Any, credentials: Mapping[str, str], namespace: str) -> None:
+        """Connect and validate. ``config`` is a ``config_type`` instance (or None when the
+        plugin has no config type). Raise ``InvalidArgument`` for bad fields,
+        ``Unauthenticated`` when the backend rejects the credentials, ``Unavailable`` when it
+        cannot be reached. Cancellation aborts initialization."""
+
+    async def health(self) -> HealthReport:
+        """The backend's health; the default reports HEALTHY. Exceptions mean UNHEALTHY."""
+        return HealthReport()
+
+    def begin_shutdown(self) -> None:
+        """Called once when shutdown starts, before in-flight operations drain: end long-lived
+        streams here (subscriptions), or the drain waits the whole grace period for them."""
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Close what ``initialize`` opened. In-flight operations have already finished or been
+        cancelled; the nursery is cancelled right after. Runs within ``grace_seconds``
+        (cancelled when they run out)."""
