@@ -75,6 +75,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "Aborted",
     "AlreadyExists",

@@ -78,6 +78,7 @@ class ServerCall:
         self._input_ended = False
         self._arrived = trio.Event()
         self._headers_sent = False
+        self.cancelled = False  # by the server (shutdown), not by the client
 
     # -- fed by the connection's reader -----------------------------------------------------
 
@@ -94,6 +95,12 @@ class ServerCall:
         self.aborted = error
         self._input_ended = True
         self._arrived.set()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def cancel(self) -> None:
+        """Stop the handler; the RPC still ends with a status (server shutdown)."""
+        self.cancelled = True
         if self.scope is not None:
             self.scope.cancel()
 
@@ -137,6 +144,10 @@ class ServerCall:
         await trio.lowlevel.checkpoint()
         if self._headers_sent:
             raise Internal("initial metadata was already sent")
+        try:
+            validate_metadata(metadata)
+        except MetadataError as exc:
+            raise Internal(str(exc)) from None
         self._send(lambda: self._connection.conn.send_headers(self.stream_id, metadata))
         self._headers_sent = True
         self._connection.kick()

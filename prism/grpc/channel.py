@@ -113,6 +113,7 @@ class Channel:
                     "localhost" if self.target.startswith("unix:") else self.target
                 )
                 conn = _ClientConnection(self, stream, authority)
+                await conn.send_preface()
                 await self._nursery.start(conn.run)
                 self._conn = conn
             return self._conn
@@ -229,6 +230,8 @@ class ClientCall:
             conn.conn.cancel(self.stream_id)
         else:
             conn.conn.finish(self.stream_id)
+        if not conn.calls and conn.conn.goaway_received is not None:
+            conn.close()  # the last call on a connection the server is draining: hang up
         conn.kick()
         conn.notify_stream_closed()
 
@@ -276,7 +279,7 @@ class ClientCall:
             self._raise_status()
             raise Cancelled("the stream was closed") from None
         conn.kick()
-        await conn.wait_writable(self.stream_id)
+        await conn.wait_writable(self.stream_id, self)
 
     async def end(self) -> None:
         """Half-close: no more requests."""
@@ -375,18 +378,31 @@ class _ClientConnection:
         self._stream_closed.set()
         self._stream_closed = trio.Event()
 
-    async def wait_writable(self, stream_id: int) -> None:
+    async def wait_writable(self, stream_id: int, call: ClientCall) -> None:
+        """Block while more than a window's worth is queued on the stream (back-pressure),
+        until the call or the connection ends."""
         limit = self.conn.settings.initial_window_size
-        while self.conn.pending(stream_id) > limit and not self._dead:
+        while self.conn.pending(stream_id) > limit and not self._dead and not call._ended:
             await self._window.wait()
+
+    def _wake_writers(self) -> None:
+        self._window.set()
+        self._window = trio.Event()
+
+    async def send_preface(self) -> None:
+        """Send the client preface and SETTINGS; failure raises Unavailable (and closes)."""
+        self.conn.initiate_connection()
+        try:
+            await self.stream.send_all(self.conn.data_to_send())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            await trio.aclose_forcefully(self.stream)
+            raise Unavailable(f"cannot connect to {self.channel.target}: {exc}") from exc
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Owns the socket: reader and writer tasks. Ends when the connection does; calls still
         open then fail with UNAVAILABLE."""
         try:
             with self._scope:
-                self.conn.initiate_connection()
-                await self.stream.send_all(self.conn.data_to_send())
                 task_status.started()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
@@ -411,15 +427,19 @@ class _ClientConnection:
             data = await receive(_RECEIVE_SIZE)
             if not data:
                 return
+            if conn.closed:
+                continue  # the writer sends our GOAWAY, then ends the connection
             try:
                 events = conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 log.warning(
                     "closing connection to %s: HTTP/2 protocol error: %s", self.channel.target, exc
                 )
+                # Only the writer sends (two tasks may not send_all at once).
                 conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                await self.stream.send_all(conn.data_to_send())
-                return
+                self._dead = True
+                self.kick()
+                continue
             for event in events:
                 if type(event) is MessageReceived:
                     call = self.calls.get(event.stream_id)
@@ -429,6 +449,7 @@ class _ClientConnection:
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_end(event.status, event.message, event.trailers)
+                        self._wake_writers()  # a sender parked on this call must return
                 elif type(event) is ResponseHeadersReceived:
                     call = self.calls.get(event.stream_id)
                     if call is not None:
@@ -437,9 +458,9 @@ class _ClientConnection:
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_abort(event.error)
+                        self._wake_writers()
                 elif type(event) is WindowUpdated:
-                    self._window.set()
-                    self._window = trio.Event()
+                    self._wake_writers()
                 elif type(event) is GoAwayReceived:
                     self.notify_stream_closed()
                     if event.error_code or not self.calls:

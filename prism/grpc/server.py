@@ -29,6 +29,8 @@ from prism.grpc.wire.events import (
     WindowUpdated,
 )
 from prism.grpc.wire.h2conn import Settings
+from prism.grpc.wire.metadata import MetadataError
+from prism.grpc.wire.metadata import validate as validate_metadata
 from prism.grpc.wire.server_conn import ServerConnection
 from prism.grpc.wire.status import Status, Unavailable
 
@@ -36,8 +38,10 @@ log = logging.getLogger("prism.grpc.server")
 
 _RECEIVE_SIZE = 1 << 16
 _STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
-# Time a new connection gets to finish TLS and send its HTTP/2 preface.
+# Time a new connection gets to finish its TLS handshake.
 _HANDSHAKE_GRACE = 10.0
+# After the final GOAWAY: how long to wait for the peer to close before we do.
+_LINGER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Server:
 
     def __init__(self, services: Iterable[Service] = (), options: ServerOptions | None = None):
         self.options = options or ServerOptions()
+        self.options.h2_settings()  # invalid HTTP/2 settings fail here, not per connection
         self._methods: dict[str, Handler] = {}
         self.services: list[Service] = []
         for service in services:
@@ -133,17 +138,24 @@ class Server:
         ssl_context: ssl.SSLContext | None,
         started: Callable[[], None],
     ) -> None:
-        with trio.CancelScope() as scope:
-            self._listener_scopes.append(scope)
-            try:
-                async with trio.open_nursery() as nursery:
+        # Connections live in the outer nursery, accept loops in an inner scope: shutdown()
+        # stops accepting (and closes the listeners) while open connections drain.
+        async with trio.open_nursery() as connections:
+            with trio.CancelScope() as accepting:
+                self._listener_scopes.append(accepting)
+                if self._closing:
+                    accepting.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for listener in listeners:
+                            nursery.start_soon(
+                                self._accept_loop, listener, ssl_context, connections
+                            )
+                        started()
+                finally:
+                    self._listener_scopes.remove(accepting)
                     for listener in listeners:
-                        nursery.start_soon(self._accept_loop, listener, ssl_context, nursery)
-                    started()
-            finally:
-                self._listener_scopes.remove(scope)
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
+                        listener.socket.close()  # synchronous: no checkpoint to be cancelled at
 
     async def _accept_loop(
         self,
@@ -177,10 +189,11 @@ class Server:
         except* Exception as eg:
             log.exception("connection %s failed", conn.peer_address, exc_info=eg)
         finally:
+            # Bookkeeping before the await: under cancellation aclose_forcefully raises.
             self._connections.discard(conn)
-            await trio.aclose_forcefully(stream)
             if not self._connections:
                 self._all_closed.set()
+            await trio.aclose_forcefully(stream)
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -195,6 +208,12 @@ class Server:
         for conn in list(self._connections):
             conn.start_shutdown()
         with trio.move_on_after(grace):
+            await self._all_closed.wait()
+        # Grace is over: cancel the RPCs still running, so their clients get UNAVAILABLE
+        # trailers and the connections their final GOAWAY; then drop whatever is left.
+        for conn in list(self._connections):
+            conn.cancel_calls()
+        with trio.move_on_after(_LINGER):
             await self._all_closed.wait()
         for conn in list(self._connections):
             conn.cancel()
@@ -219,9 +238,11 @@ class _Connection:
         self._need_write = trio.Event()
         self._window = trio.Event()
         self._ping_ack = trio.Event()
+        self._peer_closed = trio.Event()
         self._scope = trio.CancelScope()
         self._rpc_nursery: trio.Nursery | None = None
         self._closing = False
+        self._initiated = False  # the HTTP/2 connection exists (TLS handshake done)
 
     # The pieces ServerCall uses --------------------------------------------------------------
 
@@ -248,6 +269,7 @@ class _Connection:
             self.peer = transport.peer_info(self.stream)
             self.peer_address = self.peer.address
             self.conn.initiate_connection()
+            self._initiated = True
             await self.stream.send_all(self.conn.data_to_send())
             async with trio.open_nursery() as nursery:
                 self._rpc_nursery = nursery
@@ -262,7 +284,14 @@ class _Connection:
     def cancel(self) -> None:
         self._scope.cancel()
 
+    def cancel_calls(self) -> None:
+        for call in list(self.calls.values()):
+            call.cancel()
+
     def start_shutdown(self) -> None:
+        if not self._initiated:
+            self._scope.cancel()  # still in the TLS handshake: nothing in flight to drain
+            return
         if not self._closing:
             self._closing = True
             self.conn.start_shutdown()
@@ -277,19 +306,23 @@ class _Connection:
     async def _reader(self) -> None:
         conn = self.conn
         receive = self.stream.receive_some
-        while not conn.closed:
+        while True:
             data = await receive(_RECEIVE_SIZE)
             if not data:
+                self._peer_closed.set()
                 return
+            if conn.closed:
+                continue  # after our final GOAWAY: discard input until the peer closes
             try:
                 events = conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 log.info(
                     "closing connection from %s: HTTP/2 protocol error: %s", self.peer_address, exc
                 )
+                # The writer sends the GOAWAY (two tasks may not send_all at once).
                 conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:200])
-                await self.stream.send_all(conn.data_to_send())
-                return
+                self.kick()
+                continue
             for event in events:
                 if type(event) is MessageReceived:
                     call = self.calls.get(event.stream_id)
@@ -327,7 +360,11 @@ class _Connection:
             if data:
                 await send_all(data)
             if conn.closed:
-                # Final GOAWAY is out; ending the reader ends the connection.
+                # The final GOAWAY is out. Let the peer read it and close first: closing with
+                # unread input makes the kernel send a TCP reset, which can destroy the
+                # GOAWAY and last responses before the peer reads them.
+                with trio.move_on_after(_LINGER):
+                    await self._peer_closed.wait()
                 self._scope.cancel()
                 return
 
@@ -362,22 +399,30 @@ class _Connection:
 
     async def _run_call(self, call: ServerCall, func: Callable[..., Any]) -> None:
         # The boundary for one RPC: whatever happens here ends this stream, never the connection.
-        status, message, trailers = Status.OK, "", call.trailing_metadata
+        status, message, extra = Status.OK, "", []
         try:
             with trio.CancelScope(deadline=call.deadline) as scope:
                 call.scope = scope
+                if call.cancelled or call.aborted is not None:  # before the task started
+                    scope.cancel()
                 await call.invoke(func)
             if scope.cancelled_caught and call.aborted is None:
-                if self._closing or self.server._closing:
+                if call.cancelled:
                     status, message = Unavailable.status, "the server is shutting down"
                 else:
                     status, message = Status.DEADLINE_EXCEEDED, "deadline exceeded"
         except Exception as exc:
             error = error_from_exception(exc, call.method)
-            status, message = error.status, error.message
-            trailers = [*trailers, *error.trailers]
+            status, message, extra = error.status, error.message, error.trailers
         finally:
             if call.aborted is None:
+                # Read the trailing metadata only now: the handler may have set it any time.
+                trailers = [*call.trailing_metadata, *extra]
+                try:
+                    validate_metadata(trailers)
+                except MetadataError as exc:  # e.g. a GrpcError carrying reserved keys
+                    log.error("%s: cannot send trailers: %s", call.method, exc)
+                    status, message, trailers = Status.INTERNAL, "invalid trailing metadata", []
                 with contextlib.suppress(
                     h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError
                 ):

@@ -130,8 +130,14 @@ class ClientConnection(H2Base):
             self.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
 
     def finish(self, stream_id: int) -> None:
+        """The call is over (its response ended). A request side still open is closed with
+        RST_STREAM(NO_ERROR), so the stream stops counting against the concurrency limit."""
         if self._streams.pop(stream_id, None) is not None:
-            self._inbound_finished(stream_id)
+            stream = self._h2.streams.get(stream_id)
+            if stream is not None and not stream.closed:
+                self.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            else:
+                self._inbound_finished(stream_id)
 
     @property
     def active_streams(self) -> int:
@@ -156,7 +162,11 @@ class ClientConnection(H2Base):
                     self._end(event.stream_id, out, Internal("stream ended without a grpc-status"))
             elif isinstance(event, h2.events.StreamReset):
                 self._stream_finished(event.stream_id)
-                if self._streams.pop(event.stream_id, None) is not None:
+                stream = self._streams.get(event.stream_id)
+                # A reset after the response ended (a server's RST_STREAM(NO_ERROR) asking us
+                # to stop sending) changes nothing about the call's outcome.
+                if stream is not None and not stream.done:
+                    del self._streams[event.stream_id]
                     code = _RESET_TO_STATUS.get(event.error_code, Status.INTERNAL)  # type: ignore[call-overload]
                     name = getattr(event.error_code, "name", event.error_code)
                     out.append(
@@ -206,7 +216,9 @@ class ClientConnection(H2Base):
             self._end(sid, out, GrpcError.for_status(status, f"HTTP status {code} from server"))
             self.reset_stream(sid)
             return
-        if not content_type.startswith(b"application/grpc"):
+        # A trailers-only response carrying grpc-status is accepted without a content-type:
+        # grpclib sends its errors (UNIMPLEMENTED, ...) that way, and grpc C-core accepts them.
+        if not has_status and not content_type.startswith(b"application/grpc"):
             self._end(
                 sid,
                 out,

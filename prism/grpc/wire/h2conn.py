@@ -1,11 +1,13 @@
 """The HTTP/2 layer shared by the server and client connections: h2 plus outbound buffering.
 
-Two things h2 does not do the way gRPC needs:
+Things h2 does not do the way gRPC needs:
 
 * A received GOAWAY moves h2's connection state machine to CLOSED, after which it refuses
   every further frame, including DATA for streams the GOAWAY explicitly lets finish
   (RFC 9113 §6.8). :class:`_H2` keeps the connection open and only reports the GOAWAY; the
   gRPC layer refuses new streams itself.
+* h2 treats a stream over our MAX_CONCURRENT_STREAMS as a connection error; :class:`_H2`
+  refuses just that stream (REFUSED_STREAM), as RFC 9113 §5.1.2 allows.
 * h2 sends only what the peer's flow-control window allows and raises otherwise. gRPC messages
   of any size are queued per stream here (:class:`_Outbound`) and released as windows open;
   the I/O layer waits on :meth:`H2Base.pending` to apply back-pressure to the sender.
@@ -23,6 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 
 # hyperframe's DataFrame repr hex-encodes the whole payload and h2 builds that repr for every
@@ -41,6 +44,25 @@ class _H2(h2.connection.H2Connection):
         event.additional_data = frame.additional_data or None
         return [], [event]
 
+    def _receive_headers_frame(
+        self, frame: hyperframe.frame.HeadersFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.TooManyStreamsError:
+            # RFC 9113 §5.1.2: a stream over our concurrency limit (a peer may open streams
+            # before it sees our SETTINGS) is a stream error, not a connection error. The
+            # header block is still decoded: HPACK state is shared by the whole connection.
+            sid = frame.stream_id
+            if self.config.client_side or sid % 2 == 0 or sid <= self.highest_inbound_stream_id:
+                raise
+            h2.connection._decode_headers(self.decoder, frame.data)
+            self.highest_inbound_stream_id = sid
+            self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+            refuse = hyperframe.frame.RstStreamFrame(sid)
+            refuse.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
+            return [refuse], []
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -51,6 +73,15 @@ class Settings:
     max_frame_size: int = 1 << 14
     max_concurrent_streams: int = 1000
     max_header_list_size: int = 16 << 10
+
+    def __post_init__(self) -> None:
+        # RFC 9113 §6.5.2 limits; h2 would otherwise refuse them on every new connection.
+        if not (1 << 14) <= self.max_frame_size <= (1 << 24) - 1:
+            raise ValueError(f"max_frame_size must be 16384..16777215, not {self.max_frame_size}")
+        for name in ("initial_window_size", "connection_window_size"):
+            value = getattr(self, name)
+            if not 0 < value <= (1 << 31) - 1:
+                raise ValueError(f"{name} must be 1..2147483647, not {value}")
 
 
 class _Outbound:
@@ -103,6 +134,10 @@ class H2Base:
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             },
         )
+        # h2 derives its frame-size limit from local settings only when a change is ACKed;
+        # settings installed wholesale (as above) must be applied by hand, or peers using
+        # the larger frames we advertised get FRAME_SIZE_ERROR.
+        self._h2.max_inbound_frame_size = s.max_frame_size
         self._h2.initiate_connection()
         extra = s.connection_window_size - 65535
         if extra > 0:
@@ -157,6 +192,7 @@ class H2Base:
             h2c.send_data(stream_id, chunk, end_stream=last)
             if last:
                 del self._out[stream_id]
+                self._sent_end(stream_id)
                 return
         if out.end:
             del self._out[stream_id]
@@ -164,6 +200,10 @@ class H2Base:
                 h2c.send_headers(stream_id, out.trailers, end_stream=True)
             else:
                 h2c.end_stream(stream_id)
+            self._sent_end(stream_id)
+
+    def _sent_end(self, stream_id: int) -> None:
+        """END_STREAM went out on ``stream_id``; subclasses may close the stream fully."""
 
     def _flush_all(self) -> None:
         for stream_id, out in list(self._out.items()):
@@ -188,6 +228,10 @@ class H2Base:
         """Final GOAWAY; nothing more will be sent or received."""
         if not self.closed:
             self.closed = True
+            if self._h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                # h2 already sent its own GOAWAY (it does so when it raises ProtocolError).
+                self._out.clear()
+                return
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.close_connection(error_code=error_code, additional_data=debug or None)
             self._out.clear()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import h2.errors
 import h2.events
 import h2.exceptions
+from h2.stream import StreamState
 
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
@@ -117,14 +118,15 @@ class ServerConnection(H2Base):
         if not content_type.startswith(b"application/grpc"):
             self._http_error(sid, b"415", b"content-type must be application/grpc")
             return
+        if te != b"trailers":
+            self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
+            return
+        if encoding != b"identity":
+            # grpc-accept-encoding is a reserved header, not metadata: add it raw.
+            error = Unimplemented(f"grpc-encoding {encoding.decode('latin-1')!r} is not supported")
+            self._reject(sid, error, [(b"grpc-accept-encoding", b"identity")])
+            return
         try:
-            if te != b"trailers":
-                raise Internal('missing "te: trailers" header: not a gRPC client?')
-            if encoding != b"identity":
-                raise Unimplemented(
-                    f"grpc-encoding {encoding.decode('latin-1')!r} is not supported",
-                    trailers=[("grpc-accept-encoding", "identity")],
-                )
             timeout = parse_timeout(timeout_raw) if timeout_raw is not None else None
             metadata = md.decode(event.headers or ())
         except InvalidTimeout as exc:
@@ -132,9 +134,6 @@ class ServerConnection(H2Base):
             return
         except md.MetadataError as exc:
             self._reject(sid, Internal(str(exc)))
-            return
-        except GrpcError as exc:
-            self._reject(sid, exc)
             return
         self._streams[sid] = _Stream(MessageDecoder(self._max_receive))
         out.append(
@@ -194,15 +193,13 @@ class ServerConnection(H2Base):
         self._stream_finished(sid)
         out.append(StreamAborted(sid, error))
 
-    def _reject(self, sid: int, error: GrpcError) -> None:
+    def _reject(
+        self, sid: int, error: GrpcError, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        headers = self._status_headers(error.status, error.message, (), trailers_only=True)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._h2.send_headers(
-                sid,
-                self._status_headers(
-                    error.status, error.message, error.trailers, trailers_only=True
-                ),
-                end_stream=True,
-            )
+            self._h2.send_headers(sid, headers + (extra or []), end_stream=True)
+        self._sent_end(sid)
 
     def _http_error(self, sid: int, status: bytes, text: bytes) -> None:
         try:
@@ -211,7 +208,17 @@ class ServerConnection(H2Base):
             )
             self._h2.send_data(sid, text, end_stream=True)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
+            return
+        self._sent_end(sid)
+
+    def _sent_end(self, stream_id: int) -> None:
+        # The response is complete but the client is still sending (it was answered early, or
+        # refused): RST_STREAM(NO_ERROR) tells it to stop (RFC 9113 §8.1), as grpc-go does.
+        # Otherwise the half-closed stream would count against max_concurrent_streams forever.
+        stream = self._h2.streams.get(stream_id)
+        if stream is not None and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     # -- output -----------------------------------------------------------------------------
 
@@ -219,8 +226,9 @@ class ServerConnection(H2Base):
         stream = self._streams[stream_id]
         if stream.headers_sent:
             return
-        stream.headers_sent = True
+        # Encode (and validate) first: invalid metadata must leave the stream untouched.
         headers = _RESPONSE_HEADERS + md.encode(metadata) if metadata else _RESPONSE_HEADERS
+        stream.headers_sent = True
         self._h2.send_headers(stream_id, headers)
 
     def send_message(self, stream_id: int, data: bytes) -> None:
@@ -251,6 +259,7 @@ class ServerConnection(H2Base):
             stream.headers_sent = True
             headers = self._status_headers(status, message, metadata, trailers_only=True)
             self._h2.send_headers(stream_id, headers, end_stream=True)
+            self._sent_end(stream_id)
         else:
             self._queue_end(stream_id, self._status_headers(status, message, metadata))
 

@@ -1,0 +1,465 @@
+"""ServerConnection driven synchronously by a raw h2 client (see h2peer.py)."""
+
+from __future__ import annotations
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import hyperframe.frame
+import pytest
+from h2peer import Link, Peer, grpc_frame, parse_frames, request_headers, server_link
+
+from prism.grpc.wire.events import (
+    GoAwayReceived,
+    InputEnded,
+    MessageReceived,
+    RequestReceived,
+    StreamAborted,
+)
+from prism.grpc.wire.h2conn import Settings
+from prism.grpc.wire.server_conn import ServerConnection
+from prism.grpc.wire.status import Status
+
+
+def open_stream(link: Link, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    sid: int = link.peer.h2.get_next_available_stream_id()
+    link.peer.h2.send_headers(sid, headers if headers is not None else request_headers())
+    link.pump()
+    return sid
+
+
+def send(link: Link, sid: int, data: bytes, *, end: bool = False) -> None:
+    link.peer.h2.send_data(sid, data, end_stream=end)
+    link.pump()
+
+
+def status_of(headers: dict[bytes, bytes]) -> Status:
+    return Status(int(headers[b"grpc-status"]))
+
+
+# -- request validation -------------------------------------------------------------------------
+
+
+def test_server_connection_reports_a_valid_request() -> None:
+    link = server_link()
+    sid = open_stream(
+        link,
+        request_headers(b"/pkg.Svc/Echo", x_trace=b"abc", blob_bin=b"AAEC", grpc_timeout=b"1500m"),
+    )
+    [request] = link.of(RequestReceived)
+    assert request.stream_id == sid
+    assert request.method == "/pkg.Svc/Echo"
+    assert request.authority == "example.test"
+    assert request.timeout == pytest.approx(1.5)
+    assert request.metadata == [("x-trace", "abc"), ("blob-bin", b"\x00\x01\x02")]
+
+
+def test_server_connection_rejects_non_post_with_http_405() -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(**{":method": b"GET"}))
+    assert link.of(RequestReceived) == []
+    assert link.peer.headers(sid)[b":status"] == b"405"
+    assert link.peer.of(h2.events.StreamEnded, sid)
+
+
+def test_server_connection_rejects_wrong_content_type_with_http_415() -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(content_type=b"application/json"))
+    assert link.of(RequestReceived) == []
+    assert link.peer.headers(sid)[b":status"] == b"415"
+
+
+def test_server_connection_accepts_content_type_with_suffix() -> None:
+    link = server_link()
+    open_stream(link, request_headers(content_type=b"application/grpc+proto"))
+    assert len(link.of(RequestReceived)) == 1
+
+
+def test_server_connection_missing_te_trailers_is_trailers_only_internal() -> None:
+    # grpc C-core answers a request without "te: trailers" with a trailers-only INTERNAL
+    # (HTTP 200, grpc-status 13) rather than an HTTP error; we do the same.
+    link = server_link()
+    sid = open_stream(link, request_headers(drop=(b"te",)))
+    assert link.of(RequestReceived) == []
+    headers = link.peer.headers(sid)
+    assert headers[b":status"] == b"200"
+    assert status_of(headers) is Status.INTERNAL
+    assert b"te" in headers[b"grpc-message"]
+    assert link.peer.of(h2.events.StreamEnded, sid)
+    assert link.peer.of(h2.events.TrailersReceived, sid) == []
+
+
+@pytest.mark.parametrize("value", [b"", b"10", b"1x", b"123456789S", b"-1S", b"1.5S", b"S"])
+def test_server_connection_bad_grpc_timeout_is_invalid_argument(value: bytes) -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(grpc_timeout=value))
+    assert link.of(RequestReceived) == []
+    headers = link.peer.headers(sid)
+    assert status_of(headers) is Status.INVALID_ARGUMENT
+    assert link.peer.of(h2.events.StreamEnded, sid)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(b"201m", 0.201), (b"30S", 30.0), (b"99999999n", 0.099999999), (b"2H", 7200.0)],
+)
+def test_server_connection_accepts_grpcio_style_timeouts(value: bytes, seconds: float) -> None:
+    link = server_link()
+    open_stream(link, request_headers(grpc_timeout=value))
+    [request] = link.of(RequestReceived)
+    assert request.timeout == pytest.approx(seconds)
+
+
+def test_server_connection_unsupported_grpc_encoding_is_unimplemented() -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    assert link.of(RequestReceived) == []
+    headers = link.peer.headers(sid)
+    assert status_of(headers) is Status.UNIMPLEMENTED
+    assert headers[b"grpc-accept-encoding"] == b"identity"
+
+
+def test_server_connection_identity_grpc_encoding_is_accepted() -> None:
+    link = server_link()
+    open_stream(link, request_headers(grpc_encoding=b"identity"))
+    assert len(link.of(RequestReceived)) == 1
+
+
+def test_server_connection_malformed_bin_metadata_is_internal() -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(blob_bin=b"!!not base64!!"))
+    assert link.of(RequestReceived) == []
+    assert status_of(link.peer.headers(sid)) is Status.INTERNAL
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+def test_server_connection_reassembles_messages_across_frames() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    data = grpc_frame(b"a" * 40000) + grpc_frame(b"") + grpc_frame(b"bc")
+    for i in range(0, len(data), 7000):
+        send(link, sid, data[i : i + 7000])
+    send(link, sid, b"", end=True)
+    messages = [e.message for e in link.of(MessageReceived)]
+    assert messages == [b"a" * 40000, b"", b"bc"]
+    assert link.of(InputEnded) == [InputEnded(sid)]
+
+
+def test_server_connection_compressed_flag_is_internal() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    send(link, sid, grpc_frame(b"zz", flag=1))
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.INTERNAL
+    assert link.of(MessageReceived) == []
+    headers = link.peer.headers(sid)
+    assert status_of(headers) is Status.INTERNAL
+    assert b"compressed" in headers[b"grpc-message"]
+    # The client is told to stop sending the rest of the request.
+    [reset] = link.peer.of(h2.events.StreamReset, sid)
+    assert reset.error_code == h2.errors.ErrorCodes.NO_ERROR
+
+
+def test_server_connection_oversize_message_is_resource_exhausted_before_buffering() -> None:
+    link = server_link(max_receive_message_size=1000)
+    sid = open_stream(link)
+    # Only the 5-byte prefix announcing 1001 bytes: refused before any body arrives.
+    send(link, sid, grpc_frame(b"", length=1001))
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.RESOURCE_EXHAUSTED
+    headers = link.peer.headers(sid)
+    assert status_of(headers) is Status.RESOURCE_EXHAUSTED
+    assert b"1001" in headers[b"grpc-message"]
+
+
+def test_server_connection_message_at_the_limit_is_accepted() -> None:
+    link = server_link(max_receive_message_size=1000)
+    sid = open_stream(link)
+    send(link, sid, grpc_frame(b"x" * 1000), end=True)
+    assert [e.message for e in link.of(MessageReceived)] == [b"x" * 1000]
+
+
+def test_server_connection_request_ending_mid_message_is_internal() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    send(link, sid, grpc_frame(b"hello")[:-2], end=True)
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.INTERNAL
+    assert link.of(InputEnded) == []
+    assert status_of(link.peer.headers(sid)) is Status.INTERNAL
+
+
+def test_server_connection_client_reset_aborts_the_stream_as_cancelled() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.peer.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    link.pump()
+    [aborted] = link.of(StreamAborted)
+    assert aborted.stream_id == sid
+    assert aborted.error.status is Status.CANCELLED
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+def test_server_connection_trailers_only_when_no_headers_were_sent() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_trailers(sid, Status.NOT_FOUND, "no such key", [("x-why", "gone")])
+    link.pump()
+    headers = link.peer.headers(sid)
+    assert headers[b":status"] == b"200"
+    assert headers[b"content-type"] == b"application/grpc"
+    assert status_of(headers) is Status.NOT_FOUND
+    assert headers[b"grpc-message"] == b"no such key"
+    assert headers[b"x-why"] == b"gone"
+    assert link.peer.of(h2.events.StreamEnded, sid)
+    assert link.peer.of(h2.events.TrailersReceived, sid) == []
+    assert link.peer.of(h2.events.DataReceived, sid) == []
+
+
+def test_server_connection_headers_messages_then_trailers() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    send(link, sid, grpc_frame(b"req"), end=True)
+    link.ours.send_headers(sid, [("x-initial", "1"), ("raw-bin", b"\xff\x00")])
+    link.ours.send_message(sid, b"one")
+    link.ours.send_message(sid, b"x" * 50_000)
+    link.ours.send_trailers(sid, Status.OK, "", [("x-final", "2")])
+    link.pump()
+    headers = link.peer.headers(sid)
+    assert headers[b":status"] == b"200"
+    assert headers[b"x-initial"] == b"1"
+    assert headers[b"raw-bin"] == b"/wA"  # base64 without padding
+    assert b"grpc-status" not in headers
+    assert link.peer.data(sid) == grpc_frame(b"one") + grpc_frame(b"x" * 50_000)
+    trailers = link.peer.trailers(sid)
+    assert status_of(trailers) is Status.OK
+    assert trailers[b"x-final"] == b"2"
+    assert b":status" not in trailers
+
+
+def test_server_connection_non_ascii_status_message_is_percent_encoded() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_trailers(sid, Status.INTERNAL, "nöt 100% ✓")
+    link.pump()
+    assert link.peer.headers(sid)[b"grpc-message"] == b"n%C3%B6t 100%25 %E2%9C%93"
+
+
+def test_server_connection_early_response_resets_the_unfinished_request() -> None:
+    # Answering before the client half-closed: the response ends with trailers and then
+    # RST_STREAM(NO_ERROR) asks the client to stop sending, so the stream does not stay
+    # half-open (and count against max_concurrent_streams) forever.
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_message(sid, b"early")
+    link.ours.send_trailers(sid, Status.OK)
+    link.ours.finish(sid)
+    link.pump()
+    assert status_of(link.peer.trailers(sid)) is Status.OK
+    [reset] = link.peer.of(h2.events.StreamReset, sid)
+    assert reset.error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert link.ours._h2.open_inbound_streams == 0
+
+
+def test_server_connection_half_open_streams_do_not_exhaust_max_concurrent_streams() -> None:
+    link = server_link(Settings(max_concurrent_streams=10))
+    for _ in range(30):
+        sid = open_stream(link)
+        [request] = link.of(RequestReceived)[-1:]
+        assert request.stream_id == sid
+        link.ours.send_trailers(sid, Status.OK)
+        link.ours.finish(sid)
+        link.pump()
+    assert len(link.of(RequestReceived)) == 30
+
+
+# -- flow control -------------------------------------------------------------------------------
+
+
+def test_server_connection_queues_behind_a_peer_that_never_sends_window_update() -> None:
+    link = server_link()  # the raw client advertises the default 65,535-byte windows
+    sid = open_stream(link)
+    big = b"m" * (1 << 20)
+    link.ours.send_message(sid, big)
+    link.pump()
+    sent = len(link.peer.data(sid))
+    assert sent == 65535
+    assert link.ours.pending(sid) == len(big) + 5 - 65535
+    # More data goes to the queue, not the wire; pending grows by exactly what was queued.
+    link.ours.send_message(sid, b"n" * 1000)
+    for _ in range(3):
+        link.pump()
+    assert len(link.peer.data(sid)) == 65535
+    assert link.ours.pending(sid) == len(big) + 5 + 1005 - 65535
+    # The peer reads and opens its windows: the queue drains in order.
+    link.peer.h2.increment_flow_control_window(1 << 21)
+    link.peer.h2.increment_flow_control_window(1 << 21, stream_id=sid)
+    link.pump()
+    assert link.ours.pending(sid) == 0
+    assert link.peer.data(sid) == grpc_frame(big) + grpc_frame(b"n" * 1000)
+
+
+def test_server_connection_trailers_wait_behind_queued_data() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_message(sid, b"m" * 100_000)
+    link.ours.send_trailers(sid, Status.OK)
+    link.ours.finish(sid)
+    link.pump()
+    assert link.peer.of(h2.events.TrailersReceived, sid) == []
+    assert link.ours.has_pending_output()
+    link.peer.h2.increment_flow_control_window(1 << 20)
+    link.peer.h2.increment_flow_control_window(1 << 20, stream_id=sid)
+    link.pump()
+    assert status_of(link.peer.trailers(sid)) is Status.OK
+    assert not link.ours.has_pending_output()
+
+
+def test_server_connection_respects_peer_max_frame_size() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_message(sid, b"q" * 50_000)
+    link.pump()
+    sizes = [len(e.data) for e in link.peer.of(h2.events.DataReceived, sid)]
+    assert sum(sizes) == 50_005
+    assert max(sizes) <= 16384
+
+
+def test_server_connection_acknowledges_received_bytes_only_as_they_are_consumed() -> None:
+    window = 65535
+    link = server_link(Settings(initial_window_size=window, connection_window_size=window))
+    sid = open_stream(link)
+    message = grpc_frame(b"p" * 16000)
+    sent = 0
+    # The application consumes nothing; keep sending while the peer's window allows.
+    while link.peer.h2.local_flow_control_window(sid) >= len(message):
+        send(link, sid, message)
+        sent += 1
+    received = link.of(MessageReceived)
+    assert len(received) == sent
+    # Acknowledged: up to one window of unconsumed messages; then one more window in flight.
+    assert window < sent * len(message) <= 2 * window + len(message)
+    stalled = link.peer.h2.local_flow_control_window(sid)
+    assert stalled < len(message)
+    # Consuming releases the window again.
+    link.ours.consumed(sid, sent * len(message))
+    link.pump()
+    assert link.peer.h2.local_flow_control_window(sid) > stalled + len(message)
+
+
+def test_server_connection_large_message_is_not_starved_by_deferred_acknowledgement() -> None:
+    # A single message bigger than the window must still arrive: partial bodies are acked.
+    window = 65535
+    link = server_link(Settings(initial_window_size=window, connection_window_size=window))
+    sid = open_stream(link)
+    data = grpc_frame(b"L" * (5 * window))
+    pos = 0
+    while pos < len(data):
+        room = link.peer.h2.local_flow_control_window(sid)
+        assert room > 0, "flow control stalled on a partial message"
+        chunk = data[pos : pos + min(room, 16384)]
+        send(link, sid, chunk)
+        pos += len(chunk)
+    assert [len(e.message) for e in link.of(MessageReceived)] == [5 * window]
+
+
+# -- connection-level ---------------------------------------------------------------------------
+
+
+def test_server_connection_goaway_from_client_lets_open_stream_finish() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    # The client announces it is going away (plain h2 would refuse every later frame).
+    link.peer.inject(hyperframe.frame.GoAwayFrame(0, last_stream_id=0, error_code=0))
+    link.pump()
+    assert link.of(GoAwayReceived) == [GoAwayReceived(0, 0)]
+    send(link, sid, grpc_frame(b"still here"), end=True)
+    assert [e.message for e in link.of(MessageReceived)] == [b"still here"]
+    link.ours.send_message(sid, b"reply")
+    link.ours.send_trailers(sid, Status.OK)
+    link.pump()
+    assert link.peer.data(sid) == grpc_frame(b"reply")
+    assert status_of(link.peer.trailers(sid)) is Status.OK
+
+
+def test_server_connection_start_shutdown_refuses_streams_above_last_id() -> None:
+    link = server_link()
+    first = open_stream(link)
+    mark = len(link.wire_to_peer)
+    link.ours.start_shutdown()
+    # The client opened another stream before it saw the GOAWAY.
+    second = link.peer.h2.get_next_available_stream_id()
+    link.peer.h2.send_headers(second, request_headers())
+    link.peer.h2.send_data(first, grpc_frame(b"in flight"), end_stream=True)
+    link.pump(deliver_to_peer=False)
+    assert [e.stream_id for e in link.of(RequestReceived)] == [first]
+    assert [e.message for e in link.of(MessageReceived)] == [b"in flight"]
+    # The in-flight stream still gets its full response after the GOAWAY.
+    link.ours.send_message(first, b"done")
+    link.ours.send_trailers(first, Status.OK)
+    link.pump(deliver_to_peer=False)
+    frames = parse_frames(b"".join(link.wire_to_peer[mark:]))
+    goaways = [f for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
+    assert [(g.last_stream_id, g.error_code) for g in goaways] == [(first, 0)]
+    resets = [f for f in frames if isinstance(f, hyperframe.frame.RstStreamFrame)]
+    assert [(r.stream_id, r.error_code) for r in resets] == [
+        (second, h2.errors.ErrorCodes.REFUSED_STREAM)
+    ]
+    sent_on_first = [f for f in frames if f.stream_id == first]
+    assert isinstance(sent_on_first[-1], hyperframe.frame.HeadersFrame)
+    assert "END_STREAM" in sent_on_first[-1].flags
+
+
+def test_server_connection_garbage_raises_protocol_error_and_close_sends_goaway() -> None:
+    link = server_link()
+    with pytest.raises(h2.exceptions.ProtocolError):
+        link.ours.receive_data(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\xff" * 64)
+    link.ours.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, b"bad frame")
+    frames = parse_frames(link.ours.data_to_send())
+    [goaway] = [f for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
+    assert goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert link.ours.closed
+
+
+def test_server_connection_answers_pings() -> None:
+    link = server_link()
+    link.peer.h2.ping(b"12345678")
+    link.pump()
+    [ack] = link.peer.of(h2.events.PingAckReceived)
+    assert ack.ping_data == b"12345678"
+
+
+def test_server_connection_accepts_the_large_frames_it_advertised() -> None:
+    link = server_link(Settings(max_frame_size=(1 << 24) - 1))
+    assert link.peer.h2.max_outbound_frame_size == (1 << 24) - 1
+    sid = open_stream(link)
+    body = grpc_frame(b"F" * 200_000)
+    send(link, sid, body, end=True)  # a single 200 kB DATA frame
+    assert [len(e.message) for e in link.of(MessageReceived)] == [200_000]
+
+
+def test_server_connection_refuses_streams_over_the_limit_without_closing() -> None:
+    # A client may open streams before it has seen our SETTINGS: the extra ones are refused
+    # with REFUSED_STREAM (a stream error, RFC 9113 §5.1.2); the connection carries on.
+    server = ServerConnection(Settings(max_concurrent_streams=2), max_receive_message_size=1000)
+    peer = Peer(client_side=True)
+    sids = []
+    for _ in range(3):
+        sid = peer.h2.get_next_available_stream_id()
+        peer.h2.send_headers(sid, request_headers(x_n=b"%d" % sid))
+        sids.append(sid)
+    link = Link(server, peer)  # only now are bytes exchanged
+    assert [e.stream_id for e in link.of(RequestReceived)] == sids[:2]
+    [reset] = peer.of(h2.events.StreamReset)
+    assert (reset.stream_id, reset.error_code) == (sids[2], h2.errors.ErrorCodes.REFUSED_STREAM)
+    # HPACK stayed in sync and the connection works: finish a stream, open another.
+    server.send_trailers(sids[0], Status.OK)
+    server.finish(sids[0])
+    link.pump()
+    later = open_stream(link, request_headers(x_n=b"later"))
+    [request] = [e for e in link.of(RequestReceived) if e.stream_id == later]
+    assert request.metadata == [("x-n", "later")]
