@@ -8,21 +8,32 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from prism.cli import admin, keys
 from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
 from prism.hosting.loader import load_plugin_class
 from prism.hosting.verify import PluginRefused
-from prism.proxy.app import Proxy
-from prism.proxy.config import ConfigError, ProxyConfig, default_config, load_config
+from prism.proxy.app import ListenFailed, Proxy
+from prism.proxy.config import (
+    ConfigError,
+    ProxyConfig,
+    admin_from_target,
+    default_config,
+    load_config,
+)
 
 log = logging.getLogger("prism")
+ADMIN_HELP = (
+    "the proxy's admin API: host:port or unix:/path (default: $PRISM_ADMIN or 127.0.0.1:50052)"
+)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism", description="Prism data-access proxy")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--config", type=Path, help="YAML config (default: embedded memstore + sqlite namespaces)"
     )
     serve.add_argument("--listen", help="host:port for the front door (overrides the config)")
+    serve.add_argument(
+        "--admin",
+        help="admin API: loopback host:port, unix:/path, or off (overrides the config's admin)",
+    )
     serve.add_argument(
         "--data-dir",
         type=Path,
@@ -57,7 +72,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     init.add_argument("name")
     init.add_argument("--directory", type=Path, default=None)
 
-    args = parser.parse_args(argv)
+    def admin_command(name: str, help: str, timeout: float | None) -> argparse.ArgumentParser:
+        cmd = plugin.add_parser(name, help=help)
+        cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
+        cmd.add_argument(
+            "--timeout",
+            type=float,
+            default=timeout,
+            help="seconds to wait for the answer" + (" (default: no limit)" if not timeout else ""),
+        )
+        return cmd
+
+    plist = admin_command("list", "namespaces, their plugins and instances", 10.0)
+    plist.add_argument("--json", action="store_true", help="machine-readable output")
+    status = admin_command("status", "one namespace's plugin, health and metrics", 10.0)
+    status.add_argument("namespace")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    reload = admin_command("reload", "hot-reload a namespace's plugin", None)
+    reload.add_argument("namespace")
+
+    keygen = plugin.add_parser("keygen", help="make an ed25519 key pair for signing plugins")
+    keygen.add_argument("out", type=Path, help="private key file (the public key: OUT.pub)")
+    sign = plugin.add_parser("sign", help="sign a plugin file or package directory")
+    sign.add_argument("path", type=Path, help="the plugin's module file or package directory")
+    sign.add_argument("--key", type=Path, required=True, help="ed25519 private key (PEM)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -68,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             config = load_config(args.config) if args.config else default_config(args.data_dir)
             if args.listen:
                 config = replace(config, listen=args.listen)
+            if args.admin:
+                config = replace(config, admin=admin_from_target(args.admin))
             trio.run(_serve, config)
+        elif args.plugin_command in ("list", "status", "reload", "keygen", "sign"):
+            _plugin_tool(args)
         elif args.plugin_command == "serve":
             trio.run(_serve_plugin, args)
         elif args.plugin_command == "init":
@@ -80,11 +127,34 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"prism: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
             print(f"created {path}; next: pip install -e {path} && pytest {path}")
-    except* (ConfigError, PluginRefused, PluginStartFailed) as group:
+    except* (ConfigError, PluginRefused, PluginStartFailed, ListenFailed) as group:
         # Startup errors are the operator's to fix: one clear line, no traceback.
-        for exc in _leaves(group):
-            print(f"prism: {exc}", file=sys.stderr)
+        for leaf in _leaves(group):
+            print(f"prism: {leaf}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _plugin_tool(args: argparse.Namespace) -> None:
+    """The admin and key commands: output on stdout; errors as one line, exit 1."""
+    try:
+        if args.plugin_command == "list":
+            command = partial(admin.list_namespaces, args.admin, as_json=args.json)
+            out = admin.run(command, args.admin, args.timeout)
+        elif args.plugin_command == "status":
+            command = partial(admin.namespace_status, args.admin, args.namespace, as_json=args.json)
+            out = admin.run(command, args.admin, args.timeout)
+        elif args.plugin_command == "reload":
+            command = partial(admin.reload_namespace, args.admin, args.namespace)
+            out = admin.run(command, args.admin, args.timeout)
+        elif args.plugin_command == "keygen":
+            private, public = keys.keygen(args.out)
+            out = f"wrote {private} (private, 0600) and {public} (public: add it to trusted_keys)"
+        else:
+            out = f"wrote {keys.sign(args.path, args.key)}"
+    except admin.CliError as exc:
+        print(f"prism: {exc}", file=sys.stderr)
+        raise SystemExit(exc.code) from None
+    print(out)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

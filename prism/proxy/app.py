@@ -1,9 +1,14 @@
-"""The proxy process: plugin host + front door + health + reflection, in one nursery."""
+"""The proxy process: plugin host + front door + admin API + health + reflection, in one
+nursery."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -12,10 +17,15 @@ from prism.grpc.health import Health, HealthState, ServingStatus
 from prism.grpc.reflection import Reflection
 from prism.grpc.transport import server_ssl_context, split_host_port
 from prism.hosting.host import PluginHost
-from prism.proxy.config import ProxyConfig
+from prism.proxy.admin import AdminService
+from prism.proxy.config import ProxyConfig, check_admin_listen
 from prism.proxy.frontdoor import DataProxyService
 
 log = logging.getLogger("prism.proxy")
+
+
+class ListenFailed(Exception):
+    """A listener could not be opened (address in use, no permission); the message says which."""
 
 
 def namespace_health_name(namespace: str) -> str:
@@ -24,7 +34,8 @@ def namespace_health_name(namespace: str) -> str:
 
 
 class Proxy:
-    """A running proxy. ``address`` is where the front door listens."""
+    """A running proxy. ``address`` is where the front door listens; ``admin_address`` and
+    ``admin_socket`` where the admin API does (None when not configured)."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
@@ -39,7 +50,18 @@ class Proxy:
         )
         for service in Reflection.for_server(self.server).services():
             self.server.add_service(service)
+        # The admin API gets its own server: never reachable through the front door's
+        # (possibly public) listener, whatever its address.
+        self.admin_server: pg.Server | None = None
+        if config.admin.enabled:
+            if config.admin.listen is not None:
+                check_admin_listen(config.admin.listen)  # also for configs built in code
+            self.admin_server = pg.Server([AdminService(self.host), Health(self.health)])
+            for service in Reflection.for_server(self.admin_server).services():
+                self.admin_server.add_service(service)
         self.address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self.admin_socket: str | None = None
         self._scope: trio.CancelScope | None = None
 
     def _namespace_status(self, namespace: str, serving: bool) -> None:
@@ -55,9 +77,12 @@ class Proxy:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
-                self.address = await nursery.start(
-                    partial(self.server.serve_tcp, host, port, ssl_context=ssl_context)
+                self.address = await _listen(
+                    nursery,
+                    partial(self.server.serve_tcp, host, port, ssl_context=ssl_context),
+                    f"listen {self.config.listen}",
                 )
+                await self._start_admin(nursery)
                 self.health.set("prism.proxy.v1.DataProxy", ServingStatus.SERVING)
                 log.info(
                     "prism listening on %s:%d (%s)",
@@ -68,10 +93,51 @@ class Proxy:
                 )
                 task_status.started(self)
 
+    async def _start_admin(self, nursery: trio.Nursery) -> None:
+        admin, server = self.config.admin, self.admin_server
+        if server is None:
+            return
+        if admin.listen is not None:
+            host, port = split_host_port(admin.listen)
+            self.admin_address = await _listen(
+                nursery, partial(server.serve_tcp, host, port), f"admin.listen {admin.listen}"
+            )
+            log.info("admin API on %s:%d", *self.admin_address)
+        if admin.unix_socket is not None:
+            what = f"admin.unix_socket {admin.unix_socket}"
+            # serve_unix replaces a stale socket file; one a live proxy still answers on is not
+            # stale, and replacing it would silently take that proxy's admin API away.
+            if await _answers(admin.unix_socket):
+                raise ListenFailed(f"cannot listen on {what}: another process is serving on it")
+            self.admin_socket = await _listen(
+                nursery, partial(server.serve_unix, admin.unix_socket, mode=0o600), what
+            )
+            log.info("admin API on unix:%s", self.admin_socket)
+
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, GOAWAY, in-flight calls get ``shutdown_grace``, then
         plugins are shut down."""
         self.health.shutdown()
-        await self.server.shutdown(self.config.shutdown_grace)
+        async with trio.open_nursery() as nursery:
+            for server in (self.server, self.admin_server):
+                if server is not None:
+                    nursery.start_soon(server.shutdown, self.config.shutdown_grace)
         if self._scope is not None:
             self._scope.cancel()
+
+
+async def _listen(nursery: trio.Nursery, serve: Callable[..., Awaitable[Any]], what: str) -> Any:
+    """Start a listener task; its OSError (address in use, ...) becomes one clear ListenFailed."""
+    try:
+        return await nursery.start(serve)
+    except OSError as exc:
+        raise ListenFailed(f"cannot listen on {what}: {exc.strerror or exc}") from None
+
+
+async def _answers(path: Path) -> bool:
+    try:
+        stream = await trio.open_unix_socket(os.fspath(path))
+    except OSError:
+        return False
+    await stream.aclose()
+    return True

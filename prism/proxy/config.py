@@ -7,6 +7,7 @@ values never appear in errors or logs.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ import yaml
 PluginMode = Literal["in_process", "sidecar", "remote"]
 _MODES = ("in_process", "sidecar", "remote")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,62}\Z")
+_B64_KEY = re.compile(r"[A-Za-z0-9+/]{43}=")  # 32 raw bytes, base64
 _SECRET = re.compile(r"\{\{\s*(env|file):([^}]+?)\s*\}\}")
 
 
@@ -80,10 +82,28 @@ class PluginSecurityConfig:
     trusted_keys: tuple[str, ...] = ()
 
 
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:50052"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Where the admin API listens: a loopback ``host:port`` and/or a Unix socket (mode 0600).
+
+    The admin API can reload plugins and has no authentication of its own, so it is never
+    served on a non-loopback address: who can reach it must be decided by the host (loopback)
+    or by file permissions (the socket).
+    """
+
+    enabled: bool = True
+    listen: str | None = DEFAULT_ADMIN_LISTEN
+    unix_socket: Path | None = None
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     listen: str = "127.0.0.1:50051"
     tls: TlsConfig | None = None
+    admin: AdminConfig = field(default_factory=AdminConfig)
     max_message_size: int = 16 << 20
     shutdown_grace: float = 10.0
     runtime_dir: Path | None = None  # sidecar sockets; default: a private temp directory
@@ -132,18 +152,20 @@ def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
             raise ConfigError(f"namespaces: {name!r} is defined more than once")
     tls = r.optional("tls")
     sec = r.optional("plugin_security")
+    admin = _admin(r.optional("admin"))
     cfg = ProxyConfig(
         listen=r.text("listen", "127.0.0.1:50051"),
         tls=TlsConfig(tls.path("cert"), tls.path("key"), tls.opt_path("client_ca"))
         if tls
         else None,
+        admin=admin,
         max_message_size=r.integer("max_message_size", 16 << 20),
         shutdown_grace=r.seconds("shutdown_grace", 10.0),
         runtime_dir=r.opt_path("runtime_dir"),
         plugin_security=PluginSecurityConfig(
             verify_permissions=sec.flag("verify_permissions", True),
             require_signatures=sec.flag("require_signatures", False),
-            trusted_keys=tuple(str(k) for k in sec.items("trusted_keys")),
+            trusted_keys=tuple(_trusted_key(str(k), base) for k in sec.items("trusted_keys")),
         )
         if sec
         else PluginSecurityConfig(),
@@ -151,6 +173,73 @@ def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
     )
     r.done()
     return cfg
+
+
+def _trusted_key(key: str, base: Path) -> str:
+    """A trusted key is PEM text, a base64 raw key, or a path; a relative path is relative to
+    the config file, like every other path in it (not to the proxy's working directory)."""
+    if "-----BEGIN" in key or _B64_KEY.fullmatch(key.strip()):
+        return key
+    return str(base / key)
+
+
+def _admin(r: _Reader) -> AdminConfig:
+    enabled = r.flag("enabled", True)
+    socket = r.opt_path("unix_socket")
+    # Naming only a socket means only the socket: no TCP listener the operator did not ask for.
+    listen = r.text("listen", "" if socket else DEFAULT_ADMIN_LISTEN) or None
+    r.done()
+    if not enabled:
+        return AdminConfig(enabled=False, listen=None, unix_socket=None)
+    if listen is None and socket is None:
+        raise ConfigError(
+            f"{r.where('listen')}: the admin API needs a listen address or a unix_socket "
+            "(or enabled: false)"
+        )
+    if listen is not None:
+        check_admin_listen(listen, r.where("listen"))
+    if socket is not None:
+        check_socket_path(socket, r.where("unix_socket"))
+    return AdminConfig(enabled=True, listen=listen, unix_socket=socket)
+
+
+def check_socket_path(path: Path, where: str) -> None:
+    # sun_path holds 108 bytes with the terminating NUL; a longer path fails only at bind().
+    if len(os.fsencode(path)) > 107:
+        raise ConfigError(f"{where}: {str(path)!r} is too long for a Unix socket (max 107 bytes)")
+
+
+def check_admin_listen(listen: str, where: str = "admin.listen") -> None:
+    """ConfigError unless ``listen`` is ``host:port`` with a loopback host."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+        raise ConfigError(f"{where}: {listen!r} is not host:port")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False  # a host name could resolve anywhere
+        if not loopback:
+            raise ConfigError(
+                f"{where}: {listen!r} is not a loopback address; the admin API has no "
+                "authentication, so it listens only on loopback (127.0.0.1, ::1, localhost) "
+                "or on admin.unix_socket"
+            )
+
+
+def admin_from_target(target: str) -> AdminConfig:
+    """``prism serve --admin``: ``host:port`` (loopback) or ``unix:/path``; ``off`` disables."""
+    if target == "off":
+        return AdminConfig(enabled=False, listen=None)
+    if target.startswith("unix:"):
+        path = target[len("unix:") :]
+        if not path:
+            raise ConfigError(f"--admin: {target!r} names no socket path")
+        check_socket_path(Path(path), "--admin")
+        return AdminConfig(listen=None, unix_socket=Path(path))
+    check_admin_listen(target, "--admin")
+    return AdminConfig(listen=target)
 
 
 def _namespace(r: _Reader) -> NamespaceConfig:

@@ -1,0 +1,221 @@
+"""``prism plugin list|status|reload|keygen|sign`` as an operator runs them: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+_SCRIPT = Path(sys.executable).with_name("prism")
+PRISM = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prism.cli.main"]
+
+SIGNED_PLUGIN = """\
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prism._proto.prism.data.v1 import GetRequest, GetResponse
+from prism.sdk import BackendPlugin, OperationContext, operation
+
+
+class SignedPlugin(BackendPlugin):
+    name = "signedplug"
+    config_type = None
+
+    async def initialize(
+        self, config: None, credentials: Mapping[str, str], namespace: str
+    ) -> None:
+        pass
+
+    @operation("get", params=GetRequest, result=GetResponse)
+    async def get(self, params: GetRequest, ctx: OperationContext) -> GetResponse:
+        return GetResponse(found=True, value=params.key.encode())
+"""
+
+
+def prism(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PRISM, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: a Unix socket path must fit in 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="prism-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def serving(
+    *args: str, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``prism serve ARGS`` until it logs that it listens; SIGTERM (graceful stop) afterwards."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*PRISM, "serve", *args], stdout=subprocess.DEVNULL, stderr=err, env=env
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "prism listening on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prism serve did not start (exit {proc.poll()}):\n{log.read_text()}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def namespaces(admin: str) -> dict[str, dict[str, object]]:
+    result = prism("plugin", "list", "--json", "--admin", admin)
+    assert result.returncode == 0, result.stderr
+    return {ns["name"]: ns for ns in json.loads(result.stdout)["namespaces"]}
+
+
+def test_plugin_reload_and_list_against_prism_serve(tmp_path: Path, short_dir: Path) -> None:
+    admin = f"unix:{short_dir / 'admin.sock'}"
+    args = ("--listen", "127.0.0.1:0", "--admin", admin, "--data-dir", str(tmp_path / "data"))
+    with serving(*args, log=tmp_path / "serve.log"):
+        before = namespaces(admin)
+        assert list(before) == ["kv", "durable"]
+        assert before["kv"]["plugin"] == "memstore"
+        assert before["kv"]["mode"] == "in_process"
+        assert before["kv"]["available"] is True
+
+        result = prism("plugin", "reload", "kv", "--admin", admin)
+        assert result.returncode == 0, result.stderr
+        match = re.fullmatch(
+            r"namespace 'kv' reloaded: instance (\d+) is serving \(took [\d.]+ s\)\n", result.stdout
+        )
+        assert match, result.stdout
+        after = namespaces(admin)
+        assert after["kv"]["generation"] == int(match.group(1))
+        assert int(match.group(1)) > before["kv"]["generation"]  # type: ignore[operator]
+        assert after["durable"]["generation"] == before["durable"]["generation"]
+
+        table = prism("plugin", "list", "--admin", admin)
+        assert table.returncode == 0, table.stderr
+        header, *rows = table.stdout.splitlines()
+        assert header.split() == [
+            "NAMESPACE",
+            "PLUGIN",
+            "MODE",
+            "INSTANCE",
+            "STATE",
+            "IN-FLIGHT",
+            "HEALTH",
+        ]
+        assert rows[0].split()[:5] == ["kv", "memstore", "in_process", match.group(1), "available"]
+
+        unknown = prism("plugin", "reload", "nope", "--admin", admin)
+        assert (unknown.returncode, unknown.stdout) == (1, "")
+        assert unknown.stderr == "prism: unknown namespace 'nope'\n"
+
+
+def test_plugin_status_over_tcp_admin_from_environment(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    args = ("--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir", str(tmp_path))
+    with serving(*args, log=log):
+        port = re.search(r"admin API on 127\.0\.0\.1:(\d+)", log.read_text())
+        assert port, log.read_text()
+        env = {**os.environ, "PRISM_ADMIN": f"127.0.0.1:{port.group(1)}"}
+        result = prism("plugin", "status", "durable", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert (status["name"], status["plugin"], status["available"]) == (
+            "durable",
+            "sqlite",
+            True,
+        )
+
+
+def test_plugin_list_cannot_reach_admin_exits_1(short_dir: Path) -> None:
+    target = f"unix:{short_dir / 'nobody.sock'}"
+    result = prism("plugin", "list", "--admin", target)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"prism: cannot reach the admin API at {target}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_plugin_keygen_writes_private_key_0600_and_never_overwrites(tmp_path: Path) -> None:
+    key = tmp_path / "release.key"
+    result = prism("plugin", "keygen", str(key))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert (tmp_path / "release.key.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+
+    original = key.read_bytes()
+    again = prism("plugin", "keygen", str(key))
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
+    assert key.read_bytes() == original
+
+
+def test_signed_plugin_loads_and_tampered_plugin_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "release.key"
+    key.parent.mkdir()
+    assert prism("plugin", "keygen", str(key)).returncode == 0
+    package = tmp_path / "pkgs" / "signedplug"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(SIGNED_PLUGIN)
+    signed = prism("plugin", "sign", str(package), "--key", str(key))
+    assert signed.returncode == 0, signed.stderr
+    assert (tmp_path / "pkgs" / "signedplug.sig").exists()
+
+    config = tmp_path / "prism.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "127.0.0.1:0",
+                "admin": {"enabled": False},
+                "plugin_security": {
+                    "require_signatures": True,
+                    "trusted_keys": [str(key) + ".pub"],
+                },
+                "namespaces": [{"name": "signed", "plugin": {"name": "signedplug:SignedPlugin"}}],
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkgs")}
+    with serving("--config", str(config), log=tmp_path / "serve.log", env=env):
+        pass  # it started: the signature verified
+
+    with (package / "__init__.py").open("a") as f:
+        f.write("\nSTOLEN = True\n")
+    refused = prism("serve", "--config", str(config), env=env)
+    assert refused.returncode == 2
+    assert "signedplug" in refused.stderr
+    assert "signature" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_plugin_sign_rejects_a_key_that_is_not_an_ed25519_private_key(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    assert prism("plugin", "keygen", str(key)).returncode == 0
+    artifact = tmp_path / "plugin.py"
+    artifact.write_text("x = 1\n")
+    result = prism("plugin", "sign", str(artifact), "--key", str(key) + ".pub")
+    assert result.returncode == 1
+    assert "not an unencrypted PEM private key" in result.stderr
+    assert not (tmp_path / "plugin.py.sig").exists()
