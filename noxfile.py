@@ -9,6 +9,8 @@ from __future__ import annotations
 import filecmp
 import shutil
 import tempfile
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import nox
@@ -41,8 +43,13 @@ def tests(session: nox.Session) -> None:
     """Unit, scenario and acceptance tests (plugins against real backends)."""
     session.run("bash", "scripts/system-deps", external=True)
     _install_project(session)
-    session.install(*TEST_DEPS)
-    paths = session.posargs or ["tests", *(str(p / "tests") for p in PLUGINS), "--ignore=tests/interop"]
+    # PROTO_DEPS: the scaffold's test compares its generated code with the pinned compiler's.
+    session.install(*TEST_DEPS, *PROTO_DEPS)
+    paths = session.posargs or [
+        "tests",
+        *(str(p / "tests") for p in PLUGINS),
+        "--ignore=tests/interop",
+    ]
     session.run("pytest", *paths)
 
 
@@ -68,28 +75,67 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "prism", *(str(p / "src") for p in PLUGINS))
 
 
-def _generate(session: nox.Session, proto_root: Path, out: Path) -> None:
-    protos = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
+@dataclass(frozen=True)
+class _Target:
+    """One generated ``_proto`` package: which .proto files, found under which roots."""
+
+    out: Path
+    roots: tuple[Path, ...]  # the -I roots, in order
+    protos: tuple[str, ...]  # paths relative to their root
+    server_generation: str = "none"  # "async": betterproto2's grpclib service base classes
+
+
+def _protos_under(root: Path) -> tuple[str, ...]:
+    return tuple(sorted(str(p.relative_to(root)) for p in root.rglob("*.proto")))
+
+
+def _generate(session: nox.Session, target: _Target, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     session.run(
-        "python", "-m", "grpc_tools.protoc", f"-I{proto_root}",
+        "python",
+        "-m",
+        "grpc_tools.protoc",
+        *(f"-I{root}" for root in target.roots),
         f"--python_betterproto2_out={out}",
-        "--python_betterproto2_opt=client_generation=none,server_generation=none",
-        f"--descriptor_set_out={out / 'descriptors.binpb'}", "--include_imports",
-        *protos,
+        "--python_betterproto2_opt=client_generation=none,"
+        f"server_generation={target.server_generation}",
+        f"--descriptor_set_out={out / 'descriptors.binpb'}",
+        "--include_imports",
+        *target.protos,
         silent=True,
     )
 
 
-def _targets() -> list[tuple[Path, Path]]:
-    pairs = [(ROOT / "protos", ROOT / "prism" / "_proto")]
-    for plugin in PLUGINS:
-        if (plugin / "protos").is_dir():
-            # The package directory, not a sibling such as an editable install's *.egg-info.
-            src = sorted((plugin / "src").iterdir())
-            package = next(p for p in src if (p / "__init__.py").is_file())
-            pairs.append((plugin / "protos", package / "_proto"))
-    return pairs
+def _plugin_target(plugin: Path) -> _Target | None:
+    """A plugin's own ``protos/`` plus what its pyproject's ``[tool.prism.protos]`` asks for:
+    ``core = [...]`` (core protos, by path under ``protos/``, to generate into the plugin's own
+    package, for a plugin that does not import ``prism``) and ``server_generation = "async"``.
+    """
+    settings = tomllib.loads((plugin / "pyproject.toml").read_text())
+    extra = settings.get("tool", {}).get("prism", {}).get("protos", {})
+    core = tuple(extra.get("core", ()))
+    server = extra.get("server_generation", "none")
+    if server not in ("none", "async"):
+        raise ValueError(f"{plugin.name}: [tool.prism.protos] server_generation={server!r}")
+    own = plugin / "protos"
+    if not own.is_dir() and not core:
+        return None
+    for proto in core:
+        if not (ROOT / "protos" / proto).is_file():
+            raise ValueError(f"{plugin.name}: [tool.prism.protos] core: no protos/{proto}")
+    roots = ((own,) if own.is_dir() else ()) + ((ROOT / "protos",) if core else ())
+    # The package directory, not a sibling such as an editable install's *.egg-info.
+    src = sorted((plugin / "src").iterdir())
+    package = next(p for p in src if (p / "__init__.py").is_file())
+    protos = (_protos_under(own) if own.is_dir() else ()) + core
+    return _Target(package / "_proto", roots, protos, server)
+
+
+def _targets() -> list[_Target]:
+    core = _Target(ROOT / "prism" / "_proto", (ROOT / "protos",), _protos_under(ROOT / "protos"))
+    targets = [core]
+    targets.extend(t for t in map(_plugin_target, PLUGINS) if t is not None)
+    return targets
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -97,16 +143,15 @@ def _same_tree(a: Path, b: Path) -> bool:
     if cmp.left_only or cmp.right_only or cmp.funny_files:
         return False
     _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
-    return not mismatch and not errors and all(
-        _same_tree(a / d, b / d) for d in cmp.common_dirs
-    )
+    return not mismatch and not errors and all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
 def _regenerate(session: nox.Session, *, check: bool) -> None:
     session.install(*PROTO_DEPS)
-    for proto_root, target in _targets():
+    for spec in _targets():
+        target = spec.out
         with tempfile.TemporaryDirectory() as tmp:
-            _generate(session, proto_root, Path(tmp))
+            _generate(session, spec, Path(tmp))
             if check:
                 if not target.exists() or not _same_tree(Path(tmp), target):
                     session.error(f"{target} is stale: run `nox -s protos`")
@@ -128,7 +173,13 @@ def protos_check(session: nox.Session) -> None:
     _regenerate(session, check=True)
 
 
-BENCH_DEPS = ["grpcio>=1.60", "grpcio-tools>=1.60", "grpclib>=0.4.7", "uvloop>=0.19"]
+BENCH_DEPS = [
+    "grpcio>=1.60",
+    "grpcio-tools>=1.60",
+    "grpclib>=0.4.7",
+    "uvloop>=0.19",
+    "trustme>=1.1",  # the plugins suite's mTLS certificates
+]
 
 
 @nox.session
@@ -145,4 +196,3 @@ def serve(session: nox.Session) -> None:
     """Install and run the proxy on its embedded default (memstore + sqlite)."""
     _install_project(session)
     session.run("prism", "serve", *session.posargs)
-
