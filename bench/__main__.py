@@ -24,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--repeat", type=int, help="rounds; medians are reported (default 3, --quick 1)"
+        "--repeat",
+        type=int,
+        help="rounds; medians are reported (default 3, plugins suite 5; --quick 1)",
     )
     common.add_argument("--quick", action="store_true", help="few requests: a smoke run")
     common.add_argument(

@@ -2,10 +2,11 @@
 
 A suite is an object with a `name`, a one-line `summary`, `add_arguments(parser)` for its own
 options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already there) and
-`run(args) -> exit code`. To add one (e.g. `plugins`: plugin-call latency in-process vs sidecar
-vs remote), write `bench/suites/<module>.py` that calls `register(...)` at import time and list
-the module in `SUITE_MODULES`. Shared pieces: `bench.procs` (server processes, their CPU time),
-`bench.h2load` (load generation), `bench.report` (medians, tables, the results file).
+`run(args) -> exit code`. To add one, write `bench/suites/<module>.py` that calls
+`register(...)` at import time and list the module in `SUITE_MODULES`. Shared pieces:
+`bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
+`bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
+(plugins.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 #: Modules that register suites when imported; the first suite registered is not the default,
 #: DEFAULT_SUITE is.
-SUITE_MODULES = ("bench.suites.grpc_stack",)
+SUITE_MODULES = ("bench.suites.grpc_stack", "bench.suites.plugins")
 DEFAULT_SUITE = "grpc"
 
 
