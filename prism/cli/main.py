@@ -189,7 +189,7 @@ async def _serve_plugin(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         address = await nursery.start(
             lambda task_status: serve_plugin(
-                cls(), listen=args.listen, ssl_context=ctx, task_status=task_status
+                cls, listen=args.listen, ssl_context=ctx, task_status=task_status
             )
         )
         log.info("plugin %s serving on %s (mTLS)", args.plugin, address)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 
-import trio
-
 from prism._proto.prism.plugin.v1 import (
     ExecuteRequest,
     ExecuteResponse,
@@ -27,6 +25,9 @@ from prism._proto.prism.plugin.v1 import (
 )
 from prism.grpc.channel import Channel, ClientCall
 from prism.grpc.service import decode
+from prism.grpc.wire.status import GrpcError
+from prism.sdk._nursery import open_nursery_unwrapped
+from prism.sdk.grpc_service import SESSION_METADATA
 from prism.sdk.instance import METRICS_OPERATION, PluginInstance
 from prism.sdk.typed import unpack
 
@@ -97,31 +98,44 @@ class InProcessClient(PluginClient):
 
 
 class GrpcClient(PluginClient):
-    """A sidecar (Unix socket) or remote (mTLS) plugin, over a prism.grpc channel."""
+    """A sidecar (Unix socket) or remote (mTLS) plugin, over a prism.grpc channel.
 
-    def __init__(self, channel: Channel) -> None:
+    ``session``: sent as ``prism-plugin-session`` metadata on every call, so a remote plugin
+    service keeps this proxy's plugin instance apart from other proxies' (see
+    :mod:`prism.sdk.grpc_service`). Sidecars need none: the process is the instance.
+    """
+
+    def __init__(self, channel: Channel, session: str | None = None) -> None:
         self.channel = channel
+        self.metadata: tuple[tuple[str, str], ...] = (
+            () if session is None else ((SESSION_METADATA, session),)
+        )
 
     async def initialize(self, request: InitializeRequest) -> InitializeResponse:
         response: InitializeResponse = await self.channel.unary_unary(
-            SERVICE + "Initialize", request, InitializeResponse
+            SERVICE + "Initialize", request, InitializeResponse, metadata=self.metadata
         )
         return response
 
     async def health_check(self) -> HealthCheckResponse:
         response: HealthCheckResponse = await self.channel.unary_unary(
-            SERVICE + "HealthCheck", HealthCheckRequest(), HealthCheckResponse
+            SERVICE + "HealthCheck",
+            HealthCheckRequest(),
+            HealthCheckResponse,
+            metadata=self.metadata,
         )
         return response
 
     async def execute(self, request: bytes) -> bytes:
-        response: bytes = await self.channel.unary_unary(SERVICE + "Execute", request, bytes)
+        response: bytes = await self.channel.unary_unary(
+            SERVICE + "Execute", request, bytes, metadata=self.metadata
+        )
         return response
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
         async with (
-            self.channel.stream(SERVICE + "ExecuteStream", bytes) as call,
-            trio.open_nursery() as nursery,
+            self.channel.stream(SERVICE + "ExecuteStream", bytes, metadata=self.metadata) as call,
+            open_nursery_unwrapped() as nursery,
         ):
             nursery.start_soon(_pump_requests, receive, call)
             async for response in call:
@@ -133,11 +147,17 @@ class GrpcClient(PluginClient):
             SERVICE + "Shutdown",
             ShutdownRequest(grace_period_ms=int(grace * 1000), reason=reason),
             ShutdownResponse,
+            metadata=self.metadata,
         )
         return response
 
 
 async def _pump_requests(receive: ReceiveBytes, call: ClientCall) -> None:
-    while (data := await receive()) is not None:
-        await call.send_message(data)
-    await call.end()
+    """The client's further stream requests → the plugin, then the half-close. A failure to
+    send means the plugin's side of the call ended: its status arrives on the response side."""
+    try:
+        while (data := await receive()) is not None:
+            await call.send_message(data)
+        await call.end()
+    except GrpcError:
+        return

@@ -56,7 +56,9 @@ class Proxy:
         if config.admin.enabled:
             if config.admin.listen is not None:
                 check_admin_listen(config.admin.listen)  # also for configs built in code
-            self.admin_server = pg.Server([AdminService(self.host), Health(self.health)])
+            self.admin_server = pg.Server(
+                [AdminService(self.host, self.host.latest_metrics), Health(self.health)]
+            )
             for service in Reflection.for_server(self.admin_server).services():
                 self.admin_server.add_service(service)
         self.address: tuple[str, int] | None = None
@@ -70,7 +72,8 @@ class Proxy:
 
     async def run(self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED) -> None:
         """Start plugins, then listen; ``started`` once both are up. Runs until :meth:`stop`
-        or cancellation (which stops everything at once, without grace)."""
+        or cancellation (which stops listening at once, without grace; plugins are still sent
+        Shutdown, each within its ``drain_grace``)."""
         host, port = split_host_port(self.config.listen)
         tls = self.config.tls
         ssl_context = server_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None

@@ -145,7 +145,7 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
 
 def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
     r = _Reader(raw, "", base)
-    namespaces = tuple(_namespace(n) for n in r.items("namespaces"))
+    namespaces = tuple(_namespace(n) for n in r.sections("namespaces"))
     names = [n.name for n in namespaces]
     for name in names:
         if names.count(name) > 1:
@@ -154,23 +154,25 @@ def parse_config(raw: Any, base: Path = Path()) -> ProxyConfig:
     sec = r.optional("plugin_security")
     admin = _admin(r.optional("admin"))
     cfg = ProxyConfig(
-        listen=r.text("listen", "127.0.0.1:50051"),
+        listen=r.address("listen", "127.0.0.1:50051"),
         tls=TlsConfig(tls.path("cert"), tls.path("key"), tls.opt_path("client_ca"))
         if tls
         else None,
         admin=admin,
-        max_message_size=r.integer("max_message_size", 16 << 20),
+        max_message_size=r.positive("max_message_size", 16 << 20),
         shutdown_grace=r.seconds("shutdown_grace", 10.0),
         runtime_dir=r.opt_path("runtime_dir"),
         plugin_security=PluginSecurityConfig(
             verify_permissions=sec.flag("verify_permissions", True),
             require_signatures=sec.flag("require_signatures", False),
-            trusted_keys=tuple(_trusted_key(str(k), base) for k in sec.items("trusted_keys")),
+            trusted_keys=tuple(_trusted_key(k, base) for k in sec.strings("trusted_keys")),
         )
         if sec
         else PluginSecurityConfig(),
         namespaces=namespaces,
     )
+    tls.done()
+    sec.done()
     r.done()
     return cfg
 
@@ -273,7 +275,9 @@ def _namespace(r: _Reader) -> NamespaceConfig:
         if rtls
         else None,
         limits=LimitsConfig(
-            lim.opt_int("memory_mb"), lim.opt_int("cpu_seconds"), lim.opt_int("open_files")
+            lim.opt_positive("memory_mb"),
+            lim.opt_positive("cpu_seconds"),
+            lim.opt_positive("open_files"),
         )
         if lim
         else LimitsConfig(),
@@ -281,6 +285,8 @@ def _namespace(r: _Reader) -> NamespaceConfig:
         startup_timeout=p.seconds("startup_timeout", 15.0),
         drain_grace=p.seconds("drain_grace", 10.0),
     )
+    rtls.done()
+    lim.done()
     p.done()
     if mode == "remote" and plugin.tls is None:
         raise ConfigError(f"{p.where('tls')}: a remote plugin needs mTLS settings (ca, cert, key)")
@@ -348,6 +354,39 @@ class _Reader:
     def integer(self, key: str, default: int) -> int:
         value = self.opt_int(key)
         return default if value is None else value
+
+    def positive(self, key: str, default: int) -> int:
+        value = self.opt_positive(key)
+        return default if value is None else value
+
+    def opt_positive(self, key: str) -> int | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{self.where(key)}: expected a positive integer")
+        return value
+
+    def address(self, key: str, default: str) -> str:
+        value = self.text(key, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{self.where(key)}: {value!r} is not host:port")
+        return value
+
+    def sections(self, key: str) -> list[_Reader]:
+        items = self.items(key)
+        for i, item in enumerate(items):
+            if not isinstance(item, _Reader):
+                raise ConfigError(f"{self.where(key)}[{i}]: expected a mapping")
+        return items
+
+    def strings(self, key: str) -> list[str]:
+        items = self.items(key)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise ConfigError(f"{self.where(key)}[{i}]: expected a string")
+        return items
 
     def opt_int(self, key: str) -> int | None:
         value = self._get(key)

@@ -8,6 +8,8 @@ Sidecar (the proxy runs ``python -m prism.sdk.runner <plugin>``)::
 
 Remote (``prism plugin serve <plugin> --listen host:port --tls-cert ... --tls-key ...
 --tls-client-ca ...``): TCP with mTLS; the proxy must present a certificate the CA signed.
+A long-lived service: each proxy gets a plugin instance of its own (a session, see
+:mod:`prism.sdk.grpc_service`), and the process runs until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -33,7 +36,12 @@ from prism.hosting.handshake import (
     watch_parent,
 )
 from prism.hosting.loader import load_plugin_class
-from prism.sdk.grpc_service import BackendPluginService
+from prism.hosting.verify import PluginRefused, VerifyPolicy
+from prism.sdk.grpc_service import (
+    DEFAULT_SESSION_IDLE_TIMEOUT,
+    BackendPluginService,
+    SessionPluginService,
+)
 from prism.sdk.instance import open_plugin
 from prism.sdk.plugin import BackendPlugin
 
@@ -41,42 +49,79 @@ log = logging.getLogger("prism.sdk.runner")
 
 
 async def serve_plugin(
-    plugin: BackendPlugin,
+    plugin: BackendPlugin | Callable[[], BackendPlugin],
     *,
     unix_socket: Path | None = None,
     listen: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handshake_version: int | None = None,
     watch_stdin: bool = False,
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
     task_status: trio.TaskStatus[tuple[str, int] | str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``plugin`` until Shutdown is answered, SIGTERM/SIGINT, the parent goes away
-    (``watch_stdin``) or cancellation. Leaving shuts the plugin instance down gracefully."""
-    async with open_plugin(plugin) as instance:
-        service = BackendPluginService(instance)
-        server = pg.Server([service, Health(HealthState())])
-        async with trio.open_nursery() as nursery:
-            if unix_socket is not None:
+    """Serve a plugin until SIGTERM/SIGINT, the parent goes away (``watch_stdin``) or
+    cancellation; on a Unix socket (a sidecar) also until Shutdown was answered.
+
+    ``plugin`` is a plugin object or a factory (a plugin class). On a Unix socket it is one
+    instance for the process's life; on TCP (``listen``: a remote service) every proxy session
+    gets a fresh object (:class:`~prism.sdk.grpc_service.SessionPluginService`; an object passed
+    here serves the first session, and ``type(plugin)()`` later ones). Leaving shuts every
+    instance down gracefully."""
+    if unix_socket is not None:
+        instance_plugin = plugin if isinstance(plugin, BackendPlugin) else plugin()
+        async with open_plugin(instance_plugin) as instance:
+            service = BackendPluginService(instance)
+            server = pg.Server([service, Health(HealthState())])
+            async with trio.open_nursery() as nursery:
                 address: tuple[str, int] | str = await nursery.start(server.serve_unix, unix_socket)
                 if handshake_version is not None:
                     print(handshake_line(unix_socket, handshake_version), flush=True)
-            else:
-                assert listen is not None
-                host, port = split_host_port(listen)
-                address = await nursery.start(
-                    lambda task_status: server.serve_tcp(
-                        host, port, ssl_context=ssl_context, task_status=task_status
-                    )
+                task_status.started(address)
+                stop = trio.Event()
+                nursery.start_soon(_set_on_signal, stop)
+                if watch_stdin:
+                    nursery.start_soon(_set_after, watch_parent, stop)
+                nursery.start_soon(_set_after, service.shut_down.wait, stop)
+                await stop.wait()
+                await server.shutdown(grace=instance_plugin.default_grace_seconds)
+                nursery.cancel_scope.cancel()
+        return
+    if listen is None:
+        raise ValueError("serve_plugin needs unix_socket or listen")
+    host, port = split_host_port(listen)
+    async with trio.open_nursery() as sessions:
+        remote = SessionPluginService(_factory(plugin), sessions, idle_timeout=session_idle_timeout)
+        server = pg.Server([remote, Health(HealthState())])
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                lambda task_status: server.serve_tcp(
+                    host, port, ssl_context=ssl_context, task_status=task_status
                 )
+            )
             task_status.started(address)
             stop = trio.Event()
             nursery.start_soon(_set_on_signal, stop)
             if watch_stdin:
                 nursery.start_soon(_set_after, watch_parent, stop)
-            nursery.start_soon(_set_after, service.shut_down.wait, stop)
             await stop.wait()
-            await server.shutdown(grace=plugin.default_grace_seconds)
+            grace = max(
+                (s.instance.plugin.default_grace_seconds for s in remote.sessions.values()),
+                default=5.0,
+            )
+            await server.shutdown(grace=grace)
             nursery.cancel_scope.cancel()
+        sessions.cancel_scope.cancel()  # each session's instance shuts down gracefully
+
+
+def _factory(plugin: BackendPlugin | Callable[[], BackendPlugin]) -> Callable[[], BackendPlugin]:
+    if not isinstance(plugin, BackendPlugin):
+        return plugin
+    first: list[BackendPlugin] = [plugin]
+
+    def make() -> BackendPlugin:
+        return first.pop() if first else type(plugin)()
+
+    return make
 
 
 async def _set_on_signal(stop: trio.Event) -> None:
@@ -92,15 +137,41 @@ async def _set_after(wait: object, stop: trio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m prism.sdk.runner <plugin>``: the sidecar entry point the proxy launches."""
+    """``python -m prism.sdk.runner [checks] <plugin>``: the sidecar entry point the proxy
+    launches. The plugin's files are verified in this process, the one that imports them (its
+    ``sys.path`` is the one that counts), with the policy the proxy passes as options; a refusal
+    is one ``prism: plugin ... refused: <reason>`` line on stderr and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m prism.sdk.runner")
     parser.add_argument("plugin", help="entry point name or package.module:Class")
+    parser.add_argument(
+        "--no-verify-permissions",
+        action="store_true",
+        help="do not refuse world-writable or foreign-owned plugin files",
+    )
+    parser.add_argument(
+        "--require-signature", action="store_true", help="refuse a plugin without a valid .sig"
+    )
+    parser.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        help="ed25519 public key (PEM text, base64 raw key, or a file); repeatable",
+    )
     args = parser.parse_args(argv)
     check_magic_cookie()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    cls = load_plugin_class(args.plugin)
+    try:
+        policy = VerifyPolicy.from_config(
+            require_signature=args.require_signature,
+            trusted_keys=args.trusted_key,
+            check_permissions=not args.no_verify_permissions,
+        )
+        cls = load_plugin_class(args.plugin, policy)
+    except (PluginRefused, ValueError) as exc:
+        print(f"prism: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     version = negotiate_protocol_version(SUPPORTED_PROTOCOL_VERSIONS)
     trio.run(
         lambda: serve_plugin(

@@ -1,0 +1,150 @@
+"""One plugin instance as routes see it, and a namespace's route to its current instance.
+
+:class:`Instance` counts the calls running on it (so a reload can drain it), says whether it is
+available (callers get UNAVAILABLE at once while it is not, with the reason), and keeps what the
+host learned about it: its last health answer, its sidecar's pid, its plugin metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from prism._proto.prism.plugin.v1 import HealthCheckResponse, PluginMetrics
+from prism.grpc.wire.status import Unavailable
+from prism.hosting.client import PluginClient
+from prism.proxy.config import NamespaceConfig
+
+ReceiveBytes = Callable[[], Awaitable[bytes | None]]
+SendBytes = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class MetricsTotals:
+    """Cumulative plugin metrics as the proxy collected them, interval by interval."""
+
+    polls: int = 0
+    requests_total: int = 0
+    requests_failed: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+    def add(self, interval: PluginMetrics) -> None:
+        self.polls += 1
+        self.requests_total += interval.requests_total
+        self.requests_failed += interval.requests_failed
+        self.cache_hits += interval.cache_hits
+        self.cache_misses += interval.cache_misses
+
+
+class Instance:
+    """One running plugin instance, as routes see it."""
+
+    def __init__(self, namespace: str, mode: str, generation: int) -> None:
+        self.namespace = namespace
+        self.mode = mode
+        self.generation = generation
+        self.client: PluginClient | None = None
+        self.down_reason = "starting"
+        self.scope = trio.CancelScope()
+        self.in_flight = 0  # calls running on this instance, streams included
+        self._unary_in_flight = 0
+        self.draining = False
+        self.retiring = False  # Shutdown sent or about to be: its process's exit is expected
+        self._idle = trio.Event()
+        self.health: HealthCheckResponse | None = None
+        self.pid: int | None = None  # a sidecar's process id while it runs
+        self.address: str | None = None  # where a sidecar or remote plugin is reached
+        self.restarts = 0
+        #: The plugin's metrics of the last poll's interval, and the sums over every poll.
+        self.metrics: PluginMetrics | None = None
+        self.totals = MetricsTotals()
+
+    @property
+    def unary_in_flight(self) -> int:
+        """The unary calls running on this instance (what a reload's drain waits for)."""
+        return self._unary_in_flight
+
+    @property
+    def available(self) -> bool:
+        return self.client is not None
+
+    def up(self, client: PluginClient) -> None:
+        self.client = client
+
+    def down(self, reason: str) -> None:
+        self.client = None
+        self.down_reason = reason
+
+    def record_metrics(self, metrics: PluginMetrics) -> None:
+        self.metrics = metrics
+        self.totals.add(metrics)
+
+    async def poll_metrics(self) -> PluginMetrics | None:
+        """Fetch the plugin's interval metrics (which resets them) into :attr:`metrics` and
+        :attr:`totals`; None while the instance is down. The host's poller calls this every
+        ``health_interval``; a second caller would steal part of its intervals."""
+        client = self.client
+        if client is None:
+            return None
+        metrics = await client.metrics()
+        self.record_metrics(metrics)
+        return metrics
+
+    @asynccontextmanager
+    async def track(self, *, stream: bool = False) -> AsyncIterator[PluginClient]:
+        client = self.client
+        if client is None:
+            raise Unavailable(
+                f"the plugin for namespace {self.namespace!r} is unavailable ({self.down_reason})"
+            )
+        self.in_flight += 1
+        if not stream:
+            self._unary_in_flight += 1
+        try:
+            yield client
+        finally:
+            self.in_flight -= 1
+            if not stream:
+                self._unary_in_flight -= 1
+                if self._unary_in_flight == 0 and self.draining:
+                    self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to ``grace`` s for in-flight unary calls; True when all of them finished.
+
+        Streams are not waited for: subscriptions and the like may never end on their own. The
+        plugin ends them at Shutdown (``begin_shutdown``), and their clients open new ones,
+        which reach the new instance."""
+        self.draining = True
+        if self._unary_in_flight == 0:
+            return True
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        return self._unary_in_flight == 0
+
+
+class Route:
+    """A namespace's route: forwards to whichever instance is current."""
+
+    def __init__(self, config: NamespaceConfig) -> None:
+        self.config = config
+        self.current: Instance | None = None
+        self.reload_lock = trio.Lock()
+
+    def _instance(self) -> Instance:
+        instance = self.current
+        if instance is None:
+            raise Unavailable(f"namespace {self.config.name!r} has no running plugin")
+        return instance
+
+    async def execute(self, request: bytes) -> bytes:
+        async with self._instance().track() as client:
+            return await client.execute(request)
+
+    async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
+        async with self._instance().track(stream=True) as client:
+            await client.execute_stream(receive, send)
