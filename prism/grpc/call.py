@@ -76,7 +76,7 @@ class ServerCall:
         self.scope: trio.CancelScope | None = None
         self._inbox: collections.deque[bytes] = collections.deque()
         self._input_ended = False
-        self._arrived = trio.Event()
+        self._arrived: trio.Event | None = None  # while receive_message waits
         self._headers_sent = False
         self.cancelled = False  # by the server (shutdown), not by the client
 
@@ -84,17 +84,20 @@ class ServerCall:
 
     def feed(self, message: bytes) -> None:
         self._inbox.append(message)
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def end_input(self) -> None:
         self._input_ended = True
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def abort(self, error: GrpcError) -> None:
         """The stream is gone (client reset, or a broken request): stop the handler."""
         self.aborted = error
         self._input_ended = True
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
         if self.scope is not None:
             self.scope.cancel()
 
@@ -126,8 +129,9 @@ class ServerCall:
             if self._input_ended:
                 await trio.lowlevel.checkpoint()
                 return None
-            await self._arrived.wait()
             self._arrived = trio.Event()
+            await self._arrived.wait()
+            self._arrived = None
         data = self._inbox.popleft()
         self._connection.conn.consumed(self.stream_id, len(data) + 5)
         self._connection.kick()
@@ -162,6 +166,9 @@ class ServerCall:
     async def send_message(self, message: Any) -> None:
         """Send one response message; waits while the client's flow-control window is full."""
         await trio.lowlevel.checkpoint()
+        await self._respond(message)
+
+    async def _respond(self, message: Any) -> None:
         data = encode(message)
         limit = self._connection.server.options.max_send_message_size
         if limit is not None and len(data) > limit:
@@ -182,11 +189,18 @@ class ServerCall:
     async def invoke(self, func: Callable[..., Any]) -> None:
         shape = self.rpc.cardinality
         if shape is Cardinality.UNARY_UNARY:
-            await self.send_message(await func(await self._single_request(), self))
+            response = await func(await self._single_request(), self)
+            # No schedule point of our own between the handler and its only response (the
+            # handler had its own): a full checkpoint here cost a trip through the scheduler
+            # per RPC. Cancellation (deadline, reset) is still honoured.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._respond(response)
         elif shape is Cardinality.UNARY_STREAM:
             await func(await self._single_request(), self)
         elif shape is Cardinality.STREAM_UNARY:
-            await self.send_message(await func(self))
+            response = await func(self)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._respond(response)
         else:
             await func(self)
 

@@ -42,6 +42,7 @@ from prism.grpc.wire.status import (
 log = logging.getLogger("prism.grpc.channel")
 
 _RECEIVE_SIZE = 1 << 16
+_MAX_RECEIVE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,7 @@ class ClientCall:
         self.status_message = ""
         self._error: GrpcError | None = None
         self._inbox: collections.deque[bytes] = collections.deque()
-        self._arrived = trio.Event()
+        self._arrived: trio.Event | None = None  # while receive_message waits
         self._ended = False
 
     async def __aenter__(self) -> ClientCall:
@@ -249,20 +250,23 @@ class ClientCall:
 
     def feed(self, message: bytes) -> None:
         self._inbox.append(message)
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def on_end(self, status: Status, message: str, trailers: Metadata) -> None:
         self._ended = True
         self.status, self.status_message, self.trailing_metadata = status, message, trailers
         if status != Status.OK:
             self._error = GrpcError.for_status(status, message, trailers)
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def on_abort(self, error: GrpcError) -> None:
         self._ended = True
         self.status, self.status_message = error.status, error.message
         self._error = error
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     # -- the caller's API --------------------------------------------------------------------
 
@@ -304,8 +308,9 @@ class ClientCall:
                 await trio.lowlevel.checkpoint()
                 self._raise_status()
                 return None
-            await self._arrived.wait()
             self._arrived = trio.Event()
+            await self._arrived.wait()
+            self._arrived = None
         data = self._inbox.popleft()
         conn.conn.consumed(self.stream_id, len(data) + 5)
         conn.kick()
@@ -364,7 +369,10 @@ class _ClientConnection:
         return not self._dead and self.conn.goaway_received is None and not self.conn.closed
 
     def kick(self) -> None:
-        self._need_write.set()
+        """Wake the writer if there is something to write (not for nothing: a wasted pass
+        through the scheduler per wakeup)."""
+        if self.conn.wants_write():
+            self._need_write.set()
 
     def close(self) -> None:
         self._dead = True
@@ -423,10 +431,16 @@ class _ClientConnection:
     async def _reader(self) -> None:
         conn = self.conn
         receive = self.stream.receive_some
+        size = _RECEIVE_SIZE
         while True:
-            data = await receive(_RECEIVE_SIZE)
+            data = await receive(size)
             if not data:
                 return
+            # Bulk transfers fill every read: read more at a time (fewer trips through h2).
+            if len(data) == size:
+                size = min(size * 2, _MAX_RECEIVE_SIZE)
+            elif size > _RECEIVE_SIZE and len(data) < size // 4:
+                size = _RECEIVE_SIZE
             if conn.closed:
                 continue  # the writer sends our GOAWAY, then ends the connection
             try:
@@ -476,8 +490,7 @@ class _ClientConnection:
         while True:
             await self._need_write.wait()
             self._need_write = trio.Event()
-            data = self.conn.data_to_send()
-            if data:
+            for data in self.conn.output():
                 await send_all(data)
             if self.conn.closed:
                 self._scope.cancel()

@@ -386,6 +386,29 @@ async def test_server_tls_negotiates_h2(pki: dict[str, Path]) -> None:
     assert service.peer.identity is None
 
 
+@pytest.mark.parametrize("frame_size", [1 << 14, 1 << 20])
+async def test_server_tls_large_messages(pki: dict[str, Path], frame_size: int) -> None:
+    # Large DATA payloads go out as views of the message (no copy) and come in as views of
+    # the read buffer, merged across frames: the same bytes must come back, over TLS too.
+    server_ctx = pg.server_ssl_context(pki["server_cert"], pki["server_key"])
+    client_ctx = pg.client_ssl_context(pki["ca"])
+    limit = 8 << 20
+    options = pg.ServerOptions(max_receive_message_size=limit, max_frame_size=frame_size)
+    channel_options = pg.ChannelOptions(max_receive_message_size=limit, max_frame_size=frame_size)
+    payload = os.urandom(3 << 20) + b"end"
+    async with (
+        serving(Echo(), options=options, ssl_context=server_ctx) as (_, target),
+        pg.open_channel(
+            target, ssl_context=client_ctx, server_hostname="localhost", options=channel_options
+        ) as channel,
+    ):
+        for _ in range(2):
+            assert await channel.unary_unary("/test.Echo/Unary", payload, bytes) == payload
+        parts = [payload[:100_000], payload[100_000:], b"", payload[:70_000]]
+        joined = await channel.stream_unary("/test.Echo/Client", parts, bytes)
+        assert joined == b"".join(parts)
+
+
 async def test_server_mtls_exposes_client_identity(pki: dict[str, Path]) -> None:
     service = Behaviour()
     server_ctx = pg.server_ssl_context(pki["server_cert"], pki["server_key"], ca=pki["ca"])

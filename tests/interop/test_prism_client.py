@@ -96,6 +96,17 @@ async def test_prism_client_status_with_non_ascii_message(peer: str) -> None:
             await channel.unary_unary("/interop.Echo/Fail", b"9|x", bytes)
 
 
+async def test_prism_client_accepts_status_message_with_surrounding_spaces(peer: str) -> None:
+    # grpcio sends "missing " unencoded. HTTP/2 (RFC 9113 §8.2.1) calls such a field malformed,
+    # and h2's inbound validation used to make it a connection error: the call failed with
+    # PROTOCOL_ERROR and the whole connection went down with it.
+    async with channel_to(peer) as channel:
+        with pytest.raises(pg.NotFound) as info:
+            await channel.unary_unary("/interop.Echo/Fail", b"5| missing ", bytes)
+        assert info.value.message.strip() == "missing"
+        assert await channel.unary_unary("/interop.Echo/Unary", b"still up", bytes) == b"still up"
+
+
 async def test_prism_client_unimplemented_method(peer: str) -> None:
     async with channel_to(peer) as channel:
         with pytest.raises(pg.Unimplemented):

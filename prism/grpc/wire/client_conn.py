@@ -89,9 +89,7 @@ class ClientConnection(H2Base):
     def can_open_stream(self) -> bool:
         if self.goaway_received is not None or self.closed:
             return False
-        return bool(
-            self._h2.open_outbound_streams < self._h2.remote_settings.max_concurrent_streams
-        )
+        return self._h2.room_for_outbound()
 
     def start_request(
         self,
@@ -115,12 +113,10 @@ class ClientConnection(H2Base):
     def send_message(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
         prefix = HEADER.pack(0, len(data))
         if len(data) <= _COALESCE_LIMIT:
-            self._queue(stream_id, prefix + data)
+            self._queue(stream_id, prefix + data, end=end)  # END_STREAM on the same frame
         else:
             self._queue(stream_id, prefix)
-            self._queue(stream_id, data)
-        if end:
-            self._queue_end(stream_id, None)
+            self._queue(stream_id, data, end=end)
 
     def end_request(self, stream_id: int) -> None:
         self._queue_end(stream_id, None)

@@ -1,4 +1,8 @@
-"""Events the sans-IO connections report. Frozen dataclasses, in h2's vocabulary."""
+"""Events the sans-IO connections report, in h2's vocabulary.
+
+Plain slotted dataclasses, treated as read-only: a frozen dataclass's ``__init__`` goes through
+``object.__setattr__`` per field, which showed up at several events per RPC.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from prism.grpc.wire.metadata import Metadata
 from prism.grpc.wire.status import GrpcError, Status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestReceived:
     """A new RPC: the request headers were valid and name a method."""
 
@@ -19,26 +23,26 @@ class RequestReceived:
     authority: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseHeadersReceived:
     stream_id: int
     metadata: Metadata
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageReceived:
     stream_id: int
     message: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputEnded:
     """The peer half-closed the stream: no more messages will come."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseEnded:
     """A client stream ended with a status (from trailers, trailers-only or an HTTP error)."""
 
@@ -48,7 +52,7 @@ class ResponseEnded:
     trailers: Metadata
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamAborted:
     """The stream is over without a normal end: peer RST_STREAM, or a local protocol error.
 
@@ -59,17 +63,17 @@ class StreamAborted:
     error: GrpcError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowUpdated:
     """Flow control opened: streams with queued bytes may have drained."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PingAcknowledged:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     """The peer will accept no stream above ``last_stream_id``; those below may finish."""
 

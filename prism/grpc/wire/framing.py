@@ -33,7 +33,7 @@ class MessageDecoder:
         self._max = max_message_size
         self._buffer = bytearray()
         # While inside a large body: chunks collected so far and how many bytes are missing.
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []
         self._need = 0
 
     @property
@@ -49,8 +49,12 @@ class MessageDecoder:
         """True when a message has started but not finished (the stream ended mid-message)."""
         return bool(self._buffer) or bool(self._chunks)
 
-    def receive_data(self, data: bytes) -> list[bytes]:
-        """Feed bytes; returns every message completed by them, in order."""
+    def receive_data(self, data: bytes | memoryview) -> list[bytes]:
+        """Feed bytes; returns every message completed by them, in order.
+
+        ``data`` may be a view of a buffer nobody changes later (large DATA payloads are):
+        parts of a large message are kept as views until the message is complete.
+        """
         messages: list[bytes] = []
         if self._need:
             if len(data) < self._need:
@@ -64,7 +68,7 @@ class MessageDecoder:
             self._need = 0
         if self._buffer:
             self._buffer += data
-            buf: bytes | bytearray = self._buffer
+            buf: bytes | bytearray | memoryview = self._buffer
         else:
             buf = data
         pos = 0
@@ -87,7 +91,8 @@ class MessageDecoder:
                 pos = start + length
                 continue
             # Incomplete body: large remainders go to a chunk list (no quadratic re-buffering).
-            self._chunks = [bytes(buf[start:])]
+            # The buffer of our own is copied; what we were given is kept as a view.
+            self._chunks = [bytes(buf[start:]) if isinstance(buf, bytearray) else buf[start:]]
             self._need = length - (end - start)
             self._buffer = bytearray()
             return messages

@@ -37,6 +37,8 @@ RESERVED_HEADERS = frozenset(
 
 _KEY = re.compile(r"[0-9a-z\-_.]+\Z")
 _ASCII_VALUE = re.compile(r"[\x20-\x7e]*\Z")
+# What RFC 9113 §8.2.1 allows in a (non-pseudo) field name.
+_FIELD_NAME = re.compile(rb"[^\x00-\x20A-Z:\x7f-\xff]+\Z")
 
 
 class MetadataError(ValueError):
@@ -82,17 +84,24 @@ def encode(metadata: MetadataLike) -> list[tuple[bytes, bytes]]:
 def decode(headers: Iterable[tuple[bytes, bytes]]) -> Metadata:
     """HTTP/2 header pairs → user metadata, dropping pseudo and reserved headers.
 
-    Raises :class:`MetadataError` for a ``-bin`` value that is not base64.
+    Text values lose surrounding spaces and tabs (not part of a field value, RFC 9110 §5.5;
+    some peers send them anyway). Raises :class:`MetadataError` for a malformed field name
+    (RFC 9113 §8.2.1: empty, uppercase, control characters, a colon) and for a ``-bin`` value
+    that is not base64. h2 does not validate inbound headers for us (see ``h2conn``).
     """
     out: Metadata = []
     for raw_key, raw_value in headers:
-        key = raw_key.decode("ascii", "replace")
-        if key.startswith(":") or key in RESERVED_HEADERS:
+        if raw_key[:1] == b":":
             continue
+        key = raw_key.decode("latin-1")
+        if key in RESERVED_HEADERS:
+            continue
+        if not _FIELD_NAME.match(raw_key):
+            raise MetadataError(f"malformed header name {key!r}")
         if is_binary_key(key):
             out.append((key, decode_binary(raw_value, key)))
         else:
-            out.append((key, raw_value.decode("latin-1")))
+            out.append((key, raw_value.decode("latin-1").strip(" \t")))
     return out
 
 

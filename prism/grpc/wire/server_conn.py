@@ -118,6 +118,10 @@ class ServerConnection(H2Base):
         if not content_type.startswith(b"application/grpc"):
             self._http_error(sid, b"415", b"content-type must be application/grpc")
             return
+        if not path.startswith(b"/"):
+            # h2's header validation is off (see h2conn): we check what we rely on ourselves.
+            self._reject(sid, Internal("malformed request: missing or invalid :path"))
+            return
         if te != b"trailers":
             self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
             return

@@ -226,6 +226,45 @@ def test_client_connection_maps_rst_stream_codes(code: int, status: Status) -> N
     assert aborted.error.status is status
 
 
+def unvalidated(link: Link) -> Link:
+    """Let the raw server send header blocks h2 would refuse to send."""
+    link.peer.h2.config.validate_outbound_headers = False
+    link.peer.h2.config.normalize_outbound_headers = False
+    return link
+
+
+def test_client_connection_status_message_with_surrounding_spaces() -> None:
+    # grpcio sends grpc-message "missing " unencoded; it used to cost the whole connection
+    # (h2's inbound validation raised ProtocolError).
+    link = unvalidated(client_link())
+    sid = start(link)
+    respond(
+        link, sid, [*OK_HEADERS, (b"grpc-status", b"5"), (b"grpc-message", b"missing ")], end=True
+    )
+    event = ended(link, sid)
+    assert (event.status, event.message) == (Status.NOT_FOUND, "missing ")
+    assert not ours(link).closed
+    assert ours(link).can_open_stream()
+
+
+def test_client_connection_malformed_header_name_fails_only_its_call() -> None:
+    link = unvalidated(client_link())
+    sid = start(link)
+    respond(link, sid, [*OK_HEADERS, (b"X-Upper", b"v"), (b"grpc-status", b"0")], end=True)
+    event = ended(link, sid)
+    assert event.status is Status.INTERNAL
+    assert "malformed header name" in event.message
+    assert not ours(link).closed
+    assert ours(link).can_open_stream()
+
+
+def test_client_connection_response_without_status_is_an_error() -> None:
+    link = unvalidated(client_link())
+    sid = start(link)
+    respond(link, sid, [(b"content-type", b"application/grpc")])
+    assert ended(link, sid).status is Status.UNKNOWN
+
+
 def test_client_connection_reset_after_complete_response_keeps_the_status() -> None:
     # A server that answered before we half-closed resets the stream with NO_ERROR (grpc-go
     # and prism do); the call's outcome is the status it already received.

@@ -110,6 +110,56 @@ def test_server_connection_accepts_grpcio_style_timeouts(value: bytes, seconds: 
     assert request.timeout == pytest.approx(seconds)
 
 
+def unvalidated(link: Link) -> Link:
+    """Let the raw client send header blocks h2 would refuse to send."""
+    link.peer.h2.config.validate_outbound_headers = False
+    link.peer.h2.config.normalize_outbound_headers = False
+    return link
+
+
+def test_server_connection_missing_path_is_trailers_only_internal() -> None:
+    # h2 no longer validates inbound headers for us (see h2conn): the request is refused,
+    # the connection carries on.
+    link = unvalidated(server_link())
+    sid = open_stream(link, request_headers(drop=(b":path",)))
+    assert link.of(RequestReceived) == []
+    headers = link.peer.headers(sid)
+    assert status_of(headers) is Status.INTERNAL
+    assert b":path" in headers[b"grpc-message"]
+    open_stream(link)
+    assert len(link.of(RequestReceived)) == 1
+    assert link.of(GoAwayReceived) == []
+    assert not link.ours.closed
+
+
+@pytest.mark.parametrize("name", [b"X-Upper", b"x y", b"x:y", b"", b"x\x00"])
+def test_server_connection_malformed_header_name_fails_only_its_stream(name: bytes) -> None:
+    link = unvalidated(server_link())
+    sid = open_stream(link, [*request_headers(), (name, b"v")])
+    assert link.of(RequestReceived) == []
+    headers = link.peer.headers(sid)
+    assert status_of(headers) is Status.INTERNAL
+    assert b"malformed header name" in headers[b"grpc-message"]
+    open_stream(link)
+    assert len(link.of(RequestReceived)) == 1
+
+
+def test_server_connection_metadata_values_lose_surrounding_whitespace() -> None:
+    # grpcio sends what it is given: " x " must not cost the connection (RFC 9110 §5.5).
+    link = unvalidated(server_link())
+    open_stream(link, request_headers(x_a=b" padded ", x_b=b"\tt", x_c=b"in side"))
+    [request] = link.of(RequestReceived)
+    assert request.metadata == [("x-a", "padded"), ("x-b", "t"), ("x-c", "in side")]
+
+
+def test_server_connection_pseudo_headers_anywhere_are_ignored() -> None:
+    link = unvalidated(server_link())
+    headers = request_headers()
+    sid = open_stream(link, [*headers[2:], *headers[:2], (b":unknown", b"x")])
+    [request] = link.of(RequestReceived)
+    assert (request.stream_id, request.method, request.metadata) == (sid, "/pkg.Svc/Method", [])
+
+
 def test_server_connection_unsupported_grpc_encoding_is_unimplemented() -> None:
     link = server_link()
     sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
@@ -275,6 +325,22 @@ def test_server_connection_half_open_streams_do_not_exhaust_max_concurrent_strea
         link.ours.finish(sid)
         link.pump()
     assert len(link.of(RequestReceived)) == 30
+
+
+def test_server_connection_forgets_closed_streams() -> None:
+    # h2 drops closed streams only while counting open ones; we count rarely (see h2conn),
+    # but often enough that a long-lived connection holds few closed streams.
+    link = server_link(Settings(max_concurrent_streams=1000))
+    for _ in range(500):
+        sid = open_stream(link)
+        send(link, sid, grpc_frame(b"x"), end=True)
+        link.ours.send_message(sid, b"y")
+        link.ours.send_trailers(sid, Status.OK)
+        link.ours.finish(sid)
+        link.pump()
+    assert len(link.of(RequestReceived)) == 500
+    assert len(link.ours._h2.streams) <= 128
+    assert link.ours._h2.open_inbound_streams == 0
 
 
 # -- flow control -------------------------------------------------------------------------------
