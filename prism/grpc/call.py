@@ -168,14 +168,17 @@ class ServerCall:
         await trio.lowlevel.checkpoint()
         await self._respond(message)
 
-    async def _respond(self, message: Any) -> None:
+    async def _respond(self, message: Any, kick: bool = True) -> None:
+        # kick=False: the only response of a unary call; it goes out with the trailers that
+        # _run_call adds right after (one write, one wakeup of the client, not two).
         data = encode(message)
         limit = self._connection.server.options.max_send_message_size
         if limit is not None and len(data) > limit:
             raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
         self._send(lambda: self._connection.conn.send_message(self.stream_id, data))
         self._headers_sent = True
-        self._connection.kick()
+        if kick:
+            self._connection.kick()
         await self._connection.wait_writable(self.stream_id)
 
     def _send(self, action: Callable[[], None]) -> None:
@@ -194,13 +197,13 @@ class ServerCall:
             # handler had its own): a full checkpoint here cost a trip through the scheduler
             # per RPC. Cancellation (deadline, reset) is still honoured.
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._respond(response)
+            await self._respond(response, kick=False)
         elif shape is Cardinality.UNARY_STREAM:
             await func(await self._single_request(), self)
         elif shape is Cardinality.STREAM_UNARY:
             response = await func(self)
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._respond(response)
+            await self._respond(response, kick=False)
         else:
             await func(self)
 

@@ -191,6 +191,7 @@ class ClientCall:
         self._inbox: collections.deque[bytes] = collections.deque()
         self._arrived: trio.Event | None = None  # while receive_message waits
         self._ended = False
+        self._waited = False  # receive_message blocked (a checkpoint happened)
 
     async def __aenter__(self) -> ClientCall:
         conn = await self._channel.connection()
@@ -302,25 +303,33 @@ class ClientCall:
 
         A non-OK status raises the matching :class:`GrpcError`.
         """
+        return await self._receive(True)
+
+    async def _receive(self, checkpoint: bool) -> Any:
         conn = self._require()
         while not self._inbox:
             if self._ended:
-                await trio.lowlevel.checkpoint()
+                if checkpoint:
+                    await trio.lowlevel.checkpoint()
                 self._raise_status()
                 return None
             self._arrived = trio.Event()
             await self._arrived.wait()
             self._arrived = None
+            self._waited = True
         data = self._inbox.popleft()
         conn.conn.consumed(self.stream_id, len(data) + 5)
         conn.kick()
         return decode(self._response_type, data)
 
     async def receive_single(self) -> Any:
+        self._waited = False
         response = await self.receive_message()
         if response is None:
             raise Internal(f"{self.method}: the server sent no response message")
-        while await self.receive_message() is not None:
+        # The usual case: the first receive waited for the response and the trailers came with
+        # it. That wait was this call's checkpoint; another would be a whole scheduler pass.
+        while await self._receive(not self._waited) is not None:
             raise Internal(f"{self.method}: the server sent more than one response message")
         return response
 
@@ -358,7 +367,8 @@ class _ClientConnection:
             max_receive_message_size=opts.max_receive_message_size,
         )
         self.calls: dict[int, ClientCall] = {}
-        self._need_write = trio.Event()
+        self._output = transport.Output(stream, self.conn, self.calls)
+        self.kick = self._output.kick
         self._window = trio.Event()
         self._stream_closed = trio.Event()
         self._scope = trio.CancelScope()
@@ -367,12 +377,6 @@ class _ClientConnection:
     @property
     def usable(self) -> bool:
         return not self._dead and self.conn.goaway_received is None and not self.conn.closed
-
-    def kick(self) -> None:
-        """Wake the writer if there is something to write (not for nothing: a wasted pass
-        through the scheduler per wakeup)."""
-        if self.conn.wants_write():
-            self._need_write.set()
 
     def close(self) -> None:
         self._dead = True
@@ -486,12 +490,7 @@ class _ClientConnection:
             self.kick()
 
     async def _writer(self) -> None:
-        send_all = self.stream.send_all
-        while True:
-            await self._need_write.wait()
-            self._need_write = trio.Event()
-            for data in self.conn.output():
-                await send_all(data)
-            if self.conn.closed:
-                self._scope.cancel()
-                return
+        await self._output.write_loop(self.stream.send_all, self._closed_out)
+
+    async def _closed_out(self) -> None:
+        self._scope.cancel()

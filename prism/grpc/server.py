@@ -236,7 +236,8 @@ class _Connection:
         self.calls: dict[int, ServerCall] = {}
         self.peer = transport.PeerInfo("?", "tcp")
         self.peer_address = "?"
-        self._need_write = trio.Event()
+        self._output = transport.Output(stream, self.conn, self.calls)
+        self.kick = self._output.kick
         self._window = trio.Event()
         self._ping_ack = trio.Event()
         self._peer_closed = trio.Event()
@@ -247,16 +248,11 @@ class _Connection:
 
     # The pieces ServerCall uses --------------------------------------------------------------
 
-    def kick(self) -> None:
-        """Wake the writer if there is something to write (not for nothing: a wasted pass
-        through the scheduler per wakeup)."""
-        if self.conn.wants_write():
-            self._need_write.set()
-
     async def wait_writable(self, stream_id: int) -> None:
         """Block while ``stream_id`` has more than one window's worth queued (back-pressure)."""
         limit = self.conn.settings.initial_window_size
         while self.conn.pending(stream_id) > limit:
+            self.kick()  # what is queued must go out for the window to reopen
             await self._window.wait()
 
     # ------------------------------------------------------------------------------------
@@ -361,21 +357,15 @@ class _Connection:
             self.kick()
 
     async def _writer(self) -> None:
-        conn = self.conn
-        send_all = self.stream.send_all
-        while True:
-            await self._need_write.wait()
-            self._need_write = trio.Event()
-            for data in conn.output():
-                await send_all(data)
-            if conn.closed:
-                # The final GOAWAY is out. Let the peer read it and close first: closing with
-                # unread input makes the kernel send a TCP reset, which can destroy the
-                # GOAWAY and last responses before the peer reads them.
-                with trio.move_on_after(_LINGER):
-                    await self._peer_closed.wait()
-                self._scope.cancel()
-                return
+        await self._output.write_loop(self.stream.send_all, self._linger)
+
+    async def _linger(self) -> None:
+        # The final GOAWAY is out. Let the peer read it and close first: closing with unread
+        # input makes the kernel send a TCP reset, which can destroy the GOAWAY and last
+        # responses before the peer reads them.
+        with trio.move_on_after(_LINGER):
+            await self._peer_closed.wait()
+        self._scope.cancel()
 
     async def _keepalive(self, interval: float) -> None:
         while True:
