@@ -32,6 +32,8 @@ TEST_DEPS = [
     "grpclib>=0.4.7",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
+# Pinned: a new ruff release adds rules and formatting changes that would break CI.
+RUFF = "ruff==0.17.6"
 
 
 def _install_project(session: nox.Session) -> None:
@@ -44,7 +46,7 @@ def tests(session: nox.Session) -> None:
     session.run("bash", "scripts/system-deps", external=True)
     _install_project(session)
     # PROTO_DEPS: the scaffold's test compares its generated code with the pinned compiler's.
-    session.install(*TEST_DEPS, *PROTO_DEPS)
+    session.install(*TEST_DEPS, *PROTO_DEPS, RUFF)
     paths = session.posargs or [
         "tests",
         *(str(p / "tests") for p in PLUGINS),
@@ -63,8 +65,7 @@ def interop(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    # Pinned: a new ruff release adds rules and formatting changes that would break CI.
-    session.install("ruff==0.17.6")
+    session.install(RUFF)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 

@@ -68,21 +68,24 @@ def test_scaffold_has_a_config_proto_and_uses_its_message(tmp_path: Path) -> Non
 
 
 def _pinned_compiler() -> tuple[Path, Path]:
-    """(protoc plugin, its bin directory) of the pinned betterproto2-compiler, or skip."""
-    pytest.importorskip("grpc_tools.protoc")
-    pytest.importorskip("betterproto2_compiler")
+    """(protoc plugin, its bin directory) of the pinned betterproto2-compiler.
+
+    Missing tools fail the test (CI installs them: the noxfile's tests session)."""
+    import betterproto2_compiler  # noqa: F401
+    import grpc_tools.protoc  # noqa: F401
+
     module = Path(__file__).parents[2] / "prism/sdk/scaffold.py"
     pinned = re.search(r'_COMPILER_VERSION = "([^"]+)"', module.read_text())
     assert pinned is not None
     installed = importlib.metadata.version("betterproto2-compiler")
     if installed != pinned.group(1):
-        pytest.skip(f"betterproto2-compiler {installed} installed; the template is for {pinned[1]}")
+        pytest.fail(f"betterproto2-compiler {installed} installed; the template is for {pinned[1]}")
     bindir = Path(sys.executable).parent
     plugin = bindir / "protoc-gen-python_betterproto2"
     if not plugin.exists():
         found = shutil.which("protoc-gen-python_betterproto2")
         if found is None:
-            pytest.skip("protoc-gen-python_betterproto2 is not installed")
+            pytest.fail("protoc-gen-python_betterproto2 is not installed")
         plugin = Path(found)
     return plugin, plugin.parent
 
@@ -146,7 +149,7 @@ def test_scaffold_code_is_ruff_clean(tmp_path: Path, name: str) -> None:
         "ruff", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     )
     if ruff is None:
-        pytest.skip("ruff is not installed")
+        pytest.fail("ruff is not installed (the noxfile's tests session installs it)")
     root = scaffold(name, tmp_path / "plugin")
     # With the scaffold's own configuration (line length 100, generated code excluded), plus
     # the rule families Prism uses. E501 stays off: a 41-character name makes module paths long.
