@@ -305,7 +305,7 @@ class _Connection:
 
     async def _reader(self) -> None:
         conn = self.conn
-        receive = self.stream.receive_some
+        receive = transport.Input(self.stream).receive
         size = _RECEIVE_SIZE
         while True:
             data = await receive(size)
