@@ -124,8 +124,13 @@ class PluginStartTimeout(PluginStartError):
 
 
 def create_runtime_dir(name: str, parent: Path | None = None) -> Path:
-    """A fresh private (0700) directory for one plugin's sockets; the caller removes it."""
+    """A fresh private (0700) directory for one plugin's sockets; the caller removes it.
+
+    A configured ``parent`` that does not exist yet is created (0700), as a service manager
+    creates a runtime directory such as ``/run/prism``."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:24]
+    if parent is not None:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"prism-{safe}-", dir=parent))
     os.chmod(path, 0o700)  # mkdtemp already does; explicit because the checks rely on it
     return path

@@ -53,6 +53,14 @@ def _bind(path: Path, mode: int) -> socket.socket:
 # --- check_plugin_socket -----------------------------------------------------------------------
 
 
+def test_create_runtime_dir_creates_a_missing_parent(tmp_path: Path) -> None:
+    parent = tmp_path / "run" / "prism"
+    path = create_runtime_dir("sidecar", parent)
+    assert path.parent == parent
+    assert parent.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o700
+
+
 def test_create_runtime_dir_is_private(runtime_dir: Path) -> None:
     assert runtime_dir.stat().st_mode & 0o777 == 0o700
 
