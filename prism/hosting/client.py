@@ -76,7 +76,7 @@ class InProcessClient(PluginClient):
         return await self.instance.health_check(HealthCheckRequest())
 
     async def execute(self, request: bytes) -> bytes:
-        return bytes(await self.instance.execute(decode(ExecuteRequest, request)))
+        return await self.instance.execute_encoded(request)
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
         async def typed_receive() -> StreamRequest | None:

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from prism import grpc as pg
+from prism import protowire
 from prism.grpc.wire.status import GrpcError, InvalidArgument, Status
-from prism.proxy import wirescan
 
 # Field numbers shared by prism.proxy.v1 and prism.plugin.v1 (see proxy.proto).
 _OPERATION, _NAMESPACE = 1, 15
@@ -33,9 +33,9 @@ class Router(Protocol):
 
 
 def _target(request: bytes) -> tuple[str, str]:
-    fields = wirescan.scan(request, _REQUEST_FIELDS)
-    namespace = wirescan.text(fields.get(_NAMESPACE), "namespace")
-    operation = wirescan.text(fields.get(_OPERATION), "operation")
+    fields = protowire.scan(request, _REQUEST_FIELDS)
+    namespace = protowire.text(fields.get(_NAMESPACE), "namespace")
+    operation = protowire.text(fields.get(_OPERATION), "operation")
     if not namespace:
         raise InvalidArgument("namespace is required")
     return namespace, operation
@@ -43,11 +43,11 @@ def _target(request: bytes) -> tuple[str, str]:
 
 def check_response(response: bytes) -> bytes:
     """A plugin's ExecuteResponse → the same bytes, or its error as a GrpcError."""
-    fields = wirescan.scan(response, _RESPONSE_FIELDS)
+    fields = protowire.scan(response, _RESPONSE_FIELDS)
     if fields.get(_SUCCESS):
         return response
     code = fields.get(_ERROR_CODE)
-    message = wirescan.text(fields.get(_ERROR), "error")
+    message = protowire.text(fields.get(_ERROR), "error")
     status = code if isinstance(code, int) and code != Status.OK else Status.UNKNOWN
     raise GrpcError.for_status(status, message or "the plugin reported a failure")
 

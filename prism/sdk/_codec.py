@@ -16,7 +16,14 @@ from prism.grpc.wire.status import Internal, InvalidArgument
 from prism.sdk.plugin import OperationSpec, Payload
 from prism.sdk.typed import pack, type_name, unpack
 
-__all__ = ["check_payload", "check_result", "decode", "encode_result", "encode_stream_result"]
+__all__ = [
+    "check_payload",
+    "check_result",
+    "decode",
+    "decode_params",
+    "encode_result",
+    "encode_stream_result",
+]
 
 
 def _describe(spec: OperationSpec, expected: type | None) -> str:
@@ -33,6 +40,14 @@ def decode(
     ``what`` names the payload in errors ("params", "request").
     """
     field, value = betterproto2.which_one_of(message, "params")
+    return decode_params(spec, field, value, expected, what)
+
+
+def decode_params(
+    spec: OperationSpec, field: str, value: object, expected: type | None, what: str
+) -> Payload:
+    """``decode`` for a ``params`` member already taken apart: ``field`` is "typed_params"
+    (``value`` an ``Any``), "raw_params" (bytes) or "" (none came)."""
     where = f"operation {spec.name!r}"
     if expected is None:
         raise InvalidArgument(f"{where} takes no {what}s after the first request")

@@ -24,8 +24,6 @@ import trio
 
 from prism import grpc as pg
 from prism._proto.prism.plugin.v1 import (
-    ExecuteRequest,
-    ExecuteResponse,
     HealthCheckRequest,
     HealthCheckResponse,
     HealthCheckResponseStatus,
@@ -36,7 +34,8 @@ from prism._proto.prism.plugin.v1 import (
     StreamRequest,
     StreamResponse,
 )
-from prism.grpc.wire.status import Status, Unavailable
+from prism.grpc.wire.status import Unavailable
+from prism.sdk import _envelope
 from prism.sdk.instance import PluginInstance, State, open_plugin
 from prism.sdk.plugin import BackendPlugin
 
@@ -67,9 +66,9 @@ class BackendPluginService(pg.Service):
     ) -> HealthCheckResponse:
         return await self.instance.health_check(request)
 
-    @pg.unary_unary("Execute", ExecuteRequest, ExecuteResponse)
-    async def execute(self, request: ExecuteRequest, call: pg.ServerCall) -> ExecuteResponse:
-        return await self.instance.execute(request)
+    @pg.unary_unary("Execute", bytes, bytes)
+    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
+        return await self.instance.execute_encoded(request)
 
     @pg.stream_stream("ExecuteStream", StreamRequest, StreamResponse)
     async def execute_stream(self, call: pg.ServerCall) -> None:
@@ -197,18 +196,16 @@ class SessionPluginService(pg.Service):
             )
         return await session.instance.health_check(request)
 
-    @pg.unary_unary("Execute", ExecuteRequest, ExecuteResponse)
-    async def execute(self, request: ExecuteRequest, call: pg.ServerCall) -> ExecuteResponse:
+    @pg.unary_unary("Execute", bytes, bytes)
+    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
         session = self._lookup(call)
         if session is None:
-            return ExecuteResponse(
-                success=False,
-                error="no plugin instance for this session (not initialized, or closed)",
-                error_code=int(Status.UNAVAILABLE),
+            return _envelope.execute_error(
+                Unavailable("no plugin instance for this session (not initialized, or closed)")
             )
         session.active += 1
         try:
-            return await session.instance.execute(request)
+            return await session.instance.execute_encoded(request)
         finally:
             session.active -= 1
             session.last_used = trio.current_time()

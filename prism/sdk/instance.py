@@ -40,7 +40,7 @@ from prism._proto.prism.plugin.v1 import (
     StreamResponse,
 )
 from prism.grpc.wire.status import GrpcError, InvalidArgument
-from prism.sdk import _codec
+from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.config import config_from_any
@@ -129,6 +129,26 @@ class PluginInstance(Engine):
         except GrpcError as exc:
             return ExecuteResponse(success=False, error=exc.message, error_code=int(exc.status))
         return _codec.encode_result(result)
+
+    async def execute_encoded(self, request: bytes) -> bytes:
+        """``execute`` on encoded messages (what sidecar, remote and in-process hosts forward):
+        an ``ExecuteRequest``'s bytes → the ``ExecuteResponse``'s, without decoding either
+        envelope through betterproto2 (see ``_envelope``). A malformed request raises
+        ``InvalidArgument``; operation errors are returned. Cancellation cancels the handler."""
+        envelope = _envelope.read_execute(request)
+        if envelope.operation == METRICS_OPERATION:
+            return _envelope.execute_result(self.metrics())
+        try:
+            result = await self._run_unary(
+                envelope.operation,
+                envelope.metadata,
+                lambda spec: _codec.decode_params(
+                    spec, envelope.params_field, envelope.params, spec.params, "params"
+                ),
+            )
+        except GrpcError as exc:
+            return _envelope.execute_error(exc)
+        return _envelope.execute_result(result)
 
     async def execute_stream(
         self,

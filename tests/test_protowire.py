@@ -1,4 +1,4 @@
-"""wirescan reads namespace and operation off the wire exactly as a full decode would, and turns
+"""protowire reads namespace and operation off the wire exactly as a full decode would, and turns
 every malformed input into INVALID_ARGUMENT."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from prism import protowire
 from prism._proto.google.protobuf import Any
 from prism._proto.prism.proxy.v1 import ExecuteRequest, StreamRequest
 from prism.grpc.wire.status import InvalidArgument
-from prism.proxy import wirescan
 
 OPERATION, NAMESPACE = 1, 15
 WANTED = frozenset({OPERATION, NAMESPACE})
@@ -38,22 +38,22 @@ def execute_requests(draw: st.DrawFn) -> ExecuteRequest:
 
 
 def scanned(data: bytes) -> tuple[str, str]:
-    fields = wirescan.scan(data, WANTED)
+    fields = protowire.scan(data, WANTED)
     return (
-        wirescan.text(fields.get(NAMESPACE), "namespace"),
-        wirescan.text(fields.get(OPERATION), "operation"),
+        protowire.text(fields.get(NAMESPACE), "namespace"),
+        protowire.text(fields.get(OPERATION), "operation"),
     )
 
 
 @given(execute_requests())
-def test_wirescan_scan_matches_full_decode(request: ExecuteRequest) -> None:
+def test_protowire_scan_matches_full_decode(request: ExecuteRequest) -> None:
     data = bytes(request)
     decoded = ExecuteRequest.parse(data)
     assert scanned(data) == (decoded.namespace, decoded.operation)
 
 
 @given(execute_requests(), execute_requests())
-def test_wirescan_scan_takes_the_last_occurrence_like_a_decoder(
+def test_protowire_scan_takes_the_last_occurrence_like_a_decoder(
     first: ExecuteRequest, second: ExecuteRequest
 ) -> None:
     # Concatenated encodings merge; for a string field the last occurrence wins.
@@ -63,7 +63,7 @@ def test_wirescan_scan_takes_the_last_occurrence_like_a_decoder(
 
 
 @given(st.text(max_size=20), st.text(max_size=20), st.binary(max_size=100))
-def test_wirescan_scan_reads_stream_requests(namespace: str, operation: str, raw: bytes) -> None:
+def test_protowire_scan_reads_stream_requests(namespace: str, operation: str, raw: bytes) -> None:
     data = bytes(StreamRequest(namespace=namespace, operation=operation, raw_params=raw))
     assert scanned(data) == (namespace, operation)
 
@@ -77,13 +77,13 @@ def test_wirescan_scan_reads_stream_requests(namespace: str, operation: str, raw
 @example(b"\x7a\x02\xff\xfe")  # namespace that is not UTF-8
 @example(b"\x78\x01")  # namespace as a varint
 @example(b"\x0d\x01\x02")  # a truncated fixed32
-def test_wirescan_malformed_input_is_invalid_argument(data: bytes) -> None:
+def test_protowire_malformed_input_is_invalid_argument(data: bytes) -> None:
     with contextlib.suppress(InvalidArgument):  # anything else fails the test
         scanned(data)
 
 
 @given(st.binary(max_size=200))
-def test_wirescan_agrees_with_decoder_whenever_both_accept(data: bytes) -> None:
+def test_protowire_agrees_with_decoder_whenever_both_accept(data: bytes) -> None:
     try:
         decoded = ExecuteRequest.parse(data)
     except Exception:
@@ -95,14 +95,14 @@ def test_wirescan_agrees_with_decoder_whenever_both_accept(data: bytes) -> None:
     assert result == (decoded.namespace, decoded.operation)
 
 
-def test_wirescan_text_names_the_field() -> None:
+def test_protowire_text_names_the_field() -> None:
     with pytest.raises(InvalidArgument, match="field 'namespace' is not valid UTF-8"):
-        wirescan.text(b"\xff", "namespace")
+        protowire.text(b"\xff", "namespace")
     with pytest.raises(InvalidArgument, match="field 'operation' has the wrong wire type"):
-        wirescan.text(7, "operation")
-    assert wirescan.text(None, "operation") == ""
+        protowire.text(7, "operation")
+    assert protowire.text(None, "operation") == ""
 
 
-def test_wirescan_scan_skips_fields_it_does_not_want() -> None:
+def test_protowire_scan_skips_fields_it_does_not_want() -> None:
     data = bytes(ExecuteRequest(namespace="kv", operation="get", raw_params=b"x" * 1000))
-    assert wirescan.scan(data, frozenset({NAMESPACE})) == {NAMESPACE: b"kv"}
+    assert protowire.scan(data, frozenset({NAMESPACE})) == {NAMESPACE: b"kv"}

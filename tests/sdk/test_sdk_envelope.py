@@ -1,0 +1,130 @@
+"""The Execute envelopes without betterproto2 read and write what betterproto2 does."""
+
+from __future__ import annotations
+
+import betterproto2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prism._proto.google.protobuf import Any
+from prism._proto.prism.data.v1 import GetResponse
+from prism._proto.prism.plugin.v1 import ExecuteRequest, ExecuteResponse
+from prism._proto.prism.proxy.v1 import ExecuteRequest as ProxyExecuteRequest
+from prism.grpc.wire.status import GrpcError, InvalidArgument, NotFound, Status
+from prism.sdk import _envelope
+
+texts = st.text(max_size=30)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> ExecuteRequest:
+    request = ExecuteRequest(
+        operation=draw(texts), metadata=draw(st.dictionaries(texts, texts, max_size=4))
+    )
+    params = draw(st.sampled_from(["none", "typed", "raw"]))
+    if params == "typed":
+        request.typed_params = Any(type_url=draw(texts), value=draw(st.binary(max_size=100)))
+    elif params == "raw":
+        request.raw_params = draw(st.binary(max_size=100))
+    return request
+
+
+def _read_with_betterproto(data: bytes) -> tuple[str, str, object, dict[str, str]]:
+    message = ExecuteRequest.parse(data)
+    field, value = betterproto2.which_one_of(message, "params")
+    if isinstance(value, Any):
+        value = (value.type_url, value.value)
+    return message.operation, field, value, dict(message.metadata)
+
+
+def _read(data: bytes) -> tuple[str, str, object, dict[str, str]]:
+    envelope = _envelope.read_execute(data)
+    value = envelope.params
+    if isinstance(value, Any):
+        value = (value.type_url, value.value)
+    return envelope.operation, envelope.params_field, value, envelope.metadata
+
+
+@given(requests())
+def test_read_execute_matches_betterproto(request: ExecuteRequest) -> None:
+    data = bytes(request)
+    assert _read(data) == _read_with_betterproto(data)
+
+
+@given(requests(), texts)
+def test_read_execute_skips_the_proxy_namespace(request: ExecuteRequest, namespace: str) -> None:
+    forwarded = ProxyExecuteRequest.parse(bytes(request))
+    forwarded.namespace = namespace
+    assert _read(bytes(forwarded)) == _read_with_betterproto(bytes(request))
+
+
+def test_read_execute_takes_the_last_oneof_member_as_protobuf_says() -> None:
+    typed = bytes(ExecuteRequest(typed_params=Any(type_url="a/b", value=b"1")))
+    raw = bytes(ExecuteRequest(raw_params=b"raw"))
+    assert _envelope.read_execute(typed + raw).params == b"raw"
+    last = _envelope.read_execute(raw + typed)
+    assert last.params_field == "typed_params"
+    assert last.typed is not None
+    assert (last.typed.type_url, last.typed.value) == ("a/b", b"1")
+
+
+def test_read_execute_merges_a_repeated_message_field_as_protobuf_says() -> None:
+    first = bytes(ExecuteRequest(typed_params=Any(type_url="a/b", value=b"1")))
+    second = bytes(ExecuteRequest(typed_params=Any(value=b"2")))
+    envelope = _envelope.read_execute(first + second)
+    assert envelope.typed is not None
+    assert (envelope.typed.type_url, envelope.typed.value) == ("a/b", b"2")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05ab",  # operation longer than the message
+        b"\x0a\x02\xff\xfe",  # operation not UTF-8
+        b"\x08\x01",  # operation as a varint
+        b"\x12\x03\x0a\x05x",  # typed_params holding a truncated type_url
+        b"\x22\x02\x0a\x05",  # a metadata entry holding a truncated key
+        b"\x0b",  # wire type 3 (groups)
+        b"\x80",  # truncated key
+    ],
+)
+def test_read_execute_refuses_malformed_requests(data: bytes) -> None:
+    with pytest.raises(InvalidArgument):
+        _envelope.read_execute(data)
+
+
+@given(st.binary(max_size=60))
+def test_read_execute_agrees_with_betterproto_whenever_both_accept(data: bytes) -> None:
+    try:
+        ours = _read(data)
+    except InvalidArgument:
+        return
+    try:
+        theirs = _read_with_betterproto(data)
+    except Exception:
+        return
+    assert ours == theirs
+
+
+@given(st.binary(max_size=100))
+def test_execute_result_raw_is_betterprotos_encoding(raw: bytes) -> None:
+    assert _envelope.execute_result(raw) == bytes(ExecuteResponse(success=True, raw_result=raw))
+
+
+@given(st.booleans(), st.binary(max_size=100))
+def test_execute_result_typed_is_betterprotos_encoding(found: bool, value: bytes) -> None:
+    result = GetResponse(found=found, value=value)
+    packed = Any(type_url="type.googleapis.com/prism.data.v1.GetResponse", value=bytes(result))
+    assert _envelope.execute_result(result) == bytes(
+        ExecuteResponse(success=True, typed_result=packed)
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [NotFound("no such key"), InvalidArgument(""), GrpcError("odd", status=Status.UNKNOWN)],
+)
+def test_execute_error_is_betterprotos_encoding(error: GrpcError) -> None:
+    expected = ExecuteResponse(success=False, error=error.message, error_code=int(error.status))
+    assert _envelope.execute_error(error) == bytes(expected)
