@@ -525,25 +525,35 @@ class _Outbound:
         self.end = False
 
 
+def h2_config(client_side: bool) -> h2.config.H2Configuration:
+    """How prism configures h2: bytes headers, no validation or normalization (module doc)."""
+    return h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+    )
+
+
+def new_h2(client_side: bool) -> _H2:
+    """An h2 connection with prism's fast paths, frame reader and HPACK coding."""
+    conn = _H2(config=h2_config(client_side))
+    conn.incoming_buffer = _FrameBuffer(server=not client_side)
+    decoder = Decoder()
+    decoder.max_header_list_size = conn.decoder.max_header_list_size
+    conn.decoder = decoder
+    conn.encoder = Encoder()
+    return conn
+
+
 class H2Base:
     """Common sans-IO machinery; see :class:`ServerConnection` and :class:`ClientConnection`."""
 
     def __init__(self, *, client_side: bool, settings: Settings) -> None:
-        config = h2.config.H2Configuration(
-            client_side=client_side,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-        )
         self.settings = settings
-        self._h2 = _H2(config=config)
-        self._h2.incoming_buffer = _FrameBuffer(server=not client_side)
-        decoder = Decoder()
-        decoder.max_header_list_size = self._h2.decoder.max_header_list_size
-        self._h2.decoder = decoder
-        self._h2.encoder = Encoder()
+        self._h2 = new_h2(client_side)
         self._out: dict[int, _Outbound] = {}
         self._extra = bytearray()
         # Inbound flow control: bytes received but not yet acknowledged, and bytes of complete

@@ -10,48 +10,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import pytest
+from h2peer import request_headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism.grpc.wire.h2conn import _H2, _FrameBuffer
-from prism.grpc.wire.hpack_codec import Decoder
+from prism.grpc.wire.h2conn import h2_config, new_h2
 
-REQUEST = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":path", b"/pkg.Svc/Method"),
-    (b":authority", b"example.test"),
-    (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"),
-]
+REQUEST = request_headers()
 RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0")]
-
-
-def _config(client_side: bool) -> h2.config.H2Configuration:
-    # As prism.grpc.wire.h2conn.H2Base configures its connections.
-    return h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-    )
-
-
-def _ours(client_side: bool) -> _H2:
-    conn = _H2(_config(client_side))
-    conn.incoming_buffer = _FrameBuffer(server=not client_side)
-    decoder = Decoder()
-    decoder.max_header_list_size = conn.decoder.max_header_list_size
-    conn.decoder = decoder
-    return conn
 
 
 def _describe(value: Any) -> Any:
@@ -78,8 +49,8 @@ class _Pair:
     """Our connection and h2's, fed the same bytes; their reports must match."""
 
     def __init__(self, client_side: bool) -> None:
-        self.ours = _ours(client_side)
-        self.theirs = h2.connection.H2Connection(_config(client_side))
+        self.ours = new_h2(client_side)
+        self.theirs = h2.connection.H2Connection(h2_config(client_side))
         for conn in (self.ours, self.theirs):
             conn.initiate_connection()
         #: What both send first (the peer needs it once).
@@ -131,7 +102,7 @@ class _Pair:
 
 
 def _peer(client_side: bool) -> h2.connection.H2Connection:
-    peer = h2.connection.H2Connection(_config(client_side))
+    peer = h2.connection.H2Connection(h2_config(client_side))
     peer.initiate_connection()
     return peer
 
