@@ -415,8 +415,10 @@ class _H2(h2.connection.H2Connection):
         end = "END_STREAM" in flags
         stream = self.streams.get(sid)
         event: h2.events.RequestReceived | h2.events.ResponseReceived | h2.events.TrailersReceived
+        if h2.utilities.is_informational_response(headers):
+            return None  # h2's RECV_INFORMATIONAL_HEADERS (or its error, on a request)
         if stream is None:
-            if self.config.client_side or (headers and headers[0][0] == b":status"):
+            if self.config.client_side:
                 return None
             stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)  # checks the id
             machine = stream.state_machine
@@ -427,10 +429,8 @@ class _H2(h2.connection.H2Connection):
         else:
             machine = stream.state_machine
             state = machine.state
-            if (
-                machine.client is not True
-                or (state is not StreamState.OPEN and state is not StreamState.HALF_CLOSED_LOCAL)
-                or (headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1")
+            if machine.client is not True or (
+                state is not StreamState.OPEN and state is not StreamState.HALF_CLOSED_LOCAL
             ):
                 return None
             if not machine.headers_received:  # response_received

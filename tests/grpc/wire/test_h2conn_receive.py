@@ -101,6 +101,11 @@ class _Pair:
             assert stream._actual_content_length == other._actual_content_length
 
 
+def _headers_frame(sid: int, block: bytes) -> bytes:
+    """A HEADERS frame with END_HEADERS and nothing else, built by hand."""
+    return len(block).to_bytes(3, "big") + b"\x01\x04" + sid.to_bytes(4, "big") + block
+
+
 def _peer(client_side: bool) -> h2.connection.H2Connection:
     peer = h2.connection.H2Connection(h2_config(client_side))
     peer.initiate_connection()
@@ -180,6 +185,13 @@ def test_receive_informational_response_matches_h2() -> None:
     assert [e[0] for e in events] == ["InformationalResponseReceived", "ResponseReceived"]
 
 
+def test_receive_request_with_a_status_pseudo_header_fails_like_h2() -> None:
+    pair, client = _server_pair()
+    # Built by hand: h2 refuses to send informational headers on a request.
+    block = client.encoder.encode([*REQUEST[:1], (b":status", b"100"), *REQUEST[1:]])
+    assert pair.outcome(_headers_frame(1, block)) == ("error", "ProtocolError")
+
+
 def test_receive_trailers_without_end_stream_fails_like_h2() -> None:
     pair, server = _client_pair()
     _open_request(pair, server, 1, end=True)
@@ -187,8 +199,7 @@ def test_receive_trailers_without_end_stream_fails_like_h2() -> None:
     pair.feed(server.data_to_send())
     # A second HEADERS without END_STREAM, built by hand (h2 refuses to send it).
     block = server.encoder.encode(TRAILERS)
-    frame = len(block).to_bytes(3, "big") + b"\x01\x04" + (1).to_bytes(4, "big") + block
-    assert pair.outcome(frame) == ("error", "ProtocolError")
+    assert pair.outcome(_headers_frame(1, block)) == ("error", "ProtocolError")
 
 
 def test_receive_data_beyond_the_window_fails_like_h2() -> None:
