@@ -29,23 +29,24 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(data: bytes) -> Iterator[tuple[int, int, bytes | int]]:
-    """Every top-level field in wire order: ``(number, wire type, value)``, the value bytes for
-    length-delimited fields and an int for varints (fixed-width values are skipped). Raises
-    :class:`InvalidArgument` for a malformed message."""
+def fields(data: bytes) -> Iterator[tuple[int, bytes | int]]:
+    """Every top-level field in wire order: ``(number, value)``, the value bytes for
+    length-delimited fields and an int for varints (fixed-width values are skipped; ``text`` and
+    ``blob`` refuse a varint where bytes belong). Raises :class:`InvalidArgument` for a
+    malformed message."""
     pos, end = 0, len(data)
     while pos < end:
         key, pos = _varint(data, pos)
         number, wire_type = key >> 3, key & 7
         if wire_type == VARINT:
             value, pos = _varint(data, pos)
-            yield number, wire_type, value
+            yield number, value
             continue
         if wire_type == LEN:
             length, pos = _varint(data, pos)
             if pos + length > end:
                 raise InvalidArgument("malformed protobuf message (truncated field)")
-            yield number, wire_type, data[pos : pos + length]
+            yield number, data[pos : pos + length]
             pos += length
             continue
         if wire_type == FIXED64:
@@ -61,7 +62,7 @@ def fields(data: bytes) -> Iterator[tuple[int, int, bytes | int]]:
 def scan(data: bytes, wanted: frozenset[int]) -> dict[int, bytes | int]:
     """The last occurrence of each wanted top-level field: bytes for length-delimited fields,
     int for varints. Raises :class:`InvalidArgument` for a malformed message."""
-    return {number: value for number, _, value in fields(data) if number in wanted}
+    return {number: value for number, value in fields(data) if number in wanted}
 
 
 def text(value: bytes | int | None, field: str) -> str:

@@ -31,35 +31,27 @@ __all__ = ["ExecuteEnvelope", "execute_error", "execute_result", "read_execute"]
 @dataclass(slots=True)
 class ExecuteEnvelope:
     operation: str = ""
-    #: Which ``params`` member came: "typed_params", "raw_params" or "" (none).
+    #: Which ``params`` member came: "typed_params" (``params`` is an ``Any``), "raw_params"
+    #: (bytes) or "" (none; ``params`` is None).
     params_field: str = ""
-    typed: Any | None = None
-    raw: bytes = b""
+    params: Any | bytes | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def params(self) -> Any | bytes | None:
-        """The ``params`` member that came (None: neither)."""
-        if self.params_field == "typed_params":
-            return self.typed
-        return self.raw if self.params_field else None
 
 
 def read_execute(data: bytes) -> ExecuteEnvelope:
     """An encoded ``ExecuteRequest``; raises ``InvalidArgument`` when it is malformed."""
     envelope = ExecuteEnvelope()
-    for number, _, value in protowire.fields(data):
+    for number, value in protowire.fields(data):
         if number == 1:
             envelope.operation = protowire.text(value, "operation")
         elif number == 2:
             # A message field seen again is merged into the first (protobuf's rule), unless
             # the other oneof member came in between.
-            previous = envelope.typed if envelope.params_field == "typed_params" else None
-            envelope.typed = _read_any(protowire.blob(value, "typed_params"), previous)
+            previous = envelope.params if isinstance(envelope.params, Any) else None
+            envelope.params = _read_any(protowire.blob(value, "typed_params"), previous)
             envelope.params_field = "typed_params"
         elif number == 3:
-            envelope.raw = protowire.blob(value, "raw_params")
-            envelope.typed = None
+            envelope.params = protowire.blob(value, "raw_params")
             envelope.params_field = "raw_params"
         elif number == 4:
             key, text = _read_entry(protowire.blob(value, "metadata"))
@@ -69,7 +61,7 @@ def read_execute(data: bytes) -> ExecuteEnvelope:
 
 def _read_any(data: bytes, into: Any | None) -> Any:
     message = into if into is not None else Any()
-    for number, _, value in protowire.fields(data):
+    for number, value in protowire.fields(data):
         if number == 1:
             message.type_url = protowire.text(value, "typed_params.type_url")
         elif number == 2:
@@ -79,7 +71,7 @@ def _read_any(data: bytes, into: Any | None) -> Any:
 
 def _read_entry(data: bytes) -> tuple[str, str]:
     key = value = ""
-    for number, _, raw in protowire.fields(data):
+    for number, raw in protowire.fields(data):
         if number == 1:
             key = protowire.text(raw, "metadata key")
         elif number == 2:

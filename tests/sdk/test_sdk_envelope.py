@@ -65,16 +65,16 @@ def test_read_execute_takes_the_last_oneof_member_as_protobuf_says() -> None:
     assert _envelope.read_execute(typed + raw).params == b"raw"
     last = _envelope.read_execute(raw + typed)
     assert last.params_field == "typed_params"
-    assert last.typed is not None
-    assert (last.typed.type_url, last.typed.value) == ("a/b", b"1")
+    assert isinstance(last.params, Any)
+    assert (last.params.type_url, last.params.value) == ("a/b", b"1")
 
 
 def test_read_execute_merges_a_repeated_message_field_as_protobuf_says() -> None:
     first = bytes(ExecuteRequest(typed_params=Any(type_url="a/b", value=b"1")))
     second = bytes(ExecuteRequest(typed_params=Any(value=b"2")))
     envelope = _envelope.read_execute(first + second)
-    assert envelope.typed is not None
-    assert (envelope.typed.type_url, envelope.typed.value) == ("a/b", b"2")
+    assert isinstance(envelope.params, Any)
+    assert (envelope.params.type_url, envelope.params.value) == ("a/b", b"2")
 
 
 @pytest.mark.parametrize(

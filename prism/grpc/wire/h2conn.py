@@ -407,7 +407,12 @@ class _H2(h2.connection.H2Connection):
         self, sid: int, headers: Any, frame: hyperframe.frame.HeadersFrame
     ) -> list[h2.events.Event] | None:
         flags = frame.flags
-        if self.state_machine.state not in _OPEN or "PRIORITY" in flags:
+        if (
+            self.state_machine.state not in _OPEN
+            or "PRIORITY" in flags
+            # h2's RECV_INFORMATIONAL_HEADERS (or its error, on a request):
+            or h2.utilities.is_informational_response(headers)
+        ):
             return None
         for name, _ in headers:
             if name == b"content-length":
@@ -415,8 +420,6 @@ class _H2(h2.connection.H2Connection):
         end = "END_STREAM" in flags
         stream = self.streams.get(sid)
         event: h2.events.RequestReceived | h2.events.ResponseReceived | h2.events.TrailersReceived
-        if h2.utilities.is_informational_response(headers):
-            return None  # h2's RECV_INFORMATIONAL_HEADERS (or its error, on a request)
         if stream is None:
             if self.config.client_side:
                 return None
