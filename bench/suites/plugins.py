@@ -82,14 +82,14 @@ def child_pids(pid: int) -> list[int]:
 
 
 def sidecar_pid(proxy_pid: int) -> int:
-    """The proxy's one sidecar: its child running prism.sdk.runner."""
+    """The proxy's one sidecar: its child running prism.hosting.launcher."""
     found = []
     for pid in child_pids(proxy_pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
             continue
-        if b"prism.sdk.runner" in cmdline:
+        if b"prism.hosting.launcher" in cmdline:
             found.append(pid)
     if len(found) != 1:
         raise BenchError(

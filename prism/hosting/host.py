@@ -48,20 +48,20 @@ from prism.grpc.channel import open_channel
 from prism.grpc.transport import client_ssl_context
 from prism.grpc.wire.status import GrpcError, NotFound
 from prism.hosting.client import GrpcClient, InProcessClient, PluginClient
-from prism.hosting.instance import Instance, MetricsTotals, Route
+from prism.hosting.instance import Instance, MetricsTotals, NamespaceRoute
 from prism.hosting.isolation import ResourceLimits
 from prism.hosting.loader import artifact_path, load_plugin_class, resolve
 from prism.hosting.process import BackoffPolicy, PluginSpec
 from prism.hosting.supervisor import Backoff, Crashed, PluginEvent, PluginSupervisor, Ready
 from prism.hosting.verify import PluginRefused, VerifyPolicy, verify_artifact
+from prism.plugin_protocol import SESSION_DETAIL
 from prism.proxy.config import NamespaceConfig, ProxyConfig
-from prism.sdk.grpc_service import SESSION_DETAIL
 from prism.sdk.instance import open_plugin
 from prism.sdk.typed import pack
 
 log = logging.getLogger("prism.hosting")
 
-__all__ = ["Instance", "MetricsTotals", "PluginHost", "PluginStartFailed", "Route"]
+__all__ = ["Instance", "MetricsTotals", "NamespaceRoute", "PluginHost", "PluginStartFailed"]
 
 StatusCallback = Callable[[str, bool], None]
 Runner = Callable[..., Awaitable[None]]
@@ -76,7 +76,7 @@ class PluginStartFailed(Exception):
 class PluginHost:
     def __init__(self, config: ProxyConfig, on_status: StatusCallback | None = None) -> None:
         self.config = config
-        self.routes: dict[str, Route] = {}
+        self.routes: dict[str, NamespaceRoute] = {}
         self._nursery: trio.Nursery | None = None
         self._generations = itertools.count(1)
         self._instances: set[Instance] = set()  # every instance whose scope is open
@@ -88,7 +88,7 @@ class PluginHost:
             check_permissions=sec.verify_permissions,
         )
 
-    def route(self, namespace: str) -> Route:
+    def route(self, namespace: str) -> NamespaceRoute:
         route = self.routes.get(namespace)
         if route is None:
             raise NotFound(f"unknown namespace {namespace!r}")
@@ -110,7 +110,7 @@ class PluginHost:
             self._nursery = nursery
             try:
                 for ns in self.config.namespaces:
-                    route = Route(ns)
+                    route = NamespaceRoute(ns)
                     route.current = await self._start(ns)
                     self.routes[ns.name] = route
                 task_status.started(self)
@@ -306,7 +306,7 @@ class PluginHost:
             flags.append("--require-signature")
         for key in sec.trusted_keys:
             flags += ["--trusted-key", key]
-        return (sys.executable, "-m", "prism.sdk.runner", *flags, ns.plugin.name)
+        return (sys.executable, "-m", "prism.hosting.launcher", *flags, ns.plugin.name)
 
     def _precheck(self, ref: str) -> None:
         """Verify a sidecar plugin's files from here too, when this process can find them, for

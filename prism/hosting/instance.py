@@ -127,7 +127,7 @@ class Instance:
         return self._unary_in_flight == 0
 
 
-class Route:
+class NamespaceRoute:
     """A namespace's route: forwards to whichever instance is current."""
 
     def __init__(self, config: NamespaceConfig) -> None:

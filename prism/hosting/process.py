@@ -2,7 +2,7 @@
 
 :class:`PluginProcess` is one launch of a plugin (``supervisor.PluginSupervisor`` restarts it).
 The handshake protocol and the environment the plugin receives are described in
-:mod:`prism.hosting.handshake`.
+:mod:`prism.plugin_protocol.handshake`.
 
 Nothing outlives the proxy:
 
@@ -34,7 +34,8 @@ from signal import Signals
 
 import trio
 
-from prism.hosting.handshake import (
+from prism.hosting.isolation import ResourceLimits, make_preexec
+from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
     ENV_SOCKET,
@@ -48,7 +49,6 @@ from prism.hosting.handshake import (
     is_handshake_line,
     parse_handshake,
 )
-from prism.hosting.isolation import ResourceLimits, make_preexec
 
 _log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import trio
 
-from prism.hosting.handshake import Handshake, PluginStartError
 from prism.hosting.process import (
     BackoffPolicy,
     ExitStatus,
@@ -31,6 +30,7 @@ from prism.hosting.process import (
     PluginSpec,
     create_runtime_dir,
 )
+from prism.plugin_protocol.handshake import Handshake, PluginStartError
 
 _log = logging.getLogger(__name__)
 

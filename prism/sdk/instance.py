@@ -40,6 +40,7 @@ from prism._proto.prism.plugin.v1 import (
     StreamResponse,
 )
 from prism.grpc.wire.status import GrpcError, InvalidArgument
+from prism.plugin_protocol import METRICS_OPERATION
 from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
@@ -48,8 +49,6 @@ from prism.sdk.plugin import BackendPlugin, OperationSpec, Payload
 from prism.sdk.typed import pack
 
 __all__ = ["METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
-
-METRICS_OPERATION = "_prism.metrics"
 
 
 @asynccontextmanager

@@ -1,5 +1,5 @@
 """One operation suite against memstore in all three deployment models, through the proxy's
-front door: in-process, a sidecar process (``python -m prism.sdk.runner memstore``) and a
+front door: in-process, a sidecar process (``python -m prism.hosting.launcher memstore``) and a
 remote service (``prism plugin serve memstore``, mTLS both ways). Real processes and sockets."""
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import trio
 from conftest import MakeSpec
 from hosting_fakes import is_dead, is_reaped, wait_until
 
-from prism.hosting.handshake import HandshakeError, PluginStartError, check_plugin_socket
 from prism.hosting.isolation import ResourceLimits
 from prism.hosting.process import (
     ExitStatus,
@@ -25,6 +24,7 @@ from prism.hosting.process import (
     PluginStartTimeout,
     create_runtime_dir,
 )
+from prism.plugin_protocol.handshake import HandshakeError, PluginStartError, check_plugin_socket
 
 
 @pytest.fixture

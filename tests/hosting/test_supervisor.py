@@ -8,7 +8,6 @@ import trio
 from conftest import MakeSpec
 from hosting_fakes import is_reaped, wait_until
 
-from prism.hosting.handshake import HandshakeError
 from prism.hosting.process import BackoffPolicy, ExitStatus
 from prism.hosting.supervisor import (
     Backoff,
@@ -21,6 +20,7 @@ from prism.hosting.supervisor import (
     Starting,
     Stopped,
 )
+from prism.plugin_protocol.handshake import HandshakeError
 
 FAST = BackoffPolicy(initial=0.05, maximum=0.2, reset_after=10.0)
 
