@@ -89,7 +89,8 @@ async def serve_plugin(
     host, port = split_host_port(listen)
     async with trio.open_nursery() as sessions:
         remote = SessionPluginService(_factory(plugin), sessions, idle_timeout=session_idle_timeout)
-        server = pg.Server([remote, Health(HealthState())], options)
+        health = HealthState()
+        server = pg.Server([remote, Health(health)], options)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
                 lambda task_status: server.serve_tcp(
@@ -102,6 +103,9 @@ async def serve_plugin(
             if watch_stdin:
                 nursery.start_soon(_set_after, watch_parent, stop)
             await stop.wait()
+            # Proxies watch the service's health (grpc.health.v1 Watch) to notice it is gone:
+            # end those streams now rather than at the end of the grace period.
+            health.shutdown()
             grace = max(
                 (s.instance.plugin.default_grace_seconds for s in remote.sessions.values()),
                 default=5.0,
