@@ -58,7 +58,7 @@ async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
     The plugin's tasks run in a nursery of their own, so shutting the instance down (which
     cancels them) does not cancel the block, where a server may still be answering Shutdown.
     Leaving the block shuts the instance down gracefully if nobody did (shielded, bounded by
-    twice the plugin's default grace period). A plugin background task that crashes cancels
+    the plugin's default grace period and a second). A plugin background task that crashes cancels
     the block and its exception propagates.
     """
     async with open_nursery_unwrapped() as outer:
@@ -68,7 +68,8 @@ async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
         try:
             yield instance
         finally:
-            with trio.move_on_after(2 * plugin.default_grace_seconds + 1) as cleanup:
+            # aclose fits in the grace; a second more for the hook's last checkpoint.
+            with trio.move_on_after(plugin.default_grace_seconds + 1) as cleanup:
                 cleanup.shield = True
                 # The shutdown hook's failure reached the log with a trace id; nobody to tell here.
                 with contextlib.suppress(GrpcError):
