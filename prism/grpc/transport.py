@@ -180,6 +180,9 @@ def describe_error(exc: BaseException) -> str:
                 return f"certificate verify failed: hostname mismatch ({detail})"
             return f"certificate verify failed: {detail}"
         if isinstance(seen, ssl.SSLError):
+            if seen.reason == "UNEXPECTED_EOF_WHILE_READING":
+                # What a server sees of a client that refused its certificate without an alert.
+                return "TLS: the peer closed the connection during the handshake"
             reason = (seen.reason or "").lower().replace("_", " ")
             return f"TLS: {reason or seen.strerror or seen}"
         seen = seen.__cause__ or seen.__context__

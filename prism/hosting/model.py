@@ -36,7 +36,7 @@ from prism.sdk.typed import pack
 log = logging.getLogger("prism.hosting")
 
 #: Shortest time a health check gets to answer (``health_interval`` when that is longer).
-MIN_HEALTH_TIMEOUT = 1.0
+MIN_HEALTH_TIMEOUT = 2.0
 
 
 class PluginStartFailed(Exception):
