@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import h2load, report
+from bench import h2load, plugin_recovery, report
 from bench.errors import BenchError
 from bench.procs import ROOT, ServerProcess, read_cpu_seconds, read_system_busy_seconds
 from bench.suites import register
@@ -82,18 +82,12 @@ def child_pids(pid: int) -> list[int]:
 
 
 def sidecar_pid(proxy_pid: int) -> int:
-    """The proxy's one sidecar: its child running prism.sdk.runner."""
-    found = []
-    for pid in child_pids(proxy_pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if b"prism.sdk.runner" in cmdline:
-            found.append(pid)
-    if len(found) != 1:
+    """The proxy's serving sidecar: the older of its children running prism.hosting.launcher
+    (the younger is the warm standby)."""
+    found = plugin_recovery.sidecars(proxy_pid, child_pids)
+    if not 1 <= len(found) <= 2:
         raise BenchError(
-            f"expected one sidecar child of the proxy (pid {proxy_pid}), found {found}"
+            f"expected a sidecar (and its standby) under the proxy (pid {proxy_pid}), found {found}"
         )
     return found[0]
 
@@ -403,7 +397,14 @@ class PluginsSuite:
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--only", choices=["latency", "throughput"], help="run one part")
+        parser.add_argument(
+            "--only", choices=["latency", "throughput", "recovery"], help="run one part"
+        )
+        parser.add_argument(
+            "--kills",
+            type=int,
+            help="recovery: SIGKILLs of the sidecar under load (default 10, --quick 3)",
+        )
         parser.add_argument(
             "--calls",
             type=int,
@@ -443,6 +444,7 @@ class PluginsSuite:
                 raise BenchError(f"--{option} must be positive")
         do_latency = args.only in (None, "latency")
         do_throughput = args.only in (None, "throughput")
+        do_recovery = args.only in (None, "recovery")
         h2 = h2load.find_h2load() if do_throughput else None
         repeat: int = args.repeat or (1 if args.quick else 5)
         calls: int = args.calls or (300 if args.quick else 2000)
@@ -535,6 +537,13 @@ class PluginsSuite:
                     process.check_alive()
                 if sidecar_pid(proxy.pid) != side:
                     raise BenchError("the sidecar was restarted during the run: see proxy.log")
+                if do_recovery:
+                    kills = args.kills or (3 if args.quick else 10)
+                    log(f"recovery: {kills} SIGKILLs of the sidecar under load")
+                    recovery = plugin_recovery.run(address, proxy.pid, child_pids, kills)
+                    data["recovery"] = recovery
+                    markdown_parts.append(plugin_recovery.table(recovery))
+                    proxy.check_alive()
             finally:
                 proxy.stop()
                 remote.stop()

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="CA that signed the proxy's client certificate (mTLS)",
     )
+    pserve.add_argument(
+        "--max-message-size",
+        type=int,
+        default=16 << 20,
+        help="largest message in bytes, both ways; at least the proxy's max_message_size "
+        "(default 16 MiB, the proxy's default)",
+    )
     init = plugin.add_parser("init", help="scaffold a new plugin distribution")
     init.add_argument("name")
     init.add_argument("--directory", type=Path, default=None)
@@ -189,7 +196,11 @@ async def _serve_plugin(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         address = await nursery.start(
             lambda task_status: serve_plugin(
-                cls, listen=args.listen, ssl_context=ctx, task_status=task_status
+                cls,
+                listen=args.listen,
+                ssl_context=ctx,
+                max_message_size=args.max_message_size,
+                task_status=task_status,
             )
         )
         log.info("plugin %s serving on %s (mTLS)", args.plugin, address)

@@ -261,7 +261,15 @@ class _Connection:
         with self._scope:
             with trio.move_on_after(_HANDSHAKE_GRACE) as handshake:
                 if isinstance(self.stream, trio.SSLStream):
-                    await self.stream.do_handshake()
+                    try:
+                        await self.stream.do_handshake()
+                    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                        log.warning(
+                            "TLS handshake with %s rejected: %s",
+                            transport.peer_info(self.stream.transport_stream).address,
+                            transport.describe_error(exc),
+                        )
+                        return
                     transport.check_alpn(self.stream)
             if handshake.cancelled_caught:
                 log.info("connection dropped: TLS handshake not completed in time")

@@ -157,7 +157,36 @@ async def connect(
             stream = tls
         return stream
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-        raise Unavailable(f"cannot connect to {target}: {exc}") from exc
+        raise Unavailable(f"cannot connect to {target}: {describe_error(exc)}") from exc
+
+
+# OpenSSL's X509_V_ERR_* codes for "this certificate's issuer is not one we trust".
+_UNKNOWN_CA_CODES = frozenset({2, 18, 19, 20, 21})
+_NAME_MISMATCH_CODES = frozenset({62, 64})  # hostname, IP address
+
+
+def describe_error(exc: BaseException) -> str:
+    """What went wrong with a connection, in words: for a TLS failure (which trio reports as a
+    BrokenResourceError with an empty message, the SSLError as its cause) the verification
+    failure, ``certificate verify failed: unknown CA`` or ``... hostname mismatch``, or the
+    peer's alert; else the exception's own message."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = seen.verify_message or seen.reason or str(seen)
+            if seen.verify_code in _UNKNOWN_CA_CODES:
+                return f"certificate verify failed: unknown CA ({detail})"
+            if seen.verify_code in _NAME_MISMATCH_CODES:
+                return f"certificate verify failed: hostname mismatch ({detail})"
+            return f"certificate verify failed: {detail}"
+        if isinstance(seen, ssl.SSLError):
+            if seen.reason == "UNEXPECTED_EOF_WHILE_READING":
+                # What a server sees of a client that refused its certificate without an alert.
+                return "TLS: the peer closed the connection during the handshake"
+            reason = (seen.reason or "").lower().replace("_", " ")
+            return f"TLS: {reason or seen.strerror or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def split_host_port(target: str) -> tuple[str, int]:

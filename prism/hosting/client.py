@@ -26,12 +26,12 @@ from prism._proto.prism.plugin.v1 import (
 from prism.grpc.channel import Channel, ClientCall
 from prism.grpc.service import decode
 from prism.grpc.wire.status import GrpcError
+from prism.plugin_protocol import METRICS_OPERATION, SERVICE_NAME, SESSION_METADATA
 from prism.sdk._nursery import open_nursery_unwrapped
-from prism.sdk.grpc_service import SESSION_METADATA
-from prism.sdk.instance import METRICS_OPERATION, PluginInstance
+from prism.sdk.instance import PluginInstance
 from prism.sdk.typed import unpack
 
-SERVICE = "/prism.plugin.v1.BackendPlugin/"
+SERVICE = f"/{SERVICE_NAME}/"
 ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 

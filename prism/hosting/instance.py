@@ -1,12 +1,18 @@
 """One plugin instance as routes see it, and a namespace's route to its current instance.
 
 :class:`Instance` counts the calls running on it (so a reload can drain it), says whether it is
-available (callers get UNAVAILABLE at once while it is not, with the reason), and keeps what the
+routed to (callers get UNAVAILABLE at once while it is not, with the reason), and keeps what the
 host learned about it: its last health answer, its sidecar's pid, its plugin metrics.
+
+An instance is routed to only while its plugin is Initialized and its last health answer was
+HEALTHY or DEGRADED: UNHEALTHY, a health check that is not answered in time, a crash or an
+unreachable remote take it out of routing (:meth:`Instance.down`) until the supervisor has it
+serving again (:meth:`Instance.up`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +23,8 @@ from prism._proto.prism.plugin.v1 import HealthCheckResponse, PluginMetrics
 from prism.grpc.wire.status import Unavailable
 from prism.hosting.client import PluginClient
 from prism.proxy.config import NamespaceConfig
+
+log = logging.getLogger("prism.hosting")
 
 ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
@@ -43,12 +51,22 @@ class MetricsTotals:
 class Instance:
     """One running plugin instance, as routes see it."""
 
-    def __init__(self, namespace: str, mode: str, generation: int) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        mode: str,
+        generation: int,
+        on_change: Callable[[Instance], None] | None = None,
+    ) -> None:
+        """``on_change`` is called (synchronously, never dropped) whenever the instance goes up
+        or down: the host reports the namespace's health from it."""
         self.namespace = namespace
         self.mode = mode
         self.generation = generation
         self.client: PluginClient | None = None
         self.down_reason = "starting"
+        self._down_since: float | None = None  # when it went down after having served
+        self._on_change = on_change
         self.scope = trio.CancelScope()
         self.in_flight = 0  # calls running on this instance, streams included
         self._unary_in_flight = 0
@@ -72,12 +90,33 @@ class Instance:
     def available(self) -> bool:
         return self.client is not None
 
-    def up(self, client: PluginClient) -> None:
+    def up(self, client: PluginClient, health: HealthCheckResponse | None = None) -> None:
+        """Route to ``client`` (its plugin is Initialized and answered ``health``)."""
+        was_down = self.client is None
         self.client = client
+        if health is not None:
+            self.health = health
+        if was_down and self._down_since is not None:
+            log.warning(
+                "namespace %r is serving again after %.3f s down (%s; instance %d)",
+                self.namespace,
+                trio.current_time() - self._down_since,
+                self.down_reason,
+                self.generation,
+            )
+            self._down_since = None
+        if was_down and self._on_change is not None:
+            self._on_change(self)
 
     def down(self, reason: str) -> None:
+        """Stop routing to the plugin: calls get UNAVAILABLE with ``reason`` until :meth:`up`."""
+        was_up = self.client is not None
         self.client = None
         self.down_reason = reason
+        if was_up:
+            self._down_since = trio.current_time()
+        if self._on_change is not None:
+            self._on_change(self)
 
     def record_metrics(self, metrics: PluginMetrics) -> None:
         self.metrics = metrics
@@ -127,8 +166,9 @@ class Instance:
         return self._unary_in_flight == 0
 
 
-class Route:
-    """A namespace's route: forwards to whichever instance is current."""
+class NamespaceRoute:
+    """A namespace's route: forwards to whichever instance is current. (The front door's
+    ``frontdoor.Route`` is the protocol this implements.)"""
 
     def __init__(self, config: NamespaceConfig) -> None:
         self.config = config

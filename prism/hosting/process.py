@@ -1,8 +1,10 @@
 """Launching one sidecar plugin process: spawn, handshake, log forwarding, termination.
 
-:class:`PluginProcess` is one launch of a plugin (``supervisor.PluginSupervisor`` restarts it).
+:class:`PluginProcess` is one launch of a plugin (:mod:`prism.hosting.sidecar` launches them,
+a warm standby ahead of need, and stops them only through :meth:`PluginProcess.terminate` or by
+cancelling :meth:`PluginProcess.run`: never by pid, which another process may have by then).
 The handshake protocol and the environment the plugin receives are described in
-:mod:`prism.hosting.handshake`.
+:mod:`prism.plugin_protocol.handshake`.
 
 Nothing outlives the proxy:
 
@@ -25,7 +27,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from signal import Signals
 
 import trio
 
-from prism.hosting.handshake import (
+from prism.hosting.isolation import ResourceLimits, make_preexec
+from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
     ENV_SOCKET,
@@ -48,7 +50,6 @@ from prism.hosting.handshake import (
     is_handshake_line,
     parse_handshake,
 )
-from prism.hosting.isolation import ResourceLimits, make_preexec
 
 _log = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ _KILL_REAP_GRACE = 5.0  # SIGKILL is not ignorable; only a process stuck in the 
 _POLL_INTERVAL = 0.05  # exit polling where pidfd_open is unavailable (not Linux >= 5.3)
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING}
 _LEVELS |= {"ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    """Restart delays: ``initial`` doubling up to ``maximum``, reset after a stable run."""
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    reset_after: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +72,6 @@ class PluginSpec:
     protocol_versions: tuple[int, ...] = SUPPORTED_PROTOCOL_VERSIONS
     startup_grace: float = 30.0  # launch to handshake; a caller's tighter scope still wins
     stop_grace: float = 5.0  # SIGTERM to SIGKILL
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    runtime_parent: Path | None = None  # where runtime directories go; default: the temp dir
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):  # a str is a Sequence[str] too, of characters
@@ -123,19 +112,6 @@ class PluginStartTimeout(PluginStartError):
     """The plugin printed no handshake within its startup grace."""
 
 
-def create_runtime_dir(name: str, parent: Path | None = None) -> Path:
-    """A fresh private (0700) directory for one plugin's sockets; the caller removes it.
-
-    A configured ``parent`` that does not exist yet is created (0700), as a service manager
-    creates a runtime directory such as ``/run/prism``."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:24]
-    if parent is not None:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"prism-{safe}-", dir=parent))
-    os.chmod(path, 0o700)  # mkdtemp already does; explicit because the checks rely on it
-    return path
-
-
 class _LineReader:
     """Lines from a byte stream; a line longer than ``MAX_LINE`` comes out in pieces."""
 
@@ -173,6 +149,9 @@ class PluginProcess:
         self.runtime_dir = runtime_dir
         self.handshake: Handshake | None = None
         self.exit_status: ExitStatus | None = None
+        #: Set the moment the plugin has exited and been reaped (before its last output lines
+        #: are drained, which ``run`` then still does): a crash is seen at once.
+        self.exited = trio.Event()
         self.logger = logging.getLogger(f"prism.plugin.{spec.name}")
         self._popen: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
@@ -253,6 +232,7 @@ class PluginProcess:
             code = popen.returncode
             assert code is not None
             self.exit_status = ExitStatus(code)
+            self.exited.set()
         return self.exit_status
 
     def send_signal(self, sig: int) -> None:

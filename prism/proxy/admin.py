@@ -21,7 +21,7 @@ from prism._proto.prism.admin.v1 import (
     ReloadNamespaceResponse,
 )
 from prism._proto.prism.plugin.v1 import PluginMetrics
-from prism.hosting.host import PluginHost, PluginStartFailed, Route
+from prism.hosting.host import NamespaceRoute, PluginHost, PluginStartFailed
 
 log = logging.getLogger("prism.admin")
 
@@ -44,7 +44,7 @@ class AdminService(pg.Service):
         self.host = host
         self.metrics = metrics
 
-    def status(self, route: Route) -> NamespaceStatus:
+    def status(self, route: NamespaceRoute) -> NamespaceStatus:
         ns = route.config
         instance = route.current
         status = NamespaceStatus(name=ns.name, plugin=ns.plugin.name, mode=ns.plugin.mode)

@@ -40,6 +40,7 @@ from prism._proto.prism.plugin.v1 import (
     StreamResponse,
 )
 from prism.grpc.wire.status import GrpcError, InvalidArgument
+from prism.plugin_protocol import METRICS_OPERATION
 from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
@@ -49,8 +50,6 @@ from prism.sdk.typed import pack
 
 __all__ = ["METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
 
-METRICS_OPERATION = "_prism.metrics"
-
 
 @asynccontextmanager
 async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
@@ -59,7 +58,7 @@ async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
     The plugin's tasks run in a nursery of their own, so shutting the instance down (which
     cancels them) does not cancel the block, where a server may still be answering Shutdown.
     Leaving the block shuts the instance down gracefully if nobody did (shielded, bounded by
-    twice the plugin's default grace period). A plugin background task that crashes cancels
+    the plugin's default grace period and a second). A plugin background task that crashes cancels
     the block and its exception propagates.
     """
     async with open_nursery_unwrapped() as outer:
@@ -69,7 +68,8 @@ async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
         try:
             yield instance
         finally:
-            with trio.move_on_after(2 * plugin.default_grace_seconds + 1) as cleanup:
+            # aclose fits in the grace; a second more for the hook's last checkpoint.
+            with trio.move_on_after(plugin.default_grace_seconds + 1) as cleanup:
                 cleanup.shield = True
                 # The shutdown hook's failure reached the log with a trace id; nobody to tell here.
                 with contextlib.suppress(GrpcError):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 import betterproto2
 
 from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus
+from prism.plugin_protocol import RESERVED_OPERATION_PREFIX
 from prism.sdk.metrics import Metrics
 from prism.sdk.typed import type_name, type_url
 
@@ -49,8 +50,8 @@ __all__ = [
     "stream_operation",
 ]
 
-#: Operation names starting with this are the SDK's own (``_prism.metrics``).
-RESERVED_PREFIX = "_prism."
+#: Operation names starting with this are the host's (``_prism.metrics``), never a plugin's.
+RESERVED_PREFIX = RESERVED_OPERATION_PREFIX
 
 HealthStatus: TypeAlias = HealthCheckResponseStatus
 

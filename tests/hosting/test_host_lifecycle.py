@@ -1,5 +1,5 @@
 """One operation suite against memstore in all three deployment models, through the proxy's
-front door: in-process, a sidecar process (``python -m prism.sdk.runner memstore``) and a
+front door: in-process, a sidecar process (``python -m prism.hosting.launcher memstore``) and a
 remote service (``prism plugin serve memstore``, mTLS both ways). Real processes and sockets."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from host_testkit import (
     EXECUTE_STREAM,
     RemoteService,
     Running,
+    execute,
     namespace,
     pid_alive,
     proxy_config,
@@ -239,3 +240,15 @@ async def test_host_lifecycle_start_gives_up_after_startup_timeout() -> None:
         async with running_proxy(proxy_config(ns)):
             pass
     assert trio.current_time() - started < 5
+
+
+async def test_host_lifecycle_large_values_fit_through_every_hop(kv: Running) -> None:
+    # 15 MiB: under the proxy's max_message_size (16 MiB) with room for the envelopes. Every
+    # hop (front door, proxy → plugin channel, plugin's server) allows it, both ways.
+    value = bytes(range(256)) * (15 * 4096)
+    options = pg.ChannelOptions(max_receive_message_size=16 << 20)
+    async with pg.open_channel(kv.target, options=options) as channel:
+        await execute(channel, "kv", "set", SetRequest(key="big", value=value))
+        got = result(await execute(channel, "kv", "get", GetRequest(key="big")), GetResponse)
+    assert got.found
+    assert got.value == value

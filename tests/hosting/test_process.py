@@ -15,7 +15,6 @@ import trio
 from conftest import MakeSpec
 from hosting_fakes import is_dead, is_reaped, wait_until
 
-from prism.hosting.handshake import HandshakeError, PluginStartError, check_plugin_socket
 from prism.hosting.isolation import ResourceLimits
 from prism.hosting.process import (
     ExitStatus,
@@ -23,8 +22,9 @@ from prism.hosting.process import (
     PluginProcess,
     PluginSpec,
     PluginStartTimeout,
-    create_runtime_dir,
 )
+from prism.hosting.runtime_dirs import create as create_runtime_dir
+from prism.plugin_protocol.handshake import HandshakeError, PluginStartError, check_plugin_socket
 
 
 @pytest.fixture
@@ -51,18 +51,6 @@ def _bind(path: Path, mode: int) -> socket.socket:
 
 
 # --- check_plugin_socket -----------------------------------------------------------------------
-
-
-def test_create_runtime_dir_creates_a_missing_parent(tmp_path: Path) -> None:
-    parent = tmp_path / "run" / "prism"
-    path = create_runtime_dir("sidecar", parent)
-    assert path.parent == parent
-    assert parent.stat().st_mode & 0o777 == 0o700
-    assert path.stat().st_mode & 0o777 == 0o700
-
-
-def test_create_runtime_dir_is_private(runtime_dir: Path) -> None:
-    assert runtime_dir.stat().st_mode & 0o777 == 0o700
 
 
 def test_check_plugin_socket_accepts_private_socket_in_runtime_dir(runtime_dir: Path) -> None:
@@ -353,21 +341,22 @@ from pathlib import Path
 
 import trio
 import trio._core._thread_cache as thread_cache
-from prism.hosting.process import PluginSpec
-from prism.hosting.supervisor import PluginSupervisor
+from prism.hosting.process import PluginProcess, PluginSpec
+from prism.hosting.runtime_dirs import create
 
 async def main():
     # Retire idle worker threads at once: PDEATHSIG fires when the *forking thread* exits.
     thread_cache.IDLE_TIMEOUT = 0.01
     command = [sys.executable, "-I", sys.argv[1], "--ignore-sigterm"]
-    spec = PluginSpec("orphan", command, runtime_parent=Path(sys.argv[2]))
+    spec = PluginSpec("orphan", command)
+    runtime = create("orphan", Path(sys.argv[2]))
+    process = PluginProcess(spec, socket_path=runtime / "plugin-1.sock", runtime_dir=runtime)
     async with trio.open_nursery() as nursery:
-        supervisor = PluginSupervisor(spec)
-        await nursery.start(supervisor.run)
+        await nursery.start(process.run)
         for _ in range(3):
             await trio.to_thread.run_sync(lambda: None)
         await trio.sleep(0.5)
-        print(supervisor.pid, flush=True)
+        print(process.pid, flush=True)
         await trio.sleep_forever()
 
 trio.run(main)

@@ -22,7 +22,7 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownRequest,
     ShutdownResponse,
 )
-from prism.hosting.handshake import (
+from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
     ENV_SOCKET,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from prism.hosting.handshake import (
+from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
     MAGIC_COOKIE,
@@ -113,7 +113,7 @@ def test_check_magic_cookie_accepts_proxy_launch() -> None:
 
 def _run_plugin_entry_point(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = (
-        "from prism.hosting.handshake import check_magic_cookie\n"
+        "from prism.plugin_protocol.handshake import check_magic_cookie\n"
         "check_magic_cookie()\n"
         "print('serving')"
     )
@@ -142,7 +142,7 @@ def test_check_magic_cookie_lets_proxy_launch_through() -> None:
 
 WATCHER = """
 import trio
-from prism.hosting.handshake import watch_parent
+from prism.plugin_protocol.handshake import watch_parent
 
 async def main():
     print("watching", flush=True)

@@ -12,6 +12,10 @@ The proxy starts a sidecar plugin with three environment variables:
 ``PRISM_PLUGIN_SOCKET``
     The Unix socket path the plugin must listen on, inside a private (0700) runtime directory
     the proxy created. Each launch gets a fresh path.
+``PRISM_PLUGIN_MAX_MESSAGE_SIZE``
+    The largest gRPC message, in bytes, the plugin must accept and may send: the proxy's
+    ``max_message_size``, so a value the proxy takes from a client fits through every hop.
+    Absent: :data:`DEFAULT_MAX_MESSAGE_SIZE`.
 
 The plugin binds that socket with mode 0600, starts serving gRPC on it, and only then prints
 exactly one handshake line on stdout (and flushes)::
@@ -52,6 +56,9 @@ SUPPORTED_PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 ENV_MAGIC_COOKIE = "PRISM_PLUGIN_MAGIC_COOKIE"
 ENV_PROTOCOL_VERSIONS = "PRISM_PLUGIN_PROTOCOL_VERSIONS"
 ENV_SOCKET = "PRISM_PLUGIN_SOCKET"
+ENV_MAX_MESSAGE_SIZE = "PRISM_PLUGIN_MAX_MESSAGE_SIZE"
+#: The proxy's default ``max_message_size`` (16 MiB), for both directions of every hop.
+DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
 # Fixed and public on purpose (see the module docstring): a UX check, not authentication.
 MAGIC_COOKIE = "7f3c1e9a5b2d4f60a8e4c2b1d9f07a36prism"
 
@@ -189,6 +196,15 @@ def plugin_socket_path(
     if not value:
         _exit_with(f"{ENV_SOCKET} is not set: the Prism proxy must launch this plugin.\n", stderr)
     return Path(value)
+
+
+def plugin_max_message_size(environ: Mapping[str, str] | None = None) -> int:
+    """The message size limit the proxy asked for (``PRISM_PLUGIN_MAX_MESSAGE_SIZE``), else the
+    default; a value that is not a positive integer is ignored (the default applies)."""
+    value = _environ(environ).get(ENV_MAX_MESSAGE_SIZE, "").strip()
+    if value.isdigit() and len(value) <= 10 and int(value) > 0:
+        return int(value)
+    return DEFAULT_MAX_MESSAGE_SIZE
 
 
 def offered_protocol_versions(environ: Mapping[str, str] | None = None) -> tuple[int, ...]:
