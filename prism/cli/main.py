@@ -7,25 +7,24 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import trio
 
 from prism.cli import admin, keys
-from prism.grpc.transport import server_ssl_context
-from prism.hosting.host import PluginStartFailed
-from prism.hosting.loader import load_plugin_class
-from prism.hosting.verify import PluginRefused
-from prism.proxy.app import ListenFailed, Proxy
-from prism.proxy.config import (
+from prism.config import (
     ConfigError,
     ProxyConfig,
     admin_from_target,
     default_config,
     load_config,
 )
+from prism.grpc.transport import server_ssl_context
+from prism.hosting.host import PluginStartFailed
+from prism.hosting.loader import load_plugin_class
+from prism.hosting.verify import PluginRefused
+from prism.proxy.app import ListenFailed, Proxy
 
 log = logging.getLogger("prism")
 ADMIN_HELP = (
@@ -110,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "serve":
             config = load_config(args.config) if args.config else default_config(args.data_dir)
             if args.listen:
-                config = replace(config, listen=args.listen)
+                config = config.replace(listen=args.listen)
             if args.admin:
-                config = replace(config, admin=admin_from_target(args.admin))
+                config = config.replace(admin=admin_from_target(args.admin))
             trio.run(_serve, config)
         elif args.plugin_command in ("list", "status", "reload", "keygen", "sign"):
             _plugin_tool(args)
@@ -130,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except* (ConfigError, PluginRefused, PluginStartFailed, ListenFailed) as group:
         # Startup errors are the operator's to fix: one clear line, no traceback.
         for leaf in _leaves(group):
-            print(f"prism: {leaf}", file=sys.stderr)
+            for line in leaf.errors if isinstance(leaf, ConfigError) else (str(leaf),):
+                print(f"prism: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -44,6 +44,7 @@ from prism._proto.prism.plugin.v1 import (
     PluginMetrics,
     ProxyCapabilities,
 )
+from prism.config import ConfigError, NamespaceConfig, ProxyConfig
 from prism.grpc.channel import open_channel
 from prism.grpc.transport import client_ssl_context
 from prism.grpc.wire.status import GrpcError, NotFound
@@ -54,7 +55,6 @@ from prism.hosting.loader import artifact_path, load_plugin_class, resolve
 from prism.hosting.process import BackoffPolicy, PluginSpec
 from prism.hosting.supervisor import Backoff, Crashed, PluginEvent, PluginSupervisor, Ready
 from prism.hosting.verify import PluginRefused, VerifyPolicy, verify_artifact
-from prism.proxy.config import NamespaceConfig, ProxyConfig
 from prism.sdk.grpc_service import SESSION_DETAIL
 from prism.sdk.instance import open_plugin
 from prism.sdk.typed import pack
@@ -429,11 +429,16 @@ class PluginHost:
 
     async def _initialize(self, client: PluginClient, ns: NamespaceConfig) -> HealthCheckResponse:
         """Initialize, then one HealthCheck: PluginStartFailed unless both succeed."""
+        try:
+            # Read now, at each start: a reload after a secret's rotation sends the new value.
+            credentials = self.config.resolve_credentials(ns)
+        except ConfigError as exc:
+            raise PluginStartFailed(f"namespace {ns.name!r}: {exc}") from None
         request = InitializeRequest(
             namespace=ns.name,
             backend_type=ns.plugin.name,
             config=pack(ConfigDocument(values=Struct.from_dict(dict(ns.config)))),
-            credentials=dict(ns.credentials),
+            credentials=credentials,
             capabilities=ProxyCapabilities(
                 supports_metrics_push=False,
                 supports_distributed_tracing=False,

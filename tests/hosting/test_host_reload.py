@@ -4,7 +4,6 @@ not one lost write. sqlite, because it is durable: memstore's data lives in its 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,7 +120,7 @@ async def test_host_reload_failure_keeps_the_old_instance_serving(tmp_path: Path
         host = running.proxy.host
         old = host.route("durable").current
         await running.execute("durable", "set", SetRequest(key="k", value=b"v"))
-        broken = replace(ns, config={"path": str(tmp_path / "no" / "such" / "dir" / "d.db")})
+        broken = ns.replace(config={"path": str(tmp_path / "no" / "such" / "dir" / "d.db")})
         with pytest.raises(PluginStartFailed, match="namespace 'durable': plugin 'sqlite'"):
             await host.reload("durable", broken)
         assert host.route("durable").current is old

@@ -28,9 +28,9 @@ from prism._proto.prism.proxy.v1 import (
     StreamRequest,
     StreamResponse,
 )
+from prism.config import parse_config
 from prism.hosting.host import PluginStartFailed
 from prism.proxy.app import Proxy
-from prism.proxy.config import parse_config
 from prism.sdk import pack, unpack
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"

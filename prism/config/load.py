@@ -1,0 +1,77 @@
+"""Reading a config file: YAML → validated sections, with every secret resolvable."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from prism.config._model import ConfigError, errors_of
+from prism.config.namespace import NamespaceConfig
+from prism.config.plugin import PluginConfig
+from prism.config.proxy import ProxyConfig
+
+__all__ = ["default_config", "json_schema", "load_config", "parse_config"]
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def default_config(data_dir: Path = Path("prism-data")) -> ProxyConfig:
+    """The embedded default: ``kv`` on memstore and ``durable`` on sqlite, both in-process."""
+    return ProxyConfig(
+        namespaces=(
+            NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore")),
+            NamespaceConfig(
+                name="durable",
+                plugin=PluginConfig(name="sqlite"),
+                config={"path": str(data_dir / "durable.sqlite3")},
+            ),
+        )
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
+    """The config file at ``path``, validated; its secrets are resolved once (and dropped) so
+    that a missing one fails here rather than at the first plugin start. ConfigError lists
+    every problem, each naming its field."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config({} if raw is None else raw, base=Path(path).absolute().parent)
+
+
+def parse_config(raw: Any, base: Path | None = None) -> ProxyConfig:
+    """``raw`` (a YAML document's data) validated. ``base`` is the config file's directory:
+    relative paths are joined onto it and plugins are told it (see ``config_dir``)."""
+    try:
+        config = ProxyConfig.model_validate(raw, context={"base": base})
+    except ValidationError as exc:
+        raise ConfigError(*errors_of(exc)) from None
+    config._config_dir = base
+    config.all_credentials()
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (``prism config schema``)."""
+    schema = ProxyConfig.model_json_schema()
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": "Prism proxy configuration",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
