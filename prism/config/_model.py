@@ -72,11 +72,18 @@ def _path(loc: Sequence[str | int]) -> str:
 
 def _describe(error: ErrorDetails) -> tuple[list[str | int], str]:
     loc = list(error["loc"])
+    if len(loc) >= 2 and loc[-1] == "[key]":
+        # A mapping's key is wrong: name the key itself ("config.1", not "config[1]").
+        _, message = _describe_at(error, loc)
+        if message == "expected a string":
+            message = "field names must be strings"
+        return [*loc[:-2], str(loc[-2])], message
+    return _describe_at(error, loc)
+
+
+def _describe_at(error: ErrorDetails, loc: list[str | int]) -> tuple[list[str | int], str]:
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    if len(loc) >= 2 and loc[-1] == "[key]":
-        # The key itself, not an index: "config.1", not "config[1]".
-        return [*loc[:-2], str(loc[-2])], "field names must be strings"
     cause = ctx.get("error")
     if isinstance(cause, FieldError):
         return loc + list(cause.field), cause.message
