@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from prism.cli import admin, keys
+from prism.cli import config as config_cli
 from prism.config import (
     ConfigError,
     ProxyConfig,
@@ -52,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("prism-data"),
         help="where the embedded default keeps its sqlite file",
     )
+
+    config = sub.add_parser("config", help="config file tools").add_subparsers(
+        dest="config_command", required=True
+    )
+    check = config.add_parser(
+        "check", help="validate a config file without starting anything (secrets are resolved)"
+    )
+    check.add_argument("file", type=Path)
+    config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
 
     plugin = sub.add_parser("plugin", help="plugin tools").add_subparsers(
         dest="plugin_command", required=True
@@ -113,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.admin:
                 config = config.replace(admin=admin_from_target(args.admin))
             trio.run(_serve, config)
+        elif args.command == "config":
+            _config_tool(args)
         elif args.plugin_command in ("list", "status", "reload", "keygen", "sign"):
             _plugin_tool(args)
         elif args.plugin_command == "serve":
@@ -132,6 +144,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             for line in leaf.errors if isinstance(leaf, ConfigError) else (str(leaf),):
                 print(f"prism: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _config_tool(args: argparse.Namespace) -> None:
+    """``prism config check`` (exit 0 with a summary, or 1 with the errors) and ``schema``."""
+    if args.config_command == "schema":
+        sys.stdout.write(config_cli.schema())
+        return
+    status, lines = config_cli.check(args.file)
+    if status == 0:
+        print(*lines, sep="\n")
+    else:
+        for line in lines:
+            print(f"prism: {line}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 def _plugin_tool(args: argparse.Namespace) -> None:

@@ -94,9 +94,10 @@ def _address(value: Any) -> Any:
     return value
 
 
+# Constraints come before the validator, so they constrain the type itself (and the schema).
 Text = Annotated[str, BeforeValidator(_text)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
-PositiveInt = Annotated[int, BeforeValidator(_positive_int), Field(gt=0)]
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0), BeforeValidator(_positive_int)]
+Seconds = Annotated[float, Field(gt=0), BeforeValidator(_seconds)]
 ConfigPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_join_base)]
-Address = Annotated[str, BeforeValidator(_address), Field(pattern=r"^.+:[0-9]{1,5}$")]
+Address = Annotated[str, Field(pattern=r"^.+:[0-9]{1,5}$"), BeforeValidator(_address)]

@@ -48,18 +48,20 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config({} if raw is None else raw, base=Path(path).absolute().parent)
+    config = parse_config({} if raw is None else raw, base=Path(path).absolute().parent)
+    config.all_credentials()
+    return config
 
 
 def parse_config(raw: Any, base: Path | None = None) -> ProxyConfig:
     """``raw`` (a YAML document's data) validated. ``base`` is the config file's directory:
-    relative paths are joined onto it and plugins are told it (see ``config_dir``)."""
+    relative paths are joined onto it and plugins are told it (see ``config_dir``). Secret
+    references are checked, not read (``load_config`` reads them too)."""
     try:
         config = ProxyConfig.model_validate(raw, context={"base": base})
     except ValidationError as exc:
         raise ConfigError(*errors_of(exc)) from None
     config._config_dir = base
-    config.all_credentials()
     return config
 
 

@@ -58,10 +58,10 @@ class NamespaceConfig(Model):
     """Lowercase letters, digits, '-', '_', '.' (up to 63); unique in the file."""
     plugin: PluginConfig
     """The plugin that serves it."""
-    config: Mapping[str, Any] = Field(default_factory=dict)
+    config: Mapping[str, Any] = {}
     """The plugin's own configuration, sent in Initialize and converted to its config message
     (unknown fields are errors). Relative paths in it are relative to the config file."""
-    credentials: Mapping[str, Text] = Field(default_factory=dict, repr=False)
+    credentials: Mapping[str, Text] = Field(default={}, repr=False)
     """Sent to the plugin in Initialize, never logged. Values are text that may hold
     {{ env:NAME }}, {{ file:PATH }} and {{ secret:NAME }} references, resolved at each
     instance start."""

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, field_validator, model_validator
 
 from prism.config._model import FieldError, Model
 from prism.config._types import Address, PositiveInt, Seconds, Text
@@ -53,7 +53,7 @@ class PluginConfig(Model):
     """Remote: the proxy's side of mTLS (required for remote)."""
     limits: LimitsConfig = LimitsConfig()
     """Sidecar: resource limits of the process."""
-    env: Mapping[EnvName, Text] = Field(default_factory=dict)
+    env: Mapping[EnvName, Text] = {}
     """Sidecar: variables set in its environment (besides the minimal environment it starts
     with). Not for secrets: credentials travel in the namespace's credentials."""
     inherit_env: tuple[EnvName, ...] = ()
