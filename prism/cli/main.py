@@ -190,10 +190,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def _serve(config: ProxyConfig) -> None:
-    for ns in config.namespaces:
-        path = ns.config.get("path")
-        if ns.plugin.name == "sqlite" and isinstance(path, str):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     async with trio.open_nursery() as nursery:
         proxy: Proxy = await nursery.start(Proxy(config).run)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

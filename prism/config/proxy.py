@@ -18,8 +18,10 @@ from prism.config.tls import TlsConfig
 
 __all__ = ["ProxyConfig"]
 
-# What the SDK writes in InitializeResponse.error for a config problem: "<STATUS>: config..."
-_PLUGIN_CONFIG_ERROR = re.compile(r"(?:[A-Z_]+: )?(config(?:[.\[:].*)?)\Z", re.DOTALL)
+# What the SDK writes in InitializeResponse.error for a config problem ("<STATUS>: config.path:
+# required"), and the older "config field 'path' ..." that plugins not on the SDK still write.
+_PLUGIN_CONFIG_ERROR = re.compile(r"(?:[A-Z_]+: )?(config[.\[:].*)\Z", re.DOTALL)
+_PLUGIN_FIELD_ERROR = re.compile(r"(?:[A-Z_]+: )?config field '([^']+)':? (.*)\Z", re.DOTALL)
 
 
 class ProxyConfig(Model):
@@ -92,10 +94,14 @@ class ProxyConfig(Model):
         """A plugin's Initialize error about its config (``INVALID_ARGUMENT: config.path:
         required``) as a path in this file (``namespaces[1].config.path: required``); any
         other error as it is."""
+        where = self.path_of(namespace)
+        field = _PLUGIN_FIELD_ERROR.match(error)
+        if field is not None:
+            return f"{where}.config.{field.group(1)}: {field.group(2)}"
         match = _PLUGIN_CONFIG_ERROR.match(error)
         if match is None:
             return error
-        return f"{self.path_of(namespace)}.{match.group(1)}"
+        return f"{where}.{match.group(1)}"
 
     def all_credentials(self) -> Mapping[str, dict[str, str]]:
         """Every namespace's resolved credentials (what loading checks once, to fail early);

@@ -437,7 +437,12 @@ class PluginHost:
         request = InitializeRequest(
             namespace=ns.name,
             backend_type=ns.plugin.name,
-            config=pack(ConfigDocument(values=Struct.from_dict(dict(ns.config)))),
+            config=pack(
+                ConfigDocument(
+                    values=Struct.from_dict(dict(ns.config)),
+                    base_dir=str(self.config.config_dir or ""),
+                )
+            ),
             credentials=credentials,
             capabilities=ProxyCapabilities(
                 supports_metrics_push=False,
@@ -450,7 +455,7 @@ class PluginHost:
         if not response.success:
             raise PluginStartFailed(
                 f"namespace {ns.name!r}: plugin {ns.plugin.name!r} refused to initialize: "
-                f"{response.error}"
+                f"{self.config.locate_plugin_error(ns.name, response.error)}"
             )
         health = await client.health_check()
         if health.status == HealthCheckResponseStatus.UNHEALTHY:
