@@ -8,10 +8,12 @@ a credential, or anything that might be one, must not reach a log through an err
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 __all__ = ["ConfigError", "FieldError", "Model", "errors_of"]
@@ -110,6 +112,11 @@ def errors_of(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[st
     return lines
 
 
+def _admits_none(field: FieldInfo) -> bool:
+    annotation = field.annotation
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
 class Model(BaseModel):
     """A config section: frozen, unknown fields are errors, no NaN or infinity anywhere.
 
@@ -144,6 +151,20 @@ class Model(BaseModel):
     # go through it (which would drop the validation context that carries the file's
     # directory to nested sections). tests/config/test_model.py guards this.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # YAML writes an empty section (`config:` with its entries commented out) as null: for a
+        # field that cannot be null, that means "not given" (its default, or "required").
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            key: value
+            for key, value in data.items()
+            if value is not None or key not in fields or _admits_none(fields[key])
+        }
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes``, validated like the original (``dataclasses.replace``)."""

@@ -20,6 +20,22 @@ __all__ = ["default_config", "json_schema", "load_config", "parse_config"]
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe subset, where a key given twice in one mapping is an error (PyYAML keeps the
+    last one silently, which hides a field behind its misplaced twin)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def default_config(data_dir: Path = Path("prism-data")) -> ProxyConfig:
     """The embedded default: ``kv`` on memstore and ``durable`` on sqlite, both in-process."""
     return ProxyConfig(
@@ -45,9 +61,14 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
     except UnicodeDecodeError:
         raise ConfigError(f"cannot read config {path}: not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        # One line, and not PyYAML's quote of the offending line (it may hold a credential).
+        mark = exc.problem_mark
+        where = "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
+        raise ConfigError(f"{path} is not valid YAML{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {type(exc).__name__}") from None
     config = parse_config({} if raw is None else raw, base=Path(path).absolute().parent)
     config.all_credentials()
     return config

@@ -304,3 +304,38 @@ def test_config_errors_name_the_field_for_malformed_entries(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw)
+
+
+def test_config_empty_sections_are_absent(tmp_path: Path) -> None:
+    # `config:` or `credentials:` with every entry commented out is YAML's null.
+    config = load_config(
+        write(
+            tmp_path,
+            "tls:\nadmin:\n  enabled:\nnamespaces:\n  - name: kv\n"
+            "    plugin: {name: memstore, limits: }\n    config:\n    credentials:\n",
+        )
+    )
+    ns = config.namespace("kv")
+    assert (config.tls, config.admin.enabled, ns.config, ns.credentials) == (None, True, {}, {})
+    assert ns.plugin.limits == LimitsConfig()
+    with pytest.raises(ConfigError, match=r"^namespaces\[0\]\.plugin: required$"):
+        parse_config({"namespaces": [{"name": "kv", "plugin": None}]})
+    # Where null means something, it is kept.
+    assert parse_config({"secrets": {"env_prefix": None}}).secrets.env_prefix is None
+
+
+def test_config_duplicate_keys_are_an_error(tmp_path: Path) -> None:
+    text = "namespaces:\n  - name: kv\n    plugin:\n      name: memstore\n      name: sqlite\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path} is not valid YAML (line 5, column 7): duplicate key 'name'"
+
+
+def test_config_yaml_errors_are_one_line_without_the_offending_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "namespaces:\n  - name: kv\n    credentials: {pw: hunter2 {{ }\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.errors
+    assert line.startswith(f"{path} is not valid YAML (line 3, column ")
+    assert "hunter2" not in line

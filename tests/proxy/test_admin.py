@@ -212,12 +212,15 @@ async def test_admin_reload_failure_is_failed_precondition_and_old_instance_keep
     ):
         await execute(front, "durable", "set", SetRequest(key="k", value=b"v"))
         before = (await list_namespaces(admin))["durable"]
-        shutil.rmtree(data)  # a new sqlite instance cannot open its database any more
+        # A new sqlite instance cannot open its database any more (it would create a missing
+        # directory, but not one where a file is).
+        shutil.rmtree(data)
+        data.write_text("")
 
         with pytest.raises(pg.FailedPrecondition, match="previous instance keeps serving") as info:
             await reload(admin, "durable")
         assert "durable" in info.value.message
-        assert "does not exist" in info.value.message  # the reason reaches the operator
+        assert "is not a directory" in info.value.message  # the reason reaches the operator
 
         after = (await list_namespaces(admin))["durable"]
         assert (after.generation, after.available) == (before.generation, True)
