@@ -30,6 +30,7 @@ TEST_DEPS = [
     "grpcio-health-checking>=1.60",
     "grpcio-reflection>=1.60",
     "grpclib>=0.4.7",
+    "jsonschema>=4.18",  # `prism config schema` is checked with a real validator
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.

@@ -19,9 +19,10 @@ FORBIDDEN = {
     "prism.plugin_protocol": ("prism.sdk", "prism.hosting", "prism.proxy", "prism.cli"),
     "prism.sdk": ("prism.hosting", "prism.proxy", "prism.cli"),
     "prism.hosting": ("prism.proxy", "prism.cli"),
+    "prism.config": ("prism.sdk", "prism.hosting", "prism.proxy", "prism.cli", "prism.grpc"),
 }
-#: ... except these (the configuration model, until it has a package of its own).
-ALLOWED = {"prism.hosting": ("prism.proxy.config",)}
+#: ... except these.
+ALLOWED: dict[str, tuple[str, ...]] = {}
 
 
 def imported_modules(path: Path, module: str) -> Iterator[tuple[int, str]]:

@@ -153,7 +153,10 @@ def proxy_config(listen_port: int, remote_port: int, certs: Certs, runtime_dir: 
 
 def _has_admin_api() -> bool:
     """Whether this proxy's config has an `admin` section (unknown fields are errors)."""
-    from prism.proxy import config
+    try:
+        from prism import config
+    except ImportError:  # before the config layer moved out of prism.proxy
+        from prism.proxy import config  # type: ignore[no-redef]
 
     return hasattr(config, "AdminConfig")
 

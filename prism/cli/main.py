@@ -7,25 +7,25 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import trio
 
 from prism.cli import admin, keys
-from prism.grpc.transport import server_ssl_context
-from prism.hosting.host import PluginStartFailed
-from prism.hosting.loader import load_plugin_class
-from prism.hosting.verify import PluginRefused
-from prism.proxy.app import ListenFailed, Proxy
-from prism.proxy.config import (
+from prism.cli import config as config_cli
+from prism.config import (
     ConfigError,
     ProxyConfig,
     admin_from_target,
     default_config,
     load_config,
 )
+from prism.grpc.transport import server_ssl_context
+from prism.hosting.host import PluginStartFailed
+from prism.hosting.loader import load_plugin_class
+from prism.hosting.verify import PluginRefused
+from prism.proxy.app import ListenFailed, Proxy
 
 log = logging.getLogger("prism")
 ADMIN_HELP = (
@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("prism-data"),
         help="where the embedded default keeps its sqlite file",
     )
+
+    config = sub.add_parser("config", help="config file tools").add_subparsers(
+        dest="config_command", required=True
+    )
+    check = config.add_parser(
+        "check", help="validate a config file without starting anything (secrets are resolved)"
+    )
+    check.add_argument("file", type=Path)
+    config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
 
     plugin = sub.add_parser("plugin", help="plugin tools").add_subparsers(
         dest="plugin_command", required=True
@@ -117,10 +126,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "serve":
             config = load_config(args.config) if args.config else default_config(args.data_dir)
             if args.listen:
-                config = replace(config, listen=args.listen)
+                config = config.replace(listen=args.listen)
             if args.admin:
-                config = replace(config, admin=admin_from_target(args.admin))
+                config = config.replace(admin=admin_from_target(args.admin))
             trio.run(_serve, config)
+        elif args.command == "config":
+            _config_tool(args)
         elif args.plugin_command in ("list", "status", "reload", "keygen", "sign"):
             _plugin_tool(args)
         elif args.plugin_command == "serve":
@@ -137,8 +148,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     except* (ConfigError, PluginRefused, PluginStartFailed, ListenFailed) as group:
         # Startup errors are the operator's to fix: one clear line, no traceback.
         for leaf in _leaves(group):
-            print(f"prism: {leaf}", file=sys.stderr)
+            for line in leaf.errors if isinstance(leaf, ConfigError) else (str(leaf),):
+                print(f"prism: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _config_tool(args: argparse.Namespace) -> None:
+    """``prism config check`` (exit 0 with a summary, or 1 with the errors) and ``schema``."""
+    if args.config_command == "schema":
+        sys.stdout.write(config_cli.schema())
+        return
+    status, lines = config_cli.check(args.file)
+    if status == 0:
+        print(*lines, sep="\n")
+    else:
+        for line in lines:
+            print(f"prism: {line}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 def _plugin_tool(args: argparse.Namespace) -> None:
@@ -171,10 +197,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def _serve(config: ProxyConfig) -> None:
-    for ns in config.namespaces:
-        path = ns.config.get("path")
-        if ns.plugin.name == "sqlite" and isinstance(path, str):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     async with trio.open_nursery() as nursery:
         proxy: Proxy = await nursery.start(Proxy(config).run)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import trio
 
 from prism._proto.prism.plugin.v1 import PluginMetrics
+from prism.config import NamespaceConfig, ProxyConfig
 from prism.grpc.wire.status import GrpcError, NotFound
 from prism.hosting import runtime_dirs
 from prism.hosting.in_process import InProcessModel
@@ -40,7 +41,6 @@ from prism.hosting.remote import RemoteModel
 from prism.hosting.sidecar import SidecarModel
 from prism.hosting.supervisor import describe
 from prism.hosting.verify import VerifyPolicy
-from prism.proxy.config import NamespaceConfig, ProxyConfig
 
 log = logging.getLogger("prism.hosting")
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import trio
 
+from prism.config import NamespaceConfig
 from prism.hosting.client import InProcessClient
 from prism.hosting.instance import Instance
 from prism.hosting.loader import load_plugin_class
 from prism.hosting.model import HostSettings, describe_plugin, initialize, watch
 from prism.hosting.supervisor import supervise
-from prism.proxy.config import NamespaceConfig
 from prism.sdk.instance import open_plugin
 
 
@@ -37,6 +37,6 @@ class InProcessModel:
         cls = load_plugin_class(self.ns.plugin.name, self.settings.policy)
         async with open_plugin(cls()) as plugin:
             client = InProcessClient(plugin)
-            self.instance.up(client, await initialize(client, self.ns))
+            self.instance.up(client, await initialize(client, self.ns, self.settings.config))
             task_status.started()
             await watch(self.ns, self.instance, client)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import trio
 
 from prism._proto.prism.plugin.v1 import HealthCheckResponse, PluginMetrics
+from prism.config import NamespaceConfig
 from prism.grpc.wire.status import Unavailable
 from prism.hosting.client import PluginClient
-from prism.proxy.config import NamespaceConfig
 
 log = logging.getLogger("prism.hosting")
 

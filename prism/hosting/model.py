@@ -23,6 +23,7 @@ from prism._proto.prism.plugin.v1 import (
     InitializeRequest,
     ProxyCapabilities,
 )
+from prism.config import ConfigError, NamespaceConfig, ProxyConfig
 from prism.grpc.channel import ChannelOptions
 from prism.grpc.wire.status import GrpcError
 from prism.hosting.client import PluginClient
@@ -30,7 +31,6 @@ from prism.hosting.instance import Instance
 from prism.hosting.supervisor import PluginFailed
 from prism.hosting.verify import VerifyPolicy
 from prism.plugin_protocol import SESSION_DETAIL
-from prism.proxy.config import NamespaceConfig, ProxyConfig
 from prism.sdk.typed import pack
 
 log = logging.getLogger("prism.hosting")
@@ -65,14 +65,26 @@ def health_timeout(ns: NamespaceConfig) -> float:
     return max(ns.plugin.health_interval, MIN_HEALTH_TIMEOUT)
 
 
-async def initialize(client: PluginClient, ns: NamespaceConfig) -> HealthCheckResponse:
+async def initialize(
+    client: PluginClient, ns: NamespaceConfig, config: ProxyConfig
+) -> HealthCheckResponse:
     """Initialize, then one HealthCheck: PluginStartFailed unless both succeed (a plugin
     UNHEALTHY straight after Initialize is not routed to)."""
+    try:
+        # Read now, at each start: a reload after a secret's rotation sends the new value.
+        credentials = config.resolve_credentials(ns)
+    except ConfigError as exc:
+        raise PluginStartFailed(f"namespace {ns.name!r}: {exc}") from None
     request = InitializeRequest(
         namespace=ns.name,
         backend_type=ns.plugin.name,
-        config=pack(ConfigDocument(values=Struct.from_dict(dict(ns.config)))),
-        credentials=dict(ns.credentials),
+        config=pack(
+            ConfigDocument(
+                values=Struct.from_dict(dict(ns.config)),
+                base_dir=str(config.config_dir or ""),
+            )
+        ),
+        credentials=credentials,
         capabilities=ProxyCapabilities(
             supports_metrics_push=False,
             supports_distributed_tracing=False,
@@ -82,7 +94,10 @@ async def initialize(client: PluginClient, ns: NamespaceConfig) -> HealthCheckRe
     )
     response = await client.initialize(request)
     if not response.success:
-        raise PluginStartFailed(f"{describe_plugin(ns)} refused to initialize: {response.error}")
+        raise PluginStartFailed(
+            f"{describe_plugin(ns)} refused to initialize: "
+            f"{config.locate_plugin_error(ns.name, response.error)}"
+        )
     health = await client.health_check()
     if health.status == HealthCheckResponseStatus.UNHEALTHY:
         raise PluginStartFailed(

@@ -21,6 +21,7 @@ import trio
 from prism._proto.grpc.health.v1 import HealthCheckRequest as WatchRequest
 from prism._proto.grpc.health.v1 import HealthCheckResponse as WatchResponse
 from prism._proto.prism.plugin.v1 import HealthCheckResponse, HealthCheckResponseStatus
+from prism.config import NamespaceConfig
 from prism.grpc.channel import Channel, open_channel
 from prism.grpc.transport import client_ssl_context
 from prism.grpc.wire.status import GrpcError
@@ -29,7 +30,6 @@ from prism.hosting.instance import Instance
 from prism.hosting.model import HostSettings, describe_plugin, initialize, watch
 from prism.hosting.supervisor import RECONNECT_BACKOFF, PluginUnreachable, supervise
 from prism.plugin_protocol import SESSION_DETAIL
-from prism.proxy.config import NamespaceConfig
 
 log = logging.getLogger("prism.hosting")
 
@@ -109,12 +109,12 @@ class RemoteModel:
                     "restarted?); initializing it again",
                     describe_plugin(self.ns),
                 )
-            return await initialize(client, self.ns)
+            return await initialize(client, self.ns, self.settings.config)
         if health.status == HealthCheckResponseStatus.UNHEALTHY:
             grace = self.ns.plugin.drain_grace
             with trio.move_on_after(grace):
                 await client.shutdown(grace, "restarting an unhealthy plugin instance")
-            return await initialize(client, self.ns)
+            return await initialize(client, self.ns, self.settings.config)
         return health
 
     async def _watch_connection(self, channel: Channel) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from prism.config import NamespaceConfig
 from prism.grpc.channel import open_channel
 from prism.hosting import runtime_dirs
 from prism.hosting.client import GrpcClient
@@ -39,7 +40,6 @@ from prism.hosting.process import PluginProcess, PluginSpec
 from prism.hosting.supervisor import RESTART_BACKOFF, Backoff, PluginFailed, supervise
 from prism.hosting.verify import PluginRefused, verify_artifact
 from prism.plugin_protocol.handshake import ENV_MAX_MESSAGE_SIZE, Handshake, PluginStartError
-from prism.proxy.config import NamespaceConfig
 
 log = logging.getLogger("prism.hosting")
 
@@ -253,7 +253,7 @@ class SidecarModel:
                 ) as channel:
                     client = GrpcClient(channel)
                     instance.address = launched.target
-                    instance.up(client, await initialize(client, self.ns))
+                    instance.up(client, await initialize(client, self.ns, self.settings.config))
                     self.pool.serving()
                     task_status.started()
                     await watch(self.ns, instance, client)

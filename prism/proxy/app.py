@@ -13,12 +13,12 @@ from typing import Any
 import trio
 
 from prism import grpc as pg
+from prism.config import ProxyConfig, check_admin_listen
 from prism.grpc.health import Health, HealthState, ServingStatus
 from prism.grpc.reflection import Reflection
 from prism.grpc.transport import server_ssl_context, split_host_port
 from prism.hosting.host import PluginHost
 from prism.proxy.admin import AdminService
-from prism.proxy.config import ProxyConfig, check_admin_listen
 from prism.proxy.frontdoor import DataProxyService
 
 log = logging.getLogger("prism.proxy")

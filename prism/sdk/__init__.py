@@ -8,6 +8,7 @@ See docs/plugin-guide.md. In short: subclass ``BackendPlugin``, declare operatio
 
 from __future__ import annotations
 
+from prism.sdk.config import InvalidConfig
 from prism.sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -59,6 +60,7 @@ __all__ = [
     "HealthStatus",
     "Internal",
     "InvalidArgument",
+    "InvalidConfig",
     "Metrics",
     "NotFound",
     "OperationContext",

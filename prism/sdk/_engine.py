@@ -13,6 +13,7 @@ import enum
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import betterproto2
@@ -28,6 +29,7 @@ from prism.grpc.wire.status import (
 )
 from prism.sdk import _codec
 from prism.sdk._nursery import open_nursery_unwrapped
+from prism.sdk.config import InvalidConfig
 from prism.sdk.errors import Redactor, report_unexpected
 from prism.sdk.plugin import (
     BackendPlugin,
@@ -96,10 +98,13 @@ class Engine:
         config: betterproto2.Message | None,
         credentials: Mapping[str, str],
         namespace: str,
+        config_dir: Path | None = None,
     ) -> None:
         """Initialize the plugin (typed). Raises ``InvalidArgument`` for a missing or mistyped
         config or a missing credential, and whatever the plugin's ``initialize`` raises. A failed
-        setup may be retried. Cancellation (or shutdown) aborts it; the instance stays NEW."""
+        setup may be retried. Cancellation (or shutdown) aborts it; the instance stays NEW.
+        ``config_dir`` is what relative paths in the config are relative to
+        (``BackendPlugin.config_path``)."""
         plugin = self.plugin
         if self._state in (State.CLOSING, State.CLOSED):
             raise Unavailable(f"plugin {plugin.name!r} is shut down")
@@ -114,6 +119,7 @@ class Engine:
             raise InvalidArgument(f"missing required credential {names}")
         self._redact = Redactor(credentials.values())
         self.namespace = namespace
+        plugin.config_dir = config_dir
         self._state = State.INITIALIZING
         succeeded = False
         try:
@@ -131,17 +137,18 @@ class Engine:
         expected = self.plugin.config_type
         if expected is None:
             if config is not None:
-                raise InvalidArgument(
-                    f"plugin {self.plugin.name!r} takes no config, got {type(config).__qualname__}"
+                raise InvalidConfig(
+                    "",
+                    f"plugin {self.plugin.name!r} takes no config, got {type(config).__qualname__}",
                 )
             return None
         name = type_name(type_url(expected))
         if config is None:
             if self.plugin.config_required:
-                raise InvalidArgument(f"config is required: expected {name}")
+                raise InvalidConfig("", f"required ({name})")
             return expected()
         if type(config) is not expected:
-            raise InvalidArgument(f"config: expected {name}, got {type(config).__qualname__}")
+            raise InvalidConfig("", f"expected {name}, got {type(config).__qualname__}")
         return config
 
     # -- HealthCheck ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from prism.plugin_protocol import METRICS_OPERATION
 from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
-from prism.sdk.config import config_from_any
+from prism.sdk.config import config_dir_from_any, config_from_any
 from prism.sdk.plugin import BackendPlugin, OperationSpec, Payload
 from prism.sdk.typed import pack
 
@@ -96,7 +96,8 @@ class PluginInstance(Engine):
         plugin = self.plugin
         try:
             config = config_from_any(request.config, plugin.config_type)
-            await self.setup(config, request.credentials, request.namespace)
+            config_dir = config_dir_from_any(request.config)
+            await self.setup(config, request.credentials, request.namespace, config_dir)
         except GrpcError as exc:
             return InitializeResponse(
                 success=False, error=str(self._redact.error(exc)), plugin_version=plugin.version

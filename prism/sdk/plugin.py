@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 import betterproto2
@@ -271,6 +272,9 @@ class BackendPlugin:
 
     def __init__(self) -> None:
         self.metrics = Metrics()
+        #: The directory of the proxy's config file, set before ``initialize`` (None when the
+        #: config was not read from a file): what relative paths in the config mean.
+        self.config_dir: Path | None = None
         self._nursery: trio.Nursery | None = None
         self.logger = logging.getLogger(f"prism.plugin.{self.name or type(self).__name__}")
 
@@ -283,6 +287,15 @@ class BackendPlugin:
                 "(prism.sdk.instance.open_plugin), from initialize() on"
             )
         return self._nursery
+
+    def config_path(self, value: str) -> Path:
+        """A path from this plugin's config as the operator meant it: a relative one is relative
+        to the directory of the proxy's config file (``config_dir``, which the proxy sends in
+        Initialize), like every path in that file; without one, to the working directory."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or self.config_dir is None:
+            return path
+        return self.config_dir / path
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         """Called by the SDK's engine: give the plugin its instance nursery (or take it away)."""

@@ -21,14 +21,14 @@ import trustme
 
 from prism import grpc as pg
 from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse
-from prism.proxy.app import Proxy
-from prism.proxy.config import (
+from prism.config import (
     AdminConfig,
     NamespaceConfig,
     PluginConfig,
     ProxyConfig,
     RemoteTlsConfig,
 )
+from prism.proxy.app import Proxy
 from prism.sdk.typed import pack, unpack
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"

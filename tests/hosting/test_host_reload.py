@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,8 @@ async def test_host_reload_failure_keeps_the_old_instance_serving(tmp_path: Path
         host = running.proxy.host
         old = host.route("durable").current
         await running.execute("durable", "set", SetRequest(key="k", value=b"v"))
-        broken = replace(ns, config={"path": str(tmp_path / "no" / "such" / "dir" / "d.db")})
+        (tmp_path / "file").write_text("not a directory")
+        broken = ns.replace(config={"path": str(tmp_path / "file" / "d.db")})
         with pytest.raises(PluginStartFailed, match="namespace 'durable': plugin 'sqlite'"):
             await host.reload("durable", broken)
         assert host.route("durable").current is old

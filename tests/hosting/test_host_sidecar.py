@@ -40,7 +40,7 @@ import prism._proto.google.protobuf as protobuf
 import prism._proto.prism.plugin.v1 as plugin_pb
 import prism._proto.prism.proxy.v1 as proxy_pb
 from prism._proto.prism.proxy.v1 import StreamRequest, StreamResponse
-from prism.proxy.config import LimitsConfig
+from prism.config import LimitsConfig
 from prism.sdk import BackendPlugin, OperationContext, OperationStream, operation, stream_operation
 from prism.sdk.typed import pack, unpack
 

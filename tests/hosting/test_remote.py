@@ -21,8 +21,8 @@ from host_testkit import (
 
 from prism import grpc as pg
 from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
+from prism.config import NamespaceConfig, PluginConfig, RemoteTlsConfig
 from prism.grpc.health import ServingStatus
-from prism.proxy.config import NamespaceConfig, PluginConfig, RemoteTlsConfig
 
 
 def remote_namespace(port: int, tls: RemoteTlsConfig) -> NamespaceConfig:

@@ -234,6 +234,6 @@ async def test_memstore_config_from_the_proxys_yaml_mapping(typed: bool) -> None
         await h.execute("set", SetRequest(key="a", value=b"1"))
         with pytest.raises(ResourceExhausted):
             await h.execute("set", SetRequest(key="b", value=b"1"))
-    with pytest.raises(InvalidArgument, match="unknown field 'max_key'"):
+    with pytest.raises(InvalidArgument, match=r"config\.max_key: unknown field"):
         async with PluginHarness(MemstorePlugin, config={"max_key": 1}, typed=typed):
             pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-__all__ = ["Database", "prefix_successor"]
+__all__ = ["Database", "make_private_parents", "prefix_successor"]
 
 SCHEMA_VERSION = 1
 
@@ -43,13 +43,32 @@ def prefix_successor(prefix: str) -> str | None:
     return None
 
 
+def make_private_parents(directory: Path) -> None:
+    """Create ``directory`` and whichever of its parents are missing, each mode 0700 (a database
+    directory is nobody else's business); existing ones are left as they are. OSError when one
+    cannot be created (a parent is a file, no permission)."""
+    missing: list[Path] = []
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir(mode=0o700)
+        except FileExistsError:
+            if not created.is_dir():
+                raise NotADirectoryError(
+                    f"{str(created)!r} exists and is not a directory"
+                ) from None
+            # Another process made it meanwhile: fine.
+
+
 class Database:
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
         if path != ":memory:":
-            # sqlite3 would create the file but not its directory; say so clearly instead.
-            directory = Path(path).expanduser().resolve().parent
-            if not directory.is_dir():
-                raise FileNotFoundError(f"directory {str(directory)!r} does not exist")
+            # sqlite3 creates the file but not its directory: create what is missing, private.
+            make_private_parents(Path(path).expanduser().absolute().parent)
         # check_same_thread=False: the plugin's CapacityLimiter(1) serializes all use, but
         # trio's worker threads may differ from call to call.
         self._db = sqlite3.connect(

@@ -34,6 +34,7 @@ from prism.sdk import (
     HealthReport,
     HealthStatus,
     InvalidArgument,
+    InvalidConfig,
     OperationContext,
     Unavailable,
     operation,
@@ -61,6 +62,8 @@ class SqlitePlugin(BackendPlugin):
     name = "sqlite"
     version = "0.1.0"
     config_type = SqliteConfig
+    # Absent is all defaults, so the missing field is named (config.path: required).
+    config_required = False
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         """``clock``: wall-clock seconds since the epoch (injectable for TTL tests)."""
@@ -91,17 +94,19 @@ class SqlitePlugin(BackendPlugin):
         self, config: SqliteConfig, credentials: Mapping[str, str], namespace: str
     ) -> None:
         if not config.path:
-            raise InvalidArgument("config field 'path' is required")
+            raise InvalidConfig("path", "required (the database file)")
         for field in ("busy_timeout_ms", "sweep_interval_ms"):
             if getattr(config, field) < 0:
-                raise InvalidArgument(f"config field {field!r} must not be negative")
+                raise InvalidConfig(field, "must not be negative")
         busy_timeout = config.busy_timeout_ms or DEFAULT_BUSY_TIMEOUT_MS
+        # Relative to the proxy's config file, like every path in it.
+        path = config.path if config.path == ":memory:" else str(self.config_path(config.path))
         try:
-            self._db = await self._run(functools.partial(Database, config.path, busy_timeout))
+            self._db = await self._run(functools.partial(Database, path, busy_timeout))
         except (OSError, sqlite3.Error) as exc:
             # sqlite3's and the OS's messages here describe the file, never credentials.
             raise FailedPrecondition(
-                f"cannot open SQLite database {config.path!r}: {exc}"
+                f"config.path: cannot open SQLite database {path!r}: {exc}"
             ) from None
         self.metrics.connections_active = 1
         interval = (config.sweep_interval_ms or DEFAULT_SWEEP_INTERVAL_MS) / 1000

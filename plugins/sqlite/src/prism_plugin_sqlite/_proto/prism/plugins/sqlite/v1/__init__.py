@@ -19,7 +19,8 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 class SqliteConfig(betterproto2.Message):
     path: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    Database file (created if missing; its directory must exist). Required.
+    Database file (created if missing, with its missing parent directories, mode 0700); a
+    relative path is relative to the proxy's config file. Required.
     """
 
     busy_timeout_ms: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from prism.proxy.config import (
+from prism.config import (
     DEFAULT_ADMIN_LISTEN,
     AdminConfig,
     ConfigError,

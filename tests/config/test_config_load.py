@@ -1,5 +1,6 @@
-"""The proxy's YAML configuration: every field, its default, errors that name the field's path,
-and secrets that are resolved but never shown. (The ``admin`` section: test_admin_config.py.)"""
+"""The proxy's YAML configuration read from a file: every field, its default, errors that name
+the field's path. (The ``admin`` section: test_config_admin.py; secrets:
+test_config_secrets.py; the sidecar environment: test_config_plugin.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from prism.proxy.config import (
+from prism.config import (
     ConfigError,
     LimitsConfig,
     NamespaceConfig,
@@ -138,9 +139,14 @@ def test_config_reads_every_field(full: ProxyConfig, tmp_path: Path) -> None:
         full.namespace("nope")
 
 
-def test_config_resolves_secrets_from_env_and_file(full: ProxyConfig) -> None:
-    credentials = full.namespace("partner").credentials
-    assert credentials == {"api_token": TOKEN, "password": PASSWORD, "plain": "not-a-reference"}
+def test_config_keeps_secret_references_and_resolves_them_on_demand(full: ProxyConfig) -> None:
+    partner = full.namespace("partner")
+    assert partner.credentials["api_token"] == "{{ env:PRISM_TEST_TOKEN }}"
+    assert full.resolve_credentials(partner) == {
+        "api_token": TOKEN,
+        "password": PASSWORD,
+        "plain": "not-a-reference",
+    }
 
 
 def test_config_secrets_never_appear_in_repr(full: ProxyConfig) -> None:
@@ -150,24 +156,18 @@ def test_config_secrets_never_appear_in_repr(full: ProxyConfig) -> None:
         assert "not-a-reference" not in text
 
 
-def test_config_secret_errors_name_the_field_not_the_value(
+def test_config_load_fails_early_on_a_secret_that_cannot_be_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    raw = one_namespace()
-    raw["namespaces"][0]["credentials"] = {"token": "{{ env:PRISM_TEST_UNSET }}"}
-    monkeypatch.delenv("PRISM_TEST_UNSET", raising=False)
-    with pytest.raises(ConfigError, match=r"^namespaces\[0\]\.credentials\.token: environment"):
-        parse_config(raw)
-    raw["namespaces"][0]["credentials"] = {"token": f"{{{{ file:{tmp_path / 'missing'} }}}}"}
-    with pytest.raises(ConfigError, match=r"credentials\.token: cannot read secret file"):
-        parse_config(raw)
-    # A later error in a config that holds a resolved secret does not show it.
-    monkeypatch.setenv("PRISM_TEST_TOKEN", TOKEN)
-    raw["namespaces"][0]["credentials"] = {"token": "{{ env:PRISM_TEST_TOKEN }}"}
-    raw["namespaces"].append({"name": "kv", "plugin": {"name": "memstore"}})
+    monkeypatch.delenv("PRISM_TEST_TOKEN", raising=False)
+    path = write(tmp_path, FULL.replace("SECRET_FILE", str(tmp_path / "missing")))
     with pytest.raises(ConfigError) as info:
-        parse_config(raw)
-    assert TOKEN not in str(info.value)
+        load_config(path)
+    assert info.value.errors == (
+        "namespaces[2].credentials.api_token: environment variable PRISM_TEST_TOKEN is not set",
+        f"namespaces[2].credentials.password: cannot read secret file {tmp_path / 'missing'}: "
+        "No such file or directory",
+    )
 
 
 def test_config_defaults() -> None:
@@ -189,7 +189,30 @@ def test_config_defaults() -> None:
 
 
 def test_config_empty_file_is_the_defaults(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, "")) == parse_config({})
+    loaded = load_config(write(tmp_path, ""))
+    assert loaded.model_dump() == parse_config({}).model_dump()
+    assert loaded.config_dir == tmp_path
+    assert parse_config({}).config_dir is None
+
+
+def test_config_relative_paths_are_relative_to_the_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "token").write_text("t0k\n")
+    path = write(
+        tmp_path / "etc",
+        "runtime_dir: run\nsecrets: {directory: secrets}\nnamespaces:\n"
+        "  - name: kv\n    plugin: {name: memstore}\n"
+        "    credentials: {token: '{{ file:token }}'}\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("etc") / path.name)
+    assert config.config_dir == tmp_path / "etc"
+    assert config.runtime_dir == tmp_path / "etc" / "run"
+    assert config.secrets.directory == tmp_path / "etc" / "secrets"
+    monkeypatch.chdir("/")
+    assert config.resolve_credentials(config.namespace("kv")) == {"token": "t0k"}
 
 
 def test_config_default_config_serves_kv_and_durable(tmp_path: Path) -> None:
@@ -235,8 +258,21 @@ def test_config_errors_name_the_field(raw: dict[str, Any], message: str) -> None
 def test_config_duplicate_namespace_is_an_error() -> None:
     raw = one_namespace()
     raw["namespaces"] *= 2
-    with pytest.raises(ConfigError, match="namespaces: 'kv' is defined more than once"):
+    with pytest.raises(ConfigError, match=r"^namespaces\[1\]\.name: 'kv' is already defined by"):
         parse_config(raw)
+
+
+def test_config_reports_every_error_at_once() -> None:
+    raw = {"listne": 1, "namespaces": [{"name": "KV", "plugin": {"name": "m", "mode": "x"}}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.errors == (
+        "namespaces[0].name: 'KV' is not a valid namespace name (lowercase letters, digits, "
+        "'-', '_', '.'; at most 63, starting with a letter or digit)",
+        "namespaces[0].plugin.mode: 'x' is not one of in_process, sidecar, remote",
+        "listne: unknown field",
+    )
+    assert str(info.value) == "\n".join(info.value.errors)
 
 
 def test_config_file_errors(tmp_path: Path) -> None:
@@ -268,3 +304,38 @@ def test_config_errors_name_the_field_for_malformed_entries(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw)
+
+
+def test_config_empty_sections_are_absent(tmp_path: Path) -> None:
+    # `config:` or `credentials:` with every entry commented out is YAML's null.
+    config = load_config(
+        write(
+            tmp_path,
+            "tls:\nadmin:\n  enabled:\nnamespaces:\n  - name: kv\n"
+            "    plugin: {name: memstore, limits: }\n    config:\n    credentials:\n",
+        )
+    )
+    ns = config.namespace("kv")
+    assert (config.tls, config.admin.enabled, ns.config, ns.credentials) == (None, True, {}, {})
+    assert ns.plugin.limits == LimitsConfig()
+    with pytest.raises(ConfigError, match=r"^namespaces\[0\]\.plugin: required$"):
+        parse_config({"namespaces": [{"name": "kv", "plugin": None}]})
+    # Where null means something, it is kept.
+    assert parse_config({"secrets": {"env_prefix": None}}).secrets.env_prefix is None
+
+
+def test_config_duplicate_keys_are_an_error(tmp_path: Path) -> None:
+    text = "namespaces:\n  - name: kv\n    plugin:\n      name: memstore\n      name: sqlite\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path} is not valid YAML (line 5, column 7): duplicate key 'name'"
+
+
+def test_config_yaml_errors_are_one_line_without_the_offending_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "namespaces:\n  - name: kv\n    credentials: {pw: hunter2 {{ }\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.errors
+    assert line.startswith(f"{path} is not valid YAML (line 3, column ")
+    assert "hunter2" not in line
