@@ -133,6 +133,16 @@ async def supervise(
                 if any(isinstance(leaf, trio.TooSlowError) for leaf in _leaves(exc))
                 else describe(exc)
             )
+        except BaseExceptionGroup as group:
+            # Being stopped while the plugin also failed (a remote's connection lost as the
+            # proxy shuts down): the cancellation wins. Re-raising the failure with it would
+            # leave the failure standing once the stopping scope absorbs the Cancelled, and
+            # end the host.
+            cancelled, failures = group.split(trio.Cancelled)
+            if cancelled is None or failures is None:
+                raise
+            log.info("%s failed while being stopped: %s", what, describe(failures))
+            raise cancelled from None
         instance.down(reason)
         if instance.retiring:
             return
