@@ -44,12 +44,13 @@ from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.config import config_from_any
-from prism.sdk.plugin import BackendPlugin, OperationSpec, Payload
+from prism.sdk.plugin import RESERVED_PREFIX, BackendPlugin, OperationSpec, Payload
 from prism.sdk.typed import pack
 
 __all__ = ["METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
 
-METRICS_OPERATION = "_prism.metrics"
+# Reserved names share one prefix, which the proxy's front door refuses from clients.
+METRICS_OPERATION = RESERVED_PREFIX + "metrics"
 
 
 @asynccontextmanager

@@ -49,7 +49,9 @@ __all__ = [
     "stream_operation",
 ]
 
-#: Operation names starting with this are the SDK's own (``_prism.metrics``).
+#: Operation names starting with this are the SDK's own (``_prism.metrics``): a plugin cannot
+#: declare one, and the proxy's front door refuses them from clients (only the plugin host
+#: calls them).
 RESERVED_PREFIX = "_prism."
 
 HealthStatus: TypeAlias = HealthCheckResponseStatus
