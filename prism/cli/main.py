@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+import prism
 from prism.cli import admin, keys
 from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
@@ -33,12 +34,30 @@ ADMIN_HELP = (
 )
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    # Accepted before and after the subcommand (`prism --log-level debug serve`, `prism serve
+    # --log-level debug`): the subcommands' copy has no default, so it never hides the first.
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS if default is None else default,
+        help="what to log on stderr (default: info)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism", description="Prism data-access proxy")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"prism {prism.__version__}")
+    _log_level_option(parser, "info")
+    common = argparse.ArgumentParser(add_help=False)
+    _log_level_option(common, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the proxy")
+    serve = sub.add_parser("serve", help="run the proxy", parents=[common])
     serve.add_argument(
         "--config", type=Path, help="YAML config (default: embedded memstore + sqlite namespaces)"
     )
@@ -54,10 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where the embedded default keeps its sqlite file",
     )
 
-    plugin = sub.add_parser("plugin", help="plugin tools").add_subparsers(
+    plugin = sub.add_parser("plugin", help="plugin tools", parents=[common]).add_subparsers(
         dest="plugin_command", required=True
     )
-    pserve = plugin.add_parser("serve", help="serve a plugin as a remote service (TCP + mTLS)")
+    pserve = plugin.add_parser(
+        "serve", help="serve a plugin as a remote service (TCP + mTLS)", parents=[common]
+    )
     pserve.add_argument("plugin", help="entry point name or package.module:Class")
     pserve.add_argument("--listen", required=True, help="host:port")
     pserve.add_argument("--tls-cert", type=Path, required=True)
@@ -68,12 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="CA that signed the proxy's client certificate (mTLS)",
     )
-    init = plugin.add_parser("init", help="scaffold a new plugin distribution")
+    init = plugin.add_parser("init", help="scaffold a new plugin distribution", parents=[common])
     init.add_argument("name")
     init.add_argument("--directory", type=Path, default=None)
 
     def admin_command(name: str, help: str, timeout: float | None) -> argparse.ArgumentParser:
-        cmd = plugin.add_parser(name, help=help)
+        cmd = plugin.add_parser(name, help=help, parents=[common])
         cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
         cmd.add_argument(
             "--timeout",
@@ -91,9 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     reload = admin_command("reload", "hot-reload a namespace's plugin", None)
     reload.add_argument("namespace")
 
-    keygen = plugin.add_parser("keygen", help="make an ed25519 key pair for signing plugins")
+    keygen = plugin.add_parser(
+        "keygen", help="make an ed25519 key pair for signing plugins", parents=[common]
+    )
     keygen.add_argument("out", type=Path, help="private key file (the public key: OUT.pub)")
-    sign = plugin.add_parser("sign", help="sign a plugin file or package directory")
+    sign = plugin.add_parser(
+        "sign", help="sign a plugin file or package directory", parents=[common]
+    )
     sign.add_argument("path", type=Path, help="the plugin's module file or package directory")
     sign.add_argument("--key", type=Path, required=True, help="ed25519 private key (PEM)")
     return parser
