@@ -156,7 +156,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Startup errors are the operator's to fix: one clear line, no traceback.
         for leaf in _leaves(group):
             print(f"prism: {leaf}", file=sys.stderr)
-        raise SystemExit(2) from None
+        startup_failed = True
+    else:
+        startup_failed = False
+    # Exit outside the except* block: Python before 3.11.4 (Debian 12 has 3.11.2) wraps an
+    # exception raised in one into an exception group, which prints a traceback and exits 1.
+    if startup_failed:
+        raise SystemExit(2)
 
 
 def _plugin_tool(args: argparse.Namespace) -> None:

@@ -40,9 +40,19 @@ def accepts(port: int) -> bool:
     return True
 
 
+def handles_sigterm(pid: int) -> bool:
+    """The process has installed its own SIGTERM handler (``prism serve`` does once it runs):
+    from then on SIGTERM is a graceful stop, not the default instant death."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
 @contextmanager
 def serving(*args: str, directory: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """``prism ARGS`` with ``--listen`` on a free port, until that port accepts; SIGTERM after."""
+    """``prism ARGS`` with ``--listen`` on a free port, until that port accepts and SIGTERM
+    would stop it gracefully; SIGTERM after."""
     port = free_port()
     log = directory / "prism.log"
     with log.open("wb") as out:
@@ -54,7 +64,7 @@ def serving(*args: str, directory: Path) -> Iterator[tuple[subprocess.Popen[byte
         )
     try:
         deadline = time.monotonic() + 30
-        while not accepts(port):
+        while not (accepts(port) and handles_sigterm(proc.pid)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"prism did not start (exit {proc.poll()}):\n{log.read_text()}")
             time.sleep(0.05)
@@ -67,6 +77,7 @@ def serving(*args: str, directory: Path) -> Iterator[tuple[subprocess.Popen[byte
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    assert proc.returncode == 0, log.read_text()
 
 
 def test_cli_version_prints_the_installed_version() -> None:

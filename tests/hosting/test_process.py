@@ -20,6 +20,7 @@ from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
 from prism.hosting.handshake import HandshakeError, PluginStartError, check_plugin_socket
 from prism.hosting.isolation import ResourceLimits
 from prism.hosting.process import (
+    ENV_ALLOWED_PREFIXES,
     ENV_ALLOWLIST,
     ExitStatus,
     PluginExitedError,
@@ -318,6 +319,11 @@ def _environ(pid: int) -> dict[str, str]:
     return {name: value for name, value in pairs}
 
 
+def _allowed(name: str) -> bool:
+    # LC_* is allowed as a whole; Python itself may add LC_CTYPE (PEP 538 locale coercion).
+    return name in ENV_ALLOWLIST or name in HANDSHAKE_VARS or name.startswith(ENV_ALLOWED_PREFIXES)
+
+
 async def _started_environ(spec: PluginSpec, runtime_dir: Path) -> dict[str, str]:
     process = _process(spec, runtime_dir)
     with trio.fail_after(10):
@@ -348,7 +354,7 @@ async def test_plugin_process_starts_with_only_allowlisted_environment(
     assert "PG_PASSWORD" not in env
     assert "AWS_SECRET_ACCESS_KEY" not in env
     assert "PRISM_SHARED_REGION" not in env
-    assert set(env) - HANDSHAKE_VARS <= ENV_ALLOWLIST | {"LC_ALL"}
+    assert [name for name in env if not _allowed(name)] == []
     assert (env["LC_ALL"], env["TZ"], env["PATH"]) == ("C.UTF-8", "UTC", os.environ["PATH"])
     assert set(env) >= HANDSHAKE_VARS
 
@@ -405,7 +411,7 @@ async def test_plugin_process_sidecar_of_a_namespace_without_credentials_sees_no
             assert instance.pid is not None
             env = _environ(instance.pid)
             assert "PG_PASSWORD" not in env
-            assert set(env) - HANDSHAKE_VARS <= ENV_ALLOWLIST | {"LC_ALL"}
+            assert [name for name in env if not _allowed(name)] == []
             # It found its packages and serves.
             await running.execute("kv", "set", SetRequest(key="k", value=b"v"))
             got = result(await running.execute("kv", "get", GetRequest(key="k")), GetResponse)
