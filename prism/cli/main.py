@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 
+import prism
 from prism.cli import admin, keys
 from prism.cli import config as config_cli
 from prism.config import (
@@ -33,12 +34,30 @@ ADMIN_HELP = (
 )
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    # Accepted before and after the subcommand (`prism --log-level debug serve`, `prism serve
+    # --log-level debug`): the subcommands' copy has no default, so it never hides the first.
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS if default is None else default,
+        help="what to log on stderr (default: info)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism", description="Prism data-access proxy")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"prism {prism.__version__}")
+    _log_level_option(parser, "info")
+    common = argparse.ArgumentParser(add_help=False)
+    _log_level_option(common, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the proxy")
+    serve = sub.add_parser("serve", help="run the proxy", parents=[common])
     serve.add_argument(
         "--config", type=Path, help="YAML config (default: embedded memstore + sqlite namespaces)"
     )
@@ -54,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the embedded default keeps its sqlite file",
     )
 
-    config = sub.add_parser("config", help="config file tools").add_subparsers(
+    config = sub.add_parser("config", help="config file tools", parents=[common]).add_subparsers(
         dest="config_command", required=True
     )
     check = config.add_parser(
@@ -63,10 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
 
-    plugin = sub.add_parser("plugin", help="plugin tools").add_subparsers(
+    plugin = sub.add_parser("plugin", help="plugin tools", parents=[common]).add_subparsers(
         dest="plugin_command", required=True
     )
-    pserve = plugin.add_parser("serve", help="serve a plugin as a remote service (TCP + mTLS)")
+    pserve = plugin.add_parser(
+        "serve", help="serve a plugin as a remote service (TCP + mTLS)", parents=[common]
+    )
     pserve.add_argument("plugin", help="entry point name or package.module:Class")
     pserve.add_argument("--listen", required=True, help="host:port")
     pserve.add_argument("--tls-cert", type=Path, required=True)
@@ -84,12 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         help="largest message in bytes, both ways; at least the proxy's max_message_size "
         "(default 16 MiB, the proxy's default)",
     )
-    init = plugin.add_parser("init", help="scaffold a new plugin distribution")
+    init = plugin.add_parser("init", help="scaffold a new plugin distribution", parents=[common])
     init.add_argument("name")
     init.add_argument("--directory", type=Path, default=None)
 
     def admin_command(name: str, help: str, timeout: float | None) -> argparse.ArgumentParser:
-        cmd = plugin.add_parser(name, help=help)
+        cmd = plugin.add_parser(name, help=help, parents=[common])
         cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
         cmd.add_argument(
             "--timeout",
@@ -107,9 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     reload = admin_command("reload", "hot-reload a namespace's plugin", None)
     reload.add_argument("namespace")
 
-    keygen = plugin.add_parser("keygen", help="make an ed25519 key pair for signing plugins")
+    keygen = plugin.add_parser(
+        "keygen", help="make an ed25519 key pair for signing plugins", parents=[common]
+    )
     keygen.add_argument("out", type=Path, help="private key file (the public key: OUT.pub)")
-    sign = plugin.add_parser("sign", help="sign a plugin file or package directory")
+    sign = plugin.add_parser(
+        "sign", help="sign a plugin file or package directory", parents=[common]
+    )
     sign.add_argument("path", type=Path, help="the plugin's module file or package directory")
     sign.add_argument("--key", type=Path, required=True, help="ed25519 private key (PEM)")
     return parser
@@ -150,7 +175,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for leaf in _leaves(group):
             for line in leaf.errors if isinstance(leaf, ConfigError) else (str(leaf),):
                 print(f"prism: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+        startup_failed = True
+    else:
+        startup_failed = False
+    # Exit outside the except* block: Python before 3.11.4 (Debian 12 has 3.11.2) wraps an
+    # exception raised in one into an exception group, which prints a traceback and exits 1.
+    if startup_failed:
+        raise SystemExit(2)
 
 
 def _config_tool(args: argparse.Namespace) -> None:

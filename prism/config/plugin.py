@@ -32,6 +32,8 @@ class LimitsConfig(Model):
 def _env_name(name: Any) -> Any:
     if isinstance(name, str) and not _ENV_NAME.match(name):
         raise ValueError(f"{name!r} is not an environment variable name")
+    if isinstance(name, str) and name.startswith("PRISM_PLUGIN_"):
+        raise ValueError(f"{name} is set by the proxy itself (the plugin handshake)")
     return name
 
 

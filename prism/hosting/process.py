@@ -18,6 +18,11 @@ Nothing outlives the proxy:
 - the plugin runs in its own process group (so a terminal's Ctrl-C reaches the proxy, which
   then stops plugins in order) and when its leader exits, whatever is left in the group is
   SIGKILLed before the leader is reaped, while its pid cannot have been reused.
+
+The plugin does not inherit the proxy's environment, which may hold the secrets of every
+namespace (``{{ env:PG_PASSWORD }}``) and ``/proc/PID/environ`` shows it to the plugin's own
+code: :func:`plugin_environment` builds a minimal one. Credentials reach a plugin only in
+Initialize, and only its own namespace's.
 """
 
 from __future__ import annotations
@@ -65,8 +70,10 @@ _LEVELS |= {"ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 class PluginSpec:
     name: str
     command: Sequence[str]
-    env: Mapping[str, str] = field(default_factory=dict)  # on top of the proxy's environment
-    inherit_env: bool = True  # False: the plugin sees only ``env`` and the PRISM_PLUGIN_* vars
+    # The plugin's environment (plugin_environment): ENV_ALLOWLIST, plus these names when the
+    # proxy has them, plus these explicit values; never the proxy's whole environment.
+    env: Mapping[str, str] = field(default_factory=dict)
+    inherit_env: Sequence[str] = ()
     cwd: Path | None = None
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     protocol_versions: tuple[int, ...] = SUPPORTED_PROTOCOL_VERSIONS
@@ -78,6 +85,67 @@ class PluginSpec:
             raise TypeError("PluginSpec.command is a list of arguments, not a string")
         if not self.name or not self.command:
             raise ValueError("a PluginSpec needs a name and a non-empty command")
+        if isinstance(self.inherit_env, str):
+            raise TypeError("PluginSpec.inherit_env is a list of variable names, not a string")
+        for name in (*self.env, *self.inherit_env):
+            _check_env_name(name)
+        for name, value in self.env.items():
+            if "\0" in value:
+                raise ValueError(f"environment variable {name}: its value contains a NUL byte")
+
+
+#: What a sidecar inherits from the proxy's environment, when the proxy has it. Locations and
+#: locale, never secrets: ``PATH`` (to find a ``command``), ``HOME`` (libraries and Python's user
+#: site-packages resolve paths under it), ``TMPDIR``, ``TZ``, ``LANG``/``LANGUAGE``/``LC_*``; and
+#: the variables that decide where the interpreter finds its modules, so that the plugin imports
+#: what the proxy (which verifies the plugin's files before the launch) found. ``VIRTUAL_ENV``
+#: is not among them: a virtualenv's interpreter finds its packages from the ``pyvenv.cfg``
+#: beside it, and sidecars run the proxy's own interpreter.
+ENV_ALLOWLIST = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSAFEPATH",
+        "PYTHONNOUSERSITE",
+        "PYTHONUSERBASE",
+    }
+)
+ENV_ALLOWED_PREFIXES = ("LC_",)
+_HANDSHAKE_ENV = frozenset({ENV_MAGIC_COOKIE, ENV_PROTOCOL_VERSIONS, ENV_SOCKET})
+
+
+def _check_env_name(name: str) -> None:
+    if not name or "=" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not an environment variable name")
+    if name in _HANDSHAKE_ENV:
+        raise ValueError(f"environment variable {name} is set by the proxy for the handshake")
+
+
+def plugin_environment(
+    spec: PluginSpec, socket_path: Path, parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The whole environment a sidecar starts with: from ``parent`` (the proxy's environment)
+    only :data:`ENV_ALLOWLIST`, ``LC_*`` and ``spec.inherit_env`` (names it does not have are
+    skipped, as systemd's ``PassEnvironment=`` does), then ``spec.env``, then the handshake
+    variables, which nothing overrides."""
+    parent = os.environ if parent is None else parent
+    wanted = ENV_ALLOWLIST.union(spec.inherit_env)
+    env = {
+        name: value
+        for name, value in parent.items()
+        if name in wanted or name.startswith(ENV_ALLOWED_PREFIXES)
+    }
+    env.update(spec.env)
+    env[ENV_MAGIC_COOKIE] = MAGIC_COOKIE
+    env[ENV_SOCKET] = os.fspath(socket_path)
+    env[ENV_PROTOCOL_VERSIONS] = format_protocol_versions(spec.protocol_versions)
+    return env
 
 
 @dataclass(frozen=True)
@@ -274,11 +342,7 @@ class PluginProcess:
         # Synchronous on purpose, in the trio thread: see the module docstring (PDEATHSIG).
         if self._popen is not None:
             raise RuntimeError("a PluginProcess is launched once; make a new one to restart")
-        env = dict(os.environ) if self.spec.inherit_env else {}
-        env.update(self.spec.env)
-        env[ENV_MAGIC_COOKIE] = MAGIC_COOKIE
-        env[ENV_SOCKET] = os.fspath(self.socket_path)
-        env[ENV_PROTOCOL_VERSIONS] = format_protocol_versions(self.spec.protocol_versions)
+        env = plugin_environment(self.spec, self.socket_path)
         try:
             preexec = make_preexec(self.spec.limits)
         except ValueError as exc:

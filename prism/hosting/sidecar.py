@@ -198,7 +198,11 @@ class SidecarModel:
         return PluginSpec(
             name=self.ns.name,
             command=self.command(),
-            env={ENV_MAX_MESSAGE_SIZE: str(self.settings.config.max_message_size)},
+            env={
+                **self.ns.plugin.env,
+                ENV_MAX_MESSAGE_SIZE: str(self.settings.config.max_message_size),
+            },
+            inherit_env=self.ns.plugin.inherit_env,
             limits=ResourceLimits(
                 memory_bytes=lim.memory_mb * (1 << 20) if lim.memory_mb else None,
                 cpu_seconds=lim.cpu_seconds,

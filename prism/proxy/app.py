@@ -83,7 +83,7 @@ class Proxy:
                 self.address = await _listen(
                     nursery,
                     partial(self.server.serve_tcp, host, port, ssl_context=ssl_context),
-                    f"listen {self.config.listen}",
+                    f"{self.config.listen} (listen)",
                 )
                 await self._start_admin(nursery)
                 self.health.set("prism.proxy.v1.DataProxy", ServingStatus.SERVING)
@@ -103,11 +103,11 @@ class Proxy:
         if admin.listen is not None:
             host, port = split_host_port(admin.listen)
             self.admin_address = await _listen(
-                nursery, partial(server.serve_tcp, host, port), f"admin.listen {admin.listen}"
+                nursery, partial(server.serve_tcp, host, port), f"{admin.listen} (admin.listen)"
             )
             log.info("admin API on %s:%d", *self.admin_address)
         if admin.unix_socket is not None:
-            what = f"admin.unix_socket {admin.unix_socket}"
+            what = f"unix:{admin.unix_socket} (admin.unix_socket)"
             # serve_unix replaces a stale socket file; one a live proxy still answers on is not
             # stale, and replacing it would silently take that proxy's admin API away.
             if await _answers(admin.unix_socket):
@@ -130,7 +130,8 @@ class Proxy:
 
 
 async def _listen(nursery: trio.Nursery, serve: Callable[..., Awaitable[Any]], what: str) -> Any:
-    """Start a listener task; its OSError (address in use, ...) becomes one clear ListenFailed."""
+    """Start a listener task; its OSError (address in use, ...) becomes one clear ListenFailed.
+    ``what``: the address and the setting it comes from, ``127.0.0.1:50051 (listen)``."""
     try:
         return await nursery.start(serve)
     except OSError as exc:

@@ -7,7 +7,8 @@ from typing import Protocol
 
 from prism import grpc as pg
 from prism import protowire
-from prism.grpc.wire.status import GrpcError, InvalidArgument, Status
+from prism.grpc.wire.status import GrpcError, InvalidArgument, PermissionDenied, Status
+from prism.sdk.plugin import RESERVED_PREFIX
 
 # Field numbers shared by prism.proxy.v1 and prism.plugin.v1 (see proxy.proto).
 _OPERATION, _NAMESPACE = 1, 15
@@ -38,6 +39,13 @@ def _target(request: bytes) -> tuple[str, str]:
     operation = protowire.text(fields.get(_OPERATION), "operation")
     if not namespace:
         raise InvalidArgument("namespace is required")
+    if operation.startswith(RESERVED_PREFIX):
+        # The SDK's own operations (``_prism.metrics`` fetches *and resets* a plugin's interval
+        # counters) are for the plugin host, which calls them on its own channel, never through
+        # here: a client calling one would steal the host's metrics.
+        raise PermissionDenied(
+            f"operation {operation!r} is reserved for the proxy ({RESERVED_PREFIX}*)"
+        )
     return namespace, operation
 
 
