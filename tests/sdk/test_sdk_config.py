@@ -121,3 +121,18 @@ def test_config_dir_travels_in_the_config_document() -> None:
     assert config_dir_from_any(document({"path": "d"})) is None
     assert config_dir_from_any(pack(WidgetConfig(path="d"))) is None
     assert config_dir_from_any(None) is None
+
+
+def test_config_from_any_malformed_document_is_invalid_argument() -> None:
+    # ConfigDocument.values (1) → Struct.fields (1) → an entry whose key is cut short.
+    entry = b"\x0a\x05ab"
+    fields = b"\x0a" + bytes([len(entry)]) + entry
+    values = b"\x0a" + bytes([len(fields)]) + fields
+    config = pack(ConfigDocument())
+    config.value = values
+    with pytest.raises(InvalidArgument) as info:
+        config_from_any(config, WidgetConfig)
+    assert info.value.message == (
+        "config: expected prism.config.v1.ConfigDocument, got malformed bytes: field 1 (values): "
+        "field 1 (fields): field 1 (key) runs past the end of its message"
+    )

@@ -239,7 +239,10 @@ async def test_instance_undecodable_params_are_invalid_argument(widget: PluginIn
     any_.value = b"\x0a\xff"  # a string field claiming 255 bytes that are not there
     response = await widget.execute(ExecuteRequest(operation="get", typed_params=any_))
     assert response.error_code == Status.INVALID_ARGUMENT
-    assert "do not decode" in response.error
+    assert response.error == (
+        "operation 'get' params: expected prism.data.v1.GetRequest, got malformed bytes: "
+        "field 1 (key): truncated varint"
+    )
 
 
 async def test_instance_grpc_error_from_handler_keeps_status(widget: PluginInstance) -> None:
