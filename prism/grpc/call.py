@@ -163,19 +163,24 @@ class ServerCall:
             raise Internal(str(exc)) from None
         self.trailing_metadata = list(metadata)
 
-    async def send_message(self, message: Any) -> None:
-        """Send one response message; waits while the client's flow-control window is full."""
-        await trio.lowlevel.checkpoint()
-        await self._respond(message)
+    async def send_message(self, message: Any, *, compress: bool = True) -> None:
+        """Send one response message; waits while the client's flow-control window is full.
 
-    async def _respond(self, message: Any, kick: bool = True) -> None:
+        When the server compresses responses (``ServerOptions.compression``),
+        ``compress=False`` sends this message uncompressed (CRIME/BREACH)."""
+        await trio.lowlevel.checkpoint()
+        await self._respond(message, compress=compress)
+
+    async def _respond(self, message: Any, kick: bool = True, compress: bool = True) -> None:
         # kick=False: the only response of a unary call; it goes out with the trailers that
         # _run_call adds right after (one write, one wakeup of the client, not two).
         data = encode(message)
         limit = self._connection.server.options.max_send_message_size
         if limit is not None and len(data) > limit:
             raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
-        self._send(lambda: self._connection.conn.send_message(self.stream_id, data))
+        self._send(
+            lambda: self._connection.conn.send_message(self.stream_id, data, compress=compress)
+        )
         self._headers_sent = True
         if kick:
             self._connection.kick()

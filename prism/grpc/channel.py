@@ -19,6 +19,7 @@ import trio
 from prism.grpc import transport
 from prism.grpc.service import MessageType, decode, encode
 from prism.grpc.wire.client_conn import ClientConnection
+from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.events import (
     GoAwayReceived,
     MessageReceived,
@@ -53,6 +54,12 @@ class ChannelOptions:
     connection_window_size: int = 16 << 20
     max_frame_size: int = 1 << 14
     user_agent: str = "prism-grpc/0.1"
+    #: Compress request messages with this encoding ("gzip", "deflate") unless a call says
+    #: otherwise. Responses in any supported encoding are accepted whatever this is.
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        check_encoding(self.compression, "ChannelOptions.compression")
 
 
 @asynccontextmanager
@@ -122,10 +129,15 @@ class Channel:
     # -- calls ------------------------------------------------------------------------------
 
     def stream(
-        self, method: str, response_type: MessageType, *, metadata: MetadataLike = ()
+        self,
+        method: str,
+        response_type: MessageType,
+        *,
+        metadata: MetadataLike = (),
+        compression: str | None = None,
     ) -> ClientCall:
         """A call of any shape; use as ``async with channel.stream(...) as call:``."""
-        return ClientCall(self, method, response_type, metadata)
+        return ClientCall(self, method, response_type, metadata, compression=compression)
 
     async def unary_unary(
         self,
@@ -134,8 +146,11 @@ class Channel:
         response_type: MessageType,
         *,
         metadata: MetadataLike = (),
+        compression: str | None = None,
     ) -> Any:
-        async with ClientCall(self, method, response_type, metadata, first=request) as call:
+        async with ClientCall(
+            self, method, response_type, metadata, first=request, compression=compression
+        ) as call:
             return await call.receive_single()
 
     async def unary_stream(
@@ -145,9 +160,12 @@ class Channel:
         response_type: MessageType,
         *,
         metadata: MetadataLike = (),
+        compression: str | None = None,
     ) -> list[Any]:
         """All responses of a server-streaming call (use :meth:`stream` to iterate instead)."""
-        async with ClientCall(self, method, response_type, metadata, first=request) as call:
+        async with ClientCall(
+            self, method, response_type, metadata, first=request, compression=compression
+        ) as call:
             return [message async for message in call]
 
     async def stream_unary(
@@ -157,8 +175,11 @@ class Channel:
         response_type: MessageType,
         *,
         metadata: MetadataLike = (),
+        compression: str | None = None,
     ) -> Any:
-        async with ClientCall(self, method, response_type, metadata) as call:
+        async with ClientCall(
+            self, method, response_type, metadata, compression=compression
+        ) as call:
             for request in requests:
                 await call.send_message(request)
             await call.end()
@@ -175,8 +196,13 @@ class ClientCall:
         response_type: MessageType,
         metadata: MetadataLike,
         first: Any = None,
+        compression: str | None = None,
     ) -> None:
+        check_encoding(compression)
         self._channel = channel
+        self._compression = compression or channel.options.compression
+        #: The encoding the server compressed its responses with ("identity": none).
+        self.response_encoding = "identity"
         self.method = method
         self._response_type = response_type
         self._metadata = metadata
@@ -205,7 +231,7 @@ class ClientCall:
         first = None if self._first is None else self._encode(self._first)
         try:
             self.stream_id = conn.conn.start_request(
-                self.method, self._metadata, timeout, end=False
+                self.method, self._metadata, timeout, end=False, compression=self._compression
             )
         except MetadataError as exc:
             raise Internal(str(exc)) from None
@@ -246,8 +272,9 @@ class ClientCall:
 
     # -- fed by the connection ---------------------------------------------------------------
 
-    def on_headers(self, metadata: Metadata) -> None:
+    def on_headers(self, metadata: Metadata, encoding: str) -> None:
         self.initial_metadata = metadata
+        self.response_encoding = encoding
 
     def feed(self, message: bytes) -> None:
         self._inbox.append(message)
@@ -271,15 +298,18 @@ class ClientCall:
 
     # -- the caller's API --------------------------------------------------------------------
 
-    async def send_message(self, message: Any) -> None:
-        """Send one request; waits while the server's flow-control window is full."""
+    async def send_message(self, message: Any, *, compress: bool = True) -> None:
+        """Send one request; waits while the server's flow-control window is full.
+
+        On a compressed call, ``compress=False`` sends this message uncompressed (for a
+        message that mixes secrets with attacker-controlled data: CRIME/BREACH)."""
         await trio.lowlevel.checkpoint()
         conn = self._require()
         if self._ended:
             self._raise_status()
             raise Internal("the call has already ended")
         try:
-            conn.conn.send_message(self.stream_id, self._encode(message))
+            conn.conn.send_message(self.stream_id, self._encode(message), compress=compress)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._raise_status()
             raise Cancelled("the stream was closed") from None
@@ -471,7 +501,7 @@ class _ClientConnection:
                 elif type(event) is ResponseHeadersReceived:
                     call = self.calls.get(event.stream_id)
                     if call is not None:
-                        call.on_headers(event.metadata)
+                        call.on_headers(event.metadata, event.encoding)
                 elif type(event) is StreamAborted:
                     call = self.calls.get(event.stream_id)
                     if call is not None:

@@ -405,3 +405,65 @@ async def test_channel_sender_blocked_by_flow_control_wakes_when_the_server_refu
         with trio.fail_after(5), pytest.raises(pg.ResourceExhausted):
             await send_too_much(channel)
         assert await channel.unary_unary("/test.Echo/Unary", b"ok", bytes) == b"ok"
+
+
+# -- compression --------------------------------------------------------------------------------
+
+TEXT = b"".join(b"line %05d of a compressible message\n" % i for i in range(3000))
+
+
+@pytest.mark.parametrize(("client", "server"), [("gzip", "deflate"), ("deflate", "gzip")])
+async def test_channel_compression_both_ways(client: str, server: str) -> None:
+    server_options = pg.ServerOptions(compression=server)
+    options = pg.ChannelOptions(compression=client)
+    async with (
+        serving(options=server_options) as (_, target),
+        pg.open_channel(target, options=options) as channel,
+    ):
+        assert await channel.unary_unary("/test.Echo/Unary", TEXT, bytes) == TEXT
+        async with channel.stream("/test.Echo/Bidi", bytes) as call:
+            for message in (TEXT, b"", b"short"):
+                await call.send_message(message)
+                assert await call.receive_message() == message.upper()
+            await call.end()
+            assert await call.receive_message() is None
+        assert call.response_encoding == server
+        parts = [TEXT, b"x", TEXT]
+        assert await channel.stream_unary("/test.Echo/Client", parts, bytes) == b"".join(parts)
+
+
+async def test_channel_server_does_not_compress_by_default() -> None:
+    async with serving() as (_, target), pg.open_channel(target) as channel:
+        async with channel.stream("/test.Echo/Unary", bytes, compression="gzip") as call:
+            await call.send_message(TEXT)
+            await call.end()
+            assert await call.receive_single() == TEXT
+        assert call.response_encoding == "identity"
+
+
+async def test_channel_compressed_request_inflating_past_the_server_limit() -> None:
+    # 8 MiB of zeros compress to ~8 KiB: small on the wire, refused as it inflates.
+    options = pg.ServerOptions(max_receive_message_size=1 << 20)
+    async with serving(options=options) as (_, target), pg.open_channel(target) as channel:
+        with pytest.raises(pg.ResourceExhausted, match="decompressed"):
+            await channel.unary_unary("/test.Echo/Unary", bytes(8 << 20), bytes, compression="gzip")
+        assert await channel.unary_unary("/test.Echo/Unary", b"ok", bytes) == b"ok"
+
+
+async def test_channel_compressed_response_inflating_past_the_client_limit() -> None:
+    server_options = pg.ServerOptions(compression="gzip", max_receive_message_size=16 << 20)
+    options = pg.ChannelOptions(max_receive_message_size=1 << 20)
+    async with (
+        serving(options=server_options) as (_, target),
+        pg.open_channel(target, options=options) as channel,
+    ):
+        with pytest.raises(pg.ResourceExhausted, match="decompressed"):
+            await channel.unary_unary("/test.Echo/Unary", bytes(8 << 20), bytes, compression="gzip")
+        assert await channel.unary_unary("/test.Echo/Unary", b"ok", bytes) == b"ok"
+
+
+def test_channel_compression_options_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"ChannelOptions\.compression"):
+        pg.ChannelOptions(compression="br")
+    with pytest.raises(ValueError, match=r"ServerOptions\.compression"):
+        pg.ServerOptions(compression="zstd")

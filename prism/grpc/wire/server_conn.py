@@ -15,6 +15,7 @@ import h2.events
 import h2.exceptions
 from h2.stream import StreamState
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
     Event,
@@ -39,7 +40,12 @@ from prism.grpc.wire.status import (
 )
 from prism.grpc.wire.timeout import InvalidTimeout, parse_timeout
 
-_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+_RESPONSE_HEADERS = [
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    # What we accept, on every response (compression.md: a server tells its clients).
+    (b"grpc-accept-encoding", codec.ACCEPT_ENCODING),
+]
 # Small messages are copied behind their 5-byte prefix so each becomes a single DATA frame.
 _COALESCE_LIMIT = 1 << 16
 
@@ -49,12 +55,30 @@ class _Stream:
     decoder: MessageDecoder
     headers_sent: bool = False
     ended: bool = False  # trailers queued
+    # The encoding responses are compressed with (None: identity), chosen at request time.
+    send_encoding: str | None = None
 
 
 class ServerConnection(H2Base):
-    def __init__(self, settings: Settings | None = None, *, max_receive_message_size: int) -> None:
+    """``compression``: compress responses with this encoding (``gzip`` or ``deflate``) for
+    clients whose ``grpc-accept-encoding`` lists it; others get identity. None: never."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        max_receive_message_size: int,
+        compression: str | None = None,
+    ) -> None:
         super().__init__(client_side=False, settings=settings or Settings())
+        codec.check_encoding(compression)
         self._max_receive = max_receive_message_size
+        self._compression = None if compression == codec.IDENTITY else compression
+        self._encoded_headers = (
+            [*_RESPONSE_HEADERS, (b"grpc-encoding", self._compression.encode())]
+            if self._compression
+            else _RESPONSE_HEADERS
+        )
         self._streams: dict[int, _Stream] = {}
         self._goaway_sent: int | None = None
 
@@ -97,6 +121,7 @@ class ServerConnection(H2Base):
         method = path = authority = content_type = te = b""
         timeout_raw: bytes | None = None
         encoding = b"identity"
+        accept = b""
         for name, value in event.headers or ():
             if name == b":method":
                 method = value
@@ -112,6 +137,8 @@ class ServerConnection(H2Base):
                 timeout_raw = value
             elif name == b"grpc-encoding":
                 encoding = value
+            elif name == b"grpc-accept-encoding":
+                accept = value
         if method != b"POST":
             self._http_error(sid, b"405", b"gRPC requires POST")
             return
@@ -125,10 +152,14 @@ class ServerConnection(H2Base):
         if te != b"trailers":
             self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
             return
-        if encoding != b"identity":
-            # grpc-accept-encoding is a reserved header, not metadata: add it raw.
-            error = Unimplemented(f"grpc-encoding {encoding.decode('latin-1')!r} is not supported")
-            self._reject(sid, error, [(b"grpc-accept-encoding", b"identity")])
+        request_encoding = encoding.decode("latin-1")
+        if request_encoding not in codec.SUPPORTED:
+            # grpc-accept-encoding is in the response headers, as compression.md asks.
+            error = Unimplemented(
+                f"grpc-encoding {request_encoding!r} is not supported"
+                f" (supported: {codec.supported_list()})"
+            )
+            self._reject(sid, error)
             return
         try:
             timeout = parse_timeout(timeout_raw) if timeout_raw is not None else None
@@ -139,7 +170,11 @@ class ServerConnection(H2Base):
         except md.MetadataError as exc:
             self._reject(sid, Internal(str(exc)))
             return
-        self._streams[sid] = _Stream(MessageDecoder(self._max_receive))
+        stream = self._streams[sid] = _Stream(MessageDecoder(self._max_receive, request_encoding))
+        # Never compress with an encoding the client did not say it accepts.
+        compress = self._compression
+        if compress is not None and accept and compress in codec.parse_accept_encoding(accept):
+            stream.send_encoding = compress
         out.append(
             RequestReceived(
                 sid,
@@ -197,12 +232,10 @@ class ServerConnection(H2Base):
         self._stream_finished(sid)
         out.append(StreamAborted(sid, error))
 
-    def _reject(
-        self, sid: int, error: GrpcError, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def _reject(self, sid: int, error: GrpcError) -> None:
         headers = self._status_headers(error.status, error.message, (), trailers_only=True)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._h2.send_headers(sid, headers + (extra or []), end_stream=True)
+            self._h2.send_headers(sid, headers, end_stream=True)
         self._sent_end(sid)
 
     def _http_error(self, sid: int, status: bytes, text: bytes) -> None:
@@ -231,15 +264,22 @@ class ServerConnection(H2Base):
         if stream.headers_sent:
             return
         # Encode (and validate) first: invalid metadata must leave the stream untouched.
-        headers = _RESPONSE_HEADERS + md.encode(metadata) if metadata else _RESPONSE_HEADERS
+        base = self._encoded_headers if stream.send_encoding else _RESPONSE_HEADERS
+        headers = base + md.encode(metadata) if metadata else base
         stream.headers_sent = True
         self._h2.send_headers(stream_id, headers)
 
-    def send_message(self, stream_id: int, data: bytes) -> None:
+    def send_message(self, stream_id: int, data: bytes, *, compress: bool = True) -> None:
+        """Queue one response message; compressed when the stream's responses are (see the
+        class) unless ``compress`` is False (one message in the clear, e.g. against CRIME)."""
         stream = self._streams[stream_id]
         if not stream.headers_sent:
             self.send_headers(stream_id)
-        prefix = HEADER.pack(0, len(data))
+        if compress and stream.send_encoding is not None:
+            data = codec.compress(stream.send_encoding, data)
+            prefix = HEADER.pack(1, len(data))
+        else:
+            prefix = HEADER.pack(0, len(data))
         if len(data) <= _COALESCE_LIMIT:
             self._queue(stream_id, prefix + data)
         else:
