@@ -114,9 +114,8 @@ async def test_compression_prism_client_to_compressing_grpcio_server(
             await call.end()
             assert await call.receive_single() == PAYLOAD
         assert call.response_encoding == server_encoding
-        assert await channel.unary_stream("/interop.Echo/ServerStream", b"50", bytes) == [
-            b"%d" % i for i in range(50)
-        ]
+        stream = channel.unary_stream("/interop.Echo/ServerStream", b"50", bytes)
+        assert [m async for m in stream] == [b"%d" % i for i in range(50)]
         joined = await channel.stream_unary(
             "/interop.Echo/ClientStream", [PAYLOAD, b"", PAYLOAD], bytes
         )
