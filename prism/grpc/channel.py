@@ -241,6 +241,7 @@ class _ClientConnection:
         self.calls: dict[int, ClientCall[Any]] = {}
         self._output = transport.Output(stream, self.conn, self.calls)
         self.kick = self._output.kick
+        self.schedule_write = self._output.schedule
         self._window = trio.Event()
         self._stream_closed = trio.Event()
         self._scope = trio.CancelScope()

@@ -246,6 +246,7 @@ class _Connection:
         self.peer_address = "?"
         self._output = transport.Output(stream, self.conn, self.calls)
         self.kick = self._output.kick
+        self.schedule_write = self._output.schedule
         self._window = trio.Event()
         self._ping_ack = trio.Event()
         self._peer_closed = trio.Event()
