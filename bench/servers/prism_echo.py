@@ -53,7 +53,9 @@ def _payload_length(message: bytes) -> int:
 
 
 async def serve(port: int, compression: str | None) -> None:
-    options = pg.ServerOptions(max_receive_message_size=MAX_MESSAGE_BYTES, compression=compression)
+    # Only set when asked: `--prism-before` runs this module on a prism without the option.
+    extra = {"compression": compression} if compression else {}
+    options = pg.ServerOptions(max_receive_message_size=MAX_MESSAGE_BYTES, **extra)
     server = pg.Server([Echo()], options=options)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_tcp, HOST, port)

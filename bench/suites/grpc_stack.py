@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 
 from bench import echo, h2load, report, streams
 from bench.errors import BenchError
-from bench.procs import ServerProcess, read_system_busy_seconds
+from bench.procs import ROOT, ServerProcess, read_system_busy_seconds
 from bench.suites import register
 
 MiB = 1 << 20
@@ -120,16 +121,19 @@ GZIP_BASELINES = {"grpcio-sync-gzip": "grpcio-sync"}
 
 
 def add_baseline_tree(root: Path) -> str:
-    """A `prism-before` server: the same echo server, importing `prism` from another checkout
-    (e.g. `git worktree add /tmp/main main`), for before/after figures from one run."""
+    """A `prism-before` server: this tree's echo server with `prism` imported from another
+    checkout, for before/after figures from one run. The runner copies this tree's `bench/`
+    over DIR's (`python -m` imports from its working directory first, and the server must be
+    this one), so DIR should be a scratch export, e.g. `git archive main | tar -x -C DIR`."""
     if not (root / "prism" / "grpc").is_dir():
         raise BenchError(f"--prism-before {root}: no prism/grpc there")
+    shutil.rmtree(root / "bench", ignore_errors=True)
+    shutil.copytree(ROOT / "bench", root / "bench", ignore=shutil.ignore_patterns("results"))
     SERVERS["prism-before"] = ServerKind(
         "bench.servers.prism_echo",
         f"prism.grpc from {root}",
         lambda stubs: [],
         _prism_unavailable,
-        scenarios=frozenset({"unary", "large"}),
         root=root,
     )
     return "prism-before"
@@ -427,8 +431,8 @@ class GrpcStackSuite:
             "--prism-before",
             type=Path,
             metavar="DIR",
-            help="also run prism's echo server with `prism` imported from DIR (a checkout of "
-            "an earlier commit): before/after figures for unary and large from one run",
+            help="also run prism's echo server with `prism` imported from DIR (an export of "
+            "an earlier commit; its bench/ is replaced): before/after figures from one run",
         )
         parser.add_argument(
             "--stream-messages",
