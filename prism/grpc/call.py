@@ -178,7 +178,11 @@ class ServerCall:
         await trio.lowlevel.checkpoint_if_cancelled()
         connection = self._connection
         data = self._encoded(message)
-        self._send(lambda: connection.conn.send_message(self.stream_id, data, compress=compress))
+        self._send(
+            lambda: connection.conn.send_message(
+                self.stream_id, data, compress=compress, batch=True
+            )
+        )
         self._headers_sent = True
         connection.schedule_write()
         if connection.conn.pending(self.stream_id) > connection.conn.settings.initial_window_size:
@@ -201,7 +205,10 @@ class ServerCall:
     async def _respond(self, message: Any) -> None:
         # The only response of a unary call; it goes out with the trailers that _run_call
         # adds right after (one write, one wakeup of the client, not two).
-        data = self._encoded(message)
+        data = encode(message)
+        limit = self._connection.server.options.max_send_message_size
+        if limit is not None and len(data) > limit:
+            raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
         self._send(lambda: self._connection.conn.send_message(self.stream_id, data))
         self._headers_sent = True
         await self._connection.wait_writable(self.stream_id)

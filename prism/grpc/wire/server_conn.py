@@ -73,6 +73,9 @@ class ServerConnection(H2Base):
         super().__init__(client_side=False, settings=settings or Settings())
         codec.check_encoding(compression)
         self._max_receive = max_receive_message_size
+        # Small messages of a stream sent with batch=True, not queued for sending yet: they go
+        # out as few DATA frames, joined when output is taken (see send_message).
+        self._batches: dict[int, bytearray] = {}
         self._compression = None if compression == codec.IDENTITY else compression
         self._encoded_headers = (
             [*_RESPONSE_HEADERS, (b"grpc-encoding", self._compression.encode())]
@@ -97,6 +100,7 @@ class ServerConnection(H2Base):
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_input_ended(event.stream_id, out)
             elif isinstance(event, h2.events.StreamReset):
+                self._batches.pop(event.stream_id, None)
                 self._stream_finished(event.stream_id)
                 if self._streams.pop(event.stream_id, None) is not None:
                     out.append(StreamAborted(event.stream_id, Cancelled("cancelled by the client")))
@@ -120,7 +124,7 @@ class ServerConnection(H2Base):
             return
         method = path = authority = content_type = te = b""
         timeout_raw: bytes | None = None
-        encoding = b"identity"
+        encoding: bytes | None = None
         accept = b""
         for name, value in event.headers or ():
             if name == b":method":
@@ -152,8 +156,8 @@ class ServerConnection(H2Base):
         if te != b"trailers":
             self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
             return
-        request_encoding = encoding.decode("latin-1")
-        if request_encoding not in codec.SUPPORTED:
+        request_encoding = None if encoding is None else encoding.decode("latin-1")
+        if request_encoding is not None and request_encoding not in codec.SUPPORTED:
             # grpc-accept-encoding is in the response headers, as compression.md asks.
             error = Unimplemented(
                 f"grpc-encoding {request_encoding!r} is not supported"
@@ -170,7 +174,10 @@ class ServerConnection(H2Base):
         except md.MetadataError as exc:
             self._reject(sid, Internal(str(exc)))
             return
-        stream = self._streams[sid] = _Stream(MessageDecoder(self._max_receive, request_encoding))
+        decoder = MessageDecoder(self._max_receive)
+        if request_encoding is not None:
+            decoder.encoding = request_encoding
+        stream = self._streams[sid] = _Stream(decoder)
         # Never compress with an encoding the client did not say it accepts.
         compress = self._compression
         if compress is not None and accept and compress in codec.parse_accept_encoding(accept):
@@ -218,6 +225,7 @@ class ServerConnection(H2Base):
         """The request is broken: answer with ``error`` and stop the client sending."""
         stream = self._streams.pop(sid, None)
         self._out.pop(sid, None)
+        self._batches.pop(sid, None)
         headers = self._status_headers(
             error.status,
             error.message,
@@ -269,22 +277,77 @@ class ServerConnection(H2Base):
         stream.headers_sent = True
         self._h2.send_headers(stream_id, headers)
 
-    def send_message(self, stream_id: int, data: bytes, *, compress: bool = True) -> None:
+    def send_message(
+        self, stream_id: int, data: bytes, *, compress: bool = True, batch: bool = False
+    ) -> None:
         """Queue one response message; compressed when the stream's responses are (see the
-        class) unless ``compress`` is False (one message in the clear, e.g. against CRIME)."""
+        class) unless ``compress`` is False (one message in the clear, e.g. against CRIME).
+
+        ``batch``: more messages are likely to follow at once (a streaming handler). Small
+        messages are then collected and handed to HTTP/2 together, up to a frame's worth, when
+        output is next taken (:meth:`output`, :meth:`data_to_send`) or the stream ends: one
+        DATA frame for many messages instead of one each. The caller must make sure output is
+        taken (the server's writer task); a batch holds less than one frame, so flow control's
+        back-pressure (:meth:`pending`) does not count it.
+        """
         stream = self._streams[stream_id]
         if not stream.headers_sent:
             self.send_headers(stream_id)
-        if compress and stream.send_encoding is not None:
+        if stream.send_encoding is not None and compress:
             data = codec.compress(stream.send_encoding, data)
             prefix = HEADER.pack(1, len(data))
         else:
             prefix = HEADER.pack(0, len(data))
+        batches = self._batches
         if len(data) <= _COALESCE_LIMIT:
+            if batch:
+                pending = batches.get(stream_id)
+                if pending is None:
+                    pending = batches[stream_id] = bytearray(prefix)
+                else:
+                    pending += prefix
+                pending += data
+                if len(pending) >= self._h2.max_outbound_frame_size:
+                    self._flush_batch(stream_id)
+                return
+            if batches:
+                self._flush_batch(stream_id)
             self._queue(stream_id, prefix + data)
         else:
+            if batches:
+                self._flush_batch(stream_id)
             self._queue(stream_id, prefix)
             self._queue(stream_id, data)
+
+    def _flush_batch(self, stream_id: int) -> None:
+        pending = self._batches.pop(stream_id, None)
+        if pending is not None and not self.closed:
+            # The bytearray is never touched again: it can be sent without a copy.
+            self._queue(stream_id, memoryview(pending))
+
+    def _flush_batches(self) -> None:
+        for stream_id in list(self._batches):
+            try:
+                self._flush_batch(stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self._out.pop(stream_id, None)  # the stream went away under it
+
+    # wants_write() does not flush batches (it runs on every kick): a batching sender wakes
+    # the writer task itself, whose output() call flushes them; trailers flush their own.
+
+    def output(self) -> list[bytes | bytearray | memoryview]:
+        if self._batches:
+            self._flush_batches()
+        return super().output()
+
+    def data_to_send(self) -> bytes:
+        if self._batches:
+            self._flush_batches()
+        return super().data_to_send()
+
+    def close(self, error_code: int = 0, debug: bytes = b"") -> None:
+        self._batches.clear()
+        super().close(error_code, debug)
 
     def send_trailers(
         self,
@@ -299,6 +362,8 @@ class ServerConnection(H2Base):
         if stream is None or stream.ended:
             return
         stream.ended = True
+        if self._batches:
+            self._flush_batch(stream_id)
         if not stream.headers_sent:
             stream.headers_sent = True
             headers = self._status_headers(status, message, metadata, trailers_only=True)
@@ -321,11 +386,13 @@ class ServerConnection(H2Base):
 
     def finish(self, stream_id: int) -> None:
         """The application is done with the stream (its RPC task ended)."""
+        if self._batches:
+            self._batches.pop(stream_id, None)  # trailers flushed it, unless the stream is gone
         if self._streams.pop(stream_id, None) is not None:
             self._inbound_finished(stream_id)
 
     def has_pending_output(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or bool(self._batches)
 
     @property
     def active_streams(self) -> int:

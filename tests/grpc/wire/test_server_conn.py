@@ -616,3 +616,60 @@ def test_server_connection_never_compresses_with_an_encoding_the_client_did_not_
 def test_server_connection_unknown_compression_option_is_refused() -> None:
     with pytest.raises(ValueError, match="br"):
         ServerConnection(max_receive_message_size=1 << 20, compression="br")
+
+
+# -- batched messages ---------------------------------------------------------------------------
+
+
+def test_server_connection_batched_messages_share_data_frames_in_order() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    messages = [b"%04d" % i * 100 for i in range(100)]  # 400-byte messages
+    for message in messages:
+        server.send_message(sid, message, batch=True)
+    server.send_trailers(sid, Status.OK)  # what is still batched goes before the trailers
+    link.pump()
+    assert link.peer.data(sid) == b"".join(grpc_frame(m) for m in messages)
+    frames = link.peer.of(h2.events.DataReceived, sid)
+    assert len(frames) < len(messages) // 10  # ~40 messages per 16 KiB frame
+    assert max(len(f.data) for f in frames) <= 16384
+    assert status_of(link.peer.trailers(sid)) is Status.OK
+
+
+def test_server_connection_batched_messages_go_out_when_output_is_taken() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"one", batch=True)
+    assert server.has_pending_output()
+    link.pump()
+    assert link.peer.data(sid) == grpc_frame(b"one")
+    assert server.pending(sid) == 0
+    # An unbatched message after batched ones keeps the order.
+    server.send_message(sid, b"two", batch=True)
+    server.send_message(sid, b"three")
+    server.send_message(sid, b"x" * 100_000, batch=True)  # large: never batched
+    link.peer.h2.increment_flow_control_window(1 << 20)
+    link.peer.h2.increment_flow_control_window(1 << 20, stream_id=sid)
+    link.pump()
+    assert link.peer.data(sid) == b"".join(
+        grpc_frame(m) for m in (b"one", b"two", b"three", b"x" * 100_000)
+    )
+
+
+def test_server_connection_batched_messages_of_a_reset_stream_are_dropped() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    other = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"lost", batch=True)
+    link.peer.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    server.send_message(other, b"kept", batch=True)
+    link.pump()  # must not raise on the reset stream's batch
+    assert link.peer.data(sid) == b""
+    assert link.peer.data(other) == grpc_frame(b"kept")
+    assert server.pending(sid) == 0
