@@ -60,8 +60,12 @@ def read_peak_rss_bytes(pid: int) -> int | None:
 class ServerProcess:
     """`python -m <module> PORT <args>` run from the repository root, output to `log_path`."""
 
-    def __init__(self, name: str, module: str, args: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, module: str, args: list[str], log_path: Path, root: Path | None = None
+    ) -> None:
         self.name = name
+        #: Imported first (before this tree): another checkout's `prism`, for before/after runs.
+        self.root = root
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.argv = [sys.executable, "-m", module, str(self.port), *args]
@@ -76,11 +80,19 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        first = [str(self.root)] if self.root is not None else []
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [*first, str(ROOT), env.get("PYTHONPATH")])
+        )
         env["PYTHONUNBUFFERED"] = "1"
         self._log = self.log_path.open("wb")
         self._proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            # `python -m` puts the working directory first on sys.path: run from `root`.
+            self.argv,
+            cwd=self.root or ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
         while True:

@@ -33,7 +33,8 @@ from prism.grpc.wire.status import (
 
 if TYPE_CHECKING:
     from prism.grpc.call import ServerCall
-    from prism.grpc.channel import Channel, ChannelOptions, ClientCall, open_channel
+    from prism.grpc.channel import Channel, ChannelOptions, open_channel
+    from prism.grpc.client_call import ClientCall, StreamCall, UnaryCall
     from prism.grpc.server import Server, ServerOptions
     from prism.grpc.service import (
         Cardinality,
@@ -50,7 +51,9 @@ _LAZY = {
     "ServerCall": "call",
     "Channel": "channel",
     "ChannelOptions": "channel",
-    "ClientCall": "channel",
+    "ClientCall": "client_call",
+    "StreamCall": "client_call",
+    "UnaryCall": "client_call",
     "open_channel": "channel",
     "Server": "server",
     "ServerOptions": "server",
@@ -103,6 +106,8 @@ __all__ = [
     "ServerOptions",
     "Service",
     "Status",
+    "StreamCall",
+    "UnaryCall",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -13,7 +13,7 @@ import h2.exceptions
 import trio
 
 from prism.grpc.service import Cardinality, RpcMethod, decode, encode
-from prism.grpc.transport import PeerInfo
+from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES, PeerInfo
 from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
 from prism.grpc.wire.metadata import validate as validate_metadata
 from prism.grpc.wire.status import (
@@ -78,6 +78,7 @@ class ServerCall:
         self._input_ended = False
         self._arrived: trio.Event | None = None  # while receive_message waits
         self._headers_sent = False
+        self._unyielded = self._unyielded_messages = 0  # sent since send_message last yielded
         self.cancelled = False  # by the server (shutdown), not by the client
 
     # -- fed by the connection's reader -----------------------------------------------------
@@ -163,22 +164,53 @@ class ServerCall:
             raise Internal(str(exc)) from None
         self.trailing_metadata = list(metadata)
 
-    async def send_message(self, message: Any) -> None:
-        """Send one response message; waits while the client's flow-control window is full."""
-        await trio.lowlevel.checkpoint()
-        await self._respond(message)
+    async def send_message(self, message: Any, *, compress: bool = True) -> None:
+        """Send one response message; waits while the client's flow-control window is full.
 
-    async def _respond(self, message: Any, kick: bool = True) -> None:
-        # kick=False: the only response of a unary call; it goes out with the trailers that
-        # _run_call adds right after (one write, one wakeup of the client, not two).
+        When the server compresses responses (``ServerOptions.compression``),
+        ``compress=False`` sends this message uncompressed (CRIME/BREACH).
+
+        Always a cancel point; a schedule point every few messages (``transport.YIELD_BYTES``,
+        ``YIELD_MESSAGES``) and whenever flow control makes it wait. Messages sent in
+        between go out together, in one write by the connection's writer task: a write and
+        a pass through the scheduler per message cost more than the message itself.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        connection = self._connection
+        data = self._encoded(message)
+        self._send(
+            lambda: connection.conn.send_message(
+                self.stream_id, data, compress=compress, batch=True
+            )
+        )
+        self._headers_sent = True
+        connection.schedule_write()
+        if connection.conn.pending(self.stream_id) > connection.conn.settings.initial_window_size:
+            self._unyielded = self._unyielded_messages = 0
+            await connection.wait_writable(self.stream_id)
+            return
+        self._unyielded += len(data)
+        self._unyielded_messages += 1
+        if self._unyielded >= YIELD_BYTES or self._unyielded_messages >= YIELD_MESSAGES:
+            self._unyielded = self._unyielded_messages = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _encoded(self, message: Any) -> bytes:
+        data = encode(message)
+        limit = self._connection.server.options.max_send_message_size
+        if limit is not None and len(data) > limit:
+            raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
+        return data
+
+    async def _respond(self, message: Any) -> None:
+        # The only response of a unary call; it goes out with the trailers that _run_call
+        # adds right after (one write, one wakeup of the client, not two).
         data = encode(message)
         limit = self._connection.server.options.max_send_message_size
         if limit is not None and len(data) > limit:
             raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
         self._send(lambda: self._connection.conn.send_message(self.stream_id, data))
         self._headers_sent = True
-        if kick:
-            self._connection.kick()
         await self._connection.wait_writable(self.stream_id)
 
     def _send(self, action: Callable[[], None]) -> None:
@@ -197,13 +229,13 @@ class ServerCall:
             # handler had its own): a full checkpoint here cost a trip through the scheduler
             # per RPC. Cancellation (deadline, reset) is still honoured.
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._respond(response, kick=False)
+            await self._respond(response)
         elif shape is Cardinality.UNARY_STREAM:
             await func(await self._single_request(), self)
         elif shape is Cardinality.STREAM_UNARY:
             response = await func(self)
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._respond(response, kick=False)
+            await self._respond(response)
         else:
             await func(self)
 

@@ -19,6 +19,7 @@ import trio
 from prism.grpc import transport
 from prism.grpc.call import ServerCall, error_from_exception
 from prism.grpc.service import RpcMethod, Service
+from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.events import (
     GoAwayReceived,
     InputEnded,
@@ -55,6 +56,11 @@ class ServerOptions:
     max_concurrent_streams: int = 1000
     keepalive_time: float | None = None
     keepalive_timeout: float = 20.0
+    #: Compress responses with this encoding ("gzip", "deflate") when the client accepts it.
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        check_encoding(self.compression, "ServerOptions.compression")
 
     def h2_settings(self) -> Settings:
         return Settings(
@@ -231,13 +237,16 @@ class _Connection:
         self.stream = stream
         opts = server.options
         self.conn = ServerConnection(
-            opts.h2_settings(), max_receive_message_size=opts.max_receive_message_size
+            opts.h2_settings(),
+            max_receive_message_size=opts.max_receive_message_size,
+            compression=opts.compression,
         )
         self.calls: dict[int, ServerCall] = {}
         self.peer = transport.PeerInfo("?", "tcp")
         self.peer_address = "?"
         self._output = transport.Output(stream, self.conn, self.calls)
         self.kick = self._output.kick
+        self.schedule_write = self._output.schedule
         self._window = trio.Event()
         self._ping_ack = trio.Event()
         self._peer_closed = trio.Event()

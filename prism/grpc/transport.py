@@ -241,6 +241,11 @@ class Input:
 
 # Buffers per writev(2) call: well under IOV_MAX (1024 on Linux).
 _MAX_IOV = 512
+# A task sending messages (ServerCall/ClientCall.send_message) yields to the scheduler after
+# this many bytes or messages without a wait; what it sent in between goes out in one write
+# (Output.schedule). Bounded so that a flooding stream cannot starve the other tasks.
+YIELD_BYTES = 64 << 10
+YIELD_MESSAGES = 32
 
 
 class Output:
@@ -283,6 +288,12 @@ class Output:
             if fd >= 0 and self._write_now(fd):
                 return
         self._need_write.set()
+
+    def schedule(self) -> None:
+        """Have the writer task write what is queued on its next turn, rather than now: a
+        task sending several messages in a row then has them go out in one write."""
+        if not self._need_write.is_set():
+            self._need_write.set()
 
     def _write_now(self, fd: int) -> bool:
         out = self._conn.output()

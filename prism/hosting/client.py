@@ -23,7 +23,8 @@ from prism._proto.prism.plugin.v1 import (
     StreamRequest,
     StreamResponse,
 )
-from prism.grpc.channel import Channel, ClientCall
+from prism.grpc.channel import Channel
+from prism.grpc.client_call import ClientCall
 from prism.grpc.service import decode
 from prism.grpc.wire.status import GrpcError
 from prism.plugin_protocol import METRICS_OPERATION, SERVICE_NAME, SESSION_METADATA
@@ -152,7 +153,7 @@ class GrpcClient(PluginClient):
         return response
 
 
-async def _pump_requests(receive: ReceiveBytes, call: ClientCall) -> None:
+async def _pump_requests(receive: ReceiveBytes, call: ClientCall[bytes]) -> None:
     """The client's further stream requests → the plugin, then the half-close. A failure to
     send means the plugin's side of the call ended: its status arrives on the response side."""
     try:

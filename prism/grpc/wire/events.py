@@ -27,6 +27,7 @@ class RequestReceived:
 class ResponseHeadersReceived:
     stream_id: int
     metadata: Metadata
+    encoding: str = "identity"  # the response's grpc-encoding
 
 
 @dataclass(slots=True)

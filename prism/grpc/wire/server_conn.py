@@ -15,6 +15,7 @@ import h2.events
 import h2.exceptions
 from h2.stream import StreamState
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
     Event,
@@ -39,7 +40,12 @@ from prism.grpc.wire.status import (
 )
 from prism.grpc.wire.timeout import InvalidTimeout, parse_timeout
 
-_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+_RESPONSE_HEADERS = [
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    # What we accept, on every response (compression.md: a server tells its clients).
+    (b"grpc-accept-encoding", codec.ACCEPT_ENCODING),
+]
 # Small messages are copied behind their 5-byte prefix so each becomes a single DATA frame.
 _COALESCE_LIMIT = 1 << 16
 
@@ -49,12 +55,33 @@ class _Stream:
     decoder: MessageDecoder
     headers_sent: bool = False
     ended: bool = False  # trailers queued
+    # The encoding responses are compressed with (None: identity), chosen at request time.
+    send_encoding: str | None = None
 
 
 class ServerConnection(H2Base):
-    def __init__(self, settings: Settings | None = None, *, max_receive_message_size: int) -> None:
+    """``compression``: compress responses with this encoding (``gzip`` or ``deflate``) for
+    clients whose ``grpc-accept-encoding`` lists it; others get identity. None: never."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        max_receive_message_size: int,
+        compression: str | None = None,
+    ) -> None:
         super().__init__(client_side=False, settings=settings or Settings())
+        codec.check_encoding(compression)
         self._max_receive = max_receive_message_size
+        # Small messages of a stream sent with batch=True, not queued for sending yet: they go
+        # out as few DATA frames, joined when output is taken (see send_message).
+        self._batches: dict[int, bytearray] = {}
+        self._compression = None if compression == codec.IDENTITY else compression
+        self._encoded_headers = (
+            [*_RESPONSE_HEADERS, (b"grpc-encoding", self._compression.encode())]
+            if self._compression
+            else _RESPONSE_HEADERS
+        )
         self._streams: dict[int, _Stream] = {}
         self._goaway_sent: int | None = None
 
@@ -73,6 +100,7 @@ class ServerConnection(H2Base):
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_input_ended(event.stream_id, out)
             elif isinstance(event, h2.events.StreamReset):
+                self._batches.pop(event.stream_id, None)
                 self._stream_finished(event.stream_id)
                 if self._streams.pop(event.stream_id, None) is not None:
                     out.append(StreamAborted(event.stream_id, Cancelled("cancelled by the client")))
@@ -96,7 +124,8 @@ class ServerConnection(H2Base):
             return
         method = path = authority = content_type = te = b""
         timeout_raw: bytes | None = None
-        encoding = b"identity"
+        encoding: bytes | None = None
+        accept = b""
         for name, value in event.headers or ():
             if name == b":method":
                 method = value
@@ -112,6 +141,8 @@ class ServerConnection(H2Base):
                 timeout_raw = value
             elif name == b"grpc-encoding":
                 encoding = value
+            elif name == b"grpc-accept-encoding":
+                accept = value
         if method != b"POST":
             self._http_error(sid, b"405", b"gRPC requires POST")
             return
@@ -125,10 +156,14 @@ class ServerConnection(H2Base):
         if te != b"trailers":
             self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
             return
-        if encoding != b"identity":
-            # grpc-accept-encoding is a reserved header, not metadata: add it raw.
-            error = Unimplemented(f"grpc-encoding {encoding.decode('latin-1')!r} is not supported")
-            self._reject(sid, error, [(b"grpc-accept-encoding", b"identity")])
+        request_encoding = None if encoding is None else encoding.decode("latin-1")
+        if request_encoding is not None and request_encoding not in codec.SUPPORTED:
+            # grpc-accept-encoding is in the response headers, as compression.md asks.
+            error = Unimplemented(
+                f"grpc-encoding {request_encoding!r} is not supported"
+                f" (supported: {codec.supported_list()})"
+            )
+            self._reject(sid, error)
             return
         try:
             timeout = parse_timeout(timeout_raw) if timeout_raw is not None else None
@@ -139,7 +174,14 @@ class ServerConnection(H2Base):
         except md.MetadataError as exc:
             self._reject(sid, Internal(str(exc)))
             return
-        self._streams[sid] = _Stream(MessageDecoder(self._max_receive))
+        decoder = MessageDecoder(self._max_receive)
+        if request_encoding is not None:
+            decoder.encoding = request_encoding
+        stream = self._streams[sid] = _Stream(decoder)
+        # Never compress with an encoding the client did not say it accepts.
+        compress = self._compression
+        if compress is not None and accept and compress in codec.parse_accept_encoding(accept):
+            stream.send_encoding = compress
         out.append(
             RequestReceived(
                 sid,
@@ -183,6 +225,7 @@ class ServerConnection(H2Base):
         """The request is broken: answer with ``error`` and stop the client sending."""
         stream = self._streams.pop(sid, None)
         self._out.pop(sid, None)
+        self._batches.pop(sid, None)
         headers = self._status_headers(
             error.status,
             error.message,
@@ -197,12 +240,10 @@ class ServerConnection(H2Base):
         self._stream_finished(sid)
         out.append(StreamAborted(sid, error))
 
-    def _reject(
-        self, sid: int, error: GrpcError, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def _reject(self, sid: int, error: GrpcError) -> None:
         headers = self._status_headers(error.status, error.message, (), trailers_only=True)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._h2.send_headers(sid, headers + (extra or []), end_stream=True)
+            self._h2.send_headers(sid, headers, end_stream=True)
         self._sent_end(sid)
 
     def _http_error(self, sid: int, status: bytes, text: bytes) -> None:
@@ -231,20 +272,82 @@ class ServerConnection(H2Base):
         if stream.headers_sent:
             return
         # Encode (and validate) first: invalid metadata must leave the stream untouched.
-        headers = _RESPONSE_HEADERS + md.encode(metadata) if metadata else _RESPONSE_HEADERS
+        base = self._encoded_headers if stream.send_encoding else _RESPONSE_HEADERS
+        headers = base + md.encode(metadata) if metadata else base
         stream.headers_sent = True
         self._h2.send_headers(stream_id, headers)
 
-    def send_message(self, stream_id: int, data: bytes) -> None:
+    def send_message(
+        self, stream_id: int, data: bytes, *, compress: bool = True, batch: bool = False
+    ) -> None:
+        """Queue one response message; compressed when the stream's responses are (see the
+        class) unless ``compress`` is False (one message in the clear, e.g. against CRIME).
+
+        ``batch``: more messages are likely to follow at once (a streaming handler). Small
+        messages are then collected and handed to HTTP/2 together, up to a frame's worth, when
+        output is next taken (:meth:`output`, :meth:`data_to_send`) or the stream ends: one
+        DATA frame for many messages instead of one each. The caller must make sure output is
+        taken (the server's writer task); a batch holds less than one frame, so flow control's
+        back-pressure (:meth:`pending`) does not count it.
+        """
         stream = self._streams[stream_id]
         if not stream.headers_sent:
             self.send_headers(stream_id)
-        prefix = HEADER.pack(0, len(data))
+        if stream.send_encoding is not None and compress:
+            data = codec.compress(stream.send_encoding, data)
+            prefix = HEADER.pack(1, len(data))
+        else:
+            prefix = HEADER.pack(0, len(data))
+        batches = self._batches
         if len(data) <= _COALESCE_LIMIT:
+            if batch:
+                pending = batches.get(stream_id)
+                if pending is None:
+                    pending = batches[stream_id] = bytearray(prefix)
+                else:
+                    pending += prefix
+                pending += data
+                if len(pending) >= self._h2.max_outbound_frame_size:
+                    self._flush_batch(stream_id)
+                return
+            if batches:
+                self._flush_batch(stream_id)
             self._queue(stream_id, prefix + data)
         else:
+            if batches:
+                self._flush_batch(stream_id)
             self._queue(stream_id, prefix)
             self._queue(stream_id, data)
+
+    def _flush_batch(self, stream_id: int) -> None:
+        pending = self._batches.pop(stream_id, None)
+        if pending is not None and not self.closed:
+            # The bytearray is never touched again: it can be sent without a copy.
+            self._queue(stream_id, memoryview(pending))
+
+    def _flush_batches(self) -> None:
+        for stream_id in list(self._batches):
+            try:
+                self._flush_batch(stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self._out.pop(stream_id, None)  # the stream went away under it
+
+    # wants_write() does not flush batches (it runs on every kick): a batching sender wakes
+    # the writer task itself, whose output() call flushes them; trailers flush their own.
+
+    def output(self) -> list[bytes | bytearray | memoryview]:
+        if self._batches:
+            self._flush_batches()
+        return super().output()
+
+    def data_to_send(self) -> bytes:
+        if self._batches:
+            self._flush_batches()
+        return super().data_to_send()
+
+    def close(self, error_code: int = 0, debug: bytes = b"") -> None:
+        self._batches.clear()
+        super().close(error_code, debug)
 
     def send_trailers(
         self,
@@ -259,6 +362,8 @@ class ServerConnection(H2Base):
         if stream is None or stream.ended:
             return
         stream.ended = True
+        if self._batches:
+            self._flush_batch(stream_id)
         if not stream.headers_sent:
             stream.headers_sent = True
             headers = self._status_headers(status, message, metadata, trailers_only=True)
@@ -281,11 +386,13 @@ class ServerConnection(H2Base):
 
     def finish(self, stream_id: int) -> None:
         """The application is done with the stream (its RPC task ended)."""
+        if self._batches:
+            self._batches.pop(stream_id, None)  # trailers flushed it, unless the stream is gone
         if self._streams.pop(stream_id, None) is not None:
             self._inbound_finished(stream_id)
 
     def has_pending_output(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or bool(self._batches)
 
     @property
     def active_streams(self) -> int:

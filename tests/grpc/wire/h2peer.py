@@ -134,8 +134,11 @@ def server_link(
     *,
     max_receive_message_size: int = 4 << 20,
     peer_window: int | None = None,
+    compression: str | None = None,
 ) -> Link:
-    server = ServerConnection(settings, max_receive_message_size=max_receive_message_size)
+    server = ServerConnection(
+        settings, max_receive_message_size=max_receive_message_size, compression=compression
+    )
     return Link(server, Peer(client_side=True, initial_window_size=peer_window))
 
 

@@ -9,6 +9,7 @@ import hyperframe.frame
 import pytest
 from h2peer import Link, Peer, grpc_frame, parse_frames, request_headers, server_link
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire.events import (
     GoAwayReceived,
     InputEnded,
@@ -162,11 +163,14 @@ def test_server_connection_pseudo_headers_anywhere_are_ignored() -> None:
 
 def test_server_connection_unsupported_grpc_encoding_is_unimplemented() -> None:
     link = server_link()
-    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    sid = open_stream(link, request_headers(grpc_encoding=b"br"))
     assert link.of(RequestReceived) == []
     headers = link.peer.headers(sid)
     assert status_of(headers) is Status.UNIMPLEMENTED
-    assert headers[b"grpc-accept-encoding"] == b"identity"
+    # compression.md: the reply names what is supported, in the message and the header.
+    assert b"'br'" in headers[b"grpc-message"]
+    assert b"gzip, deflate, identity" in headers[b"grpc-message"]
+    assert headers[b"grpc-accept-encoding"] == b"gzip,deflate,identity"
 
 
 def test_server_connection_identity_grpc_encoding_is_accepted() -> None:
@@ -197,7 +201,7 @@ def test_server_connection_reassembles_messages_across_frames() -> None:
     assert link.of(InputEnded) == [InputEnded(sid)]
 
 
-def test_server_connection_compressed_flag_is_internal() -> None:
+def test_server_connection_compressed_flag_without_grpc_encoding_is_internal() -> None:
     link = server_link()
     sid = open_stream(link)
     send(link, sid, grpc_frame(b"zz", flag=1))
@@ -529,3 +533,143 @@ def test_server_connection_refuses_streams_over_the_limit_without_closing() -> N
     later = open_stream(link, request_headers(x_n=b"later"))
     [request] = [e for e in link.of(RequestReceived) if e.stream_id == later]
     assert request.metadata == [("x-n", "later")]
+
+
+# -- compression --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_server_connection_inflates_compressed_requests(encoding: str) -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(grpc_encoding=encoding.encode()))
+    body = b"hello " * 1000
+    send(link, sid, grpc_frame(codec.compress(encoding, body), flag=1) + grpc_frame(b"plain"))
+    # A message without the flag is not compressed, whatever the stream's encoding.
+    assert [e.message for e in link.of(MessageReceived)] == [body, b"plain"]
+
+
+def test_server_connection_corrupt_compressed_request_is_internal() -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    send(link, sid, grpc_frame(b"not gzip at all", flag=1))
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.INTERNAL
+    assert status_of(link.peer.headers(sid)) is Status.INTERNAL
+
+
+def test_server_connection_compressed_request_inflating_past_the_limit_is_resource_exhausted() -> (
+    None
+):
+    link = server_link(max_receive_message_size=1 << 16)
+    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    send(link, sid, grpc_frame(codec.compress("gzip", bytes(1 << 20)), flag=1))
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.RESOURCE_EXHAUSTED
+    assert status_of(link.peer.headers(sid)) is Status.RESOURCE_EXHAUSTED
+    assert link.of(MessageReceived) == []
+
+
+def test_server_connection_every_response_says_what_it_accepts() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_message(sid, b"x")  # type: ignore[union-attr]
+    link.pump()
+    headers = link.peer.headers(sid)
+    assert headers[b"grpc-accept-encoding"] == b"gzip,deflate,identity"
+    assert b"grpc-encoding" not in headers
+
+
+def test_server_connection_compresses_responses_for_clients_that_accept_it() -> None:
+    link = server_link(compression="gzip")
+    sid = open_stream(link, request_headers(grpc_accept_encoding=b"identity, gzip"))
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    body = b"response " * 500
+    server.send_message(sid, body)
+    server.send_message(sid, b"in the clear", compress=False)
+    server.send_trailers(sid, Status.OK)
+    link.pump()
+    assert link.peer.headers(sid)[b"grpc-encoding"] == b"gzip"
+    data = link.peer.data(sid)
+    first_length = int.from_bytes(data[1:5], "big")
+    assert data[0] == 1
+    assert first_length < len(body) // 10
+    assert codec.decompress("gzip", data[5 : 5 + first_length], 1 << 20) == body
+    assert data[5 + first_length :] == grpc_frame(b"in the clear")
+
+
+@pytest.mark.parametrize("accepted", [None, b"identity", b"deflate", b""])
+def test_server_connection_never_compresses_with_an_encoding_the_client_did_not_accept(
+    accepted: bytes | None,
+) -> None:
+    link = server_link(compression="gzip")
+    extra = {} if accepted is None else {"grpc_accept_encoding": accepted}
+    sid = open_stream(link, request_headers(**extra))
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"response " * 500)
+    link.pump()
+    assert b"grpc-encoding" not in link.peer.headers(sid)
+    assert link.peer.data(sid) == grpc_frame(b"response " * 500)
+
+
+def test_server_connection_unknown_compression_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="br"):
+        ServerConnection(max_receive_message_size=1 << 20, compression="br")
+
+
+# -- batched messages ---------------------------------------------------------------------------
+
+
+def test_server_connection_batched_messages_share_data_frames_in_order() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    messages = [b"%04d" % i * 100 for i in range(100)]  # 400-byte messages
+    for message in messages:
+        server.send_message(sid, message, batch=True)
+    server.send_trailers(sid, Status.OK)  # what is still batched goes before the trailers
+    link.pump()
+    assert link.peer.data(sid) == b"".join(grpc_frame(m) for m in messages)
+    frames = link.peer.of(h2.events.DataReceived, sid)
+    assert len(frames) < len(messages) // 10  # ~40 messages per 16 KiB frame
+    assert max(len(f.data) for f in frames) <= 16384
+    assert status_of(link.peer.trailers(sid)) is Status.OK
+
+
+def test_server_connection_batched_messages_go_out_when_output_is_taken() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"one", batch=True)
+    assert server.has_pending_output()
+    link.pump()
+    assert link.peer.data(sid) == grpc_frame(b"one")
+    assert server.pending(sid) == 0
+    # An unbatched message after batched ones keeps the order.
+    server.send_message(sid, b"two", batch=True)
+    server.send_message(sid, b"three")
+    server.send_message(sid, b"x" * 100_000, batch=True)  # large: never batched
+    link.peer.h2.increment_flow_control_window(1 << 20)
+    link.peer.h2.increment_flow_control_window(1 << 20, stream_id=sid)
+    link.pump()
+    assert link.peer.data(sid) == b"".join(
+        grpc_frame(m) for m in (b"one", b"two", b"three", b"x" * 100_000)
+    )
+
+
+def test_server_connection_batched_messages_of_a_reset_stream_are_dropped() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    other = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"lost", batch=True)
+    link.peer.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    server.send_message(other, b"kept", batch=True)
+    link.pump()  # must not raise on the reset stream's batch
+    assert link.peer.data(sid) == b""
+    assert link.peer.data(other) == grpc_frame(b"kept")
+    assert server.pending(sid) == 0

@@ -110,11 +110,17 @@ class Echo:
 
 
 async def main() -> None:
+    # `--compression gzip|deflate`: compress responses (for clients that accept it).
+    args = sys.argv[1:]
+    compression = None
+    if args[:1] == ["--compression"]:
+        compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[args[1]]
     server = grpc.aio.server(
+        compression=compression,
         options=[
             ("grpc.max_receive_message_length", LIMIT),
             ("grpc.max_send_message_length", LIMIT),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers([Echo().handler()])
     port = server.add_insecure_port("127.0.0.1:0")
