@@ -47,6 +47,7 @@ async def open_ctx(
         "limits": target.limits,
     }
     if mode == "direct":
+        assert target.factory is not None, f"{target.name} is not an SDK plugin"
         async with PluginHarness(
             target.factory,
             config=dict(config if config is not None else target.config(env)),

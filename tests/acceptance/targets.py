@@ -25,6 +25,7 @@ from prism_acceptance_plugins import (
     BrokenTtl,
     RedisAuthProbe,
 )
+from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_memstore import MemstorePlugin
 from prism_plugin_sqlite import SqlitePlugin
 
@@ -47,7 +48,7 @@ class AuthSetup:
 class Target:
     name: str
     plugin: str  # what the proxy's config names: an entry point, or module:Class
-    factory: Callable[[], BackendPlugin]  # direct mode
+    factory: Callable[[], BackendPlugin] | None  # direct mode (None: not an SDK plugin)
     backend: str | None = None  # a backends.BACKENDS kind, started for this target
     modes: tuple[str, ...] = MODES
     config: Callable[[Env], dict[str, Any]] = lambda env: {}
@@ -59,11 +60,16 @@ class Target:
     auth: AuthSetup | None = None
     #: Framework self-test (a broken plugin): only the negative proof runs it, never the table.
     broken: tuple[str, ...] = ()  # the checks it must fail
+    #: A plugin not built on the SDK: what it declares in InitializeResponse, and its command.
+    declared: tuple[str, ...] = ()
+    plugin_command: tuple[str, ...] | None = None
     note: str = ""
 
     @property
     def capabilities(self) -> frozenset[str]:
         plugin = self.factory
+        if plugin is None:
+            return frozenset(self.declared)
         cls = plugin if isinstance(plugin, type) else type(plugin())
         return frozenset(cls.supported_operations)
 
@@ -134,6 +140,15 @@ def _redis_probe_config(env: Env, pool_size: int = 2, client_name: str = "") -> 
 
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
+    Target(
+        "asyncio_kv",
+        "asyncio_kv",
+        None,
+        modes=("sidecar",),
+        declared=(*UNARY_OPERATIONS, *STREAM_OPERATIONS, *FEATURES),
+        plugin_command=("python", "-m", "prism_plugin_asyncio_kv"),
+        note="not an SDK plugin (asyncio + grpclib): sidecar only, capabilities as it declares",
+    ),
     Target(
         "sqlite",
         "sqlite",

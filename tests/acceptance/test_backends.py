@@ -7,16 +7,31 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from backends import MemcachedServer, PostgresServer, RedisServer, TestBackend
+from backends import BACKENDS, MemcachedServer, PostgresServer, RedisServer, TestBackend
+from targets import Target
 
-BACKEND_CLASSES = [RedisServer, PostgresServer, MemcachedServer]
+
+def acceptance_cases(
+    metafunc: pytest.Metafunc, targets: list[Target]
+) -> tuple[str, list[Any], list[str]]:
+    """The backends of the selected targets, and those named by --only (all without it)."""
+    only = set(metafunc.config.getoption("--only"))
+    kinds = (
+        {t.backend for t in targets if t.backend} | (only & set(BACKENDS))
+        if only
+        else set(BACKENDS)
+    )
+    wanted = getattr(metafunc.function, "kinds", tuple(BACKENDS))
+    chosen = [BACKENDS[k] for k in BACKENDS if k in kinds and k in wanted]
+    return "backend_class", chosen, [cls.kind for cls in chosen]
 
 
-@pytest.fixture(params=BACKEND_CLASSES, ids=lambda cls: cls.kind)
-def fresh(request: pytest.FixtureRequest) -> Iterator[TestBackend]:
-    backend: TestBackend = request.param()
+@pytest.fixture
+def fresh(backend_class: type[TestBackend]) -> Iterator[TestBackend]:
+    backend = backend_class()
     try:
         backend.start()
         yield backend
@@ -76,9 +91,8 @@ def test_backend_reset_forgets_everything(fresh: TestBackend) -> None:
     assert _write_and_read(fresh) in (b"v", [("v",)])  # usable again after the reset
 
 
-@pytest.mark.parametrize("cls", [RedisServer, PostgresServer], ids=lambda cls: cls.kind)
-def test_backend_credentials_rotate_and_expire(cls: type[TestBackend]) -> None:
-    backend = cls()
+def test_backend_credentials_rotate_and_expire(backend_class: type[TestBackend]) -> None:
+    backend = backend_class()
     try:
         backend.start()
         user = backend.add_user("rotating")
@@ -120,8 +134,9 @@ def _use(client: object) -> None:
         client.execute("SELECT 1")  # type: ignore[attr-defined]
 
 
-def test_backend_postgres_sees_each_connection_s_user() -> None:
-    backend = PostgresServer()
+def test_backend_postgres_sees_each_connection_s_user(backend_class: type[TestBackend]) -> None:
+    backend = backend_class()
+    assert isinstance(backend, PostgresServer)
     try:
         backend.start()
         import psycopg
@@ -135,3 +150,7 @@ def test_backend_postgres_sees_each_connection_s_user() -> None:
             assert backend.connections("probe-app") == ["seen", "seen"]
     finally:
         backend.stop()
+
+
+test_backend_credentials_rotate_and_expire.kinds = ("redis", "postgres")  # type: ignore[attr-defined]
+test_backend_postgres_sees_each_connection_s_user.kinds = ("postgres",)  # type: ignore[attr-defined]
