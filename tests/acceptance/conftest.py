@@ -276,7 +276,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     tally = config.stash[TALLY]
-    if not tally.expected:
+    if not tally.expected or config.option.collectonly:
         return
     table = render_table(tally)
     terminalreporter.section("plugin acceptance")
