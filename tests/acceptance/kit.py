@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,10 +80,7 @@ class Client(Protocol):
 
     def stream(
         self, operation: str, params: betterproto2.Message
-    ) -> AsyncIteratorContext[Subscription]: ...
-
-
-AsyncIteratorContext = Any  # an async context manager yielding the value
+    ) -> AbstractAsyncContextManager[Subscription]: ...
 
 
 class HarnessClient:
