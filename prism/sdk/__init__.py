@@ -31,6 +31,7 @@ from prism.sdk.errors import (
     error_from_text,
 )
 from prism.sdk.instance import METRICS_OPERATION, PluginInstance, State, open_plugin
+from prism.sdk.keyvalue import KeyValueLimits
 from prism.sdk.metrics import Metrics
 from prism.sdk.plugin import (
     BackendPlugin,
@@ -61,6 +62,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "InvalidConfig",
+    "KeyValueLimits",
     "Metrics",
     "NotFound",
     "OperationContext",

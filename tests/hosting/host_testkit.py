@@ -80,7 +80,9 @@ class RemoteService:
 
     plugin: str
 
-    def namespace(self, name: str, **plugin: Any) -> NamespaceConfig:
+    def namespace(
+        self, name: str, config: Mapping[str, Any] | None = None, **plugin: Any
+    ) -> NamespaceConfig:
         return NamespaceConfig(
             name,
             PluginConfig(
@@ -90,6 +92,7 @@ class RemoteService:
                 tls=self.certs.remote_tls(),
                 **plugin,
             ),
+            config=dict(config or {}),
         )
 
 

@@ -109,9 +109,8 @@ async def test_app_prism_serve_default_config_serves_and_stops_on_sigterm(
                 ),
                 ExecuteResponse,
             )
-            assert unpack(reply.typed_result, GetResponse) == GetResponse(
-                found=True, value=ns.encode()
-            )
+            got = unpack(reply.typed_result, GetResponse)
+            assert (got.found, got.value) == (True, ns.encode())
     assert (directory / "data" / "durable.sqlite3").exists()
 
     def health(channel: grpc.Channel) -> list[int]:

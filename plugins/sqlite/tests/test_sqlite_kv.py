@@ -57,7 +57,8 @@ async def test_sqlite_set_get_delete_exists(config: SqliteConfig) -> None:
     async with PluginHarness(SqlitePlugin, config=config) as h:
         assert not (await get(h, "a")).found
         await h.execute("set", SetRequest(key="a", value=b"\x00\x01binary"))
-        assert await get(h, "a") == GetResponse(found=True, value=b"\x00\x01binary")
+        got = await get(h, "a")
+        assert (got.found, got.value) == (True, b"\x00\x01binary")
         await h.execute("set", SetRequest(key="a", value=b"2"))
         assert (await get(h, "a")).value == b"2"
         assert await h.execute("exists", ExistsRequest(key="a")) == ExistsResponse(exists=True)
@@ -133,7 +134,8 @@ async def test_sqlite_data_and_ttls_survive_a_restart(config: SqliteConfig) -> N
         assert (await h.shutdown()).success
     clock.now += 2
     async with PluginHarness(plugin_with(clock), config=config) as h:
-        assert await get(h, "kept") == GetResponse(found=True, value=b"durable")
+        kept = await get(h, "kept")
+        assert (kept.found, kept.value) == (True, b"durable")
         assert not (await get(h, "short")).found
         assert (await get(h, "long")).found
 

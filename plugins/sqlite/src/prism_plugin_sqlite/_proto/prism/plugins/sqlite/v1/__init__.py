@@ -35,5 +35,28 @@ class SqliteConfig(betterproto2.Message):
     expire either way); 0 = 60000.
     """
 
+    max_key_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
+    """
+    Limits (numbered from 10, apart from the fields above). A key (UTF-8 bytes) or value over its
+    limit, or a bulk / transact request with more items, is INVALID_ARGUMENT.
+    Longest key, in bytes; 0 = 1024.
+    """
+
+    max_value_bytes: "int" = betterproto2.field(11, betterproto2.TYPE_INT32)
+    """
+    Largest value, in bytes; 0 = 1048576 (1 MiB).
+    """
+
+    max_batch: "int" = betterproto2.field(12, betterproto2.TYPE_INT32)
+    """
+    Most items in one get_many, set_many, delete_many or transact; 0 = 1000.
+    """
+
+    max_query_rows: "int" = betterproto2.field(13, betterproto2.TYPE_INT32)
+    """
+    Most rows one query (or one statement of a transaction) may return; more is
+    RESOURCE_EXHAUSTED (add a LIMIT). 0 = 10000.
+    """
+
 
 default_message_pool.register_message("prism.plugins.sqlite.v1", "SqliteConfig", SqliteConfig)

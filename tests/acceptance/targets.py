@@ -1,0 +1,206 @@
+"""The plugins the acceptance suites run against ("targets"), and how each is configured,
+hosted and inspected. Add a plugin here (see docs/acceptance.md): its capabilities come from
+its class (``supported_operations``), so the suites it gets follow from what it declares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kit import MODES, Inspector, SqlDialect, SqlInspector
+from prism_acceptance_plugins import (
+    BrokenBasic,
+    BrokenBulk,
+    BrokenEtag,
+    BrokenList,
+    BrokenPubsub,
+    BrokenSql,
+    BrokenTransact,
+    BrokenTtl,
+    RedisAuthProbe,
+)
+from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
+from prism_plugin_memstore import MemstorePlugin
+from prism_plugin_sqlite import SqlitePlugin
+
+from prism.sdk import BackendPlugin
+from prism.sdk.keyvalue import KeyValueLimits
+
+if TYPE_CHECKING:
+    from conftest import Env
+
+
+@dataclass(frozen=True)
+class AuthSetup:
+    """What the authentication suite needs from a target whose backend authenticates."""
+
+    #: The namespace config with a pool of ``pool_size`` connections named ``client_name``.
+    config: Callable[[Env, int, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    plugin: str  # what the proxy's config names: an entry point, or module:Class
+    factory: Callable[[], BackendPlugin] | None  # direct mode (None: not an SDK plugin)
+    backend: str | None = None  # a backends.BACKENDS kind, started for this target
+    modes: tuple[str, ...] = MODES
+    config: Callable[[Env], dict[str, Any]] = lambda env: {}
+    credentials: Callable[[Env], dict[str, str]] = lambda env: {}
+    inspector: Callable[[Env], Inspector | None] = lambda env: None
+    sql_inspector: Callable[[Env], SqlInspector | None] = lambda env: None
+    sql_dialect: SqlDialect | None = None
+    limits: KeyValueLimits = field(default_factory=KeyValueLimits)
+    auth: AuthSetup | None = None
+    #: Framework self-test (a broken plugin): only the negative proof runs it, never the table.
+    broken: tuple[str, ...] = ()  # the checks it must fail
+    #: A plugin not built on the SDK: what it declares in InitializeResponse, and its command.
+    declared: tuple[str, ...] = ()
+    plugin_command: tuple[str, ...] | None = None
+    note: str = ""
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        plugin = self.factory
+        if plugin is None:
+            return frozenset(self.declared)
+        cls = plugin if isinstance(plugin, type) else type(plugin())
+        return frozenset(cls.supported_operations)
+
+    def matches(self, names: set[str]) -> bool:
+        return self.name in names or (self.backend is not None and self.backend in names)
+
+
+# -- inspectors: the backend through its own client -------------------------------------------
+
+
+class SqliteFile:
+    """The sqlite plugin's database file read with the standard library's sqlite3."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as db:
+            return db.execute(sql, args).fetchall()
+
+    def value(self, key: str) -> bytes | None:
+        now = int(time.time() * 1000)
+        rows = self._query(
+            "SELECT value FROM prism_kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+            key,
+            now,
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def ttl_ms(self, key: str) -> int | None:
+        rows = self._query("SELECT expires_at FROM prism_kv WHERE key = ?", key)
+        if not rows or rows[0][0] is None:
+            return None
+        return int(rows[0][0]) - int(time.time() * 1000)
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return self._query(sql)
+
+
+class RedisKeys:
+    """Keys as redis-py sees them (the probe stores keys as they are, without a prefix)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def value(self, key: str) -> bytes | None:
+        value = self.client.get(key)
+        return None if value is None else bytes(value)
+
+    def ttl_ms(self, key: str) -> int | None:
+        ttl = self.client.pttl(key)
+        return None if ttl < 0 else int(ttl)
+
+
+def _sqlite_path(env: Env) -> Path:
+    return env.directory / "sqlite-target.db"
+
+
+def _redis_probe_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[str, Any]:
+    connection: Mapping[str, Any] = env.backend("redis").connection
+    return {
+        "host": connection["host"],
+        "port": connection["port"],
+        "pool_size": pool_size,
+        "client_name": client_name or "prism-authprobe",
+    }
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
+    Target(
+        "asyncio_kv",
+        "asyncio_kv",
+        None,
+        modes=("sidecar",),
+        declared=(*UNARY_OPERATIONS, *STREAM_OPERATIONS, *FEATURES),
+        plugin_command=("python", "-m", "prism_plugin_asyncio_kv"),
+        note="not an SDK plugin (asyncio + grpclib): sidecar only, capabilities as it declares",
+    ),
+    Target(
+        "sqlite",
+        "sqlite",
+        SqlitePlugin,
+        backend=None,
+        config=lambda env: {"path": str(_sqlite_path(env))},
+        inspector=lambda env: SqliteFile(_sqlite_path(env)),
+        sql_inspector=lambda env: SqliteFile(_sqlite_path(env)),
+        sql_dialect=SqlDialect(),
+        note="effects checked in the database file with sqlite3",
+    ),
+    Target(
+        "redis-authprobe",
+        "prism_acceptance_plugins:RedisAuthProbe",
+        RedisAuthProbe,
+        backend="redis",
+        config=_redis_probe_config,
+        credentials=lambda env: env.backend("redis").credentials.as_map(),
+        inspector=lambda env: RedisKeys(env.backend("redis").client()),
+        auth=AuthSetup(_redis_probe_config),
+        note="test plugin: kv.basic on Redis 7 with an authenticated pool (until plugins/redis)",
+    ),
+)
+
+
+def _broken(cls: type[BackendPlugin], *fails: str, sqlite: bool = False) -> Target:
+    return Target(
+        cls.name,
+        f"prism_acceptance_plugins:{cls.__name__}",
+        cls,
+        modes=("direct",),
+        config=(lambda env: {"path": str(env.directory / f"{cls.name}.db")})
+        if sqlite
+        else (lambda env: {}),
+        inspector=(lambda env: SqliteFile(env.directory / f"{cls.name}.db"))
+        if sqlite
+        else (lambda env: None),
+        sql_inspector=(lambda env: SqliteFile(env.directory / f"{cls.name}.db"))
+        if sqlite
+        else (lambda env: None),
+        sql_dialect=SqlDialect() if sqlite else None,
+        broken=fails,
+    )
+
+
+BROKEN: tuple[Target, ...] = (
+    _broken(BrokenBasic, "delete_reports_whether_a_live_key_was_removed"),
+    _broken(BrokenEtag, "set_if_match_mismatch_is_aborted_and_writes_nothing"),
+    _broken(BrokenBulk, "get_many_answers_in_request_order"),
+    _broken(BrokenTransact, "a_failed_condition_aborts_the_whole_transaction"),
+    _broken(BrokenTtl, "a_key_with_a_long_ttl_reports_it"),
+    _broken(BrokenList, "pages_follow_start_after_until_not_truncated"),
+    _broken(BrokenPubsub, "a_subscriber_gets_every_message_in_order"),
+    _broken(BrokenSql, "a_failing_statement_rolls_back_the_whole_transaction", sqlite=True),
+)
