@@ -328,7 +328,7 @@ def test_server_connection_half_open_streams_do_not_exhaust_max_concurrent_strea
 
 
 def test_server_connection_forgets_closed_streams() -> None:
-    # h2 drops closed streams only while counting open ones; we count rarely (see h2conn),
+    # h2 drops closed streams only while counting open ones; we count rarely (see h2streams),
     # but often enough that a long-lived connection holds few closed streams.
     link = server_link(Settings(max_concurrent_streams=1000))
     for _ in range(500):

@@ -1,8 +1,8 @@
 """prism's receive fast paths (request/response HEADERS, DATA) against h2's own code.
 
-The same bytes, produced by a plain h2 peer, go into prism's ``_H2`` and into an unmodified
-``h2.connection.H2Connection`` with the same configuration; both must report the same events,
-raise the same errors and leave their streams in the same state.
+The same bytes, produced by a plain h2 peer, go into prism's h2 connection (``new_h2``) and
+into an unmodified ``h2.connection.H2Connection`` with the same configuration; both must
+report the same events, raise the same errors and leave their streams in the same state.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class _Pair:
     def check_state(self) -> None:
         ours, theirs = self.ours, self.theirs
         assert ours.state_machine.state == theirs.state_machine.state
-        # Closed streams are forgotten at different times (prism prunes lazily, see _H2._room).
+        # Closed streams are forgotten at different times (prism prunes lazily, see h2streams).
         live = sorted(sid for sid, stream in ours.streams.items() if not stream.closed)
         assert live == sorted(sid for sid, stream in theirs.streams.items() if not stream.closed)
         assert ours.highest_inbound_stream_id == theirs.highest_inbound_stream_id
