@@ -53,6 +53,7 @@ class ServerOptions:
     connection_window_size: int = 16 << 20
     max_frame_size: int = 1 << 14
     max_concurrent_streams: int = 1000
+    max_header_list_size: int = 16 << 10
     keepalive_time: float | None = None
     keepalive_timeout: float = 20.0
 
@@ -62,6 +63,7 @@ class ServerOptions:
             connection_window_size=self.connection_window_size,
             max_frame_size=self.max_frame_size,
             max_concurrent_streams=self.max_concurrent_streams,
+            max_header_list_size=self.max_header_list_size,
         )
 
 

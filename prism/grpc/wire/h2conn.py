@@ -65,12 +65,16 @@ class _Outbound:
         self.end = False
 
 
-def new_h2(client_side: bool) -> _H2:
-    """An h2 connection with prism's fast paths, frame reader and HPACK coding."""
+def new_h2(client_side: bool, max_header_list_size: int | None = None) -> _H2:
+    """An h2 connection with prism's fast paths, frame reader and HPACK coding.
+
+    ``max_header_list_size``: the largest header list the decoder accepts (what we advertise
+    in SETTINGS_MAX_HEADER_LIST_SIZE); None keeps h2's default (64 KiB).
+    """
     conn = _H2(config=h2_config(client_side))
     conn.incoming_buffer = FrameReader(server=not client_side)
     decoder = Decoder()
-    decoder.max_header_list_size = conn.decoder.max_header_list_size
+    decoder.max_header_list_size = max_header_list_size or conn.decoder.max_header_list_size
     conn.decoder = decoder
     conn.encoder = Encoder()
     return conn
@@ -81,7 +85,9 @@ class H2Base:
 
     def __init__(self, *, client_side: bool, settings: Settings) -> None:
         self.settings = settings
-        self._h2 = new_h2(client_side)
+        # h2 applies a MAX_HEADER_LIST_SIZE to its decoder only when a change is ACKed, not
+        # for settings installed wholesale (initiate_connection): the limit is set here.
+        self._h2 = new_h2(client_side, settings.max_header_list_size)
         self._out: dict[int, _Outbound] = {}
         self._extra = bytearray()
         # Inbound flow control: bytes received but not yet acknowledged, and bytes of complete

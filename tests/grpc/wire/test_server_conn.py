@@ -529,3 +529,42 @@ def test_server_connection_refuses_streams_over_the_limit_without_closing() -> N
     later = open_stream(link, request_headers(x_n=b"later"))
     [request] = [e for e in link.of(RequestReceived) if e.stream_id == later]
     assert request.metadata == [("x-n", "later")]
+
+
+# -- header blocks larger than a frame (CONTINUATION) -------------------------------------------
+
+
+def _big_value(size: int) -> bytes:
+    # Varied printable text: Huffman coding keeps it near its length.
+    return bytes(33 + (i * 7919) % 94 for i in range(size)).replace(b",", b";")
+
+
+def test_server_connection_header_blocks_over_16_kib_both_ways() -> None:
+    link = server_link(Settings(max_header_list_size=128 << 10))
+    value = _big_value(40_000)
+    link.peer.h2.send_headers(1, request_headers(x_big=value))
+    link.peer.h2.send_data(1, grpc_frame(b"q"), end_stream=True)
+    wire = link.peer.h2.data_to_send()
+    assert [type(f).__name__ for f in parse_frames(wire)].count("ContinuationFrame") >= 2
+    events = link.ours.receive_data(wire)
+    link.pump()
+    [request] = [e for e in events if isinstance(e, RequestReceived)]
+    assert dict(request.metadata)["x-big"] == value.decode()
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_headers(1, [("x-big", value.decode())])
+    server.send_message(1, b"r")
+    server.send_trailers(1, Status.OK, metadata=[("x-big-trailer", value.decode())])
+    link.pump()
+    frames = parse_frames(b"".join(link.wire_to_peer))
+    assert [type(f).__name__ for f in frames].count("ContinuationFrame") >= 4
+    assert link.peer.headers(1)[b"x-big"] == value
+    assert link.peer.trailers(1)[b"x-big-trailer"] == value
+    assert link.peer.trailers(1)[b"grpc-status"] == b"0"
+
+
+def test_server_connection_enforces_its_advertised_header_list_size() -> None:
+    link = server_link(Settings(max_header_list_size=16 << 10))
+    link.peer.h2.send_headers(1, request_headers(x_big=_big_value(20_000)))
+    with pytest.raises(h2.exceptions.ProtocolError, match="header"):
+        link.ours.receive_data(link.peer.h2.data_to_send())
