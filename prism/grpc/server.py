@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from prism.grpc import transport
 from prism.grpc.call import ServerCall, error_from_exception
 from prism.grpc.service import RpcMethod, Service
 from prism.grpc.wire.events import (
+    Event,
+    FloodDetected,
     GoAwayReceived,
     InputEnded,
     MessageReceived,
@@ -28,6 +31,7 @@ from prism.grpc.wire.events import (
     StreamAborted,
     WindowUpdated,
 )
+from prism.grpc.wire.flood import FloodLimits
 from prism.grpc.wire.h2conn import Settings
 from prism.grpc.wire.metadata import MetadataError
 from prism.grpc.wire.metadata import validate as validate_metadata
@@ -39,14 +43,15 @@ log = logging.getLogger("prism.grpc.server")
 _RECEIVE_SIZE = 1 << 16
 _MAX_RECEIVE_SIZE = 1 << 20
 _STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
-# Time a new connection gets to finish its TLS handshake.
-_HANDSHAKE_GRACE = 10.0
 # After the final GOAWAY: how long to wait for the peer to close before we do.
 _LINGER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
+    """How a :class:`Server` treats its connections; docs/grpc-api.md explains every field."""
+
+    # Messages and HTTP/2 settings.
     max_receive_message_size: int = 4 << 20
     max_send_message_size: int | None = None
     initial_window_size: int = 1 << 20
@@ -54,8 +59,53 @@ class ServerOptions:
     max_frame_size: int = 1 << 14
     max_concurrent_streams: int = 1000
     max_header_list_size: int = 16 << 10
+    # Keepalive: our pings, and the policy for the client's (grpc-go's EnforcementPolicy).
     keepalive_time: float | None = None
     keepalive_timeout: float = 20.0
+    keepalive_min_time: float = 300.0
+    keepalive_permit_without_stream: bool = False
+    # Connection lifetime and numbers (grpc-go's keepalive.ServerParameters names).
+    handshake_timeout: float = 10.0
+    max_connection_idle: float | None = None
+    max_connection_age: float | None = None
+    max_connection_age_grace: float | None = None
+    max_concurrent_connections: int | None = 10_000
+    # Flood budgets per connection, per sliding window of flood_window seconds.
+    flood_window: float = 10.0
+    max_resets_per_window: int = 1000
+    max_pings_per_window: int = 1000
+    max_settings_per_window: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in (
+            "keepalive_time",
+            "max_connection_idle",
+            "max_connection_age",
+            "max_connection_age_grace",
+        ):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, not {value}")
+        if self.max_concurrent_connections is not None and self.max_concurrent_connections < 1:
+            raise ValueError(
+                f"max_concurrent_connections must be >= 1 or None, not "
+                f"{self.max_concurrent_connections}"
+            )
+        self.flood_limits()  # raises for invalid budgets
+        self.h2_settings()  # and for invalid HTTP/2 settings
+
+    def flood_limits(self) -> FloodLimits:
+        return FloodLimits(
+            window=self.flood_window,
+            max_resets=self.max_resets_per_window,
+            max_pings=self.max_pings_per_window,
+            max_settings=self.max_settings_per_window,
+            keepalive_min_time=self.keepalive_min_time,
+            keepalive_permit_without_stream=self.keepalive_permit_without_stream,
+        )
 
     def h2_settings(self) -> Settings:
         return Settings(
@@ -70,6 +120,28 @@ class ServerOptions:
 Handler = tuple[RpcMethod, Callable[..., Any]]
 
 
+@dataclass(slots=True)
+class ServerCounters:
+    """What a server's connections went through, since it was created. Read-only for users
+    (metrics exporters read them); the server increments them."""
+
+    connections_accepted: int = 0
+    #: Closed at once: over ``max_concurrent_connections``.
+    connections_rejected: int = 0
+    #: Closed: no TLS handshake, client preface and SETTINGS within ``handshake_timeout``.
+    handshake_timeouts: int = 0
+    #: Sent a graceful GOAWAY after ``max_connection_idle`` without an RPC.
+    idle_closed: int = 0
+    #: Sent a graceful GOAWAY at ``max_connection_age``.
+    age_closed: int = 0
+    #: Closed with GOAWAY(ENHANCE_YOUR_CALM): over a flood budget, by reason.
+    too_many_resets: int = 0
+    too_many_pings: int = 0
+    too_many_settings: int = 0
+    #: Closed with GOAWAY for a broken HTTP/2 peer (PROTOCOL_ERROR, COMPRESSION_ERROR, ...).
+    protocol_errors: int = 0
+
+
 class Server:
     """Serves :class:`Service` objects on any number of listeners.
 
@@ -79,12 +151,16 @@ class Server:
 
     def __init__(self, services: Iterable[Service] = (), options: ServerOptions | None = None):
         self.options = options or ServerOptions()
-        self.options.h2_settings()  # invalid HTTP/2 settings fail here, not per connection
+        self._settings = self.options.h2_settings()
+        self._flood = self.options.flood_limits()
+        self.counters = ServerCounters()
+        self._random = random.Random()  # max_connection_age jitter
         self._methods: dict[str, Handler] = {}
         self.services: list[Service] = []
         for service in services:
             self.add_service(service)
         self._connections: set[_Connection] = set()
+        self._open = 0  # connections accepted and not yet closed (TLS handshakes included)
         self._closing = False
         self._listener_scopes: list[trio.CancelScope] = []
         self._all_closed = trio.Event()
@@ -97,6 +173,11 @@ class Server:
     @property
     def service_names(self) -> list[str]:
         return [s.name for s in self.services]
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not closed yet (those still in their handshake too)."""
+        return self._open
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -174,14 +255,24 @@ class Server:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
+            limit = self.options.max_concurrent_connections
+            if limit is not None and self._open >= limit:
+                # Refused before any work: no task, no TLS, no HTTP/2 (and no log line per
+                # connection: a flood of them would flood the log; the counter tells).
+                self.counters.connections_rejected += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            self._open += 1
+            self.counters.connections_accepted += 1
             transport.set_nodelay(stream)
             if ssl_context is not None:
                 stream = trio.SSLStream(stream, ssl_context, server_side=True)
-            nursery.start_soon(self._handle_connection, stream)
+            deadline = trio.current_time() + self.options.handshake_timeout
+            nursery.start_soon(self._handle_connection, stream, deadline)
 
-    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+    async def _handle_connection(self, stream: trio.abc.Stream, handshake_deadline: float) -> None:
         # The boundary for one connection: nothing that happens on it may end the server.
-        conn = _Connection(self, stream)
+        conn = _Connection(self, stream, handshake_deadline)
         self._connections.add(conn)
         if self._all_closed.is_set():
             self._all_closed = trio.Event()
@@ -193,6 +284,7 @@ class Server:
             log.exception("connection %s failed", conn.peer_address, exc_info=eg)
         finally:
             # Bookkeeping before the await: under cancellation aclose_forcefully raises.
+            self._open -= 1
             self._connections.discard(conn)
             if not self._connections:
                 self._all_closed.set()
@@ -228,12 +320,15 @@ class Server:
 
 
 class _Connection:
-    def __init__(self, server: Server, stream: trio.abc.Stream) -> None:
+    def __init__(self, server: Server, stream: trio.abc.Stream, handshake_deadline: float) -> None:
         self.server = server
         self.stream = stream
         opts = server.options
         self.conn = ServerConnection(
-            opts.h2_settings(), max_receive_message_size=opts.max_receive_message_size
+            server._settings,
+            max_receive_message_size=opts.max_receive_message_size,
+            flood=server._flood,
+            clock=trio.current_time,
         )
         self.calls: dict[int, ServerCall] = {}
         self.peer = transport.PeerInfo("?", "tcp")
@@ -243,10 +338,14 @@ class _Connection:
         self._window = trio.Event()
         self._ping_ack = trio.Event()
         self._peer_closed = trio.Event()
+        self._greeted = trio.Event()  # the client's preface and SETTINGS arrived
+        self._handshake_deadline = handshake_deadline
         self._scope = trio.CancelScope()
         self._rpc_nursery: trio.Nursery | None = None
         self._closing = False
         self._initiated = False  # the HTTP/2 connection exists (TLS handshake done)
+        # max_connection_idle: when the last call ended (None: idleness is not watched).
+        self._idle_since: float | None = None
 
     # The pieces ServerCall uses --------------------------------------------------------------
 
@@ -260,12 +359,14 @@ class _Connection:
     # ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        opts = self.server.options
         with self._scope:
-            with trio.move_on_after(_HANDSHAKE_GRACE) as handshake:
+            with trio.CancelScope(deadline=self._handshake_deadline) as handshake:
                 if isinstance(self.stream, trio.SSLStream):
                     await self.stream.do_handshake()
                     transport.check_alpn(self.stream)
             if handshake.cancelled_caught:
+                self.server.counters.handshake_timeouts += 1
                 log.info("connection dropped: TLS handshake not completed in time")
                 return
             self.peer = transport.peer_info(self.stream)
@@ -276,8 +377,16 @@ class _Connection:
             async with trio.open_nursery() as nursery:
                 self._rpc_nursery = nursery
                 nursery.start_soon(self._writer)
-                if self.server.options.keepalive_time:
-                    nursery.start_soon(self._keepalive, self.server.options.keepalive_time)
+                nursery.start_soon(self._handshake_watch)
+                if opts.keepalive_time:
+                    nursery.start_soon(self._keepalive, opts.keepalive_time)
+                if opts.max_connection_idle is not None:
+                    self._idle_since = trio.current_time()
+                    nursery.start_soon(self._idle_watch, opts.max_connection_idle)
+                if opts.max_connection_age is not None:
+                    nursery.start_soon(
+                        self._age_watch, opts.max_connection_age, opts.max_connection_age_grace
+                    )
                 if self.server._closing:
                     self.start_shutdown()
                 await self._reader()
@@ -290,13 +399,13 @@ class _Connection:
         for call in list(self.calls.values()):
             call.cancel()
 
-    def start_shutdown(self) -> None:
+    def start_shutdown(self, debug: bytes = b"") -> None:
         if not self._initiated:
             self._scope.cancel()  # still in the TLS handshake: nothing in flight to drain
             return
         if not self._closing:
             self._closing = True
-            self.conn.start_shutdown()
+            self.conn.start_shutdown(debug)
             self.kick()
             self._maybe_finish()
 
@@ -321,42 +430,68 @@ class _Connection:
                 size = _RECEIVE_SIZE
             if conn.closed:
                 continue  # after our final GOAWAY: discard input until the peer closes
-            try:
-                events = conn.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                log.info(
-                    "closing connection from %s: HTTP/2 protocol error: %s", self.peer_address, exc
-                )
-                # The writer sends the GOAWAY (two tasks may not send_all at once).
-                conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:200])
+            while True:
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.ProtocolError as exc:
+                    self.server.counters.protocol_errors += 1
+                    log.info(
+                        "closing connection from %s: HTTP/2 protocol error: %s",
+                        self.peer_address,
+                        exc,
+                    )
+                    # The writer sends the GOAWAY (two tasks may not send_all at once).
+                    conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:200])
+                    self.kick()
+                    break
+                if self._dispatch(events):
+                    return
+                self._maybe_finish()
                 self.kick()
-                continue
-            for event in events:
-                if type(event) is MessageReceived:
-                    call = self.calls.get(event.stream_id)
-                    if call is not None:
-                        call.feed(event.message)
-                elif type(event) is RequestReceived:
-                    self._start_call(event)
-                elif type(event) is InputEnded:
-                    call = self.calls.get(event.stream_id)
-                    if call is not None:
-                        call.end_input()
-                elif type(event) is StreamAborted:
-                    call = self.calls.get(event.stream_id)
-                    if call is not None:
-                        call.abort(event.error)
-                elif type(event) is WindowUpdated:
-                    self._window.set()
-                    self._window = trio.Event()
-                elif type(event) is PingAcknowledged:
-                    self._ping_ack.set()
-                elif type(event) is GoAwayReceived:
-                    if event.error_code:
-                        return
-                    self.start_shutdown()
-            self._maybe_finish()
-            self.kick()
+                if not conn.input_pending:
+                    break
+                # The read held more frames than one pass takes (a flood of small frames):
+                # let other connections' tasks run before the next pass.
+                data = b""
+                await trio.lowlevel.checkpoint()
+
+    def _dispatch(self, events: list[Event]) -> bool:
+        """Hand events to the calls; True when the connection is over (peer's GOAWAY error)."""
+        for event in events:
+            if type(event) is MessageReceived:
+                call = self.calls.get(event.stream_id)
+                if call is not None:
+                    call.feed(event.message)
+            elif type(event) is RequestReceived:
+                self._start_call(event)
+            elif type(event) is InputEnded:
+                call = self.calls.get(event.stream_id)
+                if call is not None:
+                    call.end_input()
+            elif type(event) is StreamAborted:
+                call = self.calls.get(event.stream_id)
+                if call is not None:
+                    call.abort(event.error)
+            elif type(event) is WindowUpdated:
+                self._window.set()
+                self._window = trio.Event()
+                if not self._greeted.is_set() and self.conn.settings_received:
+                    self._greeted.set()
+            elif type(event) is PingAcknowledged:
+                self._ping_ack.set()
+            elif type(event) is GoAwayReceived:
+                if event.error_code:
+                    return True
+                self.start_shutdown()
+            elif type(event) is FloodDetected:
+                counters = self.server.counters
+                setattr(counters, event.reason, getattr(counters, event.reason) + 1)
+                log.warning(
+                    "closing connection from %s: GOAWAY(ENHANCE_YOUR_CALM) %s",
+                    self.peer_address,
+                    event.reason,
+                )
+        return False
 
     async def _writer(self) -> None:
         await self._output.write_loop(self.stream.send_all, self._linger)
@@ -368,6 +503,43 @@ class _Connection:
         with trio.move_on_after(_LINGER):
             await self._peer_closed.wait()
         self._scope.cancel()
+
+    async def _handshake_watch(self) -> None:
+        with trio.move_on_at(self._handshake_deadline):
+            await self._greeted.wait()
+            return
+        self.server.counters.handshake_timeouts += 1
+        log.info(
+            "connection from %s dropped: no HTTP/2 preface and SETTINGS in time", self.peer_address
+        )
+        self._scope.cancel()
+
+    async def _idle_watch(self, limit: float) -> None:
+        # grpc-go's MaxConnectionIdle: no RPC open for ``limit`` seconds → graceful GOAWAY.
+        while True:
+            since = self._idle_since
+            if self.calls or since is None:
+                await trio.sleep(limit)
+                continue
+            await trio.sleep_until(since + limit)
+            if not self.calls and self._idle_since == since:
+                self.server.counters.idle_closed += 1
+                log.debug("closing idle connection from %s", self.peer_address)
+                self.start_shutdown(b"max_idle")
+                return
+
+    async def _age_watch(self, age: float, grace: float | None) -> None:
+        # grpc-go's MaxConnectionAge (±10% jitter, so connections made together do not all
+        # reconnect together) and MaxConnectionAgeGrace (then RPCs still open are cancelled).
+        await trio.sleep(age * (1 + self.server._random.uniform(-0.1, 0.1)))
+        self.server.counters.age_closed += 1
+        self.start_shutdown(b"max_age")
+        if grace is None:
+            return
+        await trio.sleep(grace)
+        self.cancel_calls()  # their clients get UNAVAILABLE; then the final GOAWAY goes out
+        await trio.sleep(_LINGER)
+        self.cancel()
 
     async def _keepalive(self, interval: float) -> None:
         while True:
@@ -433,5 +605,7 @@ class _Connection:
                     pass
             self.conn.finish(call.stream_id)
             self.calls.pop(call.stream_id, None)
+            if self._idle_since is not None and not self.calls:
+                self._idle_since = trio.current_time()
             self._maybe_finish()
             self.kick()

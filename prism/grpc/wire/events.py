@@ -81,6 +81,14 @@ class GoAwayReceived:
     error_code: int
 
 
+@dataclass(slots=True)
+class FloodDetected:
+    """The peer went over a flood budget (``reason``: the GOAWAY's debug data, e.g.
+    ``"too_many_pings"``). GOAWAY(ENHANCE_YOUR_CALM) is queued and the connection closed."""
+
+    reason: str
+
+
 Event = (
     RequestReceived
     | ResponseHeadersReceived
@@ -91,4 +99,5 @@ Event = (
     | WindowUpdated
     | PingAcknowledged
     | GoAwayReceived
+    | FloodDetected
 )

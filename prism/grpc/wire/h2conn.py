@@ -44,6 +44,7 @@ from prism.grpc.wire.h2frames import FrameReader
 from prism.grpc.wire.h2receive import ReceiveFastPaths
 from prism.grpc.wire.h2send import SendFastPaths
 from prism.grpc.wire.h2settings import Settings, h2_config
+from prism.grpc.wire.h2streams import MIN_CLOSED_STREAMS
 from prism.grpc.wire.hpack_codec import Decoder, Encoder
 
 __all__ = ["H2Base", "Settings", "h2_config", "new_h2"]
@@ -51,6 +52,8 @@ __all__ = ["H2Base", "Settings", "h2_config", "new_h2"]
 
 class _H2(SendFastPaths, ReceiveFastPaths):
     """h2's connection with prism's send and receive fast paths."""
+
+    frames: FrameReader  # incoming_buffer, typed
 
 
 class _Outbound:
@@ -72,7 +75,7 @@ def new_h2(client_side: bool, max_header_list_size: int | None = None) -> _H2:
     in SETTINGS_MAX_HEADER_LIST_SIZE); None keeps h2's default (64 KiB).
     """
     conn = _H2(config=h2_config(client_side))
-    conn.incoming_buffer = FrameReader(server=not client_side)
+    conn.incoming_buffer = conn.frames = FrameReader(server=not client_side)
     decoder = Decoder()
     decoder.max_header_list_size = max_header_list_size or conn.decoder.max_header_list_size
     conn.decoder = decoder
@@ -88,6 +91,7 @@ class H2Base:
         # h2 applies a MAX_HEADER_LIST_SIZE to its decoder only when a change is ACKed, not
         # for settings installed wholesale (initiate_connection): the limit is set here.
         self._h2 = new_h2(client_side, settings.max_header_list_size)
+        self._h2.keep_closed_streams(max(MIN_CLOSED_STREAMS, 2 * settings.max_concurrent_streams))
         self._out: dict[int, _Outbound] = {}
         self._extra = bytearray()
         # Inbound flow control: bytes received but not yet acknowledged, and bytes of complete

@@ -47,7 +47,21 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
     time there than anywhere else.
     """
 
+    #: Frames one pass (one ``receive_data`` call) may take out; what is left stays buffered
+    #: for the next pass (``exhausted`` says so). A flood of small frames in one large read
+    #: would otherwise keep the event loop busy for as long as it takes to process them all.
+    budget = 1 << 62
+    exhausted = False
+
+    def add_data(self, data: Any) -> None:
+        self.exhausted = False
+        super().add_data(data)
+
     def __next__(self) -> hyperframe.frame.Frame:
+        if self.budget <= 0:
+            self.exhausted = len(self._data) > 0
+            raise StopIteration
+        self.budget -= 1
         data = self._data
         if len(data) < 9 or self._headers_buffer:
             return super().__next__()

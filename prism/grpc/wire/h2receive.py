@@ -35,7 +35,29 @@ from prism.grpc.wire.h2streams import StreamTable
 _OPEN = (ConnectionState.SERVER_OPEN, ConnectionState.CLIENT_OPEN)
 
 
+class CompressionError(h2.exceptions.ProtocolError):
+    """A header block that does not decode: the connection's HPACK state is lost.
+
+    RFC 9113 §4.3: a decoding error MUST be treated as a connection error of type
+    COMPRESSION_ERROR (h2 reports it as PROTOCOL_ERROR). h2 sends the GOAWAY with this code.
+    """
+
+    error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+
+
+def _decode_headers(decoder: Any, block: bytes) -> Any:
+    try:
+        return h2.connection._decode_headers(decoder, block)
+    except h2.exceptions.DenialOfServiceError:
+        raise  # over our MAX_HEADER_LIST_SIZE: ENHANCE_YOUR_CALM, as h2 has it
+    except h2.exceptions.ProtocolError as exc:
+        raise CompressionError(str(exc)) from exc
+
+
 class ReceiveFastPaths(StreamTable):
+    #: Streams refused for exceeding our MAX_CONCURRENT_STREAMS (REFUSED_STREAM), so far.
+    refused_streams = 0
+
     def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
         # h2's own version starts with ``logger.trace("Received frame: %s", repr(frame))``: a
         # repr built eagerly for every frame (~2% of a unary RPC) and then thrown away. The
@@ -88,13 +110,14 @@ class ReceiveFastPaths(StreamTable):
                     f"Max inbound streams is {self.local_settings.max_concurrent_streams}"
                 )
             # The header block is still decoded: HPACK state is shared by the connection.
-            h2.connection._decode_headers(self.decoder, frame.data)
+            _decode_headers(self.decoder, frame.data)
             self.highest_inbound_stream_id = sid
             self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+            self.refused_streams += 1
             refuse = hyperframe.frame.RstStreamFrame(sid)
             refuse.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
             return [refuse], []
-        headers = h2.connection._decode_headers(self.decoder, frame.data)
+        headers = _decode_headers(self.decoder, frame.data)
         fast = self._fast_headers(sid, headers, frame)
         if fast is not None:
             return [], fast
