@@ -57,11 +57,24 @@ def read_peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def read_rss_bytes(pid: int) -> int | None:
+    """VmRSS (resident set now) from /proc/<pid>/status."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 class ServerProcess:
     """`python -m <module> PORT <args>` run from the repository root, output to `log_path`."""
 
-    def __init__(self, name: str, module: str, args: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, module: str, args: list[str], log_path: Path, root: Path = ROOT
+    ) -> None:
+        """``root``: the source tree to run it from (another checkout, for before/after)."""
         self.name = name
+        self.root = root
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.argv = [sys.executable, "-m", module, str(self.port), *args]
@@ -76,11 +89,11 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         self._log = self.log_path.open("wb")
         self._proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            self.argv, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout_s
         while True:

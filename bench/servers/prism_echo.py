@@ -1,7 +1,11 @@
 """prism.grpc echo server (Trio). Raw `bytes` in and out: no protobuf decoding, per
-docs/grpc-api.md; defaults for every option but the message-size limit."""
+docs/grpc-api.md; defaults for every option but the message-size limit (and, with
+``--no-flood-limits``, the flood budgets and keepalive policy: off)."""
 
 from __future__ import annotations
+
+import dataclasses
+import sys
 
 import trio
 
@@ -17,16 +21,28 @@ class Echo(pg.Service):
         return request
 
 
-async def serve(port: int) -> None:
-    server = pg.Server(
-        [Echo()], options=pg.ServerOptions(max_receive_message_size=MAX_MESSAGE_BYTES)
-    )
+async def serve(port: int, no_flood_limits: bool = False) -> None:
+    options = pg.ServerOptions(max_receive_message_size=MAX_MESSAGE_BYTES)
+    if no_flood_limits:  # the abuse suite's "what does a reset stream cost" run
+        big = 1 << 40
+        options = dataclasses.replace(
+            options,
+            max_resets_per_window=big,
+            max_pings_per_window=big,
+            max_settings_per_window=big,
+            keepalive_min_time=0,
+            keepalive_permit_without_stream=True,
+        )
+    server = pg.Server([Echo()], options=options)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_tcp, HOST, port)
 
 
 def main() -> None:
-    trio.run(serve, parse_args(__doc__ or "", stubs=False).port)
+    no_limits = "--no-flood-limits" in sys.argv
+    if no_limits:
+        sys.argv.remove("--no-flood-limits")
+    trio.run(serve, parse_args(__doc__ or "", stubs=False).port, no_limits)
 
 
 if __name__ == "__main__":

@@ -291,6 +291,14 @@ class GrpcStackSuite:
             "--duration", type=float, help="seconds per unary run (default 10, --quick 2)"
         )
         parser.add_argument(
+            "--baseline",
+            type=Path,
+            metavar="TREE",
+            help="also run prism's echo server from TREE (a checkout of another commit, e.g. "
+            "`git archive main | tar -x -C TREE`), as server prism-baseline: before/after in "
+            "one run",
+        )
+        parser.add_argument(
             "--large-requests",
             type=int,
             help="16 MiB requests per large run (default 32, --quick 8)",
@@ -304,6 +312,11 @@ class GrpcStackSuite:
                 f"{missing}: the runner needs grpcio and grpcio-tools (use `nox -s bench`)"
             )
         names = choose_servers(args)
+        if args.baseline is not None:
+            tree = args.baseline.resolve()
+            if not (tree / "bench" / "servers" / "prism_echo.py").is_file():
+                raise BenchError(f"--baseline {tree}: no bench/servers/prism_echo.py there")
+            names.insert(names.index("prism") + 1 if "prism" in names else 0, "prism-baseline")
         chosen = scenarios(args)
         repeat = args.repeat or (1 if args.quick else 3)
         stamp = report.timestamp()
@@ -326,6 +339,10 @@ class GrpcStackSuite:
             }
             servers = [
                 ServerProcess(n, SERVERS[n].module, SERVERS[n].args(stubs), logs / f"{n}.log")
+                if n != "prism-baseline"
+                else ServerProcess(
+                    n, SERVERS["prism"].module, [], logs / f"{n}.log", root=args.baseline.resolve()
+                )
                 for n in names
             ]
             try:
@@ -362,6 +379,8 @@ class GrpcStackSuite:
             for s in chosen
         }
         markdown = "\n\n".join(table(s, medians[s.name]) for s in chosen)
+        if args.baseline is not None:
+            markdown += f"\n\nprism-baseline: prism's echo server run from {args.baseline}."
         markdown += (
             f"\n\nMedians of {repeat} round(s); {env['date_utc']}; {env['cpus']} CPUs "
             f"({env['cpu_model']}), load generator and servers on the same machine; "
@@ -374,7 +393,10 @@ class GrpcStackSuite:
                 "suite": self.name,
                 "environment": env,
                 "scenarios": [asdict(s) for s in chosen],
-                "servers": {n: SERVERS[n].description for n in names},
+                "servers": {
+                    n: SERVERS[n].description if n in SERVERS else f"prism from {args.baseline}"
+                    for n in names
+                },
                 "medians": medians,
                 "runs": [asdict(r) for r in runs],
             },
