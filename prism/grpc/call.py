@@ -34,21 +34,40 @@ log = logging.getLogger("prism.grpc.server")
 def error_from_exception(exc: BaseException, method: str) -> GrpcError:
     """The status a handler's exception ends its RPC with.
 
-    A :class:`GrpcError` (also inside an exception group) keeps its status. Anything else is a
-    bug or an unexpected failure: UNKNOWN, with a trace id that is logged next to the traceback
-    so the message itself never leaks internals (or secrets) to the client.
+    A :class:`GrpcError` keeps its status, also inside an exception group (the first one
+    found). Anything else is a bug or an unexpected failure: logged with a trace id next to
+    its traceback, and the RPC ends with UNKNOWN naming the trace id, so the message never
+    leaks internals (or secrets) to the client. A group holding both a GrpcError and a bug
+    ends with the GrpcError's status, and the bug is logged all the same: a sibling task's
+    deliberate error must not hide it.
     """
     if isinstance(exc, GrpcError):
         return exc
+    found: GrpcError | None = None
+    bugs: BaseException | None = exc
     if isinstance(exc, BaseExceptionGroup):
-        found = exc.subgroup(lambda e: isinstance(e, GrpcError))
-        while isinstance(found, BaseExceptionGroup):
-            found = found.exceptions[0]
-        if isinstance(found, GrpcError):
+        errors, bugs = exc.split(lambda e: isinstance(e, GrpcError))
+        leaf: BaseException | None = errors
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, GrpcError):
+            found = leaf
+        if bugs is None:
+            assert found is not None
             return found
     trace_id = uuid.uuid4().hex[:16]
-    log.error("%s failed (trace id %s)", method, trace_id, exc_info=exc)
-    return Unknown(f"internal error in {method} (trace id {trace_id})")
+    if found is None:
+        log.error("%s failed (trace id %s)", method, trace_id, exc_info=bugs)
+        return Unknown(f"internal error in {method} (trace id {trace_id})")
+    log.error(
+        "%s failed (trace id %s) with %s, and besides: %r",
+        method,
+        trace_id,
+        found.status.name,
+        bugs,
+        exc_info=bugs,
+    )
+    return found
 
 
 class ServerCall:
