@@ -34,7 +34,8 @@ from prism.grpc.wire.status import (
 if TYPE_CHECKING:
     from prism.grpc.call import ServerCall
     from prism.grpc.channel import Channel, ChannelOptions, ClientCall, open_channel
-    from prism.grpc.server import Server, ServerOptions
+    from prism.grpc.interceptor import CallKey, CallOutcome, CallState, ServerInterceptor
+    from prism.grpc.server import Server, ServerCounters, ServerOptions
     from prism.grpc.service import (
         Cardinality,
         RpcMethod,
@@ -52,7 +53,12 @@ _LAZY = {
     "ChannelOptions": "channel",
     "ClientCall": "channel",
     "open_channel": "channel",
+    "CallKey": "interceptor",
+    "CallOutcome": "interceptor",
+    "CallState": "interceptor",
+    "ServerInterceptor": "interceptor",
     "Server": "server",
+    "ServerCounters": "server",
     "ServerOptions": "server",
     "Cardinality": "service",
     "RpcMethod": "service",
@@ -79,6 +85,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "CallKey",
+    "CallOutcome",
+    "CallState",
     "Cancelled",
     "Cardinality",
     "Channel",
@@ -100,6 +109,8 @@ __all__ = [
     "RpcMethod",
     "Server",
     "ServerCall",
+    "ServerCounters",
+    "ServerInterceptor",
     "ServerOptions",
     "Service",
     "Status",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import h2.exceptions
 import trio
 
+from prism.grpc.interceptor import CallState
 from prism.grpc.service import Cardinality, RpcMethod, decode, encode
 from prism.grpc.transport import PeerInfo
 from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
@@ -26,7 +27,7 @@ from prism.grpc.wire.status import (
 )
 
 if TYPE_CHECKING:
-    from prism.grpc.server import _Connection
+    from prism.grpc.connection import Connection
 
 log = logging.getLogger("prism.grpc.server")
 
@@ -75,7 +76,7 @@ class ServerCall:
 
     def __init__(
         self,
-        connection: _Connection,
+        connection: Connection,
         stream_id: int,
         method: str,
         metadata: Metadata,
@@ -98,6 +99,16 @@ class ServerCall:
         self._arrived: trio.Event | None = None  # while receive_message waits
         self._headers_sent = False
         self.cancelled = False  # by the server (shutdown), not by the client
+        self._state: CallState | None = None
+
+    @property
+    def state(self) -> CallState:
+        """Values interceptors attached for the handler, by typed key (prism.grpc.interceptor):
+        ``call.state[IDENTITY]``. Made on first use."""
+        state = self._state
+        if state is None:
+            state = self._state = CallState()
+        return state
 
     # -- fed by the connection's reader -----------------------------------------------------
 

@@ -4,7 +4,7 @@ raw HTTP/2 client (plain h2 over a Trio socket) for the things a well-behaved cl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,10 +47,13 @@ class Echo(pg.Service):
 
 @asynccontextmanager
 async def serving(
-    *services: pg.Service, options: pg.ServerOptions | None = None, **tcp: Any
+    *services: pg.Service,
+    options: pg.ServerOptions | None = None,
+    interceptors: Sequence[pg.ServerInterceptor] = (),
+    **tcp: Any,
 ) -> AsyncIterator[tuple[pg.Server, str]]:
     """A server on 127.0.0.1 port 0 for the block; yields ``(server, "127.0.0.1:port")``."""
-    server = pg.Server(services or [Echo()], options)
+    server = pg.Server(services or [Echo()], options, interceptors=interceptors)
     async with trio.open_nursery() as nursery:
         _host, port = await nursery.start(_serve_tcp, server, tcp)
         yield server, f"127.0.0.1:{port}"
