@@ -1,6 +1,7 @@
 """prism.grpc echo server (Trio). Raw `bytes` in and out: no protobuf decoding, per
 docs/grpc-api.md; defaults for every option but the message-size limit (and, with
-``--no-flood-limits``, the flood budgets and keepalive policy: off)."""
+``--no-flood-limits``, the flood budgets and keepalive policy: off; with ``--interceptor``,
+one interceptor that does nothing)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,17 @@ class Echo(pg.Service):
         return request
 
 
-async def serve(port: int, no_flood_limits: bool = False) -> None:
+class Noop(pg.ServerInterceptor):
+    """An interceptor that does nothing: what installing one costs (the grpc suite)."""
+
+    async def before(self, call: pg.ServerCall) -> None:
+        pass
+
+    def after(self, call: pg.ServerCall, outcome: pg.CallOutcome) -> None:
+        pass
+
+
+async def serve(port: int, no_flood_limits: bool = False, interceptor: bool = False) -> None:
     options = pg.ServerOptions(max_receive_message_size=MAX_MESSAGE_BYTES)
     if no_flood_limits:  # the abuse suite's "what does a reset stream cost" run
         big = 1 << 40
@@ -33,16 +44,16 @@ async def serve(port: int, no_flood_limits: bool = False) -> None:
             keepalive_min_time=0,
             keepalive_permit_without_stream=True,
         )
-    server = pg.Server([Echo()], options=options)
+    server = pg.Server([Echo()], options=options, interceptors=[Noop()] if interceptor else [])
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_tcp, HOST, port)
 
 
 def main() -> None:
-    no_limits = "--no-flood-limits" in sys.argv
-    if no_limits:
-        sys.argv.remove("--no-flood-limits")
-    trio.run(serve, parse_args(__doc__ or "", stubs=False).port, no_limits)
+    flags = {f: f in sys.argv for f in ("--no-flood-limits", "--interceptor")}
+    sys.argv = [a for a in sys.argv if a not in flags]
+    port = parse_args(__doc__ or "", stubs=False).port
+    trio.run(serve, port, flags["--no-flood-limits"], flags["--interceptor"])
 
 
 if __name__ == "__main__":

@@ -63,6 +63,13 @@ SERVERS: dict[str, ServerKind] = {
         lambda stubs: [],
         _prism_unavailable,
     ),
+    "prism-interceptor": ServerKind(
+        "bench.servers.prism_echo",
+        "prism.grpc with one no-op ServerInterceptor",
+        lambda stubs: ["--interceptor"],
+        _prism_unavailable,
+        default=False,
+    ),
     "grpclib": ServerKind(
         "bench.servers.grpclib_echo",
         "grpclib on asyncio",

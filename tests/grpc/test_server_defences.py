@@ -197,6 +197,22 @@ async def test_server_undecodable_header_block_is_compression_error() -> None:
         await _still_serves(target)
 
 
+async def test_server_header_list_over_the_limit_gets_goaway_enhance_your_calm() -> None:
+    options = pg.ServerOptions(max_header_list_size=4096)
+    async with (
+        serving(Echo(), options=options) as (server, target),
+        Attacker.connect(target) as attacker,
+    ):
+        block = attacker.encoder.encode([(b":path", b"/test.Echo/Unary"), (b"x-big", b"b" * 8000)])
+        await attacker.send(hyperframe.frame.HeadersFrame(1, block, flags=["END_HEADERS"]))
+        with trio.fail_after(30):
+            goaway = await attacker.goaway()
+            await attacker.closed()
+        assert goaway.error_code == CALM
+        assert server.counters.protocol_errors == 1
+        await _still_serves(target)
+
+
 # -- handshake timeout ----------------------------------------------------------------------------
 
 

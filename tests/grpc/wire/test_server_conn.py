@@ -568,3 +568,18 @@ def test_server_connection_enforces_its_advertised_header_list_size() -> None:
     link.peer.h2.send_headers(1, request_headers(x_big=_big_value(20_000)))
     with pytest.raises(h2.exceptions.ProtocolError, match="header"):
         link.ours.receive_data(link.peer.h2.data_to_send())
+
+
+def test_server_connection_processes_a_large_batch_in_passes() -> None:
+    from prism.grpc.wire.server_conn import FRAMES_PER_PASS
+
+    link = server_link()
+    peer = link.peer.h2
+    for _ in range(FRAMES_PER_PASS + 50):
+        peer.increment_flow_control_window(1)  # frames no budget limits
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.receive_data(peer.data_to_send())
+    assert server.input_pending  # the rest waits for the next pass
+    server.receive_data(b"")
+    assert not server.input_pending
