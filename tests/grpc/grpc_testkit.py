@@ -190,12 +190,14 @@ class Attacker:
     @classmethod
     @asynccontextmanager
     async def connect(cls, target: str, *, greet: bool = True) -> AsyncIterator[Attacker]:
-        """``greet``: send the client preface and an empty SETTINGS frame first."""
+        """``greet``: send the client preface, an empty SETTINGS frame, and the ACK of the
+        server's SETTINGS (the server sends them first thing)."""
         host, port = target.rsplit(":", 1)
         stream = await trio.open_tcp_stream(host, int(port))
         attacker = cls(stream)
         if greet:
-            await attacker.send(PREFACE, hyperframe.frame.SettingsFrame(0))
+            ack = hyperframe.frame.SettingsFrame(0, flags=["ACK"])
+            await attacker.send(PREFACE, hyperframe.frame.SettingsFrame(0), ack)
         try:
             yield attacker
         finally:

@@ -233,6 +233,21 @@ async def test_server_drops_connections_that_do_not_finish_the_handshake(
         assert server.open_connections == 0
 
 
+async def test_server_closes_connections_that_never_acknowledge_its_settings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Preface and SETTINGS, then silence: our SETTINGS are never acknowledged.
+    options = pg.ServerOptions(handshake_timeout=5)
+    async with serving(Echo(), options=options) as (server, target):
+        async with Attacker.connect(target, greet=False) as attacker:
+            await attacker.send(PREFACE, hyperframe.frame.SettingsFrame(0))
+            with trio.fail_after(60):
+                goaway = await attacker.goaway()
+                await attacker.closed()
+        assert goaway.error_code == h2.errors.ErrorCodes.SETTINGS_TIMEOUT
+        assert server.counters.handshake_timeouts == 1
+
+
 async def test_server_handshake_timeout_spares_connections_that_greeted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -279,6 +294,7 @@ async def test_server_max_connection_idle_spares_connections_with_calls(
     async with serving(service, options=options) as (server, target):
         async with RawClient.connect(target) as client:
             sid = await client.call("/test.Counting/Hold", b"held")
+            await client.receive()  # the server's SETTINGS: acknowledged
             await trio.sleep(300)  # ten idle limits, with a call open throughout
             assert not client.of(GOAWAY)
             service.release.set()

@@ -82,6 +82,8 @@ class ServerConnection(H2Base):
         self._refused = 0  # h2's count of streams refused (over the limit), as last seen
         #: The client's preface and first SETTINGS frame have arrived.
         self.settings_received = False
+        #: The client acknowledged our SETTINGS (RFC 9113 §6.5.3).
+        self.settings_acked = False
         # Requests reported by the receive_data call in progress (see _on_reset).
         self._fresh: set[int] = set()
         self._dropped: set[int] = set()
@@ -129,6 +131,8 @@ class ServerConnection(H2Base):
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway_received = event.last_stream_id or 0
                 out.append(GoAwayReceived(event.last_stream_id or 0, int(event.error_code or 0)))
+            elif isinstance(event, h2.events.SettingsAcknowledged):
+                self.settings_acked = True
             if self.closed:
                 break  # flooded: nothing more is processed
         refused = h2c.refused_streams - self._refused
@@ -145,6 +149,11 @@ class ServerConnection(H2Base):
                 out = [e for e in out if getattr(e, "stream_id", None) not in dropped]
                 dropped.clear()
         return out
+
+    @property
+    def handshake_done(self) -> bool:
+        """The client sent its preface and SETTINGS, and acknowledged ours."""
+        return self.settings_received and self.settings_acked
 
     @property
     def input_pending(self) -> bool:
