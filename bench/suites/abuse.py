@@ -235,9 +235,24 @@ class AbuseSuite:
         parser.add_argument(
             "--calls", type=int, help="calls in the memory scenario (default 100000)"
         )
+        parser.add_argument(
+            "--baseline",
+            type=Path,
+            metavar="TREE",
+            help="also run prism's echo server from TREE (a checkout of another commit), as "
+            "server prism-baseline: before/after in one run",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         names = [n.strip() for n in (args.servers or ",".join(SERVERS)).split(",") if n.strip()]
+        roots: dict[str, Path] = {}
+        if args.baseline is not None:
+            tree = args.baseline.resolve()
+            if not (tree / "bench" / "servers" / "prism_echo.py").is_file():
+                raise BenchError(f"--baseline {tree}: no bench/servers/prism_echo.py there")
+            SERVERS["prism-baseline"] = ("bench.servers.prism_echo", [], False)
+            roots["prism-baseline"] = tree
+            names.insert(1, "prism-baseline")
         unknown = [n for n in names if n not in SERVERS]
         if unknown:
             raise BenchError(f"unknown server(s) {unknown}; known: {', '.join(SERVERS)}")
@@ -274,6 +289,10 @@ class AbuseSuite:
                             # A fresh server per run: no attack leaves state to the next.
                             log_path = logs / f"{name}-{tag}-{time.time_ns()}.log"
                             server = ServerProcess(name, module, argv, log_path)
+                            if name in roots:
+                                server = ServerProcess(
+                                    name, module, argv, log_path, root=roots[name]
+                                )
                             server.start()
                             echo.check_echo(stubs, server.host, server.port, 100)
                             return server
@@ -316,7 +335,7 @@ class AbuseSuite:
                 "attacks": [asdict(r) for r in attacks],
                 "memory": [asdict(r) for r in memory],
             },
-            markdown,
+            markdown + (f"\n\nprism-baseline: run from {args.baseline}." if roots else ""),
         )
         print(markdown)
         log(f"results: {path}")
