@@ -51,11 +51,7 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
     #: for the next pass (``exhausted`` says so). A flood of small frames in one large read
     #: would otherwise keep the event loop busy for as long as it takes to process them all.
     budget = 1 << 62
-    exhausted = False
-
-    def add_data(self, data: Any) -> None:
-        self.exhausted = False
-        super().add_data(data)
+    exhausted = False  # reset by whoever sets the budget
 
     def __next__(self) -> hyperframe.frame.Frame:
         if self.budget <= 0:

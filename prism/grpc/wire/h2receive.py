@@ -45,15 +45,6 @@ class CompressionError(h2.exceptions.ProtocolError):
     error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
 
 
-def _decode_headers(decoder: Any, block: bytes) -> Any:
-    try:
-        return h2.connection._decode_headers(decoder, block)
-    except h2.exceptions.DenialOfServiceError:
-        raise  # over our MAX_HEADER_LIST_SIZE: ENHANCE_YOUR_CALM, as h2 has it
-    except h2.exceptions.ProtocolError as exc:
-        raise CompressionError(str(exc)) from exc
-
-
 class ReceiveFastPaths(StreamTable):
     #: Streams refused for exceeding our MAX_CONCURRENT_STREAMS (REFUSED_STREAM), so far.
     refused_streams = 0
@@ -110,14 +101,24 @@ class ReceiveFastPaths(StreamTable):
                     f"Max inbound streams is {self.local_settings.max_concurrent_streams}"
                 )
             # The header block is still decoded: HPACK state is shared by the connection.
-            _decode_headers(self.decoder, frame.data)
+            try:
+                h2.connection._decode_headers(self.decoder, frame.data)
+            except h2.exceptions.DenialOfServiceError:
+                raise  # over our MAX_HEADER_LIST_SIZE: ENHANCE_YOUR_CALM, as h2 has it
+            except h2.exceptions.ProtocolError as exc:
+                raise CompressionError(str(exc)) from exc
             self.highest_inbound_stream_id = sid
             self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
             self.refused_streams += 1
             refuse = hyperframe.frame.RstStreamFrame(sid)
             refuse.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
             return [refuse], []
-        headers = _decode_headers(self.decoder, frame.data)
+        try:  # (inline: a helper function would cost a call per request)
+            headers = h2.connection._decode_headers(self.decoder, frame.data)
+        except h2.exceptions.DenialOfServiceError:
+            raise
+        except h2.exceptions.ProtocolError as exc:
+            raise CompressionError(str(exc)) from exc
         fast = self._fast_headers(sid, headers, frame)
         if fast is not None:
             return [], fast

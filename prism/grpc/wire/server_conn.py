@@ -103,7 +103,9 @@ class ServerConnection(H2Base):
         no work starts for it. That is what a rapid-reset attack sends.
         """
         h2c = self._h2
-        h2c.frames.budget = FRAMES_PER_PASS
+        frames = h2c.frames
+        frames.budget = FRAMES_PER_PASS
+        frames.exhausted = False
         out: list[Event] = []
         fresh = self._fresh
         for event in h2c.receive_data(data):
