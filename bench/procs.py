@@ -57,6 +57,15 @@ def read_peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def read_rss_bytes(pid: int) -> int | None:
+    """VmRSS (resident set now) from /proc/<pid>/status."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 class ServerProcess:
     """`python -m <module> PORT <args>` run from the repository root, output to `log_path`."""
 

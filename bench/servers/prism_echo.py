@@ -1,10 +1,12 @@
 """prism.grpc echo server (Trio). Raw `bytes` in and out: no protobuf decoding, per
 docs/grpc-api.md; defaults for every option but the message-size limit (and, with
-`--compression`, response compression)."""
+`--compression`, response compression; with ``--no-flood-limits``, the flood budgets and
+keepalive policy: off; with ``--interceptor``, one interceptor that does nothing)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import trio
 
@@ -52,11 +54,35 @@ def _payload_length(message: bytes) -> int:
     raise ValueError("malformed EchoMessage")
 
 
-async def serve(port: int, compression: str | None) -> None:
+class Noop(pg.ServerInterceptor):
+    """An interceptor that does nothing: what installing one costs (the grpc suite)."""
+
+    async def before(self, call: pg.ServerCall) -> None:
+        pass
+
+    def after(self, call: pg.ServerCall, outcome: pg.CallOutcome) -> None:
+        pass
+
+
+async def serve(
+    port: int, compression: str | None, no_flood_limits: bool = False, interceptor: bool = False
+) -> None:
     # Only set when asked: `--prism-before` runs this module on a prism without the option.
     extra = {"compression": compression} if compression else {}
     options = pg.ServerOptions(max_receive_message_size=MAX_MESSAGE_BYTES, **extra)
-    server = pg.Server([Echo()], options=options)
+    if no_flood_limits:  # the abuse suite's "what does a reset stream cost" run
+        big = 1 << 40
+        options = dataclasses.replace(
+            options,
+            max_resets_per_window=big,
+            max_pings_per_window=big,
+            max_settings_per_window=big,
+            keepalive_min_time=0,
+            keepalive_permit_without_stream=True,
+        )
+    # Only passed when asked, for the same reason.
+    intercept = {"interceptors": [Noop()]} if interceptor else {}
+    server = pg.Server([Echo()], options=options, **intercept)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_tcp, HOST, port)
 
@@ -65,8 +91,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("port", type=int)
     parser.add_argument("--compression", choices=["gzip", "deflate"])
+    parser.add_argument("--no-flood-limits", action="store_true")
+    parser.add_argument("--interceptor", action="store_true")
     args = parser.parse_args()
-    trio.run(serve, args.port, args.compression)
+    trio.run(serve, args.port, args.compression, args.no_flood_limits, args.interceptor)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ class ServerKind:
 PLAIN = frozenset({"unary", "large", "stream-server", "stream-client"})
 
 
+def _kind(name: str) -> ServerKind:
+    """A server's kind; ``prism-baseline`` (``--baseline``: another tree's prism echo) is
+    prism's."""
+    return SERVERS[name if name in SERVERS else "prism"]
+
+
 def serves(kind: ServerKind, scenario: str) -> bool:
     return scenario in (kind.scenarios if kind.scenarios is not None else PLAIN)
 
@@ -75,6 +81,13 @@ SERVERS: dict[str, ServerKind] = {
         "prism.grpc on Trio, raw bytes handler",
         lambda stubs: [],
         _prism_unavailable,
+    ),
+    "prism-interceptor": ServerKind(
+        "bench.servers.prism_echo",
+        "prism.grpc with one no-op ServerInterceptor",
+        lambda stubs: ["--interceptor"],
+        _prism_unavailable,
+        default=False,
     ),
     "grpclib": ServerKind(
         "bench.servers.grpclib_echo",
@@ -448,6 +461,14 @@ class GrpcStackSuite:
             "--duration", type=float, help="seconds per unary run (default 10, --quick 2)"
         )
         parser.add_argument(
+            "--baseline",
+            type=Path,
+            metavar="TREE",
+            help="also run prism's echo server from TREE (a checkout of another commit, e.g. "
+            "`git archive main | tar -x -C TREE`), as server prism-baseline: before/after in "
+            "one run",
+        )
+        parser.add_argument(
             "--large-requests",
             type=int,
             help="16 MiB requests per large run (default 32, --quick 8)",
@@ -465,9 +486,14 @@ class GrpcStackSuite:
         names = choose_servers(args)
         if args.prism_before is not None and "prism-before" not in names:
             names.append("prism-before")
+        if args.baseline is not None:
+            tree = args.baseline.resolve()
+            if not (tree / "bench" / "servers" / "prism_echo.py").is_file():
+                raise BenchError(f"--baseline {tree}: no bench/servers/prism_echo.py there")
+            names.insert(names.index("prism") + 1 if "prism" in names else 0, "prism-baseline")
         chosen = scenarios(args)
         # Only the servers some chosen scenario needs.
-        names = [n for n in names if any(serves(SERVERS[n], s.name) for s in chosen)]
+        names = [n for n in names if any(serves(_kind(n), s.name) for s in chosen)]
         repeat = args.repeat or (1 if args.quick else 3)
         stamp = report.timestamp()
         results_dir: Path = args.results_dir
@@ -498,20 +524,22 @@ class GrpcStackSuite:
                     logs / f"{n}.log",
                     root=SERVERS[n].root,
                 )
+                if n != "prism-baseline"
+                else ServerProcess(
+                    n, SERVERS["prism"].module, [], logs / f"{n}.log", root=args.baseline.resolve()
+                )
                 for n in names
             ]
             try:
                 for server in servers:
                     server.start()
-                    check(
-                        stubs, server, [s for s in chosen if serves(SERVERS[server.name], s.name)]
-                    )
+                    check(stubs, server, [s for s in chosen if serves(_kind(server.name), s.name)])
                     log(f"{server.name} up on port {server.port} (pid {server.pid}), echo checked")
                 for round_no in range(repeat):
                     order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
                     for s in chosen:
                         for server in order:
-                            if not serves(SERVERS[server.name], s.name):
+                            if not serves(_kind(server.name), s.name):
                                 continue
                             if round_no == 0:
                                 warm_up(h2, server, s, bodies[s.name])
@@ -524,9 +552,7 @@ class GrpcStackSuite:
                                 f"other load {run.other_cpu_s / run.finished_s:4.0%}"
                             )
                 for server in servers:  # still answering with OK after the load?
-                    check(
-                        stubs, server, [s for s in chosen if serves(SERVERS[server.name], s.name)]
-                    )
+                    check(stubs, server, [s for s in chosen if serves(_kind(server.name), s.name)])
             finally:
                 for server in servers:
                     server.stop()
@@ -534,11 +560,13 @@ class GrpcStackSuite:
             s.name: {
                 n: summarize([r for r in runs if r.scenario == s.name and r.server == n])
                 for n in names
-                if serves(SERVERS[n], s.name)
+                if serves(_kind(n), s.name)
             }
             for s in chosen
         }
         markdown = "\n\n".join(table(s, medians[s.name]) for s in chosen)
+        if args.baseline is not None:
+            markdown += f"\n\nprism-baseline: prism's echo server run from {args.baseline}."
         markdown += (
             f"\n\nMedians of {repeat} round(s); {env['date_utc']}; {env['cpus']} CPUs "
             f"({env['cpu_model']}), load generator and servers on the same machine; "
@@ -551,7 +579,10 @@ class GrpcStackSuite:
                 "suite": self.name,
                 "environment": env,
                 "scenarios": [asdict(s) for s in chosen],
-                "servers": {n: SERVERS[n].description for n in names},
+                "servers": {
+                    n: SERVERS[n].description if n in SERVERS else f"prism from {args.baseline}"
+                    for n in names
+                },
                 "medians": medians,
                 "runs": [asdict(r) for r in runs],
             },

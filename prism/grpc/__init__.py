@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from prism.grpc.call import ServerCall
     from prism.grpc.channel import Channel, ChannelOptions, open_channel
     from prism.grpc.client_call import ClientCall, StreamCall, UnaryCall
-    from prism.grpc.server import Server, ServerOptions
+    from prism.grpc.interceptor import CallKey, CallOutcome, CallState, ServerInterceptor
+    from prism.grpc.server import Server, ServerCounters, ServerOptions
     from prism.grpc.service import (
         Cardinality,
         RpcMethod,
@@ -55,7 +56,12 @@ _LAZY = {
     "StreamCall": "client_call",
     "UnaryCall": "client_call",
     "open_channel": "channel",
+    "CallKey": "interceptor",
+    "CallOutcome": "interceptor",
+    "CallState": "interceptor",
+    "ServerInterceptor": "interceptor",
     "Server": "server",
+    "ServerCounters": "server",
     "ServerOptions": "server",
     "Cardinality": "service",
     "RpcMethod": "service",
@@ -82,6 +88,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "CallKey",
+    "CallOutcome",
+    "CallState",
     "Cancelled",
     "Cardinality",
     "Channel",
@@ -103,6 +112,8 @@ __all__ = [
     "RpcMethod",
     "Server",
     "ServerCall",
+    "ServerCounters",
+    "ServerInterceptor",
     "ServerOptions",
     "Service",
     "Status",

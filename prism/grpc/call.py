@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import h2.exceptions
 import trio
 
+from prism.grpc.interceptor import CallState
 from prism.grpc.service import Cardinality, RpcMethod, decode, encode
 from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES, PeerInfo
 from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
@@ -26,7 +27,7 @@ from prism.grpc.wire.status import (
 )
 
 if TYPE_CHECKING:
-    from prism.grpc.server import _Connection
+    from prism.grpc.connection import Connection
 
 log = logging.getLogger("prism.grpc.server")
 
@@ -34,21 +35,40 @@ log = logging.getLogger("prism.grpc.server")
 def error_from_exception(exc: BaseException, method: str) -> GrpcError:
     """The status a handler's exception ends its RPC with.
 
-    A :class:`GrpcError` (also inside an exception group) keeps its status. Anything else is a
-    bug or an unexpected failure: UNKNOWN, with a trace id that is logged next to the traceback
-    so the message itself never leaks internals (or secrets) to the client.
+    A :class:`GrpcError` keeps its status, also inside an exception group (the first one
+    found). Anything else is a bug or an unexpected failure: logged with a trace id next to
+    its traceback, and the RPC ends with UNKNOWN naming the trace id, so the message never
+    leaks internals (or secrets) to the client. A group holding both a GrpcError and a bug
+    ends with the GrpcError's status, and the bug is logged all the same: a sibling task's
+    deliberate error must not hide it.
     """
     if isinstance(exc, GrpcError):
         return exc
+    found: GrpcError | None = None
+    bugs: BaseException | None = exc
     if isinstance(exc, BaseExceptionGroup):
-        found = exc.subgroup(lambda e: isinstance(e, GrpcError))
-        while isinstance(found, BaseExceptionGroup):
-            found = found.exceptions[0]
-        if isinstance(found, GrpcError):
+        errors, bugs = exc.split(lambda e: isinstance(e, GrpcError))
+        leaf: BaseException | None = errors
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, GrpcError):
+            found = leaf
+        if bugs is None:
+            assert found is not None
             return found
     trace_id = uuid.uuid4().hex[:16]
-    log.error("%s failed (trace id %s)", method, trace_id, exc_info=exc)
-    return Unknown(f"internal error in {method} (trace id {trace_id})")
+    if found is None:
+        log.error("%s failed (trace id %s)", method, trace_id, exc_info=bugs)
+        return Unknown(f"internal error in {method} (trace id {trace_id})")
+    log.error(
+        "%s failed (trace id %s) with %s, and besides: %r",
+        method,
+        trace_id,
+        found.status.name,
+        bugs,
+        exc_info=bugs,
+    )
+    return found
 
 
 class ServerCall:
@@ -56,7 +76,7 @@ class ServerCall:
 
     def __init__(
         self,
-        connection: _Connection,
+        connection: Connection,
         stream_id: int,
         method: str,
         metadata: Metadata,
@@ -80,6 +100,16 @@ class ServerCall:
         self._headers_sent = False
         self._unyielded = self._unyielded_messages = 0  # sent since send_message last yielded
         self.cancelled = False  # by the server (shutdown), not by the client
+        self._state: CallState | None = None
+
+    @property
+    def state(self) -> CallState:
+        """Values interceptors attached for the handler, by typed key (prism.grpc.interceptor):
+        ``call.state[IDENTITY]``. Made on first use."""
+        state = self._state
+        if state is None:
+            state = self._state = CallState()
+        return state
 
     # -- fed by the connection's reader -----------------------------------------------------
 

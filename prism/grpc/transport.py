@@ -329,6 +329,8 @@ class Output:
                     await send_all(data)
             finally:
                 self._writing = False
-            if self._conn.closed:
+            # Closed while that write was in progress: the final GOAWAY came after the output
+            # just written (need_write is set again); write it before closing.
+            if self._conn.closed and not self._need_write.is_set():
                 await on_closed()
                 return

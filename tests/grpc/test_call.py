@@ -1,111 +1,89 @@
-"""ServerCall's message path: batched writes that still respect flow control and fairness."""
+"""prism.grpc.call: how a handler's exception becomes its RPC's status, and what is logged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 
-import h2.events
+import pytest
 import trio
-from grpc_testkit import Echo, RawClient, serving
+from grpc_testkit import serving
 
 from prism import grpc as pg
+from prism.grpc.call import error_from_exception
 
-MESSAGE = b"m" * 1024
-FRAMED = 5 + len(MESSAGE)
-
-
-class Flood(pg.Service):
-    """Sends 1 KiB messages for as long as the client lets it."""
-
-    name = "test.Flood"
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    @pg.unary_stream("Flood", bytes, bytes)
-    async def flood(self, request: bytes, call: pg.ServerCall) -> None:
-        while True:
-            await call.send_message(MESSAGE)
-            self.sent += 1
+LOGGER = "prism.grpc.server"
 
 
-def data_received(client: RawClient, sid: int) -> int:
-    return sum(len(e.data) for e in client.of(h2.events.DataReceived, sid))
+def _trace_id(message: str) -> str:
+    return message.rsplit("trace id ", 1)[1].split(")")[0]
 
 
-async def until_stable(read: Callable[[], int], probe: float = 0.05) -> None:
-    """Wait until ``read()`` stops changing (the producer is parked)."""
-    with trio.fail_after(20):
-        before = -1
-        while (now := read()) != before:
-            before = now
-            await trio.sleep(probe)
+def test_error_from_exception_keeps_a_grpc_error_and_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    error = pg.NotFound("no such key")
+    assert error_from_exception(error, "/s/M") is error
+    grouped = ExceptionGroup("tasks", [ExceptionGroup("inner", [error])])
+    assert error_from_exception(grouped, "/s/M") is error
+    assert caplog.records == []
 
 
-async def test_server_call_batched_sends_never_overrun_the_peer_window() -> None:
-    # The raw client acknowledges nothing: the server may send exactly one window (65,535
-    # bytes, the HTTP/2 default) and must then park the handler. h2 on the client side would
-    # raise a FlowControlError on a single byte more.
-    service = Flood()
-    window = 64 << 10
-    options = pg.ServerOptions(initial_window_size=window)
-    async with serving(service, options=options) as (_, target), RawClient.connect(target) as c:
-        sid = await c.call("/test.Flood/Flood", b"")
-        with trio.fail_after(10):
-            await c.until(lambda: data_received(c, sid) >= 65535)
-        await until_stable(lambda: service.sent)
-        assert data_received(c, sid) == 65535
-        # What the handler got past send_message: the window in flight, plus at most the
-        # server's own queue (one initial_window_size) and one batch.
-        assert service.sent * FRAMED <= 65535 + window + 64 * FRAMED
-
-        # Opening the window lets exactly that much more through.
-        c.h2.acknowledge_received_data(65535, sid)
-        await c.flush()
-        with trio.fail_after(10):
-            await c.until(lambda: data_received(c, sid) >= 2 * 65535)
-        await until_stable(lambda: service.sent)
-        assert data_received(c, sid) == 2 * 65535
+def test_error_from_exception_bug_is_unknown_and_logged_with_its_trace_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger=LOGGER)
+    error = error_from_exception(KeyError("password=hunter2"), "/s/M")
+    assert error.status is pg.Status.UNKNOWN
+    assert "hunter2" not in error.message
+    [record] = caplog.records
+    assert _trace_id(error.message) in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], KeyError)
 
 
-async def test_server_call_slow_reader_bounds_what_the_server_produces() -> None:
-    # A prism client that stops reading: everything in flight (its buffers, the windows, the
-    # server's queue) is bounded, however long the stream would be.
-    service = Flood()
-    async with (
-        serving(service) as (_, target),
-        pg.open_channel(target) as channel,
-        channel.unary_stream("/test.Flood/Flood", b"", bytes) as call,
-    ):
-        for _ in range(10):
-            assert await call.receive_message() == MESSAGE
-        await until_stable(lambda: service.sent)
-        # Client stream window (1 MiB) + what the client holds unacknowledged (1 MiB) +
-        # the server's queue (1 MiB), and one batch: not a runaway producer.
-        assert service.sent * FRAMED <= 3 * (1 << 20) + 64 * FRAMED
-        parked = service.sent
-        # Reading again lets the stream go on, in order and intact.
-        for _ in range(parked + 100):
-            assert await call.receive_message() == MESSAGE
+def test_error_from_exception_group_with_a_grpc_error_still_logs_the_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger=LOGGER)
+    deliberate = pg.NotFound("no such key")
+    bug = ZeroDivisionError("division by zero in a sibling task")
+    group = ExceptionGroup("tasks", [deliberate, ExceptionGroup("more", [bug])])
+    assert error_from_exception(group, "/s/M") is deliberate
+    [record] = caplog.records
+    assert "trace id" in record.getMessage()
+    assert "/s/M" in record.getMessage()
+    assert "NOT_FOUND" in record.getMessage()
+    logged = record.exc_info[1] if record.exc_info else None
+    assert isinstance(logged, BaseExceptionGroup)
+    assert logged.exceptions[0].exceptions[0] is bug  # type: ignore[attr-defined]
 
 
-async def test_server_call_a_flooding_stream_does_not_starve_other_calls() -> None:
-    service = Flood()
-    async with (
-        serving(service, Echo()) as (_, target),
-        pg.open_channel(target) as streaming,
-        pg.open_channel(target) as other,
-        trio.open_nursery() as nursery,
-    ):
+class Siblings(pg.Service):
+    name = "test.Siblings"
 
-        async def drain() -> None:
-            async for _message in streaming.unary_stream("/test.Flood/Flood", b"", bytes):
-                pass
+    @pg.unary_unary("Both", bytes, bytes)
+    async def both(self, request: bytes, call: pg.ServerCall) -> bytes:
+        async def deliberate() -> None:
+            raise pg.FailedPrecondition("not ready")
 
-        nursery.start_soon(drain)
-        with trio.fail_after(10):
-            while service.sent < 1000:  # noqa: ASYNC110 (the flood is under way)
-                await trio.sleep(0.01)
-            for i in range(20):
-                assert await other.unary_unary("/test.Echo/Unary", b"%d" % i, bytes) == b"%d" % i
-        nursery.cancel_scope.cancel()
+        async def buggy() -> None:
+            {}["missing"]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deliberate)
+            nursery.start_soon(buggy)
+        return b""  # pragma: no cover
+
+
+async def test_server_handler_group_with_status_and_bug_logs_the_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger=LOGGER)
+    async with serving(Siblings()) as (_, target), pg.open_channel(target) as channel:
+        with pytest.raises(pg.FailedPrecondition, match="not ready"):
+            await channel.unary_unary("/test.Siblings/Both", b"", bytes)
+    [record] = [r for r in caplog.records if "trace id" in r.getMessage()]
+    assert "/test.Siblings/Both" in record.getMessage()
+    assert record.exc_info is not None
+    assert "KeyError" in repr(record.exc_info[1])

@@ -653,6 +653,12 @@ async def test_channel_stream_unary_iterable_failure_cancels_the_call() -> None:
 
     async def broken() -> AsyncIterator[bytes]:
         yield b"one"
+        # Fail once the handler runs: a stream reset in the same read that opened it never
+        # starts a handler at all (the server's rapid-reset defence), so there would be
+        # nothing to cancel.
+        with trio.fail_after(10):
+            while not service.received:  # noqa: ASYNC110
+                await trio.sleep(0.01)
         raise KeyError("producer bug")
 
     async with serving(service) as (_, target), pg.open_channel(target) as channel:

@@ -8,6 +8,8 @@ content type, malformed headers) are answered here and never become events.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h2.errors
@@ -19,6 +21,7 @@ from prism.grpc.wire import compression as codec
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
     Event,
+    FloodDetected,
     GoAwayReceived,
     InputEnded,
     MessageReceived,
@@ -27,6 +30,7 @@ from prism.grpc.wire.events import (
     StreamAborted,
     WindowUpdated,
 )
+from prism.grpc.wire.flood import FloodGuard, FloodLimits
 from prism.grpc.wire.framing import HEADER, MessageDecoder
 from prism.grpc.wire.h2conn import H2Base, Settings
 from prism.grpc.wire.status import (
@@ -48,6 +52,10 @@ _RESPONSE_HEADERS = [
 ]
 # Small messages are copied behind their 5-byte prefix so each becomes a single DATA frame.
 _COALESCE_LIMIT = 1 << 16
+# Frames one receive_data call processes at most (see FrameReader.budget): ~1-3 ms of work at
+# worst (100 streams opened and reset). A read of requests from h2load's or grpcio's 16-100
+# streams fits in one pass; merged DATA frames count as one.
+FRAMES_PER_PASS = 200
 
 
 @dataclass(slots=True)
@@ -60,8 +68,15 @@ class _Stream:
 
 
 class ServerConnection(H2Base):
-    """``compression``: compress responses with this encoding (``gzip`` or ``deflate``) for
-    clients whose ``grpc-accept-encoding`` lists it; others get identity. None: never."""
+    """The server side of one connection.
+
+    ``flood``: the budgets of :class:`~prism.grpc.wire.flood.FloodGuard`, read on ``clock``
+    (seconds; the I/O layer passes its own, e.g. ``trio.current_time``). Past a budget the
+    connection sends GOAWAY(ENHANCE_YOUR_CALM), reports :class:`FloodDetected` and is closed.
+
+    ``compression``: compress responses with this encoding (``gzip`` or ``deflate``) for
+    clients whose ``grpc-accept-encoding`` lists it; others get identity. None: never.
+    """
 
     def __init__(
         self,
@@ -69,6 +84,8 @@ class ServerConnection(H2Base):
         *,
         max_receive_message_size: int,
         compression: str | None = None,
+        flood: FloodLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(client_side=False, settings=settings or Settings())
         codec.check_encoding(compression)
@@ -84,15 +101,36 @@ class ServerConnection(H2Base):
         )
         self._streams: dict[int, _Stream] = {}
         self._goaway_sent: int | None = None
+        self._guard = FloodGuard(flood or FloodLimits())
+        self._clock = clock
+        self._refused = 0  # h2's count of streams refused (over the limit), as last seen
+        #: The client's preface and first SETTINGS frame have arrived.
+        self.settings_received = False
+        #: The client acknowledged our SETTINGS (RFC 9113 §6.5.3).
+        self.settings_acked = False
+        # Requests reported by the receive_data call in progress (see _on_reset).
+        self._fresh: set[int] = set()
+        self._dropped: set[int] = set()
 
     # -- input ------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the socket. Raises ``h2.exceptions.ProtocolError`` when the peer
         broke HTTP/2; the caller then sends :meth:`close`'s GOAWAY and drops the connection.
+
+        At most :data:`FRAMES_PER_PASS` frames are processed per call; while
+        :attr:`input_pending`, call again (with ``b""``) after letting other work run.
+
+        A request the client reset within the same call is never reported (nor its messages):
+        no work starts for it. That is what a rapid-reset attack sends.
         """
+        h2c = self._h2
+        frames = h2c.frames
+        frames.budget = FRAMES_PER_PASS
+        frames.exhausted = False
         out: list[Event] = []
-        for event in self._h2.receive_data(data):
+        fresh = self._fresh
+        for event in h2c.receive_data(data):
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, out)
             elif isinstance(event, h2.events.RequestReceived):
@@ -100,27 +138,81 @@ class ServerConnection(H2Base):
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_input_ended(event.stream_id, out)
             elif isinstance(event, h2.events.StreamReset):
-                self._batches.pop(event.stream_id, None)
-                self._stream_finished(event.stream_id)
-                if self._streams.pop(event.stream_id, None) is not None:
-                    out.append(StreamAborted(event.stream_id, Cancelled("cancelled by the client")))
-            elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                self._on_reset(event.stream_id, out)
+            elif isinstance(event, h2.events.WindowUpdated):
                 self._flush_all()
                 out.append(WindowUpdated())
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.settings_received = True
+                self._flush_all()
+                out.append(WindowUpdated())
+                self._check(self._guard.settings(self._clock()), out)
             elif isinstance(event, h2.events.TrailersReceived):
                 # gRPC clients never send trailers; treat them as the end of the request.
                 self._on_input_ended(event.stream_id, out)
+            elif isinstance(event, h2.events.PingReceived):
+                self._check(self._guard.ping(self._clock(), len(self._streams)), out)
             elif isinstance(event, h2.events.PingAckReceived):
                 out.append(PingAcknowledged(event.ping_data or b""))
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway_received = event.last_stream_id or 0
                 out.append(GoAwayReceived(event.last_stream_id or 0, int(event.error_code or 0)))
+            elif isinstance(event, h2.events.SettingsAcknowledged):
+                self.settings_acked = True
+            if self.closed:
+                break  # flooded: nothing more is processed
+        refused = h2c.refused_streams - self._refused
+        if refused and not self.closed:
+            self._refused += refused
+            now = self._clock()
+            for _ in range(refused):
+                if self._check(self._guard.reset(now), out):
+                    break
+        if fresh:
+            fresh.clear()
+            if self._dropped:
+                dropped = self._dropped
+                out = [e for e in out if getattr(e, "stream_id", None) not in dropped]
+                dropped.clear()
         return out
+
+    @property
+    def handshake_done(self) -> bool:
+        """The client sent its preface and SETTINGS, and acknowledged ours."""
+        return self.settings_received and self.settings_acked
+
+    @property
+    def input_pending(self) -> bool:
+        """Received frames are still buffered: the last :meth:`receive_data` stopped at its
+        budget of frames."""
+        return self._h2.frames.exhausted and not self.closed
+
+    def _check(self, flooded: bytes | None, out: list[Event]) -> bool:
+        if flooded is None:
+            return False
+        # What this pass queued in answer to the flood (RST_STREAMs, PING ACKs) goes unsent:
+        # only the GOAWAY does.
+        self._h2.clear_outbound_data_buffer()
+        self._extra.clear()
+        self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, flooded)
+        out.append(FloodDetected(flooded.decode()))
+        return True
+
+    def _on_reset(self, sid: int, out: list[Event]) -> None:
+        self._batches.pop(sid, None)
+        self._stream_finished(sid)
+        if self._streams.pop(sid, None) is not None:
+            if sid in self._fresh:
+                self._dropped.add(sid)  # reported in this same call: take the report back
+            else:
+                out.append(StreamAborted(sid, Cancelled("cancelled by the client")))
+        self._check(self._guard.reset(self._clock()), out)
 
     def _on_request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
         sid = event.stream_id
         if self._goaway_sent is not None and sid > self._goaway_sent:
             self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._check(self._guard.reset(self._clock()), out)
             return
         method = path = authority = content_type = te = b""
         timeout_raw: bytes | None = None
@@ -182,6 +274,7 @@ class ServerConnection(H2Base):
         compress = self._compression
         if compress is not None and accept and compress in codec.parse_accept_encoding(accept):
             stream.send_encoding = compress
+        self._fresh.add(sid)
         out.append(
             RequestReceived(
                 sid,
@@ -275,6 +368,7 @@ class ServerConnection(H2Base):
         base = self._encoded_headers if stream.send_encoding else _RESPONSE_HEADERS
         headers = base + md.encode(metadata) if metadata else base
         stream.headers_sent = True
+        self._guard.wrote = True
         self._h2.send_headers(stream_id, headers)
 
     def send_message(
@@ -299,6 +393,7 @@ class ServerConnection(H2Base):
         else:
             prefix = HEADER.pack(0, len(data))
         batches = self._batches
+        self._guard.wrote = True
         if len(data) <= _COALESCE_LIMIT:
             if batch:
                 pending = batches.get(stream_id)
@@ -364,6 +459,7 @@ class ServerConnection(H2Base):
         stream.ended = True
         if self._batches:
             self._flush_batch(stream_id)
+        self._guard.wrote = True
         if not stream.headers_sent:
             stream.headers_sent = True
             headers = self._status_headers(status, message, metadata, trailers_only=True)
@@ -398,8 +494,8 @@ class ServerConnection(H2Base):
     def active_streams(self) -> int:
         return len(self._streams)
 
-    def start_shutdown(self) -> None:
+    def start_shutdown(self, debug: bytes = b"") -> None:
         """Graceful GOAWAY: streams opened so far finish; later ones are refused."""
         if self._goaway_sent is None:
             self._goaway_sent = self.highest_inbound_stream_id
-            self.send_goaway(self._goaway_sent)
+            self.send_goaway(self._goaway_sent, debug=debug)

@@ -115,6 +115,8 @@ class Link:
             to_ours = self.peer.take_output()
             if to_ours:
                 new += self.ours.receive_data(to_ours)
+                while getattr(self.ours, "input_pending", False):  # over one pass's frames
+                    new += self.ours.receive_data(b"")
             to_peer = self.ours.data_to_send()
             if to_peer:
                 self.wire_to_peer.append(to_peer)

@@ -470,3 +470,20 @@ def test_client_connection_unknown_request_compression_is_refused_before_sending
     link = client_link()
     with pytest.raises(ValueError, match="br"):
         ours(link).start_request("/pkg.Svc/M", compression="br")
+
+
+# -- header blocks larger than a frame (CONTINUATION) -------------------------------------------
+
+
+def test_client_connection_header_blocks_over_16_kib_both_ways() -> None:
+    link = client_link(Settings(max_header_list_size=128 << 10))
+    value = "".join(chr(33 + (i * 7919) % 94) for i in range(40_000)).replace(",", ";")
+    before = len(link.wire_to_peer)  # after the preface
+    sid = start(link, metadata=[("x-big", value)])
+    frames = parse_frames(b"".join(link.wire_to_peer[before:]))
+    assert [type(f).__name__ for f in frames].count("ContinuationFrame") >= 2
+    assert link.peer.headers(sid)[b"x-big"] == value.encode()
+    respond(link, sid, [*OK_HEADERS, (b"x-big", value.encode())])
+    respond(link, sid, [(b"grpc-status", b"0"), (b"x-big-trailer", value.encode())], end=True)
+    assert link.of(ResponseHeadersReceived) == [ResponseHeadersReceived(sid, [("x-big", value)])]
+    assert ended(link, sid) == ResponseEnded(sid, Status.OK, "", [("x-big-trailer", value)])

@@ -332,7 +332,7 @@ def test_server_connection_half_open_streams_do_not_exhaust_max_concurrent_strea
 
 
 def test_server_connection_forgets_closed_streams() -> None:
-    # h2 drops closed streams only while counting open ones; we count rarely (see h2conn),
+    # h2 drops closed streams only while counting open ones; we count rarely (see h2streams),
     # but often enough that a long-lived connection holds few closed streams.
     link = server_link(Settings(max_concurrent_streams=1000))
     for _ in range(500):
@@ -673,3 +673,57 @@ def test_server_connection_batched_messages_of_a_reset_stream_are_dropped() -> N
     assert link.peer.data(sid) == b""
     assert link.peer.data(other) == grpc_frame(b"kept")
     assert server.pending(sid) == 0
+
+
+# -- header blocks larger than a frame (CONTINUATION) -------------------------------------------
+
+
+def _big_value(size: int) -> bytes:
+    # Varied printable text: Huffman coding keeps it near its length.
+    return bytes(33 + (i * 7919) % 94 for i in range(size)).replace(b",", b";")
+
+
+def test_server_connection_header_blocks_over_16_kib_both_ways() -> None:
+    link = server_link(Settings(max_header_list_size=128 << 10))
+    value = _big_value(40_000)
+    link.peer.h2.send_headers(1, request_headers(x_big=value))
+    link.peer.h2.send_data(1, grpc_frame(b"q"), end_stream=True)
+    wire = link.peer.h2.data_to_send()
+    assert [type(f).__name__ for f in parse_frames(wire)].count("ContinuationFrame") >= 2
+    events = link.ours.receive_data(wire)
+    link.pump()
+    [request] = [e for e in events if isinstance(e, RequestReceived)]
+    assert dict(request.metadata)["x-big"] == value.decode()
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_headers(1, [("x-big", value.decode())])
+    server.send_message(1, b"r")
+    server.send_trailers(1, Status.OK, metadata=[("x-big-trailer", value.decode())])
+    link.pump()
+    frames = parse_frames(b"".join(link.wire_to_peer))
+    assert [type(f).__name__ for f in frames].count("ContinuationFrame") >= 4
+    assert link.peer.headers(1)[b"x-big"] == value
+    assert link.peer.trailers(1)[b"x-big-trailer"] == value
+    assert link.peer.trailers(1)[b"grpc-status"] == b"0"
+
+
+def test_server_connection_enforces_its_advertised_header_list_size() -> None:
+    link = server_link(Settings(max_header_list_size=16 << 10))
+    link.peer.h2.send_headers(1, request_headers(x_big=_big_value(20_000)))
+    with pytest.raises(h2.exceptions.ProtocolError, match="header"):
+        link.ours.receive_data(link.peer.h2.data_to_send())
+
+
+def test_server_connection_processes_a_large_batch_in_passes() -> None:
+    from prism.grpc.wire.server_conn import FRAMES_PER_PASS
+
+    link = server_link()
+    peer = link.peer.h2
+    for _ in range(FRAMES_PER_PASS + 50):
+        peer.increment_flow_control_window(1)  # frames no budget limits
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.receive_data(peer.data_to_send())
+    assert server.input_pending  # the rest waits for the next pass
+    server.receive_data(b"")
+    assert not server.input_pending

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism.grpc.wire.h2conn import _FrameBuffer
+from prism.grpc.wire.h2frames import FrameReader
 
 PREAMBLE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -112,7 +112,7 @@ def test_reads_like_h2(frames: list[list[hyperframe.frame.Frame]], cuts: list[in
     wire = PREAMBLE + b"".join(f.serialize() for group in frames for f in group)
     points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
     chunks = [wire[a:b] for a, b in itertools.pairwise(points)]
-    assert _normalized(_read(_FrameBuffer(server=True), chunks)) == _normalized(
+    assert _normalized(_read(FrameReader(server=True), chunks)) == _normalized(
         _read(h2.frame_buffer.FrameBuffer(server=True), chunks)
     )
 
@@ -126,7 +126,7 @@ def test_merges_data_frames_of_a_stream() -> None:
         hyperframe.frame.DataFrame(3, b"e"),  # another stream
     ]
     chunks = [PREAMBLE + b"".join(f.serialize() for f in frames)]
-    got = _read(_FrameBuffer(server=True), chunks)
+    got = _read(FrameReader(server=True), chunks)
     assert [(f["stream_id"], f["data"], f["flags"], f["body_len"]) for f in got] == [  # type: ignore[index]
         (1, b"a" * 100 + b"b" * 200 + b"c", ["END_STREAM"], 301),
         (1, b"d", [], 1),
@@ -136,7 +136,7 @@ def test_merges_data_frames_of_a_stream() -> None:
 
 def test_large_data_frame_payload_is_a_view() -> None:
     frame = hyperframe.frame.DataFrame(1, b"x" * 100_000, flags=["END_STREAM"])
-    buffer = _FrameBuffer(server=True)
+    buffer = FrameReader(server=True)
     buffer.max_frame_size = 1 << 20
     buffer.add_data(PREAMBLE + frame.serialize() + b"\0\0")
     [got] = list(buffer)
@@ -163,6 +163,6 @@ def test_large_data_frame_payload_is_a_view() -> None:
 )
 def test_malformed_frames_like_h2(wire: bytes) -> None:
     chunks = [PREAMBLE, wire]
-    assert _read(_FrameBuffer(server=True), chunks) == _read(
+    assert _read(FrameReader(server=True), chunks) == _read(
         h2.frame_buffer.FrameBuffer(server=True), chunks
     )
