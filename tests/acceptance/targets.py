@@ -23,10 +23,10 @@ from prism_acceptance_plugins import (
     BrokenSql,
     BrokenTransact,
     BrokenTtl,
-    RedisAuthProbe,
 )
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_memstore import MemstorePlugin
+from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
 
 from prism.sdk import BackendPlugin
@@ -110,17 +110,22 @@ class SqliteFile:
 
 
 class RedisKeys:
-    """Keys as redis-py sees them (the probe stores keys as they are, without a prefix)."""
+    """The redis plugin's keys as redis-py sees them: ``key_prefix + key``, a string holding a
+    version byte, the 8-byte etag, then the value (plugins/redis/README.md)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, key_prefix: str) -> None:
         self.client = client
+        self.prefix = key_prefix
 
     def value(self, key: str) -> bytes | None:
-        value = self.client.get(key)
-        return None if value is None else bytes(value)
+        stored = self.client.get(self.prefix + key)
+        if stored is None:
+            return None
+        assert stored[:1] == b"\x01", f"{key!r}: not the plugin's layout: {stored[:16]!r}"
+        return bytes(stored[9:])
 
     def ttl_ms(self, key: str) -> int | None:
-        ttl = self.client.pttl(key)
+        ttl = self.client.pttl(self.prefix + key)
         return None if ttl < 0 else int(ttl)
 
 
@@ -128,13 +133,17 @@ def _sqlite_path(env: Env) -> Path:
     return env.directory / "sqlite-target.db"
 
 
-def _redis_probe_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[str, Any]:
+REDIS_PREFIX = "acc:"
+
+
+def _redis_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[str, Any]:
     connection: Mapping[str, Any] = env.backend("redis").connection
     return {
         "host": connection["host"],
         "port": connection["port"],
         "pool_size": pool_size,
-        "client_name": client_name or "prism-authprobe",
+        "client_name": client_name or "prism-acceptance",
+        "key_prefix": REDIS_PREFIX,
     }
 
 
@@ -161,15 +170,15 @@ TARGETS: tuple[Target, ...] = (
         note="effects checked in the database file with sqlite3",
     ),
     Target(
-        "redis-authprobe",
-        "prism_acceptance_plugins:RedisAuthProbe",
-        RedisAuthProbe,
+        "redis",
+        "redis",
+        RedisPlugin,
         backend="redis",
-        config=_redis_probe_config,
+        config=_redis_config,
         credentials=lambda env: env.backend("redis").credentials.as_map(),
-        inspector=lambda env: RedisKeys(env.backend("redis").client()),
-        auth=AuthSetup(_redis_probe_config),
-        note="test plugin: kv.basic on Redis 7 with an authenticated pool (until plugins/redis)",
+        inspector=lambda env: RedisKeys(env.backend("redis").client(), REDIS_PREFIX),
+        auth=AuthSetup(_redis_config),
+        note="Redis 7 with an ACL user; effects checked with redis-py",
     ),
 )
 
