@@ -210,23 +210,19 @@ class RedisPlugin(BackendPlugin):
         finally:
             self._update_gauge()
 
-    async def _script(
-        self, what: str, *calls: tuple[scripts.Script, list[Arg], list[Arg]] | Command
-    ) -> list[Any]:
+    async def _script(self, what: str, *steps: scripts.Step) -> list[Any]:
         try:
-            replies, _ = await scripts.run(self.pool, calls, what)
+            replies, _ = await scripts.run(self.pool, steps, what)
             return replies
         finally:
             self._update_gauge()
 
-    def _set_command(
-        self, item: SetRequest, etag: bytes
-    ) -> tuple[scripts.Script, list[Arg], list[Arg]] | Command:
+    def _set_command(self, item: SetRequest, etag: bytes) -> scripts.Step:
         key = self._layout.key(item.key)
         stored = Layout.pack(etag, item.value)
         if item.if_match:
             expected = parse_etag(item.if_match) or b"-"  # matches no stored etag
-            return (scripts.CAS_SET, [key], [expected, stored, item.ttl_ms])
+            return scripts.CAS_SET([key], [expected, stored, item.ttl_ms])
         command: list[Arg] = ["SET", key, stored]
         if item.ttl_ms:
             command += ["PX", item.ttl_ms]
@@ -234,12 +230,10 @@ class RedisPlugin(BackendPlugin):
             command.append("NX")
         return tuple(command)
 
-    def _delete_command(
-        self, item: DeleteRequest
-    ) -> tuple[scripts.Script, list[Arg], list[Arg]] | Command:
+    def _delete_command(self, item: DeleteRequest) -> scripts.Step:
         key = self._layout.key(item.key)
         if item.if_match:
-            return (scripts.CAS_DELETE, [key], [parse_etag(item.if_match) or b"-"])
+            return scripts.CAS_DELETE([key], [parse_etag(item.if_match) or b"-"])
         return ("DEL", key)
 
     @staticmethod
@@ -279,7 +273,7 @@ class RedisPlugin(BackendPlugin):
     @operation("get", params=GetRequest, result=GetResponse, features=("etag", "ttl"))
     async def get(self, params: GetRequest, ctx: OperationContext) -> GetResponse:
         key = self._layout.key(params.key)
-        (reply,) = await self._script("get", (scripts.GET, [key], []))
+        (reply,) = await self._script("get", scripts.GET([key]))
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(reply, "get")
         if reply is None:
@@ -314,7 +308,7 @@ class RedisPlugin(BackendPlugin):
     async def expire(self, params: ExpireRequest, ctx: OperationContext) -> ExpireResponse:
         key = self._layout.key(params.key)
         if params.persist:
-            (reply,) = await self._script("expire", (scripts.PERSIST, [key], []))
+            (reply,) = await self._script("expire", scripts.PERSIST([key]))
         else:
             (reply,) = await self._run("expire", ("PEXPIRE", key, params.ttl_ms))
         check_replies([reply], "expire")
@@ -437,7 +431,7 @@ class RedisPlugin(BackendPlugin):
                 args += ["d", "m" if remove.if_match else "", expected, b"", 0]
                 etags.append(None)
                 keys.append(self._layout.key(remove.key))
-        (reply,) = await self._script("transact", (scripts.TRANSACT, keys, args))
+        (reply,) = await self._script("transact", scripts.TRANSACT(keys, args))
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(reply, "transact")
         index, outcome = reply
@@ -464,8 +458,7 @@ class RedisPlugin(BackendPlugin):
         body = encode_message(params.payload, dict(params.headers))
         (reply,) = await self._script(
             "publish",
-            (
-                scripts.PUBLISH,
+            scripts.PUBLISH(
                 [self._layout.sequence_key(params.topic)],
                 [self._layout.channel(params.topic), body],
             ),
@@ -509,7 +502,7 @@ class RedisPlugin(BackendPlugin):
         keys: list[Arg] = [self._layout.key(k) for k in params.keys]
         try:
             replies, misses = await scripts.run(
-                self.pool, [(script, keys, list(params.args))], "eval"
+                self.pool, [script(keys, list(params.args))], "eval"
             )
         finally:
             self._update_gauge()

@@ -21,7 +21,18 @@ import hiredis
 
 from prism_plugin_redis.resp import Arg, Command, Pool
 
-__all__ = ["CAS_DELETE", "CAS_SET", "GET", "PERSIST", "PUBLISH", "TRANSACT", "Script", "run"]
+__all__ = [
+    "CAS_DELETE",
+    "CAS_SET",
+    "GET",
+    "PERSIST",
+    "PUBLISH",
+    "TRANSACT",
+    "Script",
+    "ScriptCall",
+    "Step",
+    "run",
+]
 
 
 @dataclass(frozen=True)
@@ -32,38 +43,45 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
-    def evalsha(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Command:
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+    def __call__(self, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> ScriptCall:
+        return ScriptCall(self, keys, args)
 
-    def eval(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Command:
-        return ("EVAL", self.source, len(keys), *keys, *args)
+
+@dataclass(frozen=True)
+class ScriptCall:
+    script: Script
+    keys: Sequence[Arg]
+    args: Sequence[Arg]
+
+    def evalsha(self) -> Command:
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    def eval(self) -> Command:
+        return ("EVAL", self.script.source, len(self.keys), *self.keys, *self.args)
+
+
+#: One command of a pipeline: a script call (sent as EVALSHA) or a plain command.
+Step = ScriptCall | Command
 
 
 def is_noscript(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
 
 
-async def run(
-    pool: Pool, calls: Sequence[tuple[Script, Sequence[Arg], Sequence[Arg]] | Command], what: str
-) -> tuple[list[Any], int]:
-    """Run a pipeline in which some commands are scripts (``(script, keys, args)``) sent as
-    EVALSHA; those the server answers NOSCRIPT (its script cache was flushed, or it never saw
-    them) are sent again as EVAL, which caches them. Replies in order, and how many were
-    NOSCRIPT (cache misses). A NOSCRIPT command did not run, so sending it again is safe."""
-    commands: list[Command] = []
-    for call in calls:
-        if isinstance(call[0], Script):
-            script, keys, args = call  # type: ignore[misc]
-            commands.append(script.evalsha(keys, args))
-        else:
-            commands.append(call)  # type: ignore[arg-type]
+async def run(pool: Pool, steps: Sequence[Step], what: str) -> tuple[list[Any], int]:
+    """Run a pipeline in which some commands are script calls, sent as EVALSHA; those the
+    server answers NOSCRIPT (its script cache was flushed, or it never saw them) are sent again
+    as EVAL, which caches them. Replies in order, and how many were NOSCRIPT (cache misses). A
+    NOSCRIPT command did not run, so sending it again is safe."""
+    commands = [s.evalsha() if isinstance(s, ScriptCall) else s for s in steps]
     replies = await pool.execute(commands, what)
     missed = [i for i, reply in enumerate(replies) if is_noscript(reply)]
     if missed:
         again: list[Command] = []
         for i in missed:
-            script, keys, args = calls[i]  # type: ignore[misc]
-            again.append(script.eval(keys, args))
+            step = steps[i]
+            assert isinstance(step, ScriptCall)
+            again.append(step.eval())
         for i, reply in zip(missed, await pool.execute(again, what), strict=True):
             replies[i] = reply
     return replies, len(missed)
