@@ -74,9 +74,7 @@ class Layout:
         """(value, etag as hex) of a stored value; FAILED_PRECONDITION for a value this plugin
         did not write (another client's, or an ``eval`` script's)."""
         if len(stored) < HEADER or stored[:1] != VERSION:
-            raise FailedPrecondition(
-                f"key {key!r} holds a value not written by the prism redis plugin"
-            )
+            raise FailedPrecondition(f"key {key!r} holds a value the redis plugin did not write")
         return stored[HEADER:], stored[1:HEADER].hex()
 
 

@@ -98,6 +98,8 @@ def reply_error(
     status = _REPLY_STATUS.get(code, default)
     if code == "ERR" and "AUTH" in text and "password" in text:
         status = Unauthenticated  # AUTH to a server without a password for that user
+    elif code == "ERR" and "can't run this command" in text:
+        status = PermissionDenied  # NOPERM inside a script
     if status is Unauthenticated:
         return Unauthenticated(f"Redis rejected the credentials ({what}): {code}")
     return status(f"Redis: {text} ({what})")
