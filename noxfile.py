@@ -212,6 +212,7 @@ BENCH_DEPS = [
     "grpclib>=0.4.7",
     "uvloop>=0.19",
     "trustme>=1.1",  # the plugins suite's mTLS certificates
+    *ACCEPTANCE_DEPS,  # the backends suite: the backends' own clients, and its servers' fixtures
 ]
 
 
