@@ -168,10 +168,12 @@ class MemcachedPlugin(BackendPlugin):
 
     def _expiry(self, ttl_ms: int) -> int:
         """memcached's exptime for a TTL: whole seconds, rounded up (memcached's clock ticks
-        once a second), as a Unix time past 30 days."""
+        once a second), as a Unix time past 30 days. memcached's clock lags the real one by
+        up to a second, so an absolute time is taken a second early: such a key may expire up
+        to 1 s before its 30-odd days, never after, and never reports more TTL than it got."""
         seconds = math.ceil(ttl_ms / 1000)
         if seconds > RELATIVE_EXPIRY_LIMIT:
-            return int(self._clock()) + seconds
+            return int(self._clock()) + seconds - 1
         return seconds
 
     def _set(self, item: SetRequest) -> bytes | None:
