@@ -54,7 +54,9 @@ def tests(session: nox.Session) -> None:
     session.run("bash", "scripts/system-deps", external=True)
     _install_project(session)
     # PROTO_DEPS: the scaffold's test compares its generated code with the pinned compiler's.
-    session.install(*TEST_DEPS, *PROTO_DEPS, RUFF)
+    # ACCEPTANCE_DEPS: the redis and memcached plugins' tests start real servers with the
+    # acceptance framework's fixtures, which talk to them with the backends' own clients.
+    session.install(*TEST_DEPS, *PROTO_DEPS, *ACCEPTANCE_DEPS, RUFF)
     paths = session.posargs or [
         "tests",
         *(str(p / "tests") for p in PLUGINS),
@@ -210,6 +212,7 @@ BENCH_DEPS = [
     "grpclib>=0.4.7",
     "uvloop>=0.19",
     "trustme>=1.1",  # the plugins suite's mTLS certificates
+    *ACCEPTANCE_DEPS,  # the backends suite: the backends' own clients, and its servers' fixtures
 ]
 
 
