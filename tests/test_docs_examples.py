@@ -29,7 +29,6 @@ NO_RUN = re.compile(r"^\s*no-run:\s*\S")
 KNOWN_FAILING = {
     key: "issue 8: user-guide examples"
     for key in [
-        "docs/user-guide.md#1",  # calls a proxy it does not start
         "docs/plugin-guide.md#1",  # imports a plugin that is not installed (dictstore)
         "docs/plugin-guide.md#4",
         "docs/plugin-guide.md#5",
