@@ -24,22 +24,9 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 NO_RUN = re.compile(r"^\s*no-run:\s*\S")
 
-# "<document>#<n>": the n-th python block (from 1) of the document. strict: a block that starts
-# to pass must leave this list.
-KNOWN_FAILING = {
-    key: "issue 8: user-guide examples"
-    for key in [
-        "docs/plugin-guide.md#1",  # imports a plugin that is not installed (dictstore)
-        "docs/plugin-guide.md#4",
-        "docs/plugin-guide.md#5",
-        "docs/plugin-guide.md#6",
-        "docs/plugin-guide.md#7",
-        "docs/plugin-guide.md#8",
-        "docs/plugin-guide.md#9",
-        "docs/plugin-guide.md#10",
-        "docs/plugin-guide.md#11",
-    ]
-}
+# "<document>#<n>": the n-th python block (from 1) of the document, and why it cannot run yet.
+# strict: a block that starts to pass must leave this list.
+KNOWN_FAILING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
