@@ -6,7 +6,8 @@ rare (a fragment that only shows a shape, for example)::
 
     ```python no-run: a fragment (the handler shapes only)
 
-Blocks still known to fail are listed in KNOWN_FAILING, each with the issue that fixes it.
+An example that prints a result also asserts it, so that this test fails when the docs do not
+say what the code does.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 NO_RUN = re.compile(r"^\s*no-run:\s*\S")
 
-# "<document>#<n>": the n-th python block (from 1) of the document, and why it cannot run yet.
-# strict: a block that starts to pass must leave this list.
-KNOWN_FAILING: dict[str, str] = {}
+# Generated code's own path: what examples import from it must come from prism.protos.
+PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+prism\._proto\b", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,6 @@ def python_blocks(path: Path) -> list[Block]:
 BLOCKS = [block for path in DOCUMENTS for block in python_blocks(path)]
 
 
-def _param(block: Block) -> object:
-    marks = []
-    if block.key in KNOWN_FAILING:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILING[block.key]))
-    return pytest.param(block, id=block.key, marks=marks)
-
-
 def test_docs_examples_no_run_blocks_give_a_reason() -> None:
     for block in BLOCKS:
         info = block.info.strip()
@@ -65,11 +58,13 @@ def test_docs_examples_no_run_blocks_give_a_reason() -> None:
         )
 
 
-def test_docs_examples_known_failing_are_real_blocks() -> None:
-    assert set(KNOWN_FAILING) <= {block.key for block in BLOCKS}
+def test_docs_examples_import_only_public_paths() -> None:
+    assert PRIVATE_IMPORT.search("import trio\nfrom prism._proto.prism.data.v1 import GetRequest")
+    private = [block.key for block in BLOCKS if PRIVATE_IMPORT.search(block.code)]
+    assert private == [], "import the messages from prism.protos, not prism._proto"
 
 
-@pytest.mark.parametrize("block", [_param(b) for b in BLOCKS if not b.info.strip()])
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.key) for b in BLOCKS if not b.info.strip()])
 def test_docs_example_runs_as_written(block: Block, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(block.code)
