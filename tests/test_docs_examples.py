@@ -25,9 +25,6 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 NO_RUN = re.compile(r"^\s*no-run:\s*\S")
 
-# Generated code's own path: what examples import from it must come from prism.protos.
-PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+prism\._proto\b", re.MULTILINE)
-
 
 @dataclass(frozen=True)
 class Block:
@@ -56,12 +53,6 @@ def test_docs_examples_no_run_blocks_give_a_reason() -> None:
             f"{block.key} (line {block.line}): the fence says {info!r}; the only mark is "
             "'no-run: <why>'"
         )
-
-
-def test_docs_examples_import_only_public_paths() -> None:
-    assert PRIVATE_IMPORT.search("import trio\nfrom prism._proto.prism.data.v1 import GetRequest")
-    private = [block.key for block in BLOCKS if PRIVATE_IMPORT.search(block.code)]
-    assert private == [], "import the messages from prism.protos, not prism._proto"
 
 
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.key) for b in BLOCKS if not b.info.strip()])
