@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from conftest import config, serving
+from client_testkit import config, serving
 
 import prism
 import prism.client as pc
