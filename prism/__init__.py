@@ -14,12 +14,34 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from prism import client, config
+    from prism.config import ConfigError
+    from prism.hosting.model import PluginStartFailed
+    from prism.hosting.verify import PluginRefused
+    from prism.proxy.app import ListenFailed
     from prism.proxy.embed import RunningProxy, serve
 
-_LAZY = {"serve": "prism.proxy.embed", "RunningProxy": "prism.proxy.embed"}
+_LAZY = {
+    "serve": "prism.proxy.embed",
+    "RunningProxy": "prism.proxy.embed",
+    # What a failed start raises (``prism serve`` prints them as one line each).
+    "ConfigError": "prism.config",
+    "ListenFailed": "prism.proxy.app",
+    "PluginRefused": "prism.hosting.verify",
+    "PluginStartFailed": "prism.hosting.model",
+}
 _SUBMODULES = frozenset({"client", "config"})
 
-__all__ = ["RunningProxy", "__version__", "client", "config", "serve"]
+__all__ = [
+    "ConfigError",
+    "ListenFailed",
+    "PluginRefused",
+    "PluginStartFailed",
+    "RunningProxy",
+    "__version__",
+    "client",
+    "config",
+    "serve",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,11 @@ def test_prism_lazy_names_resolve_to_their_modules() -> None:
     assert prism.RunningProxy is embed.RunningProxy
     assert prism.client.connect is not None
     assert prism.config.ProxyConfig.__name__ == "ProxyConfig"
-    assert set(prism.__all__) >= {"serve", "RunningProxy", "client", "config", "__version__"}
+    assert prism.ListenFailed.__module__ == "prism.proxy.app"
+    assert prism.ConfigError is prism.config.ConfigError
+    assert {"PluginRefused", "PluginStartFailed"} <= set(dir(prism)) | set(prism.__all__)
+    for name in prism.__all__:
+        assert getattr(prism, name) is not None
 
 
 def test_prism_unknown_attribute_is_attribute_error() -> None:

@@ -14,7 +14,6 @@ import trio.testing
 import prism
 import prism.client
 from prism.config import AdminConfig, NamespaceConfig, PluginConfig, ProxyConfig, load_config
-from prism.proxy.app import ListenFailed
 
 # The probe plugin (client_plugins:ProbePlugin) lives with the client tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
@@ -131,7 +130,7 @@ async def test_serve_startup_failure_raises_the_error_itself() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         async with trio.open_nursery() as nursery:
-            with pytest.raises(ListenFailed, match=f"127.0.0.1:{port}"):
+            with pytest.raises(prism.ListenFailed, match=f"127.0.0.1:{port}"):
                 await nursery.start(prism.serve, in_code(listen=f"127.0.0.1:{port}"))
 
 
@@ -141,3 +140,18 @@ async def test_serve_stop_is_idempotent() -> None:
         await proxy.stop()
         await proxy.stop()
     assert proxy.stopped
+
+
+async def test_serve_bad_yaml_is_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "prism.yaml"
+    path.write_text(YAML.replace("shutdown_grace: 30", "shutdown_grace: soon"))
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(prism.ConfigError, match="shutdown_grace"):
+            await nursery.start(prism.serve, path)
+
+
+async def test_serve_unknown_plugin_fails_the_start_as_itself() -> None:
+    config = in_code(namespaces=(NamespaceConfig(name="x", plugin=PluginConfig(name="nothing")),))
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(prism.PluginStartFailed, match="plugin 'nothing' refused: no plugin"):
+            await nursery.start(prism.serve, config)
