@@ -43,6 +43,7 @@ class OperationStream(Generic[T]):
         self._decode = decode
         self._opened = False
         self._closed = False
+        self._waiting: trio.CancelScope | None = None  # a receive in progress
 
     async def __aenter__(self) -> OperationStream[T]:
         await self._open()
@@ -80,12 +81,16 @@ class OperationStream(Generic[T]):
         await self._call.end()
 
     async def receive(self) -> T | None:
-        """The next result, or None once the stream has ended. A non-OK end raises its
-        ``GrpcError``. Cancellation abandons the wait and leaves the call open: leave it with
-        :meth:`close` (or ``async with``) to end it."""
+        """The next result, or None once the stream has ended (or was closed, also by another
+        task). A non-OK end raises its ``GrpcError``. Cancellation abandons the wait and
+        leaves the call open: leave it with :meth:`close` (or ``async with``) to end it."""
         await self._open()
         while True:
-            response = await self._call.receive_message()
+            response: bytes | None = None
+            # The call does not wake a receiver when it is closed: close() cancels this.
+            with trio.CancelScope() as self._waiting:
+                response = await self._call.receive_message()
+            self._waiting = None
             if response is None:
                 self.close()
                 return None
@@ -109,11 +114,13 @@ class OperationStream(Generic[T]):
 
     def close(self) -> None:
         """Leave the stream: cancel the call (RST_STREAM) unless it has ended. Synchronous,
-        idempotent; for the task that iterates (other tasks: cancel that task's scope)."""
+        idempotent. A receive waiting in another task returns None (its loop ends)."""
         if self._closed:
             return
         self._closed = True
         self._call.close()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -137,3 +137,23 @@ async def test_pubsub_subscription_ends_unavailable_when_the_proxy_stops(
                 with pytest.raises(pc.Unavailable):
                     async for _ in messages:
                         pass
+
+
+async def test_pubsub_close_from_another_task_ends_the_loop(client: pc.Client) -> None:
+    ps = client.pubsub("kv")
+    subscription = ps.subscribe("closing")
+    got: list[bytes] = []
+
+    async def listen() -> None:
+        async for message in subscription:
+            got.append(message.payload)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listen)
+        await until_subscribed(ps, "closing")
+        with trio.fail_after(30):
+            while not got:  # noqa: ASYNC110 (filled by the loop under test)
+                await trio.sleep(0.01)
+        subscription.close()  # the listening loop ends; the nursery can close
+    assert subscription.status is pc.Status.CANCELLED
+    await until_unsubscribed(ps, "closing")
