@@ -81,8 +81,8 @@ async def serve(
 
     Stopping: ``await proxy.stop()`` (then this returns), or cancellation of the caller's
     scope (then it re-raises ``Cancelled``): both stop the proxy gracefully — in-flight calls
-    get ``shutdown_grace`` seconds and plugins are shut down — bounded by ``shutdown_grace``
-    plus a few seconds; cancellation during startup abandons the start at once.
+    get ``shutdown_grace`` seconds, then plugins are shut down within their ``drain_grace``
+    (plus a few seconds in all); cancellation during startup abandons the start at once.
     """
     if not isinstance(config, ProxyConfig):
         config = load_config(config)
