@@ -90,7 +90,8 @@ def acceptance(session: nox.Session) -> None:
 def interop(session: nox.Session) -> None:
     """prism's gRPC stack against real peers (grpcio, grpclib), both directions."""
     _install_project(session)
-    session.install(*TEST_DEPS)
+    # grpcio-tools: tests/interop/test_grpcio_stubs.py compiles the client API with protoc.
+    session.install(*TEST_DEPS, "grpcio-tools>=1.60")
     session.run("pytest", "tests/interop", *session.posargs)
 
 
