@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from prism.grpc.health import ServingStatus
 from prism.proxy.http import Request, Response, Routes
@@ -32,8 +32,10 @@ def admin_routes(proxy: Proxy) -> Routes:
 
 
 async def metrics(proxy: Proxy, request: Request) -> Response:
-    """The proxy's registry in Prometheus' text exposition format."""
-    return Response(200, generate_latest(proxy.metrics.registry), CONTENT_TYPE_LATEST)
+    """The proxy's registry in the exposition format the scraper's ``Accept`` asks for
+    (prometheus-client's choice: OpenMetrics when asked for, else Prometheus text 0.0.4)."""
+    encode, content_type = choose_encoder(request.header("accept") or "")
+    return Response(200, encode(proxy.metrics.registry), content_type)
 
 
 async def healthz(proxy: Proxy, request: Request) -> Response:

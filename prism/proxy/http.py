@@ -272,6 +272,11 @@ class _Connection:
                 conn.receive_data(bytes(data))
             elif type(event) is h11.Request:
                 head = event
+                # h11 bounds a head still arriving (max_incomplete_event_size); one that came
+                # whole in a single read is measured here.
+                if _head_size(event) > limits.max_head:
+                    await self._send_error(HttpError(431, "request header fields too large"))
+                    return None
                 length = _content_length(event)
                 if length is not None and length > limits.max_body:
                     await self._send_error(HttpError(413, "request body too large"))
@@ -333,6 +338,14 @@ class _Connection:
             return True
         log.info("HTTP connection %s dropped: the response was not taken", self.peer.address)
         return False
+
+
+def _head_size(request: h11.Request) -> int:
+    return (
+        len(request.method)
+        + len(request.target)
+        + sum(len(name) + len(value) + 4 for name, value in request.headers)
+    )
 
 
 def _content_length(request: h11.Request) -> int | None:

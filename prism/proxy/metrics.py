@@ -292,7 +292,8 @@ class NamespaceMetrics:
         if operation and (
             not self._configured
             or status in _NO_LABEL
-            or len(self.operations) >= self._proxy.max_operations
+            or len(self.operations) - (OTHER_OPERATION in self.operations)
+            >= self._proxy.max_operations
         ):
             operation = OTHER_OPERATION
             series = self.operations.get(operation)
