@@ -81,8 +81,9 @@ class AdminConfig(Model):
     unix_socket: ConfigPath | None = None
     """Unix socket for the admin port, created with mode 0600 (at most 107 bytes)."""
     tls: TlsConfig | None = None
-    """TLS on the admin port (ALPN h2 and http/1.1); client_ca requires client certificates.
-    None = plaintext."""
+    """TLS on the listen address (ALPN h2 and http/1.1); client_ca requires client
+    certificates. The Unix socket stays plaintext (its mode decides who connects). None =
+    plaintext."""
 
     @model_validator(mode="before")
     @classmethod

@@ -54,13 +54,11 @@ class AdminPort:
         grpc: pg.Server,
         http: HttpServer,
         *,
-        ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 256,
         handshake_timeout: float = 10.0,
     ) -> None:
         self.grpc = grpc
         self.http = http
-        self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self._open = 0
@@ -77,13 +75,14 @@ class AdminPort:
         host: str | None,
         port: int,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on TCP; ``started`` with the bound ``(host, port)``. Runs until cancelled or
-        :meth:`shutdown`."""
+        """Listen on TCP, with TLS when ``ssl_context`` is given (``admin_ssl_context``);
+        ``started`` with the bound ``(host, port)``. Runs until cancelled or :meth:`shutdown`."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[:2]
-        await self._serve(listeners, partial(task_status.started, bound))
+        await self._serve(listeners, ssl_context, partial(task_status.started, bound))
 
     async def serve_unix(
         self,
@@ -92,10 +91,11 @@ class AdminPort:
         mode: int = 0o600,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on a Unix socket created with ``mode``; removed when serving stops."""
+        """Listen on a Unix socket created with ``mode`` (plaintext: the socket's mode decides
+        who may connect); removed when serving stops."""
         listener = await transport.open_unix_listener(path, mode)
         try:
-            await self._serve([listener], partial(task_status.started, str(path)))
+            await self._serve([listener], None, partial(task_status.started, str(path)))
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -112,7 +112,10 @@ class AdminPort:
             nursery.start_soon(self.http.shutdown, grace)
 
     async def _serve(
-        self, listeners: Sequence[trio.SocketListener], started: Callable[[], None]
+        self,
+        listeners: Sequence[trio.SocketListener],
+        ssl_context: ssl.SSLContext | None,
+        started: Callable[[], None],
     ) -> None:
         async with trio.open_nursery() as connections:
             with trio.CancelScope() as accepting:
@@ -122,14 +125,21 @@ class AdminPort:
                 try:
                     async with trio.open_nursery() as nursery:
                         for listener in listeners:
-                            nursery.start_soon(self._accept_loop, listener, connections)
+                            nursery.start_soon(
+                                self._accept_loop, listener, ssl_context, connections
+                            )
                         started()
                 finally:
                     self._accepting.remove(accepting)
                     for listener in listeners:
                         listener.socket.close()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        ssl_context: ssl.SSLContext | None,
+        nursery: trio.Nursery,
+    ) -> None:
         while True:
             try:
                 stream: trio.abc.Stream = await listener.accept()
@@ -141,11 +151,11 @@ class AdminPort:
                 await trio.aclose_forcefully(stream)
                 continue
             self._open += 1
-            nursery.start_soon(self._handle, stream)
+            nursery.start_soon(self._handle, stream, ssl_context)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, ssl_context: ssl.SSLContext | None) -> None:
         try:
-            chosen = await self._choose(stream)
+            chosen = await self._choose(stream, ssl_context)
             if chosen is None:
                 return
             stream, serve_grpc, received = chosen
@@ -157,15 +167,17 @@ class AdminPort:
             self._open -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _choose(self, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, bool, bytes] | None:
+    async def _choose(
+        self, stream: trio.abc.Stream, ssl_context: ssl.SSLContext | None
+    ) -> tuple[trio.abc.Stream, bool, bytes] | None:
         """``(stream, for gRPC?, bytes read)``, or None when the connection is to be closed."""
         address = "?"
         with trio.CancelScope(deadline=trio.current_time() + self.handshake_timeout) as scope:
             self._sniffing.add(scope)
             try:
                 address = transport.peer_info(stream).address
-                if self.ssl_context is not None:
-                    tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
+                if ssl_context is not None:
+                    tls = trio.SSLStream(stream, ssl_context, server_side=True)
                     stream = tls
                     await tls.do_handshake()
                     alpn = tls.selected_alpn_protocol()

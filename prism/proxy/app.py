@@ -77,12 +77,7 @@ class Proxy:
             for service in Reflection.for_server(self.admin_server).services():
                 self.admin_server.add_service(service)
             self.admin_http = HttpServer(admin_routes(self))
-            tls = config.admin.tls
-            self.admin_port = AdminPort(
-                self.admin_server,
-                self.admin_http,
-                ssl_context=admin_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None,
-            )
+            self.admin_port = AdminPort(self.admin_server, self.admin_http)
         self.address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self.admin_socket: str | None = None
@@ -128,8 +123,12 @@ class Proxy:
             return
         if admin.listen is not None:
             host, number = split_host_port(admin.listen)
+            tls = admin.tls
+            context = admin_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None
             self.admin_address = await _listen(
-                nursery, partial(port.serve_tcp, host, number), f"{admin.listen} (admin.listen)"
+                nursery,
+                partial(port.serve_tcp, host, number, ssl_context=context),
+                f"{admin.listen} (admin.listen)",
             )
             log.info("admin API on %s:%d (gRPC and HTTP)", *self.admin_address)
         if admin.unix_socket is not None:

@@ -209,3 +209,16 @@ async def test_adminport_drops_a_connection_that_sends_nothing() -> None:
             assert await stream.receive_some(4096) == b""  # closed, without a word
         assert port.open_connections == 0
         await port.shutdown(1)
+
+
+async def test_adminport_tls_covers_tcp_while_the_unix_socket_stays_plaintext(
+    pki: dict[str, Path], short_dir: Path
+) -> None:
+    socket = short_dir / "admin.sock"
+    tls = TlsConfig(cert=pki["cert"], key=pki["key"])
+    async with running(AdminConfig(listen="127.0.0.1:0", unix_socket=socket, tls=tls)) as proxy:
+        async with pg.open_channel(f"unix:{socket}") as channel:  # what `prism plugin` uses
+            assert await names(channel) == ["kv"]
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.HTTPError):
+                await client.get(f"http://{admin_target(proxy)}/healthz")
