@@ -101,6 +101,7 @@ class Proxy:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
+                await nursery.start(self.pipeline.run)  # stages' background work, if any
                 self.address = await _listen(
                     nursery,
                     partial(self.server.serve_tcp, host, port, ssl_context=ssl_context),

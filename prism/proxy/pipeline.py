@@ -121,6 +121,14 @@ class Tracer(Protocol):
         has a trace id in its audit record. Must not raise."""
         ...
 
+    def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
+        """The request bytes the plugin gets: the same bytes, or, for an ExecuteRequest
+        (``info.stream`` False), with the trace context added to its ``metadata`` map (field
+        4: a map entry appended to the bytes is merged by the decoder, so nothing has to be
+        decoded). A stream's first request comes here too; StreamRequest has no metadata
+        field yet. Must not raise."""
+        ...
+
     def end(self, info: RequestInfo, outcome: CallOutcome) -> None:
         """The call is over (end its span). Must not raise."""
         ...
@@ -201,6 +209,9 @@ class Breakers(Protocol):
 class NoTracing:
     def begin(self, call: ServerCall, info: RequestInfo) -> None:
         pass
+
+    def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
+        return request
 
     def end(self, info: RequestInfo, outcome: CallOutcome) -> None:
         pass
@@ -305,6 +316,21 @@ class Pipeline:
         self._unknown = NamespaceStages.none(self.metrics.unknown)
         self.interceptor = CallStages(self)
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background work of the call-level stages that have some: a tracer, an
+        authenticator or an audit log with an ``async def run(self, *, task_status)`` method
+        (a JWKS refresh, an audit file's writer, a span exporter) runs here, each started
+        (``task_status.started()``) before this reports started; the proxy starts this before
+        its front door listens. Namespace-level stages have none: they are passive objects
+        that compute what they need from the clock when called. Runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for stage in (self.tracer, self.authenticator, self.audit):
+                run = getattr(stage, "run", None)
+                if run is not None:
+                    await nursery.start(run)
+            task_status.started()
+            await trio.sleep_forever()
+
     def set_namespace(self, ns: NamespaceConfig) -> NamespaceStages:
         """Build ``ns``'s stages (again: a changed namespace starts with fresh limits)."""
         stages = self._namespace_stages(ns, self.metrics.add_namespace(ns.name))
@@ -347,7 +373,8 @@ class Pipeline:
             breaker.admit()  # breaker: UNAVAILABLE while open
             status = Status.UNKNOWN
             try:
-                response = check_response(await route.execute(request))  # plugin
+                outgoing = self.tracer.outgoing(info, request)  # the trace context, passed on
+                response = check_response(await route.execute(outgoing))  # plugin
                 status = Status.OK
             except GrpcError as exc:
                 status = exc.status
@@ -382,7 +409,7 @@ class Pipeline:
             route = self.router.route(info.namespace)
             breaker = stages.breakers.for_route(route)
             breaker.admit()
-            pending: list[bytes] = [first]
+            pending: list[bytes] = [self.tracer.outgoing(info, first)]
 
             async def receive() -> bytes | None:
                 if pending:

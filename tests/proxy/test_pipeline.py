@@ -22,12 +22,14 @@ from prism.grpc.reflection import Reflection
 from prism.grpc.wire.status import GrpcError, NotFound, Status
 from prism.proxy.frontdoor import DataProxyService
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
-from prism.proxy.pipeline import Breaker, NamespaceStages, Pipeline, Route
+from prism.proxy.pipeline import Breaker, NamespaceStages, NoAuthentication, Pipeline, Route
 from prism.proxy.request import Identity, RequestInfo, TraceContext
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"
 EXECUTE_STREAM = "/prism.proxy.v1.DataProxy/ExecuteStream"
 OK = bytes(PluginResponse(success=True, raw_result=b"result"))
+# A metadata map entry, as a tracer appends one (field 4: {"traceparent": "x"}).
+TRACED = bytes(ExecuteRequest(metadata={"traceparent": "x"}))
 ALICE = Identity("alice", "jwt", claims={"sub": "alice"}, scopes=frozenset({"kv:read"}))
 
 
@@ -56,6 +58,10 @@ class Tracer:
     def begin(self, call: pg.ServerCall, info: RequestInfo) -> None:
         self.log.hit("trace.begin")
         info.trace = TraceContext("ab" * 16, "cd" * 8)
+
+    def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
+        self.log.hit("trace.outgoing")
+        return request + TRACED
 
     def end(self, info: RequestInfo, outcome: CallOutcome) -> None:
         self.log.hit("trace.end")
@@ -125,9 +131,11 @@ class FakeRoute:
     def __init__(self, log: Log) -> None:
         self.log = log
         self.behaviour: Callable[[], Awaitable[bytes]] | None = None
+        self.requests: list[bytes] = []
 
     async def execute(self, request: bytes) -> bytes:
         self.log.hit("plugin")
+        self.requests.append(request)
         if self.behaviour is not None:
             return await self.behaviour()
         return OK
@@ -140,6 +148,7 @@ class FakeRoute:
         self.log.hit("plugin stream")
         while (message := await receive()) is not None:
             self.log.hit("stream message")
+            self.requests.append(message)
             await send(bytes(StreamResponse(raw_result=StreamRequest.parse(message).raw_params)))
 
 
@@ -217,6 +226,7 @@ UNARY_PATH = [
     "route",
     "breaker.for_route",
     "breaker.admit",
+    "trace.outgoing",
     "plugin",
     "breaker.record",
     "release",
@@ -240,6 +250,10 @@ async def test_pipeline_runs_every_stage_in_the_documented_order(door: Door) -> 
     assert info.peer.address.startswith("127.0.0.1:")
     assert door.log.outcomes[0].status == Status.OK
     assert door.log.breaker_statuses == [Status.OK]
+    # The plugin got what the tracer made of the request: the metadata entry decodes.
+    (forwarded,) = door.router.kv.requests
+    decoded = ExecuteRequest.parse(forwarded)
+    assert (decoded.namespace, decoded.metadata) == ("kv", {"traceparent": "x"})
 
 
 async def test_pipeline_waits_for_a_permit_when_none_is_free(door: Door) -> None:
@@ -357,6 +371,7 @@ async def test_pipeline_stream_goes_through_the_stages_once_and_holds_its_permit
         "route",
         "breaker.for_route",
         "breaker.admit",
+        "trace.outgoing",
         "plugin stream",
         "stream message",
         "stream message",
@@ -366,6 +381,10 @@ async def test_pipeline_stream_goes_through_the_stages_once_and_holds_its_permit
         "trace.end",
     ]
     assert door.log.infos[0].stream
+    first, second = door.router.kv.requests  # only the first carries the trace context
+    assert StreamRequest.parse(first).raw_params == b"1"
+    assert first.endswith(TRACED)
+    assert not second.endswith(TRACED)
     assert door.metrics.namespace("kv").streams.value == 0
     assert door.metrics.requests.children[("kv", "upload", "OK")].value == 1
     assert ("kv", "upload") not in door.metrics.request_duration.children  # not a latency
@@ -438,3 +457,23 @@ async def test_pipeline_without_its_interceptor_runs_the_namespace_stages() -> N
         nursery.cancel_scope.cancel()
     assert [(i.namespace, i.identity) for i in seen] == [("kv", None)]
     assert pipeline.metrics.requests.children == {}
+
+
+async def test_pipeline_runs_the_background_work_of_call_level_stages() -> None:
+    class RefreshingAuthenticator(NoAuthentication):
+        def __init__(self) -> None:
+            self.refreshes = 0
+
+        async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+            self.refreshes += 1  # the first fetch, before the front door takes calls
+            task_status.started()
+            while True:
+                await trio.sleep(1)
+                self.refreshes += 1
+
+    authenticator = RefreshingAuthenticator()
+    pipeline = Pipeline(FakeRouter(Log()), authenticator=authenticator)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        assert authenticator.refreshes == 1
+        nursery.cancel_scope.cancel()
