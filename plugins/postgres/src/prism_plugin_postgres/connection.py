@@ -28,7 +28,7 @@ import psycopg
 import trio
 from psycopg import generators, pq
 
-from prism_plugin_postgres.errors import ConnectionLost
+from prism_plugin_postgres.errors import ConnectionLost, is_retryable_loss
 from prism_plugin_postgres.values import Param
 from prism_plugin_postgres.wait import readable_now, wait, wait_conn
 
@@ -65,6 +65,8 @@ class PgConnection:
         self._on_lookup = on_lookup
         self._names = itertools.count(1)
         self._broken = False
+        self._session_ended = False
+        pgconn.notice_handler = self._notice
         pgconn.enter_pipeline_mode()
 
     @classmethod
@@ -79,6 +81,13 @@ class PgConnection:
         finally:
             gen.close()
         return cls(pgconn, cache_size, on_lookup)
+
+    def _notice(self, result: pq.abc.PGresult) -> None:
+        # An error while idle reaches libpq's notice processor: a terminated session's FATAL.
+        severity = result.error_field(pq.DiagnosticField.SEVERITY_NONLOCALIZED)
+        if severity in (b"FATAL", b"PANIC"):
+            self._session_ended = True
+            self._broken = True
 
     @property
     def usable(self) -> bool:
@@ -98,6 +107,7 @@ class PgConnection:
                 if not readable_now(self.pgconn.socket):
                     break
                 self.pgconn.consume_input()
+                self.pgconn.notifies()  # parses what arrived: a FATAL goes to _notice
         except psycopg.OperationalError:
             self._broken = True
         return self.usable
@@ -163,7 +173,11 @@ class PgConnection:
                 raise
             except (psycopg.Error, OSError) as exc:
                 self._broken = True
-                raise ConnectionLost(str(exc)) from None
+                lost = ConnectionLost.from_text(str(exc))
+                lost.session_ended |= self._session_ended or any(
+                    r.status == _FATAL and is_retryable_loss(r) for r in results
+                )
+                raise lost from None
         finally:
             # A statement whose Parse did not succeed is not prepared: forget it (it is
             # prepared again on next use). After a failed batch that is all of them.
@@ -190,7 +204,8 @@ class PgConnection:
             batch = await wait(generators.fetch_many(pg), fileno)
             if not batch:
                 if pg.status != _OK:
-                    raise ConnectionLost("the server closed the connection")
+                    self._broken = True
+                    raise ConnectionLost.from_text(pg.get_error_message())
                 continue
             if batch[0].status == _SYNC:
                 break

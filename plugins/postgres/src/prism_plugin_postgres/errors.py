@@ -68,7 +68,28 @@ _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
 
 class ConnectionLost(Exception):
-    """The connection broke mid-exchange; whether the statement ran is unknown."""
+    """The connection broke mid-exchange; whether the statement ran is unknown — unless the
+    server said it ended the session (``session_ended``: terminated, shutting down), in which
+    case nothing of the batch ran."""
+
+    def __init__(self, message: str, *, session_ended: bool = False) -> None:
+        super().__init__(message)
+        self.session_ended = session_ended
+
+    @classmethod
+    def from_text(cls, text: str) -> ConnectionLost:
+        # libpq puts the server's last FATAL message in its error text; these three are
+        # SQLSTATE 57P01-57P03 (sent before the server closes a session it did not run).
+        ended = any(
+            marker in text
+            for marker in (
+                "terminating connection due to administrator command",
+                "terminating connection due to",
+                "the database system is shutting down",
+                "the database system is starting up",
+            )
+        )
+        return cls(text, session_ended=ended)
 
 
 def status_for_sqlstate(sqlstate: str) -> Status:

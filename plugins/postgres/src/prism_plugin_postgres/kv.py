@@ -1,7 +1,8 @@
 """The key-value contracts on one PostgreSQL table.
 
-``key text COLLATE "C" PRIMARY KEY, value bytea, version bigint, expires_at timestamptz``:
-keys compare by byte (code point) order, so ``list_keys`` is a range scan on the primary key.
+``key bytea PRIMARY KEY, value bytea, version bigint, expires_at timestamptz``: keys are their
+UTF-8 bytes (``text`` cannot hold NUL, which keys may), compared byte by byte — code point order
+— so ``list_keys`` is a range scan on the primary key.
 Every write gives the row a new random 63-bit ``version`` (its etag, in hex). Expiry is the
 server's clock: a row is live while ``expires_at`` is NULL or after ``now()``; reads hide expired
 rows at once and a sweep deletes them later.
@@ -32,7 +33,7 @@ from prism._proto.prism.data.v1 import (
     SetRequest,
     TransactOperation,
 )
-from prism.sdk import Aborted, InvalidArgument, Status
+from prism.sdk import Aborted, Status
 from prism_plugin_postgres.connection import Statement
 from prism_plugin_postgres.errors import statement_error
 from prism_plugin_postgres.pool import Lease, Pool
@@ -42,7 +43,7 @@ __all__ = ["KeyValueTable", "Table", "prefix_successor"]
 
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
-_TEXT_ARRAY = 1009
+_BYTEA_ARRAY = 1001
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 _TTL = (
     "CASE WHEN expires_at IS NULL THEN NULL ELSE "
@@ -80,11 +81,11 @@ class Table:
         t, topics = self.quoted, self.related("_topics")
         index = f'"{self.name}_expiry"'
         return [
-            f'CREATE TABLE IF NOT EXISTS {t} (key text COLLATE "C" PRIMARY KEY, '
+            f"CREATE TABLE IF NOT EXISTS {t} (key bytea PRIMARY KEY, "
             "value bytea NOT NULL, version bigint NOT NULL, expires_at timestamptz)".encode(),
             f"CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) "
             "WHERE expires_at IS NOT NULL".encode(),
-            f'CREATE TABLE IF NOT EXISTS {topics} (topic text COLLATE "C" PRIMARY KEY, '
+            f"CREATE TABLE IF NOT EXISTS {topics} (topic bytea PRIMARY KEY, "
             "sequence bigint NOT NULL)".encode(),
         ]
 
@@ -139,18 +140,17 @@ class _Sql:
         ).encode()
 
 
-def prefix_successor(prefix: str) -> str | None:
-    """The least string greater than every string starting with ``prefix`` (None: no bound);
-    code point order is the ``"C"`` collation's byte order for UTF-8."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            following = last + 1
-            if 0xD800 <= following <= 0xDFFF:  # surrogates are not valid in UTF-8 text
-                following = 0xE000
-            return "".join(chars) + chr(following)
-    return None
+def prefix_successor(prefix: bytes) -> bytes | None:
+    """The least byte string greater than every one starting with ``prefix`` (None: no
+    bound). UTF-8 has no 0xFF byte, so for keys this is the next prefix of the same length."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _key(key: str) -> Param:
+    return key.encode(), BYTEA, 1
 
 
 def _text(value: str) -> Param:
@@ -161,16 +161,16 @@ def _int8(value: int) -> Param:
     return str(value).encode(), INT8, 0
 
 
-def _text_array(values: Sequence[str]) -> Param:
-    """A ``text[]`` parameter in binary format (no quoting to get wrong)."""
+def _key_array(values: Sequence[str]) -> Param:
+    """A ``bytea[]`` parameter of keys, in binary format (no quoting to get wrong)."""
     encoded = [v.encode() for v in values]
     if not encoded:
-        return struct.pack("!iiI", 0, 0, TEXT), _TEXT_ARRAY, 1
-    parts = [struct.pack("!iiIii", 1, 0, TEXT, len(encoded), 1)]
+        return struct.pack("!iiI", 0, 0, BYTEA), _BYTEA_ARRAY, 1
+    parts = [struct.pack("!iiIii", 1, 0, BYTEA, len(encoded), 1)]
     for item in encoded:
         parts.append(struct.pack("!i", len(item)))
         parts.append(item)
-    return b"".join(parts), _TEXT_ARRAY, 1
+    return b"".join(parts), _BYTEA_ARRAY, 1
 
 
 def _int(raw: bytes | None) -> int | None:
@@ -188,11 +188,6 @@ def _version(text: str) -> int:
     except ValueError:
         return -1
     return value if 0 <= value < 1 << 63 else -1
-
-
-def _check_key(key: str, where: str = "key") -> None:
-    if "\x00" in key:
-        raise InvalidArgument(f"{where}: PostgreSQL text cannot hold NUL characters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,19 +224,16 @@ class KeyValueTable:
         )
 
     async def get(self, key: str) -> GetResponse:
-        _check_key(key)
-        result = await self._one(Statement(self.sql.get, [_text(key)], binary=True))
+        result = await self._one(Statement(self.sql.get, [_key(key)], binary=True))
         if not result.ntuples:
             return GetResponse(found=False)
         return self._response(*(result.get_value(0, c) for c in range(3)))
 
     async def get_many(self, keys: Sequence[str]) -> list[GetResponse]:
-        for index, key in enumerate(keys):
-            _check_key(key, f"keys[{index}]")
         if not keys:
             return []
         unique = list(dict.fromkeys(keys))
-        result = await self._one(Statement(self.sql.get_many, [_text_array(unique)], binary=True))
+        result = await self._one(Statement(self.sql.get_many, [_key_array(unique)], binary=True))
         found: dict[str, GetResponse] = {}
         for row in range(result.ntuples):
             raw_key = result.get_value(row, 0)
@@ -250,19 +242,17 @@ class KeyValueTable:
         return [found.get(key) or GetResponse(found=False) for key in keys]
 
     async def exists(self, key: str) -> bool:
-        _check_key(key)
-        result = await self._one(Statement(self.sql.exists, [_text(key)], binary=True))
+        result = await self._one(Statement(self.sql.exists, [_key(key)], binary=True))
         return result.ntuples > 0
 
     async def list_keys(self, prefix: str, start_after: str, limit: int) -> tuple[list[str], bool]:
-        _check_key(prefix, "prefix")
-        _check_key(start_after, "start_after")
-        inclusive = start_after < prefix
-        lower = prefix if inclusive else start_after
-        upper = prefix_successor(prefix) if prefix else None
-        params = [_text(lower), _int8(limit + 1)]  # one more tells whether there are more
+        low, high = prefix.encode(), start_after.encode()
+        inclusive = high < low
+        upper = prefix_successor(low) if low else None
+        bound: Param = (low if inclusive else high, BYTEA, 1)
+        params = [bound, _int8(limit + 1)]  # one more tells whether there are more
         if upper is not None:
-            params.append(_text(upper))
+            params.append((upper, BYTEA, 1))
         result = await self._one(
             Statement(self.sql.list[(inclusive, upper is not None)], params, binary=True)
         )
@@ -276,9 +266,8 @@ class KeyValueTable:
     # -- writes --------------------------------------------------------------------------------
 
     def _set_op(self, item: SetRequest) -> _Op:
-        _check_key(item.key)
         version = secrets.randbits(63)
-        params = [_text(item.key), (item.value, BYTEA, 1), _int8(version), _int8(item.ttl_ms)]
+        params = [_key(item.key), (item.value, BYTEA, 1), _int8(version), _int8(item.ttl_ms)]
         if item.if_match:
             sql = self.sql.set_if_match
             params.append(_int8(_version(item.if_match)))
@@ -288,9 +277,8 @@ class KeyValueTable:
         return _Op(item.key, Statement(sql, params, binary=True), "set", conditional, etag(version))
 
     def _delete_op(self, item: DeleteRequest) -> _Op:
-        _check_key(item.key)
         if item.if_match:
-            params = [_text(item.key), _int8(_version(item.if_match))]
+            params = [_key(item.key), _int8(_version(item.if_match))]
             return _Op(
                 item.key,
                 Statement(self.sql.delete_if_match, params, binary=True),
@@ -298,7 +286,7 @@ class KeyValueTable:
                 True,
             )
         return _Op(
-            item.key, Statement(self.sql.delete, [_text(item.key)], binary=True), "delete", False
+            item.key, Statement(self.sql.delete, [_key(item.key)], binary=True), "delete", False
         )
 
     @staticmethod
@@ -315,7 +303,7 @@ class KeyValueTable:
         """Why each failed op's condition failed (for the message), read after the fact."""
         keys = list(dict.fromkeys(op.key for op in ops))
         (result,) = await lease.run(
-            [Statement(self.sql.live_keys, [_text_array(keys)], binary=True)]
+            [Statement(self.sql.live_keys, [_key_array(keys)], binary=True)]
         )
         live = set()
         if result.status == _TUPLES_OK:
@@ -342,9 +330,8 @@ class KeyValueTable:
         return outcome
 
     async def expire(self, key: str, ttl_ms: int) -> bool:
-        _check_key(key)
         result = await self._one(
-            Statement(self.sql.expire, [_text(key), _int8(ttl_ms)], binary=True)
+            Statement(self.sql.expire, [_key(key), _int8(ttl_ms)], binary=True)
         )
         return bool(int(result.command_tuples or 0))
 
@@ -415,8 +402,7 @@ class KeyValueTable:
 
     async def publish(self, topic: str, channel: str, envelope: str) -> int:
         """Notify ``channel`` with the topic's next sequence number; returns it."""
-        _check_key(topic, "topic")
-        params = [_text(topic), _text(channel), _text(envelope)]
+        params = [_key(topic), _text(channel), _text(envelope)]
         result = await self._one(Statement(self.sql.publish, params, binary=True))
         return _int(result.get_value(0, 0)) or 0
 

@@ -61,6 +61,7 @@ from prism.sdk import (
 )
 from prism_plugin_postgres._proto.prism.plugins.postgres.v1 import PostgresConfig
 from prism_plugin_postgres.connection import Statement
+from prism_plugin_postgres.errors import statement_error
 from prism_plugin_postgres.kv import KeyValueTable, Table
 from prism_plugin_postgres.listen import Listener, channel, envelope
 from prism_plugin_postgres.pool import Pool, Settings
@@ -198,28 +199,31 @@ class PostgresPlugin(BackendPlugin):
         self.nursery.start_soon(self._sweep_forever, interval)
 
     async def _prepare_tables(self, pool: Pool, table: Table, create: bool) -> None:
+        """Check that the tables exist; create them when missing and configured to. Tables
+        that exist are left alone (they may belong to another role)."""
+        names = f"{table.quoted},{table.related('_topics')}"
+        check = Statement(
+            b"SELECT count(to_regclass(t)) FROM unnest(string_to_array($1, ',')) t",
+            [(names.encode(), 25, 0)],
+        )
         async with pool.connection() as lease:
-            if create:
-                lock = Statement(b"SELECT pg_advisory_xact_lock(%d)" % _DDL_LOCK)
-                results = await lease.run([lock, *(Statement(ddl) for ddl in table.ddl())])
-                failed = next((r for r in results if r.error_message), None)
-                if failed is not None:
-                    raise FailedPrecondition(
-                        f"config.table: cannot create {table.display!r}: "
-                        f"{failed.error_message.decode(errors='replace').strip()}"
-                    )
-                return
-            names = f"{table.quoted},{table.related('_topics')}"
-            check = Statement(b"SELECT to_regclass(t) FROM unnest(string_to_array($1, ',')) t",
-                              [(names.encode(), 25, 0)])  # fmt: skip
             (result,) = await lease.run([check])
-            missing = result.ntuples != 2 or any(
-                result.get_value(r, 0) is None for r in range(result.ntuples)
-            )
-            if missing:
+            if result.error_message:
+                raise statement_error(result, "config.table: ")
+            if result.get_value(0, 0) == b"2":
+                return
+            if not create:
                 raise FailedPrecondition(
-                    f"config.table: {table.display!r} (or {table.display}_topics) does not exist: "
-                    "create it (see the plugin's README) or set create_table: true"
+                    f"config.table: {table.display!r} (or {table.display}_topics) does not "
+                    "exist: create it (see the plugin's README) or set create_table: true"
+                )
+            lock = Statement(b"SELECT pg_advisory_xact_lock(%d)" % _DDL_LOCK)
+            results = await lease.run([lock, *(Statement(ddl) for ddl in table.ddl())])
+            failed = next((r for r in results if r.error_message), None)
+            if failed is not None:
+                error = statement_error(failed)
+                raise FailedPrecondition(
+                    f"config.table: cannot create {table.display!r}: {error.message}"
                 )
 
     async def _sweep_forever(self, interval: float) -> None:

@@ -229,21 +229,34 @@ class Lease:
         mid-batch is UNAVAILABLE: whether the batch took effect is unknown."""
         first = self._batches == 0
         self._batches += 1
-        results = await self._run(statements)
-        ended = any(r.status == _FATAL and is_retryable_loss(r) for r in results)
-        if ended:
-            self.connection.close()
-            if first:
-                self.pool._count(-1)
-                self.connection = await self.pool.connect()
-                results = await self._run(statements)
+        try:
+            results = await self._run(statements)
+        except ConnectionLost as lost:
+            if not (first and lost.session_ended):
+                raise self._unavailable() from None
+            results = await self._again(statements)
+        else:
+            if any(r.status == _FATAL and is_retryable_loss(r) for r in results):
+                self.connection.close()
+                if first:
+                    results = await self._again(statements)
         return results
 
-    async def _run(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+    async def _again(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+        old = self.connection
+        old.close()
+        self.connection = await self.pool.connect()  # if this fails, the old one is released
+        self.pool._release_closed(old)
         try:
-            return await self.connection.run(statements)
+            return await self._run(statements)
         except ConnectionLost:
-            raise Unavailable(
-                f"the connection to PostgreSQL at {self.pool.settings.server} was lost "
-                "during the call; whether it took effect is unknown"
-            ) from None
+            raise self._unavailable() from None
+
+    def _unavailable(self) -> Unavailable:
+        return Unavailable(
+            f"the connection to PostgreSQL at {self.pool.settings.server} was lost during the "
+            "call; whether it took effect is unknown"
+        )
+
+    async def _run(self, statements: Sequence[Statement]) -> list[pq.abc.PGresult]:
+        return await self.connection.run(statements)

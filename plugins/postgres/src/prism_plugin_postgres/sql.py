@@ -11,7 +11,8 @@ Statements run on pooled connections, so what would outlive the call on its conn
 refused with INVALID_ARGUMENT before it is sent: transaction control (use ``transaction``),
 session settings (``SET`` outside a transaction, ``RESET``, ``DISCARD``), session prepared
 statements (``PREPARE``/``EXECUTE``/``DEALLOCATE``), ``LISTEN``/``UNLISTEN`` (use
-``subscribe``) and ``COPY``. ``SET LOCAL`` inside a ``transaction`` is fine.
+``subscribe``) and ``COPY``. ``SET LOCAL`` and ``SET TRANSACTION`` inside a ``transaction``
+are fine.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _check(sql: str, in_transaction: bool) -> None:
     words = first_keyword(sql, 2)
     head = words[0] if words else ""
     refused = head in _REFUSED or (
-        head == "SET" and not (in_transaction and words[1:] == ["LOCAL"])
+        head == "SET" and not (in_transaction and words[1:] in (["LOCAL"], ["TRANSACTION"]))
     )
     if refused:
         raise InvalidArgument(

@@ -66,6 +66,13 @@ _ELEMENT_OF = {
     1014: TEXT,  # bpchar[]
     1002: TEXT,  # char[]
     1003: TEXT,  # name[]
+    # Arrays of types without a kind of their own: arrays of the server's text for each.
+    1231: UNKNOWN,  # numeric[]
+    1182: UNKNOWN,  # date[]
+    1183: UNKNOWN,  # time[]
+    1187: UNKNOWN,  # interval[]
+    2951: UNKNOWN,  # uuid[]
+    1041: UNKNOWN,  # inet[]
 }
 
 NULL = Value(null_value=NullValue.NULL_VALUE)
