@@ -210,6 +210,9 @@ BENCH_DEPS = [
     "grpclib>=0.4.7",
     "uvloop>=0.19",
     "trustme>=1.1",  # the plugins suite's mTLS certificates
+    # The PostgreSQL driver comparison (`python -m bench backends --drivers`).
+    "asyncpg==0.32.0",
+    "trio-asyncio==0.16.0",
 ]
 
 

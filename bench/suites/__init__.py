@@ -6,7 +6,7 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `register(...)` at import time and list the module in `SUITE_MODULES`. Shared pieces:
 `bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
-(plugins.py), `wire` (wire.py), `protobuf` (protobuf.py).
+(plugins.py), `wire` (wire.py), `protobuf` (protobuf.py), `backends` (bench/backends/).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SUITE_MODULES = (
     "bench.suites.plugins",
     "bench.suites.wire",
     "bench.suites.protobuf",
+    "bench.backends.postgres",
 )
 DEFAULT_SUITE = "grpc"
 
