@@ -171,9 +171,11 @@ class PgConnection:
             except trio.Cancelled:
                 await self._abandon()
                 raise
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError, ConnectionLost) as exc:
                 self._broken = True
-                lost = ConnectionLost.from_text(str(exc))
+                lost = (
+                    exc if isinstance(exc, ConnectionLost) else ConnectionLost.from_text(str(exc))
+                )
                 lost.session_ended |= self._session_ended or any(
                     r.status == _FATAL and is_retryable_loss(r) for r in results
                 )
