@@ -216,6 +216,9 @@ BENCH_DEPS = [
     "uvloop>=0.19",
     "trustme>=1.1",  # the plugins suite's mTLS certificates
     *ACCEPTANCE_DEPS,  # the backends suite: the backends' own clients, and its servers' fixtures
+    # The PostgreSQL driver comparison (`python -m bench backends-postgres --drivers`).
+    "asyncpg==0.32.0",
+    "trio-asyncio==0.16.0",
 ]
 
 

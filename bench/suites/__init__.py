@@ -7,7 +7,8 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
 (plugins.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse` (abuse.py), `backends`
-(backends/: one module per backend).
+(backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py: PostgreSQL,
+with the driver comparison; not yet folded into `backends`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SUITE_MODULES = (
     "bench.suites.protobuf",
     "bench.suites.abuse",
     "bench.suites.backends",
+    "bench.backends.postgres",
 )
 DEFAULT_SUITE = "grpc"
 

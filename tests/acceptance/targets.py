@@ -28,6 +28,7 @@ from prism_acceptance_plugins import (
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_memcached import MemcachedPlugin
 from prism_plugin_memstore import MemstorePlugin
+from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
 
@@ -165,6 +166,64 @@ class MemcachedKeys:
         return None if ttl < 0 else ttl * 1000
 
 
+class PostgresTable:
+    """The postgres plugin's table (and any SQL) read with psycopg, as the superuser, in the
+    test database; one connection per session, opened on first use."""
+
+    TABLE = "prism_kv"
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self._connection: Any = None
+
+    def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self._connection is None or self._connection.closed:
+            self._connection = self.env.backend("postgres").client()  # type: ignore[attr-defined]
+        rows: list[tuple[Any, ...]] = self._connection.execute(sql, args).fetchall()
+        return rows
+
+    def value(self, key: str) -> bytes | None:
+        rows = self._query(
+            f"SELECT value FROM {self.TABLE} WHERE key = %s "
+            "AND (expires_at IS NULL OR expires_at > now())",
+            key.encode(),  # keys are their UTF-8 bytes (bytea: text cannot hold NUL)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def ttl_ms(self, key: str) -> int | None:
+        rows = self._query(
+            "SELECT ceil(extract(epoch FROM expires_at - now()) * 1000)::int8 "
+            f"FROM {self.TABLE} WHERE key = %s AND expires_at IS NOT NULL",
+            key.encode(),
+        )
+        return int(rows[0][0]) if rows else None
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return self._query(sql)
+
+
+_POSTGRES_INSPECTORS: dict[int, PostgresTable] = {}
+
+
+def _postgres_table(env: Env) -> PostgresTable:
+    return _POSTGRES_INSPECTORS.setdefault(id(env), PostgresTable(env))
+
+
+def _postgres_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[str, Any]:
+    connection: Mapping[str, Any] = env.backend("postgres").connection
+    return {
+        "host": connection["host"],
+        "port": connection["port"],
+        "database": connection["database"],
+        # The authentication suite's users each get a table of their own: a table belongs to
+        # the role that created it.
+        "table": f"kv_{client_name.replace('-', '_')}" if client_name else PostgresTable.TABLE,
+        "create_table": True,
+        "pool_size": pool_size,
+        "application_name": client_name or "prism-acceptance",
+    }
+
+
 def _sqlite_path(env: Env) -> Path:
     return env.directory / "sqlite-target.db"
 
@@ -210,6 +269,26 @@ TARGETS: tuple[Target, ...] = (
         sql_inspector=lambda env: SqliteFile(_sqlite_path(env)),
         sql_dialect=SqlDialect(),
         note="effects checked in the database file with sqlite3",
+    ),
+    Target(
+        "postgres",
+        "postgres",
+        PostgresPlugin,
+        backend="postgres",
+        config=_postgres_config,
+        credentials=lambda env: env.backend("postgres").credentials.as_map(),
+        inspector=_postgres_table,
+        sql_inspector=_postgres_table,
+        sql_dialect=SqlDialect(
+            integer="BIGINT",
+            real="DOUBLE PRECISION",
+            blob="BYTEA",
+            timestamp="TIMESTAMPTZ",
+            json="JSONB",
+            int_array="BIGINT[]",
+        ),
+        auth=AuthSetup(_postgres_config),
+        note="PostgreSQL 15: effects checked in its table with psycopg",
     ),
     Target(
         "redis",
