@@ -100,7 +100,8 @@ class TLSStream(trio.abc.Stream):
                 raise self._break(exc) from exc
             await self._send_outgoing()
             if not await self._fill():
-                raise self._break(None, "the peer closed the connection during the handshake")
+                # As describe_error says it of OpenSSL's UNEXPECTED_EOF_WHILE_READING.
+                raise self._break(None, "TLS: the peer closed the connection during the handshake")
         self._handshaken = True
         await self._send_outgoing()
 

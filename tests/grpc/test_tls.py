@@ -209,8 +209,10 @@ async def test_tlsstream_peer_gone_during_handshake_is_broken(pki: dict[str, Pat
     a, b = _socket_pair()
     mine = TLSStream(a, transport.client_ssl_context(pki["ca"]), server_hostname="localhost")
     await b.aclose()
-    with pytest.raises(trio.BrokenResourceError):
+    with pytest.raises(trio.BrokenResourceError) as info:
         await mine.do_handshake()
+    says = transport.describe_error(info.value)
+    assert says == "TLS: the peer closed the connection during the handshake"
     await trio.aclose_forcefully(mine)
 
 
