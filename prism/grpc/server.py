@@ -19,6 +19,7 @@ import trio
 from prism.grpc import transport
 from prism.grpc.call import ServerCall, error_from_exception
 from prism.grpc.service import RpcMethod, Service
+from prism.grpc.tls import TLSStream
 from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.events import (
     GoAwayReceived,
@@ -180,7 +181,8 @@ class Server:
                 continue
             transport.set_nodelay(stream)
             if ssl_context is not None:
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                assert isinstance(stream, trio.SocketStream)
+                stream = TLSStream(stream, ssl_context, server_side=True)
             nursery.start_soon(self._handle_connection, stream)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
@@ -269,7 +271,7 @@ class _Connection:
     async def run(self) -> None:
         with self._scope:
             with trio.move_on_after(_HANDSHAKE_GRACE) as handshake:
-                if isinstance(self.stream, trio.SSLStream):
+                if isinstance(self.stream, TLSStream):
                     try:
                         await self.stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError) as exc:
