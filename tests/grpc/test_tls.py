@@ -208,9 +208,15 @@ async def test_tlsstream_handshake_failure_says_why(
 async def test_tlsstream_peer_gone_during_handshake_is_broken(pki: dict[str, Path]) -> None:
     a, b = _socket_pair()
     mine = TLSStream(a, transport.client_ssl_context(pki["ca"]), server_hostname="localhost")
-    await b.aclose()
-    with pytest.raises(trio.BrokenResourceError) as info:
-        await mine.do_handshake()
+
+    async def hang_up() -> None:  # after the ClientHello, as a server refusing us would
+        await b.receive_some()
+        await b.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hang_up)
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await mine.do_handshake()
     says = transport.describe_error(info.value)
     assert says == "TLS: the peer closed the connection during the handshake"
     await trio.aclose_forcefully(mine)
