@@ -40,7 +40,8 @@ def sidecars(proxy_pid: int, child_pids: Any) -> list[int]:
             found.append((_start_ticks(pid), pid))
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if b"prism.hosting.launcher" not in cmdline:
+        # prism.sdk.runner: the sidecar command of trees before the launcher (--baseline).
+        if b"prism.hosting.launcher" not in cmdline and b"prism.sdk.runner" not in cmdline:
             found.pop()
     return [pid for _, pid in sorted(found)]
 

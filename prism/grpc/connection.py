@@ -24,6 +24,7 @@ import trio
 from prism.grpc import transport
 from prism.grpc.call import ServerCall, error_from_exception
 from prism.grpc.interceptor import CallOutcome, ServerInterceptor
+from prism.grpc.tls import TLSStream
 from prism.grpc.wire.events import (
     Event,
     FloodDetected,
@@ -110,7 +111,7 @@ class Connection:
         opts = self.server.options
         with self._scope:
             with trio.CancelScope(deadline=self._handshake_deadline) as handshake:
-                if isinstance(self.stream, trio.SSLStream):
+                if isinstance(self.stream, (TLSStream, trio.SSLStream)):
                     try:
                         await self.stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError) as exc:

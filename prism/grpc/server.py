@@ -18,6 +18,7 @@ from prism.grpc import transport
 from prism.grpc.connection import LINGER, Connection
 from prism.grpc.interceptor import ServerInterceptor
 from prism.grpc.service import RpcMethod, Service
+from prism.grpc.tls import TLSStream
 from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.flood import FloodLimits
 from prism.grpc.wire.h2conn import Settings
@@ -257,7 +258,8 @@ class Server:
             self.counters.connections_accepted += 1
             transport.set_nodelay(stream)
             if ssl_context is not None:
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                assert isinstance(stream, trio.SocketStream)
+                stream = TLSStream(stream, ssl_context, server_side=True)
             deadline = trio.current_time() + self.options.handshake_timeout
             nursery.start_soon(self._handle_connection, stream, deadline)
 
@@ -266,11 +268,12 @@ class Server:
         serves other protocols beside gRPC and told them apart by the first bytes
         (``received``: what it read from ``stream``; processed before anything more is read).
 
-        A ``trio.SSLStream`` may come with its handshake done (then ALPN must be h2 or none)
-        or not (it is done here). Limits are the server's own: ``max_concurrent_connections``
-        (over it the stream is closed at once), ``handshake_timeout`` from now. The connection
-        is counted in :attr:`open_connections` and drained by :meth:`shutdown`. Errors on the
-        connection are logged, never raised; cancellation closes it at once.
+        A TLS stream (``prism.grpc.tls.TLSStream`` or ``trio.SSLStream``) may come with its
+        handshake done (then ALPN must be h2 or none) or not (it is done here). Limits are the
+        server's own: ``max_concurrent_connections`` (over it the stream is closed at once),
+        ``handshake_timeout`` from now. The connection is counted in :attr:`open_connections`
+        and drained by :meth:`shutdown`. Errors on the connection are logged, never raised;
+        cancellation closes it at once.
         """
         limit = self.options.max_concurrent_connections
         if self._closing or (limit is not None and self._open >= limit):
