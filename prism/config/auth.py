@@ -18,3 +18,6 @@ class AuthConfig(Model):
 
 class AccessConfig(Model):
     """Who may call which operations of a namespace."""
+
+    anonymous: bool = False
+    """Callers without credentials may use this namespace. The default is to refuse them."""
