@@ -146,7 +146,7 @@ class ServerProcess:
             filter(None, [*first, str(ROOT), env.get("PYTHONPATH")])
         )
         env["PYTHONUNBUFFERED"] = "1"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a restart keeps earlier output
         self._proc = subprocess.Popen(
             # `python -m` puts the working directory first on sys.path: run from `root`.
             self.argv,

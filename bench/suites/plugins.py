@@ -477,6 +477,12 @@ class PluginsSuite:
                     data["recovery"] = recovery
                     parts.append(plugin_recovery.table(recovery))
                     this.proxy.check_alive()
+                    outages = args.kills or (3 if args.quick else 5)
+                    log(f"recovery: {outages} outages of the remote plugin service under load")
+                    remote = plugin_recovery.run_remote(this.address, this.remote, outages)
+                    data["remote_recovery"] = remote
+                    parts.append(plugin_recovery.remote_table(remote))
+                    this.proxy.check_alive()
             finally:
                 for t in trees:
                     t.stop()
