@@ -1,10 +1,10 @@
 """`backends` suite: real backends through the proxy against their own Python clients.
 
-For each registered backend (one module each: `redis.py`, `memcached.py`; add yours to
-`BACKEND_MODULES`), one run starts the real server (the acceptance framework's fixtures), one
-`prism serve` with the backend's plugin in-process and as a sidecar (plus memstore in-process:
-the proxy's own cost, a plugin that does no I/O), and a separate load-client process
-(`bench.backends_client`) that, rounds interleaved, times
+For each registered backend (one module each: `redis.py`, `memcached.py`, `postgres.py`; add
+yours to `BACKEND_MODULES`), one run starts the real server (the acceptance framework's
+fixtures), one `prism serve` with the backend's plugin in-process and as a sidecar (plus
+memstore in-process: the proxy's own cost, a plugin that does no I/O), and a separate
+load-client process (`bench.backends_client`) that, rounds interleaved, times
 
 - **GET**: `get` through the proxy (grpcio sync) and the backend's client's own GET called
   directly, at 1 and 32 concurrent callers: p50/p99, calls/s, CPU µs per call of the proxy
@@ -41,6 +41,7 @@ from bench.suites import register as register_suite
 BACKEND_MODULES = (
     "bench.suites.backends.redis",
     "bench.suites.backends.memcached",
+    "bench.suites.backends.postgres",
 )
 TARGET_ADDED_P50_US = 300.0
 TARGET_BULK_RATIO = 2.0
