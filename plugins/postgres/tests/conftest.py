@@ -5,7 +5,6 @@ port), one per test session, plus a server of its own for a test that stops it."
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ ACCEPTANCE = Path(__file__).resolve().parents[3] / "tests" / "acceptance"
 sys.path.insert(0, str(ACCEPTANCE))
 
 from backends import PostgresServer  # noqa: E402
+from postgres_testkit import config_for  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,21 +37,6 @@ def own_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
-
-
-def config_for(server: PostgresServer, **overrides: Any) -> dict[str, Any]:
-    connection = server.connection
-    config: dict[str, Any] = {
-        "host": connection["host"],
-        "port": connection["port"],
-        "database": connection["database"],
-        "create_table": True,
-        "table": f"kv_{uuid.uuid4().hex[:12]}",
-        "pool_size": 2,
-        "application_name": f"prism-test-{uuid.uuid4().hex[:8]}",
-    }
-    config.update(overrides)
-    return config
 
 
 @pytest.fixture

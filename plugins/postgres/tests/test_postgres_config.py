@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from backends import PostgresServer
-from conftest import config_for
+from postgres_testkit import config_for
 from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_postgres.kv import Table
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 from backends import PostgresServer
-from conftest import config_for
+from postgres_testkit import config_for
 from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_postgres.kv import prefix_successor
 

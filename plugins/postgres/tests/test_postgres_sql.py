@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from backends import PostgresServer
-from conftest import config_for
+from postgres_testkit import config_for
 from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_postgres.sql import first_keyword
 from prism_plugin_postgres.values import NULL

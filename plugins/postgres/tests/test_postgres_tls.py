@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trustme
 from backends import PostgresServer
-from conftest import config_for
+from postgres_testkit import config_for
 from prism_plugin_postgres import PostgresPlugin
 
 from prism._proto.prism.data.v1 import QueryRequest
