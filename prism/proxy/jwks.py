@@ -204,6 +204,7 @@ class Keys:
         self._wake = trio.Event()
         self._done = trio.Event()
         self._running = False
+        self._fetching = False
         #: Fetches attempted (successful or not): what an operator's debug log counts.
         self.fetches = 0
 
@@ -232,15 +233,18 @@ class Keys:
         unless a fetch was attempted in the last ``jwks_refetch_interval`` (False then)."""
         if self.url is None or not self._running:
             return False
-        if trio.current_time() - self._last_attempt < self._config.jwks_refetch_interval:
-            return False
-        done = self._done
-        self._wake.set()
-        await done.wait()
+        if not self._fetching:
+            if trio.current_time() - self._last_attempt < self._config.jwks_refetch_interval:
+                return False
+            self._fetching = True
+            self._wake.set()
+        # A fetch asked for or under way (perhaps by another call with this kid): its answer.
+        await self._done.wait()
         return True
 
     async def _attempt(self) -> None:
         config = self._config
+        self._fetching = True
         now = self._last_attempt = trio.current_time()
         self.fetches += 1
         try:
@@ -262,6 +266,7 @@ class Keys:
             self._next_refresh = now + cache
             log.info("JWKS from %s: %d keys, next refresh in %gs", self.url, len(keys), cache)
         finally:
+            self._fetching = False
             done, self._done = self._done, trio.Event()
             done.set()
 

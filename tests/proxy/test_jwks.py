@@ -1,0 +1,174 @@
+"""Keys from a JWKS URL: a real JWKS served over HTTP (h11 on Trio) in the test, fetched by the
+proxy with httpx on Trio at start, refreshed in the background when its max-age runs out, and
+re-fetched at most once per ``jwks_refetch_interval`` when a token names an unknown ``kid``.
+
+Time is Trio's MockClock running at real speed (``rate = 1``), moved ahead with ``jump`` where
+the test needs the cache or the rate limit to run out: nothing waits for real seconds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from authn_testkit import (
+    AUDIENCE,
+    ISSUER,
+    JwksServer,
+    Running,
+    config,
+    ec_signer,
+    jwks,
+    round_trip,
+    rsa_signer,
+    running,
+)
+
+import prism.client
+from prism.config.auth import AuthConfig, JwtConfig
+from prism.proxy.jwks import max_age, parse_jwks
+
+
+@pytest.fixture
+def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    mock_clock.rate = 1.0
+    return mock_clock
+
+
+@asynccontextmanager
+async def proxy_with_jwks(server: JwksServer, **settings: Any) -> AsyncIterator[Running]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        jwt = JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=server.url, **settings)
+        async with running(config(auth=AuthConfig(jwt=jwt))) as proxy:
+            yield proxy
+        nursery.cancel_scope.cancel()
+
+
+async def test_jwks_url_is_fetched_before_the_proxy_listens(clock: trio.testing.MockClock) -> None:
+    k1 = ec_signer("k1")
+    server = JwksServer(jwks(k1, rsa_signer("r1")))
+    async with proxy_with_jwks(server) as proxy:
+        assert server.fetches == 1
+        assert await round_trip(proxy.target, token=k1.token()) == b"v"
+        assert proxy.recorder.identities[-1].subject == "alice"
+        assert server.fetches == 1  # a known kid fetches nothing
+
+
+async def test_jwks_unknown_kid_refetches_rate_limited_and_picks_up_rotation(
+    clock: trio.testing.MockClock,
+) -> None:
+    k1, k2 = ec_signer("k1"), ec_signer("k2")
+    server = JwksServer(jwks(k1))
+    async with proxy_with_jwks(server, jwks_refetch_interval=30) as proxy:
+        assert server.fetches == 1
+        server.document = jwks(k1, k2)  # the issuer rotates in a new key
+        # Right after the fetch at start: the re-fetch is rate-limited, the token refused.
+        with pytest.raises(prism.client.Unauthenticated):
+            await round_trip(proxy.target, token=k2.token())
+        assert server.fetches == 1
+        assert proxy.failures("unknown_kid") == 1
+
+        clock.jump(31)
+        # Now the unknown kid fetches the JWKS again, and the call waits for it.
+        assert await round_trip(proxy.target, token=k2.token()) == b"v"
+        assert server.fetches == 2
+        assert proxy.recorder.identities[-1].subject == "alice"
+
+        # Made-up kids do not turn the proxy into a load generator against the issuer.
+        for i in range(5):
+            with pytest.raises(prism.client.Unauthenticated):
+                await round_trip(proxy.target, token=ec_signer(f"made-up-{i}").token())
+        assert server.fetches == 2
+        # Both keys keep working.
+        assert await round_trip(proxy.target, token=k1.token()) == b"v"
+        assert await round_trip(proxy.target, token=k2.token()) == b"v"
+        assert server.fetches == 2
+
+
+async def test_jwks_concurrent_unknown_kids_share_one_refetch(
+    clock: trio.testing.MockClock,
+) -> None:
+    k1, k2 = ec_signer("k1"), ec_signer("k2")
+    server = JwksServer(jwks(k1))
+    async with proxy_with_jwks(server) as proxy:
+        server.document = jwks(k1, k2)
+        clock.jump(31)
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(lambda: round_trip(proxy.target, token=k2.token()))
+        assert server.fetches == 2
+        assert len(proxy.recorder.identities) == 16  # a set and a get each
+
+
+async def test_jwks_refreshed_in_the_background_after_max_age(
+    clock: trio.testing.MockClock,
+) -> None:
+    k1, k2 = ec_signer("k1"), ec_signer("k2")
+    server = JwksServer(jwks(k1), cache_control="public, max-age=120")
+    async with proxy_with_jwks(server) as proxy:
+        fetched = server.fetched
+        server.document = jwks(k2)  # k1 retired, k2 in
+        clock.jump(121)
+        with trio.fail_after(30):
+            await fetched.wait()
+        assert server.fetches == 2
+        # The refresh, not a re-fetch, brought k2: the call fetches nothing more.
+        assert await round_trip(proxy.target, token=k2.token()) == b"v"
+        assert server.fetches == 2
+        # A retired key's tokens are refused once the set no longer has it.
+        with pytest.raises(prism.client.Unauthenticated):
+            await round_trip(proxy.target, token=k1.token())
+
+
+async def test_jwks_fetch_failure_at_start_still_serves_and_retries(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    k1 = ec_signer("k1")
+    server = JwksServer(jwks(k1), status=503)
+    async with proxy_with_jwks(server, jwks_refetch_interval=30) as proxy:
+        assert server.fetches == 1
+        assert "JWKS fetch from" in caplog.text
+        assert "HTTP status 503" in caplog.text
+        with pytest.raises(prism.client.Unauthenticated):
+            await round_trip(proxy.target, token=k1.token())
+        server.status = 200
+        fetched = server.fetched
+        clock.jump(31)  # the retry period after a failure
+        with trio.fail_after(30):
+            await fetched.wait()
+        assert await round_trip(proxy.target, token=k1.token()) == b"v"
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("max-age=300", 300.0),
+        ("public, max-age=60, must-revalidate", 60.0),
+        ('max-age="90"', 90.0),
+        ("no-cache", 0.0),
+        ("private, no-store", 0.0),
+        ("public", None),
+        (None, None),
+        ("s-maxage=10", None),
+    ],
+)
+def test_jwks_max_age_reads_cache_control(header: str | None, seconds: float | None) -> None:
+    assert max_age(header) == seconds
+
+
+def test_jwks_parse_skips_symmetric_and_encryption_keys() -> None:
+    signer = ec_signer("sig")
+    document = jwks(signer)
+    document["keys"] += [
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "alg": "HS256"},
+        {**rsa_signer("enc").jwk(), "use": "enc"},
+        {"kty": "EC", "kid": "broken", "crv": "P-256", "x": "AA", "y": "AA"},
+        "not a key",
+    ]
+    assert [key.kid for key in parse_jwks(document)] == ["sig"]
