@@ -154,17 +154,23 @@ def jwt_auth(tmp_path: Path, *signers: Signer, **settings: Any) -> AuthConfig:
     "make", [rsa_signer, ec_signer, ed_signer], ids=["RS256", "ES256", "EdDSA"]
 )
 async def test_authn_jwt_valid_token_gives_its_subject_claims_and_scopes(
-    tmp_path: Path, make: Any
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, make: Any
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     named, pem = make(), make(kid=None)
+    tokens = []
     async with running(config(auth=jwt_auth(tmp_path, named, pem))) as proxy:
         for signer in (named, pem):
             token = signer.token(scope="kv:read kv:write", tenant="acme")
+            tokens.append(token)
             assert await round_trip(proxy.target, token=token) == b"v"
             identity = proxy.recorder.identities[-1]
             assert (identity.subject, identity.source) == ("alice", "jwt")
             assert identity.scopes == {"kv:read", "kv:write"}
             assert identity.claims["tenant"] == "acme"
+            assert token not in repr(identity)
+    for token in tokens:
+        assert token.split(".")[2] not in caplog.text
 
 
 async def test_authn_jwt_scp_list_claim_gives_scopes(tmp_path: Path) -> None:

@@ -111,6 +111,8 @@ async def test_jwks_refreshed_in_the_background_after_max_age(
     k1, k2 = ec_signer("k1"), ec_signer("k2")
     server = JwksServer(jwks(k1), cache_control="public, max-age=120")
     async with proxy_with_jwks(server) as proxy:
+        k1_token = k1.token()
+        assert await round_trip(proxy.target, token=k1_token) == b"v"  # verified, remembered
         fetched = server.fetched
         server.document = jwks(k2)  # k1 retired, k2 in
         clock.jump(121)
@@ -120,9 +122,10 @@ async def test_jwks_refreshed_in_the_background_after_max_age(
         # The refresh, not a re-fetch, brought k2: the call fetches nothing more.
         assert await round_trip(proxy.target, token=k2.token()) == b"v"
         assert server.fetches == 2
-        # A retired key's tokens are refused once the set no longer has it.
+        # A retired key's tokens are refused once the set no longer has it, also one that
+        # was verified (and remembered) before.
         with pytest.raises(prism.client.Unauthenticated):
-            await round_trip(proxy.target, token=k1.token())
+            await round_trip(proxy.target, token=k1_token)
 
 
 async def test_jwks_fetch_failure_at_start_still_serves_and_retries(
