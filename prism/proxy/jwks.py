@@ -291,7 +291,7 @@ class Keys:
                             raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
                     cache_control = r.headers.get("cache-control")
             except httpx.HTTPError as exc:
-                raise JwksError(f"{type(exc).__name__}: {exc}") from None
+                raise JwksError(_describe(exc)) from None
         if scope.cancelled_caught:
             raise JwksError(f"no answer within {self._config.jwks_fetch_timeout:g}s")
         try:
@@ -302,3 +302,16 @@ class Keys:
         if not keys:
             raise JwksError("no usable signature key in it")
         return keys, max_age(cache_control)
+
+
+def _describe(exc: BaseException) -> str:
+    """An httpx error in words: its own message is often empty (a failed TLS handshake under
+    Trio), the cause it wraps has the reason."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if str(seen):
+            return f"{type(exc).__name__}: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -243,10 +244,13 @@ class JwksServer:
     fetches: int = 0
     port: int = 0
     fetched: trio.Event = field(default_factory=trio.Event)
+    #: Serve HTTPS with this context (plain HTTP without one).
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/jwks.json"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}/jwks.json"
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -254,13 +258,20 @@ class JwksServer:
         task_status.started()
         await trio.serve_listeners(self._connection, listeners)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, tcp: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        stream: trio.abc.Stream = tcp
+        if self.ssl_context is not None:
+            stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
         async with stream:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
+                    try:
+                        data = await stream.receive_some(65536)
+                    except trio.BrokenResourceError:
+                        return  # a client that gave up on the handshake
+
                     conn.receive_data(data)
                     if not data:
                         return
@@ -271,7 +282,7 @@ class JwksServer:
                 if isinstance(event, h11.ConnectionClosed):
                     return
 
-    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
+    async def _answer(self, conn: h11.Connection, stream: trio.abc.Stream) -> None:
         body = json.dumps(self.document).encode()
         headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
         headers.append(("connection", "close"))

@@ -8,8 +8,10 @@ the test needs the cache or the rate limit to run out: nothing waits for real se
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from authn_testkit import (
     config,
     ec_signer,
     jwks,
+    make_pki,
     round_trip,
     rsa_signer,
     running,
@@ -146,6 +149,31 @@ async def test_jwks_fetch_failure_at_start_still_serves_and_retries(
         with trio.fail_after(30):
             await fetched.wait()
         assert await round_trip(proxy.target, token=k1.token()) == b"v"
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_jwks_url_over_https_is_verified_with_jwks_ca(
+    clock: trio.testing.MockClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    trusted: bool,
+) -> None:
+    pki = make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki.ca.issue_cert("127.0.0.1").configure_cert(context)
+    k1 = ec_signer("k1")
+    server = JwksServer(jwks(k1), ssl_context=context)
+    # Not trusted: the system's roots, which know nothing of the test's CA.
+    settings = {"jwks_ca": pki.ca_file} if trusted else {}
+    async with proxy_with_jwks(server, **settings) as proxy:
+        if trusted:
+            assert server.fetches == 1
+            assert await round_trip(proxy.target, token=k1.token()) == b"v"
+        else:
+            assert server.fetches == 0  # the handshake failed: nothing was asked
+            assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+            with pytest.raises(prism.client.Unauthenticated):
+                await round_trip(proxy.target, token=k1.token())
 
 
 @pytest.mark.parametrize(
