@@ -80,7 +80,8 @@ class JwtConfig(Model):
     jwks_file: ConfigPath | None = None
     """A JWKS file (``{"keys": [...]}``), read when the config is loaded."""
     jwks_url: Text | None = None
-    """A JWKS URL (https; http only to a loopback host), fetched at start, cached for its
+    """A JWKS URL (https; http only to a loopback host; no user or password: a JWKS is public
+    and URLs get logged), fetched at start, cached for its
     ``Cache-Control: max-age`` (bounded by ``jwks_cache_min``/``jwks_cache_max``), refreshed
     in the background, and re-fetched when a token names an unknown ``kid``."""
     jwks_ca: ConfigPath | None = None
@@ -101,6 +102,9 @@ class JwtConfig(Model):
         if url is None:
             return url
         parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            # A JWKS is a public document; and HTTP clients log request URLs.
+            raise FieldError((), "no user or password in the URL (a JWKS needs none)")
         if parts.scheme == "https" and parts.hostname:
             return url
         if parts.scheme == "http" and parts.hostname in _LOOPBACK:

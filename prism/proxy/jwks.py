@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -191,6 +192,8 @@ class Keys:
         self.keyset = KeySet(static)
         self.generation = 0
         self.url = config.jwks_url
+        #: The URL as logs show it: without user info or query (either may hold a secret).
+        self.shown_url = _shown(self.url) if self.url is not None else ""
         self._ssl: ssl.SSLContext | None = None
         if self.url is not None and config.jwks_ca is not None:
             try:
@@ -253,7 +256,7 @@ class Keys:
             self._next_refresh = now + config.jwks_refetch_interval
             log.warning(
                 "JWKS fetch from %s failed: %s (keeping the %d keys held; retry in %gs)",
-                self.url,
+                self.shown_url,
                 exc,
                 len(self.keyset.by_kid) + len(self.keyset.unnamed),
                 config.jwks_refetch_interval,
@@ -264,7 +267,7 @@ class Keys:
             cache = config.jwks_cache_max if age is None else age
             cache = min(max(cache, config.jwks_cache_min), config.jwks_cache_max)
             self._next_refresh = now + cache
-            log.info("JWKS from %s: %d keys, next refresh in %gs", self.url, len(keys), cache)
+            log.info("JWKS from %s: %d keys, next refresh in %gs", self.shown_url, len(keys), cache)
         finally:
             self._fetching = False
             done, self._done = self._done, trio.Event()
@@ -291,7 +294,7 @@ class Keys:
                             raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
                     cache_control = r.headers.get("cache-control")
             except httpx.HTTPError as exc:
-                raise JwksError(_describe(exc)) from None
+                raise JwksError(_describe(exc).replace(self.url, self.shown_url)) from None
         if scope.cancelled_caught:
             raise JwksError(f"no answer within {self._config.jwks_fetch_timeout:g}s")
         try:
@@ -315,3 +318,12 @@ def _describe(exc: BaseException) -> str:
             return f"{type(exc).__name__}: {seen}"
         seen = seen.__cause__ or seen.__context__
     return type(exc).__name__
+
+
+def _shown(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

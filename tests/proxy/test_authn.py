@@ -369,6 +369,7 @@ def test_authn_config_refuses_a_private_key_file(tmp_path: Path) -> None:
         ({"algorithms": ["none"]}, "algorithms[0]: 'none' is not one of"),
         ({"keys": []}, "keys: give keys, jwks_file or jwks_url"),
         ({"jwks_url": "http://issuer.example/jwks"}, "jwks_url: expected an https:// URL"),
+        ({"jwks_url": "https://u:p@issuer.example/jwks"}, "jwks_url: no user or password"),
         ({"leeway": 301}, "leeway:"),
         ({"jwks_cache_min": 600, "jwks_cache_max": 60}, "jwks_cache_min: greater than"),
         ({"audience": []}, "audience: name at least one audience"),

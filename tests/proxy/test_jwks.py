@@ -149,6 +149,7 @@ async def test_jwks_fetch_failure_at_start_still_serves_and_retries(
         with trio.fail_after(30):
             await fetched.wait()
         assert await round_trip(proxy.target, token=k1.token()) == b"v"
+    assert "JWKS from http://127.0.0.1:" in caplog.text
 
 
 @pytest.mark.parametrize("trusted", [True, False])
