@@ -7,6 +7,7 @@ the test needs the cache or the rate limit to run out: nothing waits for real se
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -150,6 +151,34 @@ async def test_jwks_fetch_failure_at_start_still_serves_and_retries(
             await fetched.wait()
         assert await round_trip(proxy.target, token=k1.token()) == b"v"
     assert "JWKS from http://127.0.0.1:" in caplog.text
+
+
+async def test_jwks_unanswered_fetch_gives_up_after_jwks_fetch_timeout(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    asked = trio.Event()
+
+    async def never_answer(stream: trio.SocketStream) -> None:
+        asked.set()
+        await trio.sleep_forever()
+
+    async def time_passes() -> None:
+        await asked.wait()
+        clock.jump(11)  # past jwks_fetch_timeout (10 s)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, never_answer, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(time_passes)
+        jwt = JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{port}/")
+        # The proxy starts: a hung issuer delays it by jwks_fetch_timeout at most.
+        async with running(config(auth=AuthConfig(jwt=jwt))) as proxy:
+            assert "no answer within 10s" in caplog.text
+            with pytest.raises(prism.client.Unauthenticated):
+                await round_trip(proxy.target, token=ec_signer("k1").token())
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("trusted", [True, False])
