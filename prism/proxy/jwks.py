@@ -208,8 +208,6 @@ class Keys:
         self._done = trio.Event()
         self._running = False
         self._fetching = False
-        #: Fetches attempted (successful or not): what an operator's debug log counts.
-        self.fetches = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fetch ``jwks_url`` now (``started`` once that attempt is over, whether it worked:
@@ -249,10 +247,11 @@ class Keys:
         config = self._config
         self._fetching = True
         now = self._last_attempt = trio.current_time()
-        self.fetches += 1
         try:
             keys, age = await self._fetch()
-        except JwksError as exc:
+        except Exception as exc:  # whatever the issuer sent, the proxy goes on serving
+            if not isinstance(exc, JwksError):
+                exc = JwksError(_describe(exc))
             self._next_refresh = now + config.jwks_refetch_interval
             log.warning(
                 "JWKS fetch from %s failed: %s (keeping the %d keys held; retry in %gs)",

@@ -244,6 +244,8 @@ class JwksServer:
     fetches: int = 0
     port: int = 0
     fetched: trio.Event = field(default_factory=trio.Event)
+    #: Served instead of ``document`` when set (a broken issuer).
+    raw: bytes | None = None
     #: Serve HTTPS with this context (plain HTTP without one).
     ssl_context: ssl.SSLContext | None = None
 
@@ -283,14 +285,18 @@ class JwksServer:
                     return
 
     async def _answer(self, conn: h11.Connection, stream: trio.abc.Stream) -> None:
-        body = json.dumps(self.document).encode()
+        body = self.raw if self.raw is not None else json.dumps(self.document).encode()
         headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
         headers.append(("connection", "close"))
         if self.cache_control is not None:
             headers.append(("cache-control", self.cache_control))
         self.fetches += 1
         event, self.fetched = self.fetched, trio.Event()
-        await stream.send_all(conn.send(h11.Response(status_code=self.status, headers=headers)))
-        await stream.send_all(conn.send(h11.Data(data=body)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-        event.set()
+        try:
+            await stream.send_all(conn.send(h11.Response(status_code=self.status, headers=headers)))
+            await stream.send_all(conn.send(h11.Data(data=body)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+        except trio.BrokenResourceError:
+            pass  # the client stopped reading (a body over its limit)
+        finally:
+            event.set()

@@ -43,6 +43,18 @@ def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
     return mock_clock
 
 
+class OnRecord(logging.Handler):
+    """Sets ``event`` when a record whose message starts with ``prefix`` is logged."""
+
+    def __init__(self, event: trio.Event, prefix: str) -> None:
+        super().__init__()
+        self.event, self.prefix = event, prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.event.set()
+
+
 @asynccontextmanager
 async def proxy_with_jwks(server: JwksServer, **settings: Any) -> AsyncIterator[Running]:
     async with trio.open_nursery() as nursery:
@@ -151,6 +163,45 @@ async def test_jwks_fetch_failure_at_start_still_serves_and_retries(
             await fetched.wait()
         assert await round_trip(proxy.target, token=k1.token()) == b"v"
     assert "JWKS from http://127.0.0.1:" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("broken", "why"),
+    [
+        ({"raw": b"<html>oops</html>"}, "not JSON"),
+        ({"raw": b'{"keys": "none"}'}, "not a JWKS document"),
+        ({"document": {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]}}, "no usable"),
+        ({"raw": b"x" * (1 << 20 | 1)}, "larger than 1048576 bytes"),
+    ],
+    ids=["html", "not_jwks", "only_hmac", "too_large"],
+)
+async def test_jwks_broken_refresh_keeps_the_keys_held(
+    clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    broken: dict[str, Any],
+    why: str,
+) -> None:
+    k1 = ec_signer("k1")
+    server = JwksServer(jwks(k1))
+    logged = trio.Event()
+    handler = OnRecord(logged, "JWKS fetch from")
+    logging.getLogger("prism.proxy.authn").addHandler(handler)
+    try:
+        async with proxy_with_jwks(server) as proxy:
+            for name, value in broken.items():
+                setattr(server, name, value)
+            fetched = server.fetched
+            clock.jump(3601)  # the max-age runs out
+            with trio.fail_after(30):
+                await fetched.wait()
+            with trio.fail_after(30):
+                await logged.wait()  # the proxy has read the answer
+            assert why in caplog.text
+            # The failed refresh is logged; the proxy keeps the key it had and keeps serving.
+            assert "keeping the 1 keys held" in caplog.text
+            assert await round_trip(proxy.target, token=k1.token()) == b"v"
+    finally:
+        logging.getLogger("prism.proxy.authn").removeHandler(handler)
 
 
 async def test_jwks_unanswered_fetch_gives_up_after_jwks_fetch_timeout(
