@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import trio
 from authn_testkit import (
@@ -33,10 +34,13 @@ from authn_testkit import (
 from cryptography.hazmat.primitives import serialization
 
 import prism.client
+from prism._proto.prism.data.v1 import GetRequest
+from prism._proto.prism.proxy.v1 import ExecuteRequest
 from prism.config import ConfigError
 from prism.config.auth import AuthConfig, JwtConfig, MtlsConfig
 from prism.proxy.app import Proxy
 from prism.proxy.authn import GENERIC
+from prism.sdk.typed import pack
 
 SPIFFE = "spiffe://example.org/ns/prod/sa/orders"
 
@@ -290,6 +294,35 @@ async def test_authn_jwt_audience_list_accepts_any_of_them(tmp_path: Path) -> No
     auth = jwt_auth(tmp_path, signer, audience=("other", AUDIENCE))
     async with running(config(auth=auth)) as proxy:
         assert await round_trip(proxy.target, token=signer.token(aud=[AUDIENCE, "x"])) == b"v"
+
+
+def grpcio_call(target: str, metadata: list[tuple[str, str]]) -> tuple[grpc.StatusCode, str]:
+    """An Execute ``get`` from grpcio (a gRPC implementation nobody here wrote)."""
+    request = ExecuteRequest(
+        namespace="kv", operation="get", typed_params=pack(GetRequest(key="k"))
+    )
+    with grpc.insecure_channel(target) as channel:
+        execute = channel.unary_unary("/prism.proxy.v1.DataProxy/Execute")
+        try:
+            execute(bytes(request), metadata=metadata, timeout=30)
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+    return grpc.StatusCode.OK, ""
+
+
+async def test_authn_jwt_from_grpcio_call_metadata(tmp_path: Path) -> None:
+    signer = ec_signer()
+    token = signer.token()
+    async with running(config(auth=jwt_auth(tmp_path, signer))) as proxy:
+        bearer = [("authorization", f"Bearer {token}")]
+        ok = await trio.to_thread.run_sync(grpcio_call, proxy.target, bearer)
+        assert ok == (grpc.StatusCode.OK, "")
+        assert proxy.recorder.identities[-1].subject == "alice"
+        expired = [("authorization", f"Bearer {signer.token(exp=int(time.time()) - 600)}")]
+        refused = await trio.to_thread.run_sync(grpcio_call, proxy.target, expired)
+        assert refused == (grpc.StatusCode.UNAUTHENTICATED, GENERIC)
+        missing = await trio.to_thread.run_sync(grpcio_call, proxy.target, [])
+        assert missing == (grpc.StatusCode.UNAUTHENTICATED, GENERIC)
 
 
 # -- anonymous callers and certificates beside tokens -----------------------------------------
