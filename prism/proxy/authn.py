@@ -57,6 +57,11 @@ MAX_TOKEN_BYTES = 8192
 #: Verified tokens remembered (per key-set generation), so a client sending the same token on
 #: every call pays for its signature check once.
 CACHE_SIZE = 4096
+#: Refusals logged per reason per LOG_WINDOW seconds: a client sending bad tokens in a loop
+#: must not flood the log. Beyond that they are still counted in metrics, and the next line
+#: logged for that reason says how many were not.
+LOG_BURST = 20
+LOG_WINDOW = 60.0
 # getpeercert()'s SAN kinds, by the name auth.mtls.identity gives them.
 _SAN_KINDS = {"uri": "URI", "dns": "DNS", "email": "email", "ip": "IP Address"}
 
@@ -205,6 +210,25 @@ def certificate_subject(
     return None
 
 
+class LogBudget:
+    """How many refusals of each reason may still be logged in the current window."""
+
+    def __init__(self) -> None:
+        # reason -> (window start, lines logged in it, refusals not logged since the last line)
+        self._reasons: dict[str, tuple[float, int, int]] = {}
+
+    def admit(self, reason: str, now: float) -> int | None:
+        """None: do not log this one; else log it, with this many not logged before it."""
+        start, logged, skipped = self._reasons.get(reason, (now, 0, 0))
+        if now - start >= LOG_WINDOW:
+            start, logged = now, 0
+        if logged >= LOG_BURST:
+            self._reasons[reason] = (start, logged, skipped + 1)
+            return None
+        self._reasons[reason] = (start, logged + 1, 0)
+        return skipped
+
+
 class Authentication:
     """The proxy's authenticator (module docstring)."""
 
@@ -220,6 +244,7 @@ class Authentication:
         self._identity_order = mtls.identity
         self.jwt = JwtVerifier(jwt_config) if jwt_config is not None else None
         self._allow_anonymous = allow_anonymous
+        self._log_budget = LogBudget()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The JWKS URL's fetches (:meth:`prism.proxy.jwks.Keys.run`), if there is one."""
@@ -233,14 +258,17 @@ class Authentication:
             return await self._identify(call, info)
         except AuthFailure as failure:
             self._metrics.auth_failed(failure.reason)
-            level = logging.INFO if failure.reason == "missing" else logging.WARNING
-            log.log(
-                level,
-                "authentication failed for %s: %s%s",
-                info.peer.address,
-                failure.reason,
-                f" ({failure.detail})" if failure.detail else "",
-            )
+            skipped = self._log_budget.admit(failure.reason, trio.current_time())
+            if skipped is not None:
+                level = logging.INFO if failure.reason == "missing" else logging.WARNING
+                log.log(
+                    level,
+                    "authentication failed for %s: %s%s%s",
+                    info.peer.address,
+                    failure.reason,
+                    f" ({failure.detail})" if failure.detail else "",
+                    f"; {skipped} more not logged" if skipped else "",
+                )
             raise Unauthenticated(GENERIC) from None
 
     async def _identify(self, call: ServerCall, info: RequestInfo) -> Identity:

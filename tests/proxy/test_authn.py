@@ -39,7 +39,7 @@ from prism._proto.prism.proxy.v1 import ExecuteRequest
 from prism.config import ConfigError
 from prism.config.auth import AuthConfig, JwtConfig, MtlsConfig
 from prism.proxy.app import Proxy
-from prism.proxy.authn import GENERIC
+from prism.proxy.authn import GENERIC, LOG_BURST, LOG_WINDOW
 from prism.sdk.typed import pack
 
 SPIFFE = "spiffe://example.org/ns/prod/sa/orders"
@@ -232,6 +232,33 @@ async def test_authn_jwt_bad_token_is_unauthenticated_with_a_generic_message(
         if len(part) > 8:  # an empty signature, or a short header, is no secret
             assert part not in caplog.text
             assert part not in str(refused.value)
+
+
+def authn_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "prism.proxy.authn"]
+
+
+async def test_authn_refusals_are_logged_within_a_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.rate = 1.0
+    signer = ec_signer()
+    expired = signer.token(exp=int(time.time()) - 600)
+    async with running(config(auth=jwt_auth(tmp_path, signer))) as proxy:
+        for _ in range(LOG_BURST + 5):
+            with pytest.raises(prism.client.Unauthenticated):
+                await round_trip(proxy.target, token=expired)
+        assert len(authn_lines(caplog)) == LOG_BURST
+        assert proxy.failures("expired") == LOG_BURST + 5  # every one is counted
+        # Another reason has a budget of its own.
+        with pytest.raises(prism.client.Unauthenticated):
+            await round_trip(proxy.target, token=signer.token(aud="x"))
+        assert authn_lines(caplog)[-1].endswith(": audience (InvalidAudienceError)")
+
+        mock_clock.jump(LOG_WINDOW)
+        with pytest.raises(prism.client.Unauthenticated):
+            await round_trip(proxy.target, token=expired)
+        assert authn_lines(caplog)[-1].endswith("; 5 more not logged")
 
 
 async def test_authn_jwt_missing_token_is_unauthenticated(
