@@ -9,6 +9,7 @@ stage implementation changes only its function's body.
 from __future__ import annotations
 
 from prism.config import NamespaceConfig, ProxyConfig
+from prism.proxy.authn import build_authenticator
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
 from prism.proxy.pipeline import (
     AllowAll,
@@ -19,7 +20,6 @@ from prism.proxy.pipeline import (
     ConcurrencyLimiter,
     NamespaceStages,
     NoAudit,
-    NoAuthentication,
     NoBreaker,
     NoConcurrencyLimit,
     NoRateLimit,
@@ -72,7 +72,7 @@ def tracer(config: ProxyConfig) -> Tracer:
 
 def authenticator(config: ProxyConfig, metrics: ProxyMetrics) -> Authenticator:
     """The caller's identity: mTLS client certificate, bearer JWT (prism/proxy/authn.py)."""
-    return NoAuthentication()
+    return build_authenticator(config, metrics)
 
 
 def audit_log(config: ProxyConfig) -> AuditLog:
