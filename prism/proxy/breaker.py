@@ -8,8 +8,9 @@ after ``consecutive_failures`` failures in a row, or when at least ``min_calls``
 last ``window`` seconds failed at ``failure_rate`` or more. Open, every call fails fast with
 UNAVAILABLE and the reason, without entering the plugin, for ``open_seconds``; then it is
 half-open: ``half_open_probes`` calls at a time go through; the first that succeeds closes
-it, the first that fails opens it again. A refused call carries a ``google.rpc.RetryInfo``
-with the time left open, like a rate-limited one.
+it, the first that fails opens it again (a probe that has not answered within
+``open_seconds``, a stream that lasts, say, no longer holds its slot). A refused call carries
+a ``google.rpc.RetryInfo`` with the time left open, like a rate-limited one.
 
 A breaker belongs to the instance ``route.current`` names: a hot reload or a restart brings a
 new instance and with it a closed breaker (the old one, still finishing the old instance's
@@ -53,6 +54,7 @@ class CircuitBreaker:
         self.opened_at = -math.inf
         self._reason = ""
         self._probes = 0  # half-open: probe calls in flight
+        self._probed_at = -math.inf  # when the latest probe was let through
         self._slot = config.window / _BUCKETS
         self._calls = [0] * _BUCKETS
         self._failures = [0] * _BUCKETS
@@ -73,8 +75,13 @@ class CircuitBreaker:
                 self._refuse(f"retry in {left:.2g} s", left)
             self._enter("half_open")
         if self._probes >= self._config.half_open_probes:
-            self._refuse("a probe call is testing the plugin", self._config.open_seconds)
+            if now - self._probed_at < self._config.open_seconds:
+                self._refuse("a probe call is testing the plugin", self._config.open_seconds)
+            # The probes have not answered for open_seconds (a stream that lasts, a hung
+            # call): they no longer hold the slots.
+            self._probes = 0
         self._probes += 1
+        self._probed_at = now
 
     def record(self, status: Status) -> None:
         if status == Status.CANCELLED:

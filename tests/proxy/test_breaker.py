@@ -112,6 +112,30 @@ async def test_breaker_half_open_lets_a_limited_number_of_probes_through(
         assert state(running) == 0
 
 
+async def test_breaker_probe_that_does_not_answer_frees_its_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        running_proxy(flaky_proxy(flaky(breaker=BREAKER))) as running,
+        trio.open_nursery() as nursery,
+    ):
+        plugin = FlakyPlugin.instances[-1]
+        plugin.failing = Status.UNAVAILABLE
+        for _ in range(3):
+            with pytest.raises(Unavailable):
+                await work(running)
+        await trio.sleep(5)
+        nursery.start_soon(work, running, "flaky", "hold")  # a probe that hangs
+        await until(lambda: plugin.entered == 1)
+        with pytest.raises(Unavailable, match="a probe call is testing the plugin"):
+            await work(running)
+        await trio.sleep(5)  # the hung probe has had open_seconds: another may go
+        plugin.failing = None
+        assert await work(running) == b"ok"
+        assert state(running) == 0
+        plugin.gate.set()
+
+
 async def test_breaker_opens_on_the_failure_rate(autojump_clock: trio.testing.MockClock) -> None:
     breaker = {"consecutive_failures": 100, "failure_rate": 0.5, "min_calls": 10, "window": 10}
     async with running_proxy(flaky_proxy(flaky(breaker=breaker))) as running:
