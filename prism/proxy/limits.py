@@ -54,24 +54,20 @@ class Permits:
             return True
         return False
 
-    async def take(self, queue_timeout: float) -> bool:
-        """Wait in the queue for a permit, up to ``queue_timeout`` s; False when none came.
-        Cancelled (the call's deadline, the client's reset): the waiter leaves the queue,
-        and a permit handed to it meanwhile goes on to the next one."""
+    async def take(self) -> None:
+        """Wait in the queue until a permit is handed over. Cancelled (the queue timeout, the
+        call's deadline, the client's reset): the waiter leaves the queue, and a permit handed
+        to it meanwhile goes on to the next one."""
         waiter = _Waiter()
         self.waiters[waiter] = None
         try:
-            with trio.move_on_after(queue_timeout):
-                await waiter.event.wait()
+            await waiter.event.wait()
         except BaseException:
             if waiter.granted:
                 self.give()
             else:
                 del self.waiters[waiter]
             raise
-        if not waiter.granted:
-            del self.waiters[waiter]
-        return waiter.granted
 
     def give(self) -> None:
         """A permit is back: the first waiter gets it, else it is free."""
@@ -117,7 +113,10 @@ class ConcurrencyLimit:
                 f"flight and {permits.max_queue} waiting (queue full)"
             )
         started = trio.current_time()
-        granted = await permits.take(self.queue_timeout)
+        granted = False
+        with trio.move_on_after(self.queue_timeout):
+            await permits.take()
+            granted = True
         if not granted:
             self._queue_timed_out.value += 1
             raise ResourceExhausted(
