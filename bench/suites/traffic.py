@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,19 @@ def run_variant(
         "loaded_p99_ms": _ms(percentile([lat for lat, _ in during], 0.99)),
         "loaded_max_ms": _ms(max((lat for lat, _ in during), default=None)),
         "served_p99_ms": _ms(percentile(served, 0.99)),
+        "loaded_over_1s": sum(1 for lat, _ in during if lat >= 1.0),
+        "loaded_statuses": _count(status for _, status in during),
     }
     result["p99_ratio"] = report.ratio(result["loaded_p99_ms"], result["idle_p99_ms"])
     log(json.dumps(result))
     return result
+
+
+def _count(statuses: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -187,7 +197,8 @@ class TrafficSuite:
 def _markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     header = [
         "variant", "idle p50 ms", "idle p99 ms", "loaded p50 ms", "loaded p99 ms",
-        "loaded max ms", "p99 ratio", "bystander calls (refused)", "flood s", "flood statuses",
+        "loaded max ms", "p99 ratio", "served p99 ms", "bystander calls (refused, errors, ≥ 1 s)",
+        "flood s", "flood statuses",
     ]  # fmt: skip
     rows = []
     for run in runs:
@@ -199,7 +210,9 @@ def _markdown(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
             report.fmt_num(run["loaded_p99_ms"], 2),
             report.fmt_num(run["loaded_max_ms"], 1),
             report.fmt_ratio(run["p99_ratio"]),
-            f"{run['loaded_calls']} ({run['loaded_refused']})",
+            report.fmt_num(run["served_p99_ms"], 2),
+            f"{run['loaded_calls']} ({run['loaded_refused']}, {run['loaded_other_errors']}, "
+            f"{run['loaded_over_1s']})",
             report.fmt_num(run["flood_seconds"], 2),
             ", ".join(f"{k} {v}" for k, v in sorted(run["flood_statuses"].items())),
         ])  # fmt: skip
