@@ -61,7 +61,8 @@ def retry_status_details(status: Status, message: str, delay: float) -> bytes:
 
 
 class Bucket:
-    """A token bucket: ``rate`` tokens a second up to ``burst``; starts full."""
+    """A token bucket: ``rate`` tokens a second up to ``burst``; full at ``now`` (and at any
+    time after ``-inf``)."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
@@ -103,8 +104,10 @@ class TokenBuckets:
     ) -> None:
         self._namespace = namespace
         self._rejected = rejected
-        now = trio.current_time()
-        self._shared = Bucket(shared.rate, _burst(shared), now) if shared is not None else None
+        # Full from the start; no clock read here (stages may be built outside trio.run).
+        self._shared = (
+            Bucket(shared.rate, _burst(shared), -math.inf) if shared is not None else None
+        )
         self._caller_limit = per_caller
         self._caller_burst = _burst(per_caller) if per_caller is not None else 0.0
         self._callers: OrderedDict[str, Bucket] = OrderedDict()

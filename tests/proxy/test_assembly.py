@@ -29,7 +29,8 @@ async def test_assembly_defaults_limit_nothing_and_keep_a_breaker() -> None:
     assert stages.default_timeout is None
 
 
-async def test_assembly_builds_configured_limits() -> None:
+def test_assembly_builds_configured_limits() -> None:
+    # Outside trio.run, as a proxy is constructed before it runs.
     ns = flaky(
         rate_limit={"rate": 100},
         caller_rate_limit={"rate": 10},
