@@ -30,6 +30,8 @@ TEST_DEPS = [
     "grpcio>=1.60",
     "grpcio-health-checking>=1.60",
     "grpcio-reflection>=1.60",
+    # rpc_status.from_call: the proxy's google.rpc.RetryInfo, read as grpcio users read it.
+    "grpcio-status>=1.60",
     "grpclib>=0.4.7",
     "jsonschema>=4.18",  # `prism config schema` is checked with a real validator
     # The oracle for prism's protobuf strictness (tests/test_protowire_strict.py): upb.

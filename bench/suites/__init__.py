@@ -8,7 +8,8 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
 (plugins.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse` (abuse.py), `backends`
 (backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py: PostgreSQL,
-with the driver comparison; not yet folded into `backends`).
+with the driver comparison; not yet folded into `backends`), `traffic` (traffic.py: a
+bystander under a flood, with and without a namespace's concurrency cap).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SUITE_MODULES = (
     "bench.suites.abuse",
     "bench.suites.backends",
     "bench.backends.postgres",
+    "bench.suites.traffic",
 )
 DEFAULT_SUITE = "grpc"
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prism.config import NamespaceConfig, ProxyConfig
 from prism.proxy.authn import build_authenticator
+from prism.proxy.breaker import InstanceBreakers
+from prism.proxy.limits import ConcurrencyLimit
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
 from prism.proxy.pipeline import (
     AllowAll,
@@ -29,6 +31,7 @@ from prism.proxy.pipeline import (
     Router,
     Tracer,
 )
+from prism.proxy.ratelimit import TokenBuckets
 
 __all__ = ["build_pipeline", "namespace_stages"]
 
@@ -92,21 +95,30 @@ def rate_limiter(
     config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetrics
 ) -> RateLimiter:
     """Token buckets per namespace and per caller (prism/proxy/ratelimit.py)."""
-    return NoRateLimit()
+    traffic = ns.traffic
+    if traffic.rate_limit is None and traffic.caller_rate_limit is None:
+        return NoRateLimit()
+    return TokenBuckets(
+        ns.name, metrics.rate_limited, traffic.rate_limit, traffic.caller_rate_limit
+    )
 
 
 def concurrency_limiter(
     config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetrics
 ) -> ConcurrencyLimiter:
     """A cap of calls in flight with a bounded wait queue (prism/proxy/limits.py)."""
-    return NoConcurrencyLimit()
+    if ns.traffic.concurrency is None:
+        return NoConcurrencyLimit()
+    return ConcurrencyLimit(ns.name, ns.traffic.concurrency, metrics)
 
 
 def breakers(config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetrics) -> Breakers:
     """A circuit breaker per plugin instance (prism/proxy/breaker.py)."""
-    return NoBreaker()
+    if not ns.traffic.breaker.enabled:
+        return NoBreaker()
+    return InstanceBreakers(ns.name, ns.traffic.breaker, metrics)
 
 
 def default_timeout(config: ProxyConfig, ns: NamespaceConfig) -> float | None:
     """Seconds a unary call without a client deadline may take; None: unbounded."""
-    return None
+    return ns.traffic.default_timeout
