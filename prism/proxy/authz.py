@@ -140,6 +140,13 @@ class NamespaceAuthorizer:
         rules = self.rules
         return not rules or any(rule.matches_caller(identity) for rule in rules)
 
+    def admit(self, info: RequestInfo) -> None:
+        """Raise PermissionDenied (counted) unless the caller may use this namespace at all
+        (discovery: ``DescribeNamespace``)."""
+        if not self.admits(info.identity if info.identity is not None else ANONYMOUS):
+            self._denied.inc()
+            raise PermissionDenied(f"caller may not use namespace {self.namespace!r}")
+
     def authorize(self, info: RequestInfo) -> None:
         identity = info.identity if info.identity is not None else ANONYMOUS
         if not self.permits(identity, info.operation):

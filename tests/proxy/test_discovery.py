@@ -1,0 +1,161 @@
+"""Discovery over a real front door: DescribeNamespace and ListAccessibleNamespaces with prism's
+client and with grpcio, for in-process and sidecar plugins (the sidecar answers the reserved
+``_prism.describe`` over its own gRPC socket), filtered by what the caller is authorized for."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+import trio
+from host_testkit import Running, proxy_config
+from test_authz import HeaderIdentity, who
+
+import prism.client
+from prism import grpc as pg
+from prism._proto.prism.proxy.v1 import (
+    DescribeNamespaceRequest,
+    DescribeNamespaceResponse,
+    ListAccessibleNamespacesRequest,
+    ListAccessibleNamespacesResponse,
+)
+from prism.config import NamespaceConfig, PluginConfig
+from prism.proxy.app import Proxy
+
+MEMSTORE_OPERATIONS = [
+    "get",
+    "set",
+    "delete",
+    "exists",
+    "expire",
+    "list_keys",
+    "get_many",
+    "set_many",
+    "delete_many",
+    "transact",
+    "set_raw",
+    "get_raw",
+    "publish",
+    "subscribe",
+]
+
+
+def namespaces() -> tuple[NamespaceConfig, ...]:
+    sidecar = PluginConfig("memstore", mode="sidecar")
+    readers = [{"subject": "reader", "operations": ["get", "exists", "list_*", "subscribe"]}]
+    return (
+        NamespaceConfig("open", PluginConfig("memstore"), access={"anonymous": True}),
+        NamespaceConfig("side", sidecar, access={"anonymous": True}),
+        NamespaceConfig("private", PluginConfig("memstore")),
+        NamespaceConfig("ruled", PluginConfig("memstore"), access={"rules": readers}),
+    )
+
+
+@asynccontextmanager
+async def proxy() -> AsyncIterator[Running]:
+    config = proxy_config(*namespaces())
+    async with trio.open_nursery() as nursery:
+        app = Proxy(config)
+        app.pipeline.authenticator = HeaderIdentity()
+        started: Proxy = await nursery.start(app.run)
+        assert started.address is not None
+        target = f"{started.address[0]}:{started.address[1]}"
+        try:
+            async with pg.open_channel(target) as channel:
+                yield Running(started, channel, target, nursery)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_discovery_describe_lists_every_operation_with_its_types() -> None:
+    async with proxy() as running, prism.client.connect(running.target) as client:
+        for name in ("open", "side"):  # in-process, and a sidecar over its socket
+            described = await client.describe(name)
+            assert described.namespace == name
+            assert described.plugin == "memstore"
+            assert described.plugin_version
+            assert [op.name for op in described.operations] == MEMSTORE_OPERATIONS
+            get = described.operation("get")
+            assert (get.params_type, get.result_type, get.streaming) == (
+                "prism.data.v1.GetRequest",
+                "prism.data.v1.GetResponse",
+                False,
+            )
+            assert get.features == ("etag", "ttl")
+            raw = described.operation("set_raw")
+            assert (raw.params_type, raw.result_type) == ("bytes", "bytes")
+            subscribe = described.operation("subscribe")
+            assert subscribe.streaming
+            assert (subscribe.params_type, subscribe.result_type, subscribe.inbound_type) == (
+                "prism.data.v1.SubscribeRequest",
+                "prism.data.v1.Message",
+                "",
+            )
+
+
+async def test_discovery_shows_callers_only_what_they_may_use() -> None:
+    async with proxy() as running:
+        async with prism.client.connect(running.target) as anonymous:
+            assert await anonymous.namespaces() == ["open", "side"]
+            with pytest.raises(prism.client.PermissionDenied) as info:
+                await anonymous.describe("private")
+            assert info.value.message == "caller may not use namespace 'private'"
+            with pytest.raises(prism.client.PermissionDenied):
+                await anonymous.describe("ruled")
+            with pytest.raises(prism.client.NotFound):
+                await anonymous.describe("nowhere")
+            with pytest.raises(prism.client.InvalidArgument):
+                await anonymous.describe("")
+        async with prism.client.connect(running.target, metadata=who("reader")) as reader:
+            # "open" and "side" admit callers without credentials only: a caller with
+            # them may use them too (no rules there).
+            assert await reader.namespaces() == ["open", "private", "ruled", "side"]
+            ruled = await reader.describe("ruled")
+            assert [op.name for op in ruled.operations] == [
+                "get",
+                "exists",
+                "list_keys",
+                "subscribe",
+            ]
+        async with prism.client.connect(running.target, metadata=who("writer")) as writer:
+            assert await writer.namespaces() == ["open", "private", "side"]
+            with pytest.raises(prism.client.PermissionDenied):
+                await writer.describe("ruled")
+
+
+def test_discovery_with_grpcio() -> None:
+    """grpcio's client sees the same answers (the messages are the client API's protos)."""
+
+    async def main() -> None:
+        async with proxy() as running:
+            target = running.target
+
+            def blocking() -> tuple[Any, Any, Any]:
+                with grpc.insecure_channel(target) as channel:
+                    describe = channel.unary_unary(
+                        "/prism.proxy.v1.DataProxy/DescribeNamespace",
+                        request_serializer=bytes,
+                        response_deserializer=DescribeNamespaceResponse.parse,
+                    )
+                    listing = channel.unary_unary(
+                        "/prism.proxy.v1.DataProxy/ListAccessibleNamespaces",
+                        request_serializer=bytes,
+                        response_deserializer=ListAccessibleNamespacesResponse.parse,
+                    )
+                    described = describe(DescribeNamespaceRequest(namespace="open"), timeout=30)
+                    names = listing(ListAccessibleNamespacesRequest(), timeout=30)
+                    try:
+                        describe(DescribeNamespaceRequest(namespace="private"), timeout=30)
+                    except grpc.RpcError as exc:
+                        return described, names, exc
+                raise AssertionError("describe of 'private' was allowed")
+
+            described, names, error = await trio.to_thread.run_sync(blocking)
+            assert [op.name for op in described.operations] == MEMSTORE_OPERATIONS
+            assert [ns.name for ns in names.namespaces] == ["open", "side"]
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    trio.run(main)
