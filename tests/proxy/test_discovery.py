@@ -4,14 +4,16 @@ client and with grpcio, for in-process and sidecar plugins (the sidecar answers 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import trio
-from host_testkit import Running, proxy_config
+from host_testkit import Running, proxy_config, running_proxy
 from test_authz import HeaderIdentity, who
 
 import prism.client
@@ -25,6 +27,7 @@ from prism._proto.prism.proxy.v1 import (
 from prism.config import NamespaceConfig, PluginConfig
 from prism.proxy.app import Proxy
 
+HERE = Path(__file__).resolve().parent
 MEMSTORE_OPERATIONS = [
     "get",
     "set",
@@ -124,6 +127,23 @@ async def test_discovery_shows_callers_only_what_they_may_use() -> None:
             assert await writer.namespaces() == ["open", "private", "side"]
             with pytest.raises(prism.client.PermissionDenied):
                 await writer.describe("ruled")
+
+
+async def test_discovery_of_a_plugin_not_built_on_the_sdk_lists_its_declared_names() -> None:
+    legacy = PluginConfig(
+        "legacy", mode="sidecar", command=[sys.executable, str(HERE / "legacy_plugin.py")]
+    )
+    config = proxy_config(NamespaceConfig("legacy", legacy, access={"anonymous": True}))
+    async with running_proxy(config) as running, prism.client.connect(running.target) as client:
+        assert await client.execute("legacy", "ping", b"", bytes) == b"pong"
+        described = await client.describe("legacy")
+        assert (described.plugin, described.plugin_version) == ("legacy", "0.9")
+        assert [
+            (op.name, op.params_type, op.result_type, op.features) for op in described.operations
+        ] == [
+            ("get", "", "", ("etag",)),
+            ("ping", "", "", ()),
+        ]
 
 
 def test_discovery_with_grpcio() -> None:
