@@ -9,23 +9,20 @@ import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from host_testkit import Running, proxy_config
-from test_authz import HeaderIdentity, ns, who
+from authz_testkit import ns, proxy, who
+from host_testkit import Running
 
 from prism import grpc as pg
 from prism._proto.prism.data.v1 import SetRequest
 from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse
 from prism.config.audit import AuditConfig
 from prism.grpc.wire.status import NotFound, PermissionDenied, Status
-from prism.proxy.app import Proxy
 from prism.proxy.audit import AuditLog
 from prism.proxy.request import Identity
 from prism.sdk.typed import pack
@@ -35,22 +32,6 @@ SECRET_VALUE = b"s3cr3t-payload-bytes"
 METADATA_VALUE = "tenant-metadata-value-42"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"
-
-
-@asynccontextmanager
-async def proxy(audit: AuditConfig, *namespaces: Any) -> AsyncIterator[Running]:
-    config = proxy_config(*namespaces, audit=audit)
-    async with trio.open_nursery() as nursery:
-        app = Proxy(config)
-        app.pipeline.authenticator = HeaderIdentity()
-        started: Proxy = await nursery.start(app.run)
-        assert started.address is not None
-        target = f"{started.address[0]}:{started.address[1]}"
-        try:
-            async with pg.open_channel(target) as channel:
-                yield Running(started, channel, target, nursery)
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 async def set_secret(running: Running, namespace: str, metadata: list[tuple[str, str]]) -> None:
@@ -122,7 +103,7 @@ def check_records(records: list[dict[str, Any]]) -> None:
 async def test_audit_file_has_one_record_per_call_and_no_secrets(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     audit = AuditConfig(enabled=True, file=path)
-    async with proxy(audit, ns("kv")) as running:
+    async with proxy(ns("kv"), audit=audit) as running:
         await four_calls(running)
     # Stopping the proxy flushed the buffer and closed the file.
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -133,7 +114,7 @@ async def test_audit_file_has_one_record_per_call_and_no_secrets(tmp_path: Path)
 
 async def test_audit_logger_gets_the_records(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # everything any logger says, to search it for secrets
-    async with proxy(AuditConfig(enabled=True), ns("kv")) as running:
+    async with proxy(ns("kv"), audit=AuditConfig(enabled=True)) as running:
         await four_calls(running)
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "prism.audit"]
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "prism.audit")
@@ -143,7 +124,7 @@ async def test_audit_logger_gets_the_records(caplog: pytest.LogCaptureFixture) -
 
 async def test_audit_disabled_writes_nothing(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="prism.audit")
-    async with proxy(AuditConfig(), ns("kv", anonymous=True)) as running:
+    async with proxy(ns("kv", anonymous=True), audit=AuditConfig()) as running:
         await set_secret(running, "kv", [])
     assert [r for r in caplog.records if r.name == "prism.audit"] == []
 

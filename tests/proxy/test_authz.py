@@ -3,22 +3,21 @@ called over gRPC. Anonymous callers are refused unless a namespace admits them; 
 condition (subject, SANs, claims, scopes, operation globs) with a caller that matches and one
 that does not; refusals name the namespace and operation only, and are counted.
 
-Identities with credentials come from :class:`HeaderIdentity`, a stand-in for the
+Identities with credentials come from ``authz_testkit.HeaderIdentity``, a stand-in for the
 authentication stage (prism/proxy/authn.py, built separately): it reads the identity the
 test wants from a metadata entry, so each rule can be checked with any identity.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
 import trio
-from host_testkit import Running, proxy_config
+from authz_testkit import ns, proxy, who
+from host_testkit import Running
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,56 +27,7 @@ from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse, StreamR
 from prism.config import NamespaceConfig, PluginConfig
 from prism.config.auth import AccessRule
 from prism.grpc.wire.status import PermissionDenied
-from prism.proxy.app import Proxy
-from prism.proxy.request import ANONYMOUS, Identity, RequestInfo
 from prism.sdk.typed import pack
-
-IDENTITY = "x-test-identity"
-
-
-class HeaderIdentity:
-    """The caller is who ``x-test-identity`` (JSON) says; without it, anonymous."""
-
-    async def authenticate(self, call: pg.ServerCall, info: RequestInfo) -> Identity:
-        raw = dict(call.metadata).get(IDENTITY)
-        if raw is None:
-            return ANONYMOUS
-        data: dict[str, Any] = json.loads(raw)
-        return Identity(
-            data["subject"],
-            data.get("source", "jwt"),
-            claims=data.get("claims", {}),
-            scopes=frozenset(data.get("scopes", ())),
-            sans=tuple((kind, value) for kind, value in data.get("sans", ())),
-        )
-
-
-def who(subject: str, **fields: Any) -> list[tuple[str, str]]:
-    return [(IDENTITY, json.dumps({"subject": subject, **fields}))]
-
-
-def ns(name: str, *, anonymous: bool = False, rules: list[dict[str, Any]] | None = None) -> Any:
-    return NamespaceConfig(
-        name,
-        PluginConfig("memstore"),
-        access={"anonymous": anonymous, "rules": rules or []},
-    )
-
-
-@asynccontextmanager
-async def proxy(*namespaces: NamespaceConfig) -> AsyncIterator[Running]:
-    config = proxy_config(*namespaces)
-    async with trio.open_nursery() as nursery:
-        app = Proxy(config)
-        app.pipeline.authenticator = HeaderIdentity()
-        started: Proxy = await nursery.start(app.run)
-        assert started.address is not None
-        target = f"{started.address[0]}:{started.address[1]}"
-        try:
-            async with pg.open_channel(target) as channel:
-                yield Running(started, channel, target, nursery)
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 async def call(

@@ -5,19 +5,16 @@ client and with grpcio, for in-process and sidecar plugins (the sidecar answers 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import trio
-from host_testkit import Running, proxy_config, running_proxy
-from test_authz import HeaderIdentity, who
+from authz_testkit import proxy, who
+from host_testkit import proxy_config, running_proxy
 
 import prism.client
-from prism import grpc as pg
 from prism._proto.prism.proxy.v1 import (
     DescribeNamespaceRequest,
     DescribeNamespaceResponse,
@@ -25,7 +22,6 @@ from prism._proto.prism.proxy.v1 import (
     ListAccessibleNamespacesResponse,
 )
 from prism.config import NamespaceConfig, PluginConfig
-from prism.proxy.app import Proxy
 
 HERE = Path(__file__).resolve().parent
 MEMSTORE_OPERATIONS = [
@@ -57,24 +53,8 @@ def namespaces() -> tuple[NamespaceConfig, ...]:
     )
 
 
-@asynccontextmanager
-async def proxy() -> AsyncIterator[Running]:
-    config = proxy_config(*namespaces())
-    async with trio.open_nursery() as nursery:
-        app = Proxy(config)
-        app.pipeline.authenticator = HeaderIdentity()
-        started: Proxy = await nursery.start(app.run)
-        assert started.address is not None
-        target = f"{started.address[0]}:{started.address[1]}"
-        try:
-            async with pg.open_channel(target) as channel:
-                yield Running(started, channel, target, nursery)
-        finally:
-            nursery.cancel_scope.cancel()
-
-
 async def test_discovery_describe_lists_every_operation_with_its_types() -> None:
-    async with proxy() as running, prism.client.connect(running.target) as client:
+    async with proxy(*namespaces()) as running, prism.client.connect(running.target) as client:
         for name in ("open", "side"):  # in-process, and a sidecar over its socket
             described = await client.describe(name)
             assert described.namespace == name
@@ -100,7 +80,7 @@ async def test_discovery_describe_lists_every_operation_with_its_types() -> None
 
 
 async def test_discovery_shows_callers_only_what_they_may_use() -> None:
-    async with proxy() as running:
+    async with proxy(*namespaces()) as running:
         async with prism.client.connect(running.target) as anonymous:
             assert await anonymous.namespaces() == ["open", "side"]
             with pytest.raises(prism.client.PermissionDenied) as info:
@@ -150,7 +130,7 @@ def test_discovery_with_grpcio() -> None:
     """grpcio's client sees the same answers (the messages are the client API's protos)."""
 
     async def main() -> None:
-        async with proxy() as running:
+        async with proxy(*namespaces()) as running:
             target = running.target
 
             def blocking() -> tuple[Any, Any, Any]:
