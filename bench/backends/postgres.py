@@ -105,6 +105,8 @@ def proxy_config(port: int, server: Any, runtime: Path) -> str:
         )
     # The proxy's floor: the same calls on memstore (no backend at all), in-process.
     namespaces.append({"name": "mem_inproc", "plugin": {"name": "memstore", "mode": "in_process"}})
+    for ns in namespaces:  # the load generators send no credentials
+        ns["access"] = {"anonymous": True}
     config = {
         "listen": f"127.0.0.1:{port}",
         "admin": {"enabled": False},

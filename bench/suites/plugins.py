@@ -161,7 +161,8 @@ def proxy_config(
                 "key": str(certs.proxy_key),
                 "server_hostname": "127.0.0.1",
             }
-        namespaces.append({"name": name, "plugin": plugin})
+        # The load generators send no credentials.
+        namespaces.append({"name": name, "plugin": plugin, "access": {"anonymous": True}})
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{listen_port}",
         "shutdown_grace": 2,

@@ -17,6 +17,7 @@ on a :mod:`prism.grpc` channel. Failed calls raise the :class:`GrpcError` of the
 from __future__ import annotations
 
 from prism.client.client import Client, connect
+from prism.client.discovery import NamespaceDescription, OperationInfo
 from prism.client.keyvalue import DeleteItem, GetResult, ItemResult, KeyValue, SetItem
 from prism.client.pubsub import Message, PubSub
 from prism.client.sql import Json, QueryResult, Sql
@@ -59,7 +60,9 @@ __all__ = [
     "Json",
     "KeyValue",
     "Message",
+    "NamespaceDescription",
     "NotFound",
+    "OperationInfo",
     "OperationStream",
     "OutOfRange",
     "PermissionDenied",

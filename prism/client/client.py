@@ -10,6 +10,13 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from prism import grpc as pg
+from prism._proto.prism.proxy.v1 import (
+    DescribeNamespaceRequest,
+    DescribeNamespaceResponse,
+    ListAccessibleNamespacesRequest,
+    ListAccessibleNamespacesResponse,
+)
+from prism.client import discovery
 from prism.client._envelope import (
     EXECUTE,
     EXECUTE_STREAM,
@@ -18,6 +25,7 @@ from prism.client._envelope import (
     decode_stream_response,
     encode_request,
 )
+from prism.client.discovery import NamespaceDescription
 from prism.client.keyvalue import KeyValue
 from prism.client.pubsub import PubSub
 from prism.client.sql import Sql
@@ -195,6 +203,31 @@ class Client:
             EXECUTE_STREAM, bytes, metadata=self._call_metadata(metadata), timeout=timeout
         )
         return OperationStream(call, encode_request(namespace, operation, params), decode)
+
+    async def describe(self, namespace: str) -> NamespaceDescription:
+        """What ``namespace`` serves: each operation the caller may call, with its params and
+        result types and whether it streams (see docs/client.md, "Discovery").
+        ``PermissionDenied`` for a namespace the caller may not use, ``NotFound`` for an
+        unknown one. Bounded by the caller's cancel scopes and :attr:`timeout`."""
+        response = await self.channel.unary_unary(
+            discovery.DESCRIBE,
+            DescribeNamespaceRequest(namespace=namespace),
+            DescribeNamespaceResponse,
+            metadata=self._metadata,
+            timeout=self.timeout,
+        )
+        return NamespaceDescription.from_message(response)
+
+    async def namespaces(self) -> list[str]:
+        """The names of the namespaces the caller may use, in order."""
+        response = await self.channel.unary_unary(
+            discovery.LIST,
+            ListAccessibleNamespacesRequest(),
+            ListAccessibleNamespacesResponse,
+            metadata=self._metadata,
+            timeout=self.timeout,
+        )
+        return [ns.name for ns in response.namespaces]
 
     def keyvalue(self, namespace: str) -> KeyValue:
         """The key-value operations of ``namespace`` (``prism.data.v1``'s contract)."""

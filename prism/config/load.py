@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from prism.config._model import ConfigError, errors_of
+from prism.config.auth import AccessConfig
 from prism.config.namespace import NamespaceConfig
 from prism.config.plugin import PluginConfig
 from prism.config.proxy import ProxyConfig
@@ -37,14 +38,18 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def default_config(data_dir: Path = Path("prism-data")) -> ProxyConfig:
-    """The embedded default: ``kv`` on memstore and ``durable`` on sqlite, both in-process."""
+    """The embedded default: ``kv`` on memstore and ``durable`` on sqlite, both in-process,
+    open to callers without credentials (``access.anonymous``): it is for trying Prism out on
+    the loopback address it listens on, not for production."""
+    anyone = AccessConfig(anonymous=True)
     return ProxyConfig(
         namespaces=(
-            NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore")),
+            NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore"), access=anyone),
             NamespaceConfig(
                 name="durable",
                 plugin=PluginConfig(name="sqlite"),
                 config={"path": str(data_dir / "durable.sqlite3")},
+                access=anyone,
             ),
         )
     )

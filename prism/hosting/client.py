@@ -17,6 +17,7 @@ from prism._proto.prism.plugin.v1 import (
     HealthCheckResponse,
     InitializeRequest,
     InitializeResponse,
+    PluginDescription,
     PluginMetrics,
     ShutdownRequest,
     ShutdownResponse,
@@ -27,7 +28,12 @@ from prism.grpc.channel import Channel
 from prism.grpc.client_call import ClientCall
 from prism.grpc.service import decode
 from prism.grpc.wire.status import GrpcError
-from prism.plugin_protocol import METRICS_OPERATION, SERVICE_NAME, SESSION_METADATA
+from prism.plugin_protocol import (
+    DESCRIBE_OPERATION,
+    METRICS_OPERATION,
+    SERVICE_NAME,
+    SESSION_METADATA,
+)
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.instance import PluginInstance
 from prism.sdk.typed import unpack
@@ -38,6 +44,10 @@ SendBytes = Callable[[bytes], Awaitable[None]]
 
 
 class PluginClient(abc.ABC):
+    #: What the plugin's InitializeResponse declared (``prism.hosting.model.initialize``).
+    plugin_version: str = ""
+    supported_operations: tuple[str, ...] = ()
+
     @abc.abstractmethod
     async def initialize(self, request: InitializeRequest) -> InitializeResponse: ...
 
@@ -64,6 +74,16 @@ class PluginClient(abc.ABC):
         if not response.success or response.typed_result is None:
             return PluginMetrics()
         return unpack(response.typed_result, PluginMetrics)
+
+    async def describe(self) -> PluginDescription | None:
+        """The plugin's operations with their payload types (the reserved operation
+        ``_prism.describe``); None from a plugin that does not answer it (one not built on
+        the SDK: only its ``supported_operations`` are known)."""
+        raw = await self.execute(bytes(ExecuteRequest(operation=DESCRIBE_OPERATION)))
+        response = ExecuteResponse.parse(raw)
+        if not response.success or response.typed_result is None:
+            return None
+        return unpack(response.typed_result, PluginDescription)
 
 
 class InProcessClient(PluginClient):
@@ -96,6 +116,9 @@ class InProcessClient(PluginClient):
 
     async def metrics(self) -> PluginMetrics:
         return self.instance.metrics()
+
+    async def describe(self) -> PluginDescription | None:
+        return self.instance.describe()
 
 
 class GrpcClient(PluginClient):

@@ -98,6 +98,8 @@ async def initialize(
             f"{describe_plugin(ns)} refused to initialize: "
             f"{config.locate_plugin_error(ns.name, response.error)}"
         )
+    client.plugin_version = response.plugin_version
+    client.supported_operations = tuple(response.supported_operations)
     health = await client.health_check()
     if health.status == HealthCheckResponseStatus.UNHEALTHY:
         raise PluginStartFailed(

@@ -11,6 +11,7 @@ plugin's side (``prism.sdk``) import this package, and it imports neither.
 from __future__ import annotations
 
 __all__ = [
+    "DESCRIBE_OPERATION",
     "METRICS_OPERATION",
     "RESERVED_OPERATION_PREFIX",
     "SERVICE_NAME",
@@ -26,6 +27,8 @@ SERVICE_NAME = "prism.plugin.v1.BackendPlugin"
 RESERVED_OPERATION_PREFIX = "_prism."
 #: The plugin's interval metrics (the RFC has no metrics call): fetching them resets them.
 METRICS_OPERATION = RESERVED_OPERATION_PREFIX + "metrics"
+#: The plugin's operations with their payload types (``PluginDescription``), for discovery.
+DESCRIBE_OPERATION = RESERVED_OPERATION_PREFIX + "describe"
 
 #: Metadata naming a proxy's plugin instance in a remote plugin service.
 SESSION_METADATA = "prism-plugin-session"

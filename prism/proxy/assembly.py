@@ -9,12 +9,13 @@ stage implementation changes only its function's body.
 from __future__ import annotations
 
 from prism.config import NamespaceConfig, ProxyConfig
+from prism.proxy.audit import AuditLog as AuditFile
 from prism.proxy.authn import build_authenticator
+from prism.proxy.authz import NamespaceAuthorizer
 from prism.proxy.breaker import InstanceBreakers
 from prism.proxy.limits import ConcurrencyLimit
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
 from prism.proxy.pipeline import (
-    AllowAll,
     AuditLog,
     Authenticator,
     Authorizer,
@@ -79,16 +80,21 @@ def authenticator(config: ProxyConfig, metrics: ProxyMetrics) -> Authenticator:
 
 
 def audit_log(config: ProxyConfig) -> AuditLog:
-    """One structured record per call (prism/proxy/audit.py)."""
-    return NoAudit()
+    """One structured record per call (prism/proxy/audit.py): to ``audit.file``, else to
+    the ``prism.audit`` logger, while ``audit.enabled``."""
+    audit = config.audit
+    if not audit.enabled:
+        return NoAudit()
+    return AuditFile(audit.file, flush_interval=audit.flush_interval)
 
 
 # -- namespace-level stages ------------------------------------------------------------------
 
 
 def authorizer(config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetrics) -> Authorizer:
-    """Who may call which operations in ``ns`` (prism/proxy/authz.py)."""
-    return AllowAll()
+    """Who may call which operations in ``ns`` (prism/proxy/authz.py): deny by default for
+    callers without credentials, ``access.rules`` for the others."""
+    return NamespaceAuthorizer(ns.name, ns.access, metrics.denied)
 
 
 def rate_limiter(

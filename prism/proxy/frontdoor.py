@@ -8,6 +8,13 @@ door reads of a request (namespace and operation, never the payload) in
 from __future__ import annotations
 
 from prism import grpc as pg
+from prism._proto.prism.proxy.v1 import (
+    DescribeNamespaceRequest,
+    DescribeNamespaceResponse,
+    ListAccessibleNamespacesRequest,
+    ListAccessibleNamespacesResponse,
+)
+from prism.proxy import discovery
 from prism.proxy.envelope import check_response
 from prism.proxy.pipeline import Pipeline, Route, Router
 
@@ -31,3 +38,21 @@ class DataProxyService(pg.Service):
     @pg.stream_stream("ExecuteStream", bytes, bytes)
     async def execute_stream(self, call: pg.ServerCall) -> None:
         await self.pipeline.stream(call)
+
+    @pg.unary_unary("DescribeNamespace", DescribeNamespaceRequest, DescribeNamespaceResponse)
+    async def describe_namespace(
+        self, request: DescribeNamespaceRequest, call: pg.ServerCall
+    ) -> DescribeNamespaceResponse:
+        """Discovery (``prism.proxy.discovery``): what the namespace serves."""
+        return await discovery.describe_namespace(self.pipeline, call, request)
+
+    @pg.unary_unary(
+        "ListAccessibleNamespaces",
+        ListAccessibleNamespacesRequest,
+        ListAccessibleNamespacesResponse,
+    )
+    async def list_accessible_namespaces(
+        self, request: ListAccessibleNamespacesRequest, call: pg.ServerCall
+    ) -> ListAccessibleNamespacesResponse:
+        """Discovery: the namespaces the caller may use."""
+        return discovery.list_accessible_namespaces(self.pipeline, call)

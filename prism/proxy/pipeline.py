@@ -151,6 +151,12 @@ class AuditLog(Protocol):
         credentials, tokens or payloads. Must not raise, must not block."""
         ...
 
+    def record_admin(
+        self, action: str, target: str, caller: Identity | str | None, status: Status | str
+    ) -> None:
+        """One record per admin action (the admin API calls this). Must not raise."""
+        ...
+
 
 # -- namespace-level stages (run by Pipeline.unary / Pipeline.stream) ----------------------------
 
@@ -226,6 +232,11 @@ class NoAuthentication:
 
 class NoAudit:
     def record(self, info: RequestInfo, outcome: CallOutcome) -> None:
+        pass
+
+    def record_admin(
+        self, action: str, target: str, caller: Identity | str | None, status: Status | str
+    ) -> None:
         pass
 
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 import betterproto2
 import trio
 
-from prism._proto.prism.plugin.v1 import PluginMetrics
+from prism._proto.prism.plugin.v1 import OperationDescription, PluginDescription, PluginMetrics
 from prism.grpc.wire.status import (
     FailedPrecondition,
     GrpcError,
@@ -174,6 +174,22 @@ class Engine:
     def metrics(self) -> PluginMetrics:
         """The counters since the previous fetch; starts a new interval."""
         return self.plugin.metrics.snapshot_and_reset()
+
+    def describe(self) -> PluginDescription:
+        """The plugin's operations as its decorators declare them (``_prism.describe``)."""
+        return PluginDescription(
+            operations=[
+                OperationDescription(
+                    name=spec.name,
+                    params_type=_payload_type_name(spec.params),
+                    result_type=_payload_type_name(spec.result),
+                    streaming=spec.streaming,
+                    inbound_type="" if spec.inbound is None else _payload_type_name(spec.inbound),
+                    features=sorted(spec.features),
+                )
+                for spec in self.plugin.operations.values()
+            ]
+        )
 
     async def call(
         self, operation: str, params: Payload, metadata: Mapping[str, str] | None = None
@@ -426,3 +442,8 @@ def _single_grpc_error(exc: BaseException) -> GrpcError | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc if isinstance(exc, GrpcError) else None
+
+
+def _payload_type_name(payload_type: type) -> str:
+    """A message's full protobuf name ("prism.data.v1.GetRequest"), or "bytes" for raw."""
+    return "bytes" if payload_type is bytes else type_name(type_url(payload_type))

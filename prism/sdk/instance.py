@@ -40,7 +40,7 @@ from prism._proto.prism.plugin.v1 import (
     StreamResponse,
 )
 from prism.grpc.wire.status import GrpcError, InvalidArgument
-from prism.plugin_protocol import METRICS_OPERATION
+from prism.plugin_protocol import DESCRIBE_OPERATION, METRICS_OPERATION
 from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
@@ -121,6 +121,8 @@ class PluginInstance(Engine):
         cancels the handler."""
         if request.operation == METRICS_OPERATION:
             return ExecuteResponse(success=True, typed_result=pack(self.metrics()))
+        if request.operation == DESCRIBE_OPERATION:
+            return ExecuteResponse(success=True, typed_result=pack(self.describe()))
         try:
             result = await self._run_unary(
                 request.operation,
@@ -139,6 +141,8 @@ class PluginInstance(Engine):
         envelope = _envelope.read_execute(request)
         if envelope.operation == METRICS_OPERATION:
             return _envelope.execute_result(self.metrics())
+        if envelope.operation == DESCRIBE_OPERATION:
+            return _envelope.execute_result(self.describe())
         try:
             result = await self._run_unary(
                 envelope.operation,

@@ -165,6 +165,7 @@ class Env:
                             ),
                             config=target.config(self),
                             credentials=target.credentials(self),
+                            access={"anonymous": True},  # the suites send no credentials
                         )
                     )
             self._proxy = SessionProxy(

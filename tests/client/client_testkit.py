@@ -19,13 +19,19 @@ import trio
 
 import prism
 from prism.config import AdminConfig, NamespaceConfig, PluginConfig, ProxyConfig
+from prism.config.auth import AccessConfig
+
+#: The tests' callers send no credentials: each namespace admits them.
+OPEN = AccessConfig(anonymous=True)
 
 
 def config(tmp_path: Path | None, **overrides: Any) -> ProxyConfig:
     """``tmp_path`` None: no ``db`` namespace."""
     namespaces = [
-        NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore")),
-        NamespaceConfig(name="probe", plugin=PluginConfig(name="client_plugins:ProbePlugin")),
+        NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore"), access=OPEN),
+        NamespaceConfig(
+            name="probe", plugin=PluginConfig(name="client_plugins:ProbePlugin"), access=OPEN
+        ),
     ]
     if tmp_path is not None:
         namespaces.append(
@@ -33,6 +39,7 @@ def config(tmp_path: Path | None, **overrides: Any) -> ProxyConfig:
                 name="db",
                 plugin=PluginConfig(name="sqlite"),
                 config={"path": str(tmp_path / "db.sqlite3")},
+                access=OPEN,
             )
         )
     settings: dict[str, Any] = {

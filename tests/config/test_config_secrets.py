@@ -185,6 +185,7 @@ def write_config(tmp_path: Path) -> Path:
         "namespaces:\n"
         "  - name: echo\n"
         "    plugin: {name: 'secret_plugin:CredentialEcho', drain_grace: 1}\n"
+        "    access: {anonymous: true}\n"
         "    credentials:\n"
         "      token: '{{ secret:token }}'\n"
         "      url: 'https://app:{{ env:PRISM_TEST_SECRET_PW }}@backend'\n"

@@ -97,6 +97,7 @@ class RemoteService:
                 **plugin,
             ),
             config=dict(config or {}),
+            access={"anonymous": True},  # the tests' callers send no credentials
         )
 
 
@@ -181,8 +182,11 @@ def namespace(
     **plugin_settings: Any,
 ) -> NamespaceConfig:
     return NamespaceConfig(
-        name, PluginConfig(plugin, mode=mode, **plugin_settings), config=dict(config or {})
-    )  # type: ignore[arg-type]
+        name,
+        PluginConfig(plugin, mode=mode, **plugin_settings),  # type: ignore[arg-type]
+        config=dict(config or {}),
+        access={"anonymous": True},  # the tests' callers send no credentials
+    )
 
 
 @dataclass

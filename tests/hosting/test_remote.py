@@ -27,7 +27,9 @@ from prism.grpc.health import ServingStatus
 
 def remote_namespace(port: int, tls: RemoteTlsConfig) -> NamespaceConfig:
     return NamespaceConfig(
-        "far", PluginConfig("memstore", mode="remote", endpoint=f"127.0.0.1:{port}", tls=tls)
+        "far",
+        PluginConfig("memstore", mode="remote", endpoint=f"127.0.0.1:{port}", tls=tls),
+        access={"anonymous": True},  # the tests' callers send no credentials
     )
 
 

@@ -42,6 +42,8 @@ from prism.proxy.app import ListenFailed, Proxy
 from prism.sdk.typed import pack, unpack
 
 ADMIN = "/prism.admin.v1.Admin/"
+#: The tests' callers send no credentials: each namespace admits them.
+OPEN = {"anonymous": True}
 
 
 def make_config(data: Path, admin: AdminConfig | None = None, **plugin: Any) -> ProxyConfig:
@@ -50,11 +52,12 @@ def make_config(data: Path, admin: AdminConfig | None = None, **plugin: Any) -> 
         admin=admin or AdminConfig(listen="127.0.0.1:0"),
         shutdown_grace=1.0,
         namespaces=(
-            NamespaceConfig("kv", PluginConfig("memstore", **plugin)),
+            NamespaceConfig("kv", PluginConfig("memstore", **plugin), access=OPEN),
             NamespaceConfig(
                 "durable",
                 PluginConfig("sqlite", **plugin),
                 config={"path": str(data / "durable.sqlite3")},
+                access=OPEN,
             ),
         ),
     )

@@ -48,7 +48,8 @@ def config(*namespaces: NamespaceConfig) -> ProxyConfig:
         listen="127.0.0.1:0",
         admin=AdminConfig(listen="127.0.0.1:0"),
         shutdown_grace=1.0,
-        namespaces=namespaces or (NamespaceConfig("kv", PluginConfig("memstore")),),
+        namespaces=tuple(ns.replace(access={"anonymous": True}) for ns in namespaces)
+        or (NamespaceConfig("kv", PluginConfig("memstore"), access={"anonymous": True}),),
     )
 
 

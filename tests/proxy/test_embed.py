@@ -25,9 +25,15 @@ admin: {enabled: false}
 namespaces:
   - name: kv
     plugin: {name: memstore}
+    access: {anonymous: true}
   - name: probe
     plugin: {name: "client_plugins:ProbePlugin"}
+    access: {anonymous: true}
 """
+
+
+#: The tests' callers send no credentials: each namespace admits them.
+OPEN = {"anonymous": True}
 
 
 def in_code(**overrides: object) -> ProxyConfig:
@@ -36,8 +42,10 @@ def in_code(**overrides: object) -> ProxyConfig:
         "admin": AdminConfig(enabled=False, listen=None),
         "shutdown_grace": 30.0,
         "namespaces": (
-            NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore")),
-            NamespaceConfig(name="probe", plugin=PluginConfig(name="client_plugins:ProbePlugin")),
+            NamespaceConfig(name="kv", plugin=PluginConfig(name="memstore"), access=OPEN),
+            NamespaceConfig(
+                name="probe", plugin=PluginConfig(name="client_plugins:ProbePlugin"), access=OPEN
+            ),
         ),
     }
     settings.update(overrides)

@@ -24,10 +24,13 @@ from prism._proto.prism.config.v1 import ConfigDocument
 from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest, SetResponse
 from prism._proto.prism.plugin.v1 import (
     ExecuteRequest,
+    ExecuteResponse,
     InitializeRequest,
+    PluginDescription,
     PluginMetrics,
     ShutdownRequest,
 )
+from prism.plugin_protocol import DESCRIBE_OPERATION
 from prism.sdk import (
     METRICS_OPERATION,
     FailedPrecondition,
@@ -376,6 +379,29 @@ async def test_instance_metrics_operation_works_before_initialize() -> None:
     async with open_plugin(WidgetPlugin()) as instance:
         response = await instance.execute(ExecuteRequest(operation=METRICS_OPERATION))
         assert response.success
+
+
+async def test_instance_describe_operation_declares_every_operation_with_its_types() -> None:
+    async with open_plugin(WidgetPlugin()) as instance:  # answered before Initialize too
+        for response in (
+            await instance.execute(ExecuteRequest(operation=DESCRIBE_OPERATION)),
+            ExecuteResponse.parse(
+                await instance.execute_encoded(bytes(ExecuteRequest(operation=DESCRIBE_OPERATION)))
+            ),
+        ):
+            assert response.success
+            described = unpack(response.typed_result, PluginDescription)
+            ops = {op.name: op for op in described.operations}
+            assert list(ops) == list(WidgetPlugin.operations)
+            get, raw, chat = ops["get"], ops["echo_raw"], ops["chat"]
+            assert (get.params_type, get.result_type, get.streaming) == (
+                "prism.data.v1.GetRequest",
+                "prism.data.v1.GetResponse",
+                False,
+            )
+            assert (raw.params_type, raw.result_type, raw.inbound_type) == ("bytes", "bytes", "")
+            assert (chat.streaming, chat.inbound_type) == (True, "prism.data.v1.PublishRequest")
+        assert instance.metrics().requests_total == 0  # describing is not a request
 
 
 async def test_instance_caller_cancellation_is_not_a_failure(widget: PluginInstance) -> None:

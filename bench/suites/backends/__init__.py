@@ -294,6 +294,8 @@ class BackendsSuite:
                 namespaces = [{"name": "memstore", "plugin": {"name": "memstore"}}]
                 for run in running.values():
                     namespaces += [{"name": n, **ns} for n, ns in run.namespaces().items()]
+                for ns in namespaces:  # the load generators send no credentials
+                    ns["access"] = {"anonymous": True}
                 runtime = tmp / "run"
                 runtime.mkdir(mode=0o700)
                 config = {

@@ -42,6 +42,7 @@ def config(plugin_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     namespace: dict[str, Any] = {
         "name": "kv",
         "plugin": {"name": "asyncio_kv", "mode": "sidecar", "command": COMMAND},
+        "access": {"anonymous": True},  # the tests' calls send no credentials
     }
     if plugin_config is not None:
         namespace["config"] = dict(plugin_config)

@@ -34,6 +34,7 @@ def write_config(directory: Path, mode: str, config: str) -> Path:
         "    plugin: {name: memstore}\n"
         "  - name: durable\n"
         f"    plugin: {{name: sqlite, mode: {mode}, drain_grace: 2}}\n"
+        "    access: {anonymous: true}\n"
         f"{config}"
     )
     return path

@@ -4,8 +4,14 @@
 # This file has been @generated
 
 __all__ = (
+    "DescribeNamespaceRequest",
+    "DescribeNamespaceResponse",
     "ExecuteRequest",
     "ExecuteResponse",
+    "ListAccessibleNamespacesRequest",
+    "ListAccessibleNamespacesResponse",
+    "NamespaceSummary",
+    "OperationDescriptor",
     "StreamRequest",
     "StreamResponse",
 )
@@ -18,6 +24,37 @@ from ....message_pool import default_message_pool
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeNamespaceRequest(betterproto2.Message):
+    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "prism.proxy.v1", "DescribeNamespaceRequest", DescribeNamespaceRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeNamespaceResponse(betterproto2.Message):
+    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    plugin: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The plugin's name as configured ("memstore") and its version.
+    """
+
+    plugin_version: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    operations: "list[OperationDescriptor]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "prism.proxy.v1", "DescribeNamespaceResponse", DescribeNamespaceResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -70,6 +107,67 @@ class ExecuteResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("prism.proxy.v1", "ExecuteResponse", ExecuteResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ListAccessibleNamespacesRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message(
+    "prism.proxy.v1", "ListAccessibleNamespacesRequest", ListAccessibleNamespacesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListAccessibleNamespacesResponse(betterproto2.Message):
+    namespaces: "list[NamespaceSummary]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "prism.proxy.v1", "ListAccessibleNamespacesResponse", ListAccessibleNamespacesResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class NamespaceSummary(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("prism.proxy.v1", "NamespaceSummary", NamespaceSummary)
+
+
+@dataclass(eq=False, repr=False)
+class OperationDescriptor(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    params_type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Full protobuf names of the params / result messages ("prism.data.v1.GetRequest"), "bytes"
+    for raw_params / raw_result, "" when the plugin does not say (it declares only names).
+    """
+
+    result_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    streaming: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Called with ExecuteStream (true) or Execute.
+    """
+
+    inbound_type: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Streams: the type of the later requests the client may send; "" when it sends none.
+    """
+
+    features: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Optional features the operation implements ("etag", "ttl").
+    """
+
+
+default_message_pool.register_message("prism.proxy.v1", "OperationDescriptor", OperationDescriptor)
 
 
 @dataclass(eq=False, repr=False)

@@ -12,6 +12,8 @@ __all__ = (
     "HealthCheckResponseStatus",
     "InitializeRequest",
     "InitializeResponse",
+    "OperationDescription",
+    "PluginDescription",
     "PluginMetrics",
     "ProxyCapabilities",
     "ShutdownRequest",
@@ -216,6 +218,55 @@ class InitializeResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("prism.plugin.v1", "InitializeResponse", InitializeResponse)
+
+
+@dataclass(eq=False, repr=False)
+class OperationDescription(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    params_type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Full protobuf names of the params / result messages ("prism.data.v1.GetRequest"), or
+    "bytes" for raw_params / raw_result.
+    """
+
+    result_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    streaming: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    ExecuteStream (true) or Execute.
+    """
+
+    inbound_type: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Streams: the type of the client's later requests; "" when it sends none.
+    """
+
+    features: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Optional features the operation implements ("etag", "ttl").
+    """
+
+
+default_message_pool.register_message(
+    "prism.plugin.v1", "OperationDescription", OperationDescription
+)
+
+
+@dataclass(eq=False, repr=False)
+class PluginDescription(betterproto2.Message):
+    """
+    What a plugin declares about its operations (not in the RFC, which has only
+    InitializeResponse.supported_operations): the typed_result of the reserved operation
+    "_prism.describe", which the proxy calls to answer a client's DescribeNamespace.
+    """
+
+    operations: "list[OperationDescription]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("prism.plugin.v1", "PluginDescription", PluginDescription)
 
 
 @dataclass(eq=False, repr=False)
