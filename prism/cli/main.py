@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 import prism
+from prism import grpc as pg
 from prism.cli import admin, keys
 from prism.cli import config as config_cli
 from prism.config import (
@@ -81,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    creload = config.add_parser(
+        "reload", help="make a running proxy re-read its config file (as SIGHUP does)"
+    )
+    _admin_options(creload, None)
+    creload.add_argument("--json", action="store_true", help="machine-readable output")
 
     plugin = sub.add_parser("plugin", help="plugin tools", parents=[common]).add_subparsers(
         dest="plugin_command", required=True
@@ -111,13 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def admin_command(name: str, help: str, timeout: float | None) -> argparse.ArgumentParser:
         cmd = plugin.add_parser(name, help=help, parents=[common])
-        cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
-        cmd.add_argument(
-            "--timeout",
-            type=float,
-            default=timeout,
-            help="seconds to wait for the answer" + (" (default: no limit)" if not timeout else ""),
-        )
+        _admin_options(cmd, timeout)
         return cmd
 
     plist = admin_command("list", "namespaces, their plugins and instances", 10.0)
@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     reload = admin_command("reload", "hot-reload a namespace's plugin", None)
     reload.add_argument("namespace")
+    enable = admin_command("enable", "start a disabled namespace's plugin again", None)
+    enable.add_argument("namespace")
+    disable = admin_command(
+        "disable",
+        "stop a namespace: its plugin is drained and stopped, calls get UNAVAILABLE",
+        None,
+    )
+    disable.add_argument("namespace")
 
     keygen = plugin.add_parser(
         "keygen", help="make an ed25519 key pair for signing plugins", parents=[common]
@@ -138,6 +146,28 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("path", type=Path, help="the plugin's module file or package directory")
     sign.add_argument("--key", type=Path, required=True, help="ed25519 private key (PEM)")
     return parser
+
+
+def _admin_options(cmd: argparse.ArgumentParser, timeout: float | None) -> None:
+    cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
+    cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        help="seconds to wait for the answer" + (" (default: no limit)" if not timeout else ""),
+    )
+    cmd.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file holding the admin token (admin.token; default: ${admin.TOKEN_ENV})",
+    )
+    cmd.add_argument("--cacert", type=Path, help="CA of an admin.tls port's certificate (TLS)")
+    cmd.add_argument("--cert", type=Path, help="client certificate, for admin.tls.client_ca")
+    cmd.add_argument("--key", type=Path, help="the client certificate's key")
+
+
+def _admin_of(args: argparse.Namespace) -> admin.Admin:
+    return admin.Admin.from_options(args.admin, args.token_file, args.cacert, args.cert, args.key)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -153,11 +183,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.listen:
                 config = config.replace(listen=args.listen)
             if args.admin:
-                config = config.replace(admin=admin_from_target(args.admin))
-            trio.run(_serve, config)
+                # --admin moves the listener; who may call stays as the file says.
+                override = admin_from_target(args.admin).replace(
+                    token=config.admin.token, anonymous_read=config.admin.anonymous_read
+                )
+                config = config.replace(admin=override)
+            trio.run(_serve, config, args.config)
         elif args.command == "config":
             _config_tool(args)
-        elif args.plugin_command in ("list", "status", "reload", "keygen", "sign"):
+        elif args.plugin_command in (
+            "list",
+            "status",
+            "reload",
+            "enable",
+            "disable",
+            "keygen",
+            "sign",
+        ):
             _plugin_tool(args)
         elif args.plugin_command == "serve":
             trio.run(_serve_plugin, args)
@@ -189,6 +231,15 @@ def _config_tool(args: argparse.Namespace) -> None:
     if args.config_command == "schema":
         sys.stdout.write(config_cli.schema())
         return
+    if args.config_command == "reload":
+        try:
+            target = _admin_of(args)
+            command = partial(admin.reload_config, target, as_json=args.json)
+            print(admin.run(command, target, args.timeout))
+        except admin.CliError as exc:
+            print(f"prism: {exc}", file=sys.stderr)
+            raise SystemExit(exc.code) from None
+        return
     status, lines = config_cli.check(args.file)
     if status == 0:
         print(*lines, sep="\n")
@@ -202,14 +253,22 @@ def _plugin_tool(args: argparse.Namespace) -> None:
     """The admin and key commands: output on stdout; errors as one line, exit 1."""
     try:
         if args.plugin_command == "list":
-            command = partial(admin.list_namespaces, args.admin, as_json=args.json)
-            out = admin.run(command, args.admin, args.timeout)
+            target = _admin_of(args)
+            command = partial(admin.list_namespaces, target, as_json=args.json)
+            out = admin.run(command, target, args.timeout)
         elif args.plugin_command == "status":
-            command = partial(admin.namespace_status, args.admin, args.namespace, as_json=args.json)
-            out = admin.run(command, args.admin, args.timeout)
+            target = _admin_of(args)
+            command = partial(admin.namespace_status, target, args.namespace, as_json=args.json)
+            out = admin.run(command, target, args.timeout)
         elif args.plugin_command == "reload":
-            command = partial(admin.reload_namespace, args.admin, args.namespace)
-            out = admin.run(command, args.admin, args.timeout)
+            target = _admin_of(args)
+            command = partial(admin.reload_namespace, target, args.namespace)
+            out = admin.run(command, target, args.timeout)
+        elif args.plugin_command in ("enable", "disable"):
+            target = _admin_of(args)
+            enabled = args.plugin_command == "enable"
+            command = partial(admin.set_enabled, target, args.namespace, enabled=enabled)
+            out = admin.run(command, target, args.timeout)
         elif args.plugin_command == "keygen":
             private, public = keys.keygen(args.out)
             out = f"wrote {private} (private, 0600) and {public} (public: add it to trusted_keys)"
@@ -227,11 +286,14 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(config: ProxyConfig) -> None:
+async def _serve(config: ProxyConfig, path: Path | None = None) -> None:
     async with trio.open_nursery() as nursery:
-        proxy: Proxy = await nursery.start(Proxy(config).run)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        proxy: Proxy = await nursery.start(Proxy(config, config_path=path).run)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    nursery.start_soon(_reload_config, proxy)
+                    continue
                 log.info(
                     "%s: shutting down (grace %.0f s)",
                     signal.Signals(signum).name,
@@ -239,6 +301,14 @@ async def _serve(config: ProxyConfig) -> None:
                 )
                 await proxy.stop()
                 return
+
+
+async def _reload_config(proxy: Proxy) -> None:
+    """SIGHUP: the result is logged (by the reload); a rejected file leaves the old running."""
+    try:
+        await proxy.reload_config()
+    except pg.FailedPrecondition as exc:
+        log.error("SIGHUP: %s", exc.message)
 
 
 async def _serve_plugin(args: argparse.Namespace) -> None:

@@ -212,10 +212,14 @@ class NamespaceRoute:
         self.config = config
         self.current: Instance | None = None
         self.reload_lock = trio.Lock()
+        #: Why an operator stopped the namespace (PluginHost.disable); None while enabled.
+        self.disabled: str | None = None
 
     def _instance(self) -> Instance:
         instance = self.current
         if instance is None:
+            if self.disabled is not None:
+                raise Unavailable(f"namespace {self.config.name!r} is {self.disabled}")
             raise Unavailable(f"namespace {self.config.name!r} has no running plugin")
         return instance
 
