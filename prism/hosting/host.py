@@ -238,6 +238,9 @@ class PluginHost:
             scope.shield = True
             await self._retire(old, grace, reason)
         old.scope.cancel()
+        with trio.move_on_after(grace + SHUTDOWN_MARGIN) as scope:
+            scope.shield = True
+            await old.stopped.wait()  # its process reaped: "stopped" means gone
 
     async def _retire(self, old: Instance, grace: float, reason: str) -> None:
         drained = await old.drain(grace)
@@ -320,6 +323,7 @@ class PluginHost:
                 instance.retiring = True
                 instance.down("stopped")
                 instance.pid = None
+                instance.stopped.set()
 
     def _report(self, instance: Instance) -> None:
         """Health status of a namespace follows its current instance only (not one that is

@@ -100,6 +100,8 @@ class Instance:
         self._down_since: float | None = None  # when it went down after having served
         self._on_change = on_change
         self.scope = trio.CancelScope()
+        #: Set once the instance's scope has exited: its process reaped, its channel closed.
+        self.stopped = trio.Event()
         self.in_flight = 0  # calls running on this instance, streams included
         self._unary_in_flight = 0
         self.draining = False

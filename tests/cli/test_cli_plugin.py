@@ -325,3 +325,61 @@ def test_plugin_sign_rejects_a_key_that_is_not_an_ed25519_private_key(tmp_path: 
     assert result.returncode == 1
     assert "not an unencrypted PEM private key" in result.stderr
     assert not (tmp_path / "plugin.py.sig").exists()
+
+
+def test_config_reload_on_sighup_and_by_prism_config_reload(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    socket = short_dir / "admin.sock"
+    admin = f"unix:{socket}"
+
+    def write(*names: str, **top: object) -> None:
+        doc = {
+            "listen": "127.0.0.1:0",
+            "admin": {"unix_socket": str(socket)},
+            "shutdown_grace": 1.0,
+            "namespaces": [
+                {"name": n, "plugin": {"name": "memstore"}, "access": {"anonymous": True}}
+                for n in names
+            ],
+            **top,
+        }
+        path.write_text(yaml.safe_dump(doc))
+
+    path = tmp_path / "prism.yaml"
+    write("kv")
+    log = tmp_path / "serve.log"
+    with serving("--config", str(path), log=log) as proc:
+        write("kv", "added")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while list(namespaces(admin)) != ["kv", "added"]:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        write("added", listen="127.0.0.1:1")
+        reloaded = prism("config", "reload", "--admin", admin)
+        assert reloaded.returncode == 0, reloaded.stderr
+        lines = reloaded.stdout.splitlines()
+        assert re.fullmatch(r"config [0-9a-f]{12} loaded", lines[0]), lines
+        assert lines[1:] == [
+            "removed: kv",
+            "unchanged: added",
+            "restart required for listen (the old value stays in force)",
+        ]
+        assert list(namespaces(admin)) == ["added"]
+
+        path.write_text("namespaces: [{name: kv, plugin: {name: memstore, mode: nope}}]\n")
+        proc.send_signal(signal.SIGHUP)
+        rejected = prism("config", "reload", "--admin", admin, "--json")
+        assert rejected.returncode == 1
+        assert rejected.stderr.startswith(
+            "prism: config rejected; the running configuration keeps serving: "
+            "namespaces[0].plugin.mode:"
+        )
+        deadline = time.monotonic() + 30
+        while "SIGHUP: config rejected" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert list(namespaces(admin)) == ["added"]
+        assert proc.poll() is None
