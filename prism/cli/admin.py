@@ -259,3 +259,34 @@ def table(namespaces: list[NamespaceStatus]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in (header, *rows)
     )
+
+
+async def update_namespaces(
+    target: Admin, plugins: list[str], version: str, failed: list[str]
+) -> str:
+    """Hot-reload every sidecar namespace running one of ``plugins``; what to print. The
+    namespaces whose reload failed are added to ``failed``. In-process ones need a restart;
+    remote ones are served elsewhere."""
+    reply = await call(target, "ListNamespaces", ListNamespacesRequest(), ListNamespacesResponse)
+    lines: list[str] = []
+    for ns in reply.namespaces:
+        if ns.plugin not in plugins:
+            continue
+        if ns.mode == "sidecar":
+            try:
+                done = await reload_namespace(target, ns.name)
+            except CliError as exc:
+                failed.append(ns.name)
+                lines.append(f"namespace {ns.name!r}: reload failed, the old version serves: {exc}")
+            else:
+                lines.append(done.replace("reloaded:", f"reloaded on {version}:"))
+        elif ns.mode == "in_process":
+            lines.append(
+                f"namespace {ns.name!r} runs {ns.plugin} in-process: restart the proxy to "
+                f"load {version}"
+            )
+        else:
+            lines.append(f"namespace {ns.name!r} runs {ns.plugin} remotely: update its service")
+    if not lines:
+        lines.append(f"no namespace of the proxy at {target} runs {', '.join(plugins)}")
+    return "\n".join(lines)

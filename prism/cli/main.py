@@ -14,7 +14,7 @@ import trio
 
 import prism
 from prism import grpc as pg
-from prism.cli import admin, keys
+from prism.cli import admin, install, keys
 from prism.cli import config as config_cli
 from prism.config import (
     ConfigError,
@@ -136,6 +136,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     disable.add_argument("namespace")
 
+    inst = plugin.add_parser(
+        "install",
+        help="install a plugin distribution (NAME[==VERSION] or PATH.whl) into its own venv",
+        parents=[common],
+    )
+    inst.add_argument("spec", help="NAME, NAME==VERSION or a wheel file")
+    _install_options(inst)
+    upd = admin_command(
+        "update", "install a plugin's new version and hot-reload its sidecars", None
+    )
+    upd.add_argument("name", help="the plugin's distribution name")
+    upd.add_argument("--wheel", type=Path, help="install this wheel file instead of the index's")
+    _install_options(upd)
+
     keygen = plugin.add_parser(
         "keygen", help="make an ed25519 key pair for signing plugins", parents=[common]
     )
@@ -164,6 +178,58 @@ def _admin_options(cmd: argparse.ArgumentParser, timeout: float | None) -> None:
     cmd.add_argument("--cacert", type=Path, help="CA of an admin.tls port's certificate (TLS)")
     cmd.add_argument("--cert", type=Path, help="client certificate, for admin.tls.client_ca")
     cmd.add_argument("--key", type=Path, help="the client certificate's key")
+
+
+def _install_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--plugins-dir",
+        type=Path,
+        default=None,
+        help=f"where plugin venvs live (default: ${install.PLUGINS_DIR_ENV} or ./prism-plugins)",
+    )
+    cmd.add_argument(
+        "--config", type=Path, help="the proxy's config: verify with its plugin_security"
+    )
+    cmd.add_argument("--index-url", help="package index (pip's --index-url)")
+    cmd.add_argument("--find-links", help="directory of wheels (pip's --find-links)")
+    cmd.add_argument("--no-index", action="store_true", help="do not use a package index")
+
+
+def _install(args: argparse.Namespace, spec: str, *, upgrade: bool) -> install.Installed:
+    security = load_config(args.config).plugin_security if args.config else None
+    index: list[str] = []
+    if args.index_url:
+        index += ["--index-url", args.index_url]
+    if args.find_links:
+        index += ["--find-links", args.find_links]
+    if args.no_index:
+        index.append("--no-index")
+    plugins_dir = args.plugins_dir or install.default_plugins_dir()
+    return install.install(spec, plugins_dir, security, upgrade=upgrade, index_args=tuple(index))
+
+
+def _plugin_install(args: argparse.Namespace) -> None:
+    """``install`` and ``update``: one line per step on stdout; errors as one line, exit 1."""
+    try:
+        if args.plugin_command == "install":
+            installed = _install(args, args.spec, upgrade=False)
+            print(*install.describe(installed), sep="\n")
+            return
+        target = _admin_of(args)
+        installed = _install(args, str(args.wheel or args.name), upgrade=True)
+        print(install.describe(installed)[0])
+        failed: list[str] = []
+        command = partial(
+            admin.update_namespaces, target, installed.plugins, installed.version, failed
+        )
+        print(admin.run(command, target, args.timeout))
+        if failed and installed.previous is not None:
+            install.point_current(installed, installed.previous)
+            print(f"{installed.current} -> {installed.previous} again (the reload failed)")
+            raise SystemExit(1)
+    except (install.InstallError, admin.CliError) as exc:
+        print(f"prism: {exc}", file=sys.stderr)
+        raise SystemExit(getattr(exc, "code", 1)) from None
 
 
 def _admin_of(args: argparse.Namespace) -> admin.Admin:
@@ -201,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "sign",
         ):
             _plugin_tool(args)
+        elif args.plugin_command in ("install", "update"):
+            _plugin_install(args)
         elif args.plugin_command == "serve":
             trio.run(_serve_plugin, args)
         elif args.plugin_command == "init":
