@@ -27,6 +27,8 @@ from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
 from prism.hosting.loader import load_plugin_class
 from prism.hosting.verify import PluginRefused
+from prism.proxy.adminaudit import record_admin
+from prism.proxy.adminauth import AdminCaller
 from prism.proxy.app import ListenFailed, Proxy
 
 log = logging.getLogger("prism")
@@ -373,10 +375,14 @@ async def _serve(config: ProxyConfig, path: Path | None = None) -> None:
 
 async def _reload_config(proxy: Proxy) -> None:
     """SIGHUP: the result is logged (by the reload); a rejected file leaves the old running."""
+    caller = AdminCaller("signal:SIGHUP", "local")
     try:
         await proxy.reload_config()
     except pg.FailedPrecondition as exc:
         log.error("SIGHUP: %s", exc.message)
+        record_admin("config-reload", "", caller, exc.status.name)
+    else:
+        record_admin("config-reload", "", caller, "OK")
 
 
 async def _serve_plugin(args: argparse.Namespace) -> None:

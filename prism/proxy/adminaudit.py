@@ -3,7 +3,8 @@
 Until ``prism/proxy/audit.py`` has its ``record_admin``, every admin action (a change, or a call
 refused for want of credentials) is one JSON line on the ``prism.audit`` logger: ``action``,
 ``target`` (a namespace, or ""), ``caller`` (``token``, ``cert:NAME``, ``unix-socket``,
-``anonymous``), ``peer`` and ``status`` (the gRPC status name, or an HTTP code). Never a token.
+``anonymous``, ``signal:SIGHUP``), ``peer`` and ``status`` (the gRPC status name). Never
+a token.
 """
 
 from __future__ import annotations

@@ -74,7 +74,9 @@ class AdminAuth:
                 or token is None
                 or not hmac.compare_digest(credential.strip().encode(), token.encode())
             ):
-                record_admin("authenticate", "", AdminCaller("anonymous", peer.address), "401")
+                record_admin(
+                    "authenticate", "", AdminCaller("anonymous", peer.address), "UNAUTHENTICATED"
+                )
                 raise Unauthenticated("the admin token is not valid")
             return AdminCaller("token", peer.address)
         if peer.certificate:

@@ -151,6 +151,14 @@ class Proxy:
                 f"{admin.listen} (admin.listen)",
             )
             log.info("admin API on %s:%d (gRPC and HTTP)", *self.admin_address)
+            if admin.token is None and (tls is None or tls.client_ca is None):
+                log.warning(
+                    "admin API on %s:%d: no admin.token and no admin.tls.client_ca, so every "
+                    "call but /healthz%s is refused there (UNAUTHENTICATED); use "
+                    "admin.unix_socket or configure one",
+                    *self.admin_address,
+                    " and reads" if admin.anonymous_read else "",
+                )
         if admin.unix_socket is not None:
             what = f"unix:{admin.unix_socket} (admin.unix_socket)"
             # serve_unix replaces a stale socket file; one a live proxy still answers on is not
