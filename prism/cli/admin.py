@@ -1,12 +1,19 @@
-"""``prism plugin list|status|reload``: the admin API (prism.admin.v1.Admin) from a terminal."""
+"""``prism plugin list|status|reload|enable|disable`` and ``prism config reload``: the admin API
+(prism.admin.v1.Admin) from a terminal.
+
+Credentials: the bearer token from ``--token-file`` or ``$PRISM_ADMIN_TOKEN`` (sent as
+``authorization: Bearer``, never printed), and for an ``admin.tls`` port, TLS with ``--cacert``
+(and ``--cert``/``--key`` for mTLS). The Unix socket needs none."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import betterproto2
@@ -14,22 +21,74 @@ import trio
 
 from prism import grpc as pg
 from prism._proto.prism.admin.v1 import (
+    DisableNamespaceRequest,
+    EnableNamespaceRequest,
     GetNamespaceRequest,
     ListNamespacesRequest,
     ListNamespacesResponse,
     NamespaceStatus,
+    ReloadConfigRequest,
+    ReloadConfigResponse,
     ReloadNamespaceRequest,
     ReloadNamespaceResponse,
 )
 from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus
 from prism.config import DEFAULT_ADMIN_LISTEN
+from prism.grpc.transport import client_ssl_context
+from prism.proxy.admin import namespace_json, reload_config_json
 
 SERVICE = "/prism.admin.v1.Admin/"
 M = TypeVar("M", bound=betterproto2.Message)
 
 
+TOKEN_ENV = "PRISM_ADMIN_TOKEN"
+
+
 def default_target() -> str:
     return os.environ.get("PRISM_ADMIN", DEFAULT_ADMIN_LISTEN)
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Where the admin API is and how to prove who we are."""
+
+    target: str
+    token: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    def __str__(self) -> str:
+        return self.target
+
+    @classmethod
+    def from_options(
+        cls,
+        target: str,
+        token_file: Path | None = None,
+        cacert: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> Admin:
+        """``--token-file`` (else ``$PRISM_ADMIN_TOKEN``), ``--cacert``/``--cert``/``--key``."""
+        token = os.environ.get(TOKEN_ENV) or None
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise CliError(f"--token-file: cannot read {token_file}: {reason}", 2) from None
+            if not token:
+                raise CliError(f"--token-file: {token_file} is empty", 2)
+        context = None
+        if cacert is not None or cert is not None:
+            try:
+                context = client_ssl_context(cacert, cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise CliError(f"--cacert/--cert/--key: {exc}", 2) from None
+        return cls(target, token, context)
+
+    @property
+    def metadata(self) -> list[tuple[str, str | bytes]]:
+        return [] if self.token is None else [("authorization", f"Bearer {self.token}")]
 
 
 class CliError(Exception):
@@ -40,7 +99,7 @@ class CliError(Exception):
         self.code = code
 
 
-def run(command: Callable[[], Awaitable[str]], target: str, timeout: float | None) -> str:
+def run(command: Callable[[], Awaitable[str]], target: object, timeout: float | None) -> str:
     """Run one admin command under ``timeout`` seconds (None: no limit, for a reload that may
     drain for ``drain_grace``). Ctrl-C cancels the call, and with it a reload in progress."""
 
@@ -56,11 +115,14 @@ def run(command: Callable[[], Awaitable[str]], target: str, timeout: float | Non
         ) from None
 
 
-async def call(target: str, method: str, request: betterproto2.Message, reply: type[M]) -> M:
+async def call(admin: Admin, method: str, request: betterproto2.Message, reply: type[M]) -> M:
     """One admin call; errors become CliErrors a user can act on. Cancellation cancels it."""
+    target = admin.target
     try:
-        async with pg.open_channel(target) as channel:
-            response: M = await channel.unary_unary(SERVICE + method, request, reply)
+        async with pg.open_channel(target, ssl_context=admin.ssl_context) as channel:
+            response: M = await channel.unary_unary(
+                SERVICE + method, request, reply, metadata=admin.metadata
+            )
             return response
     except Exception as raised:
         # The channel's nursery wraps what the call raised in an ExceptionGroup.
@@ -74,6 +136,13 @@ async def call(target: str, method: str, request: betterproto2.Message, reply: t
             raise CliError(f"cannot reach the admin API at {target}: no answer in time") from None
         if isinstance(exc, pg.Unimplemented):
             raise CliError(f"{target} does not serve the Prism admin API") from None
+        if isinstance(exc, pg.Unauthenticated):
+            hint = (
+                f"give --token-file or ${TOKEN_ENV}"
+                if admin.token is None
+                else "check the token (admin.token)"
+            )
+            raise CliError(f"{target}: not authenticated: {hint}") from None
         if isinstance(exc, pg.GrpcError):
             raise CliError(exc.message or exc.status.name) from None
         raise
@@ -99,14 +168,14 @@ def _os_reason(exc: BaseException) -> str | None:
     return None
 
 
-async def list_namespaces(target: str, *, as_json: bool) -> str:
+async def list_namespaces(target: Admin, *, as_json: bool) -> str:
     reply = await call(target, "ListNamespaces", ListNamespacesRequest(), ListNamespacesResponse)
     if as_json:
         return json.dumps({"namespaces": [to_json(ns) for ns in reply.namespaces]}, indent=2)
     return table(reply.namespaces)
 
 
-async def namespace_status(target: str, name: str, *, as_json: bool) -> str:
+async def namespace_status(target: Admin, name: str, *, as_json: bool) -> str:
     ns = await call(target, "GetNamespace", GetNamespaceRequest(name=name), NamespaceStatus)
     if as_json:
         return json.dumps(to_json(ns), indent=2)
@@ -118,7 +187,7 @@ async def namespace_status(target: str, name: str, *, as_json: bool) -> str:
     return "\n".join(lines)
 
 
-async def reload_namespace(target: str, name: str) -> str:
+async def reload_namespace(target: Admin, name: str) -> str:
     reply = await call(
         target,
         "ReloadNamespace",
@@ -132,28 +201,31 @@ async def reload_namespace(target: str, name: str) -> str:
 
 
 def to_json(ns: NamespaceStatus) -> dict[str, Any]:
-    """Plain JSON (integers as numbers, absent health/metrics as null), not protobuf's JSON
-    mapping, whose int64 strings are awkward for scripts."""
-    health = ns.last_health
-    return {
-        "name": ns.name,
-        "plugin": ns.plugin,
-        "mode": ns.mode,
-        "generation": ns.generation,
-        "available": ns.available,
-        "unavailable_reason": ns.unavailable_reason,
-        "in_flight": ns.in_flight,
-        "health": None
-        if health is None
-        else {
-            "status": HealthCheckResponseStatus(health.status).name,
-            "message": health.message,
-            "details": dict(health.details),
-        },
-        "metrics": None
-        if ns.metrics is None
-        else {f.name: getattr(ns.metrics, f.name) for f in dataclasses.fields(ns.metrics)},
-    }
+    return namespace_json(ns)
+
+
+async def set_enabled(target: Admin, name: str, *, enabled: bool) -> str:
+    if enabled:
+        ns = await call(
+            target, "EnableNamespace", EnableNamespaceRequest(namespace=name), NamespaceStatus
+        )
+        return f"namespace {name!r} enabled: instance {ns.generation} is serving"
+    await call(target, "DisableNamespace", DisableNamespaceRequest(namespace=name), NamespaceStatus)
+    return f"namespace {name!r} disabled: its plugin is stopped; calls get UNAVAILABLE"
+
+
+async def reload_config(target: Admin, *, as_json: bool) -> str:
+    reply = await call(target, "ReloadConfig", ReloadConfigRequest(), ReloadConfigResponse)
+    if as_json:
+        return json.dumps(reload_config_json(reply), indent=2)
+    lines = [f"config {reply.revision} loaded"]
+    for what in ("added", "removed", "reloaded", "unchanged"):
+        names = getattr(reply, what)
+        if names:
+            lines.append(f"{what}: {', '.join(names)}")
+    lines += [f"failed: {item}" for item in reply.failed]
+    lines += [f"{item} (the old value stays in force)" for item in reply.restart_required]
+    return "\n".join(lines)
 
 
 def _health(ns: NamespaceStatus) -> str:
@@ -172,7 +244,11 @@ def table(namespaces: list[NamespaceStatus]) -> str:
             ns.plugin,
             ns.mode,
             str(ns.generation or "-"),
-            "available" if ns.available else f"unavailable ({ns.unavailable_reason})",
+            "disabled"
+            if ns.disabled
+            else "available"
+            if ns.available
+            else f"unavailable ({ns.unavailable_reason})",
             str(ns.in_flight),
             _health(ns),
         )
@@ -183,3 +259,34 @@ def table(namespaces: list[NamespaceStatus]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in (header, *rows)
     )
+
+
+async def update_namespaces(
+    target: Admin, plugins: list[str], version: str, failed: list[str]
+) -> str:
+    """Hot-reload every sidecar namespace running one of ``plugins``; what to print. The
+    namespaces whose reload failed are added to ``failed``. In-process ones need a restart;
+    remote ones are served elsewhere."""
+    reply = await call(target, "ListNamespaces", ListNamespacesRequest(), ListNamespacesResponse)
+    lines: list[str] = []
+    for ns in reply.namespaces:
+        if ns.plugin not in plugins:
+            continue
+        if ns.mode == "sidecar":
+            try:
+                done = await reload_namespace(target, ns.name)
+            except CliError as exc:
+                failed.append(ns.name)
+                lines.append(f"namespace {ns.name!r}: reload failed, the old version serves: {exc}")
+            else:
+                lines.append(done.replace("reloaded:", f"reloaded on {version}:"))
+        elif ns.mode == "in_process":
+            lines.append(
+                f"namespace {ns.name!r} runs {ns.plugin} in-process: restart the proxy to "
+                f"load {version}"
+            )
+        else:
+            lines.append(f"namespace {ns.name!r} runs {ns.plugin} remotely: update its service")
+    if not lines:
+        lines.append(f"no namespace of the proxy at {target} runs {', '.join(plugins)}")
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prism.config import ConfigError, load_config
+from prism.config.admin import resolve_admin_token
 from prism.config.load import json_schema_text
 
 __all__ = ["check", "schema"]
@@ -15,6 +16,7 @@ def check(path: Path) -> tuple[int, list[str]]:
     Secrets are resolved (a missing one is an error) and never printed."""
     try:
         config = load_config(path)
+        resolve_admin_token(config.admin, config.secrets)
     except ConfigError as exc:
         return 1, list(exc.errors)
     namespaces = ", ".join(

@@ -13,7 +13,8 @@ from pathlib import Path
 import trio
 
 import prism
-from prism.cli import admin, keys
+from prism import grpc as pg
+from prism.cli import admin, install, keys
 from prism.cli import config as config_cli
 from prism.config import (
     ConfigError,
@@ -26,6 +27,8 @@ from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
 from prism.hosting.loader import load_plugin_class
 from prism.hosting.verify import PluginRefused
+from prism.proxy.adminaudit import record_admin
+from prism.proxy.adminauth import AdminCaller
 from prism.proxy.app import ListenFailed, Proxy
 
 log = logging.getLogger("prism")
@@ -81,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    creload = config.add_parser(
+        "reload", help="make a running proxy re-read its config file (as SIGHUP does)"
+    )
+    _admin_options(creload, None)
+    creload.add_argument("--json", action="store_true", help="machine-readable output")
 
     plugin = sub.add_parser("plugin", help="plugin tools", parents=[common]).add_subparsers(
         dest="plugin_command", required=True
@@ -111,13 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def admin_command(name: str, help: str, timeout: float | None) -> argparse.ArgumentParser:
         cmd = plugin.add_parser(name, help=help, parents=[common])
-        cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
-        cmd.add_argument(
-            "--timeout",
-            type=float,
-            default=timeout,
-            help="seconds to wait for the answer" + (" (default: no limit)" if not timeout else ""),
-        )
+        _admin_options(cmd, timeout)
         return cmd
 
     plist = admin_command("list", "namespaces, their plugins and instances", 10.0)
@@ -127,6 +129,28 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     reload = admin_command("reload", "hot-reload a namespace's plugin", None)
     reload.add_argument("namespace")
+    enable = admin_command("enable", "start a disabled namespace's plugin again", None)
+    enable.add_argument("namespace")
+    disable = admin_command(
+        "disable",
+        "stop a namespace: its plugin is drained and stopped, calls get UNAVAILABLE",
+        None,
+    )
+    disable.add_argument("namespace")
+
+    inst = plugin.add_parser(
+        "install",
+        help="install a plugin distribution (NAME[==VERSION] or PATH.whl) into its own venv",
+        parents=[common],
+    )
+    inst.add_argument("spec", help="NAME, NAME==VERSION or a wheel file")
+    _install_options(inst)
+    upd = admin_command(
+        "update", "install a plugin's new version and hot-reload its sidecars", None
+    )
+    upd.add_argument("name", help="the plugin's distribution name")
+    upd.add_argument("--wheel", type=Path, help="install this wheel file instead of the index's")
+    _install_options(upd)
 
     keygen = plugin.add_parser(
         "keygen", help="make an ed25519 key pair for signing plugins", parents=[common]
@@ -138,6 +162,80 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("path", type=Path, help="the plugin's module file or package directory")
     sign.add_argument("--key", type=Path, required=True, help="ed25519 private key (PEM)")
     return parser
+
+
+def _admin_options(cmd: argparse.ArgumentParser, timeout: float | None) -> None:
+    cmd.add_argument("--admin", default=admin.default_target(), help=ADMIN_HELP)
+    cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        help="seconds to wait for the answer" + (" (default: no limit)" if not timeout else ""),
+    )
+    cmd.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file holding the admin token (admin.token; default: ${admin.TOKEN_ENV})",
+    )
+    cmd.add_argument("--cacert", type=Path, help="CA of an admin.tls port's certificate (TLS)")
+    cmd.add_argument("--cert", type=Path, help="client certificate, for admin.tls.client_ca")
+    cmd.add_argument("--key", type=Path, help="the client certificate's key")
+
+
+def _install_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--plugins-dir",
+        type=Path,
+        default=None,
+        help=f"where plugin venvs live (default: ${install.PLUGINS_DIR_ENV} or ./prism-plugins)",
+    )
+    cmd.add_argument(
+        "--config", type=Path, help="the proxy's config: verify with its plugin_security"
+    )
+    cmd.add_argument("--index-url", help="package index (pip's --index-url)")
+    cmd.add_argument("--find-links", help="directory of wheels (pip's --find-links)")
+    cmd.add_argument("--no-index", action="store_true", help="do not use a package index")
+
+
+def _install(args: argparse.Namespace, spec: str, *, upgrade: bool) -> install.Installed:
+    security = load_config(args.config).plugin_security if args.config else None
+    index: list[str] = []
+    if args.index_url:
+        index += ["--index-url", args.index_url]
+    if args.find_links:
+        index += ["--find-links", args.find_links]
+    if args.no_index:
+        index.append("--no-index")
+    plugins_dir = args.plugins_dir or install.default_plugins_dir()
+    return install.install(spec, plugins_dir, security, upgrade=upgrade, index_args=tuple(index))
+
+
+def _plugin_install(args: argparse.Namespace) -> None:
+    """``install`` and ``update``: one line per step on stdout; errors as one line, exit 1."""
+    try:
+        if args.plugin_command == "install":
+            installed = _install(args, args.spec, upgrade=False)
+            print(*install.describe(installed), sep="\n")
+            return
+        target = _admin_of(args)
+        installed = _install(args, str(args.wheel or args.name), upgrade=True)
+        print(install.describe(installed)[0])
+        failed: list[str] = []
+        command = partial(
+            admin.update_namespaces, target, installed.plugins, installed.version, failed
+        )
+        print(admin.run(command, target, args.timeout))
+        if failed and installed.previous is not None:
+            install.point_current(installed, installed.previous)
+            print(f"{installed.current} -> {installed.previous} again (the reload failed)")
+            raise SystemExit(1)
+    except (install.InstallError, admin.CliError) as exc:
+        print(f"prism: {exc}", file=sys.stderr)
+        raise SystemExit(getattr(exc, "code", 1)) from None
+
+
+def _admin_of(args: argparse.Namespace) -> admin.Admin:
+    return admin.Admin.from_options(args.admin, args.token_file, args.cacert, args.cert, args.key)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -153,12 +251,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.listen:
                 config = config.replace(listen=args.listen)
             if args.admin:
-                config = config.replace(admin=admin_from_target(args.admin))
-            trio.run(_serve, config)
+                # --admin moves the listener; who may call stays as the file says.
+                override = admin_from_target(args.admin).replace(
+                    token=config.admin.token, anonymous_read=config.admin.anonymous_read
+                )
+                config = config.replace(admin=override)
+            trio.run(_serve, config, args.config)
         elif args.command == "config":
             _config_tool(args)
-        elif args.plugin_command in ("list", "status", "reload", "keygen", "sign"):
+        elif args.plugin_command in (
+            "list",
+            "status",
+            "reload",
+            "enable",
+            "disable",
+            "keygen",
+            "sign",
+        ):
             _plugin_tool(args)
+        elif args.plugin_command in ("install", "update"):
+            _plugin_install(args)
         elif args.plugin_command == "serve":
             trio.run(_serve_plugin, args)
         elif args.plugin_command == "init":
@@ -189,6 +301,15 @@ def _config_tool(args: argparse.Namespace) -> None:
     if args.config_command == "schema":
         sys.stdout.write(config_cli.schema())
         return
+    if args.config_command == "reload":
+        try:
+            target = _admin_of(args)
+            command = partial(admin.reload_config, target, as_json=args.json)
+            print(admin.run(command, target, args.timeout))
+        except admin.CliError as exc:
+            print(f"prism: {exc}", file=sys.stderr)
+            raise SystemExit(exc.code) from None
+        return
     status, lines = config_cli.check(args.file)
     if status == 0:
         print(*lines, sep="\n")
@@ -202,14 +323,22 @@ def _plugin_tool(args: argparse.Namespace) -> None:
     """The admin and key commands: output on stdout; errors as one line, exit 1."""
     try:
         if args.plugin_command == "list":
-            command = partial(admin.list_namespaces, args.admin, as_json=args.json)
-            out = admin.run(command, args.admin, args.timeout)
+            target = _admin_of(args)
+            command = partial(admin.list_namespaces, target, as_json=args.json)
+            out = admin.run(command, target, args.timeout)
         elif args.plugin_command == "status":
-            command = partial(admin.namespace_status, args.admin, args.namespace, as_json=args.json)
-            out = admin.run(command, args.admin, args.timeout)
+            target = _admin_of(args)
+            command = partial(admin.namespace_status, target, args.namespace, as_json=args.json)
+            out = admin.run(command, target, args.timeout)
         elif args.plugin_command == "reload":
-            command = partial(admin.reload_namespace, args.admin, args.namespace)
-            out = admin.run(command, args.admin, args.timeout)
+            target = _admin_of(args)
+            command = partial(admin.reload_namespace, target, args.namespace)
+            out = admin.run(command, target, args.timeout)
+        elif args.plugin_command in ("enable", "disable"):
+            target = _admin_of(args)
+            enabled = args.plugin_command == "enable"
+            command = partial(admin.set_enabled, target, args.namespace, enabled=enabled)
+            out = admin.run(command, target, args.timeout)
         elif args.plugin_command == "keygen":
             private, public = keys.keygen(args.out)
             out = f"wrote {private} (private, 0600) and {public} (public: add it to trusted_keys)"
@@ -227,11 +356,14 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(config: ProxyConfig) -> None:
+async def _serve(config: ProxyConfig, path: Path | None = None) -> None:
     async with trio.open_nursery() as nursery:
-        proxy: Proxy = await nursery.start(Proxy(config).run)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        proxy: Proxy = await nursery.start(Proxy(config, config_path=path).run)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    nursery.start_soon(_reload_config, proxy)
+                    continue
                 log.info(
                     "%s: shutting down (grace %.0f s)",
                     signal.Signals(signum).name,
@@ -239,6 +371,18 @@ async def _serve(config: ProxyConfig) -> None:
                 )
                 await proxy.stop()
                 return
+
+
+async def _reload_config(proxy: Proxy) -> None:
+    """SIGHUP: the result is logged (by the reload); a rejected file leaves the old running."""
+    caller = AdminCaller("signal:SIGHUP", "local")
+    try:
+        await proxy.reload_config()
+    except pg.FailedPrecondition as exc:
+        log.error("SIGHUP: %s", exc.message)
+        record_admin("config-reload", "", caller, exc.status.name)
+    else:
+        record_admin("config-reload", "", caller, "OK")
 
 
 async def _serve_plugin(args: argparse.Namespace) -> None:

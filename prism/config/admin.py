@@ -11,6 +11,7 @@ from pydantic import field_validator, model_validator
 
 from prism.config._model import ConfigError, FieldError, Model
 from prism.config._types import ConfigPath, Flag, Text
+from prism.config.secrets import SecretsConfig, parse_credential, resolve_credentials
 from prism.config.tls import TlsConfig
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "admin_from_target",
     "check_admin_listen",
     "check_socket_path",
+    "resolve_admin_token",
 ]
 
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:50052"
@@ -38,8 +40,8 @@ def _listen_problem(listen: str) -> str | None:
     if loopback:
         return None
     return (
-        f"{listen!r} is not a loopback address; the admin API has no authentication, so it "
-        "listens only on loopback (127.0.0.1, ::1, localhost) or on admin.unix_socket"
+        f"{listen!r} is not a loopback address; the admin API listens only on loopback "
+        "(127.0.0.1, ::1, localhost) or on admin.unix_socket"
     )
 
 
@@ -68,9 +70,9 @@ class AdminConfig(Model):
     """Where the admin port listens: a loopback ``host:port`` and/or a Unix socket (mode 0600).
     Each serves the admin API over gRPC and HTTP/1.1 (``/metrics``, ``/healthz``) side by side.
 
-    The admin API can reload plugins and has no authentication of its own, so it is never
-    served on a non-loopback address: who can reach it must be decided by the host (loopback)
-    or by file permissions (the socket).
+    Every call on the TCP listener authenticates (``token``, or a client certificate when
+    ``tls.client_ca`` is set); the Unix socket's 0600 mode is its authentication. Besides,
+    the TCP listener is loopback-only: defence in depth for an API that can stop plugins.
     """
 
     enabled: Flag = True
@@ -84,6 +86,13 @@ class AdminConfig(Model):
     """TLS on the listen address (ALPN h2 and http/1.1); client_ca requires client
     certificates. The Unix socket stays plaintext (its mode decides who connects). None =
     plaintext."""
+    token: Text | None = None
+    """Bearer token admin clients send (``authorization: Bearer ...``), usually a secret
+    reference (``{{ secret:admin-token }}``), read at start and at each config reload.
+    None = no token: over TCP only client certificates (tls.client_ca) authenticate."""
+    anonymous_read: Flag = False
+    """Let callers without credentials read (list, status, /metrics); changes always need
+    credentials. /healthz is always open."""
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +117,15 @@ class AdminConfig(Model):
             raise ValueError(problem)
         return listen
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, token: str | None) -> str | None:
+        if token is not None:
+            if not token.strip():
+                raise ValueError("an empty token; leave token out for none")
+            parse_credential(token)  # ValueError naming the reference, never the value
+        return token
+
     @field_validator("unix_socket")
     @classmethod
     def _socket(cls, path: Path | None) -> Path | None:
@@ -124,6 +142,14 @@ class AdminConfig(Model):
                 "the admin API needs a listen address or a unix_socket (or enabled: false)",
             )
         return self
+
+
+def resolve_admin_token(admin: AdminConfig, secrets: SecretsConfig) -> str | None:
+    """``admin.token`` with its secret references read now (ConfigError naming
+    ``admin.token`` and the secret, never its value)."""
+    if admin.token is None:
+        return None
+    return resolve_credentials({"token": admin.token}, secrets, where="admin")["token"]
 
 
 def admin_from_target(target: str) -> AdminConfig:

@@ -178,6 +178,70 @@ class PluginHost:
                 )
             return new
 
+    def set_config(self, config: ProxyConfig) -> None:
+        """Instances started from now on see ``config`` (a config reload: its secrets sources,
+        its namespaces' paths); running ones keep what they started with."""
+        self.config = config
+        self.settings = HostSettings(config, self.settings.policy)
+
+    async def disable(self, namespace: str, reason: str = "disabled by an operator") -> None:
+        """Stop routing to ``namespace`` (calls get UNAVAILABLE naming ``reason``), drain its
+        instance within ``drain_grace`` and shut it down. Returns once it is gone; the route
+        stays, with no instance, until :meth:`enable`. Not cancellable once draining."""
+        route = self.route(namespace)
+        async with route.reload_lock:
+            route.disabled = reason
+            old, route.current = route.current, None
+            self._on_status(namespace, False)
+            if old is not None:
+                await self._retire_shielded(old, route.config.plugin.drain_grace, reason)
+
+    async def enable(self, namespace: str) -> Instance:
+        """Start a disabled namespace's plugin again and route to it once healthy
+        (PluginStartFailed: it stays disabled). An enabled namespace: its current instance."""
+        route = self.route(namespace)
+        async with route.reload_lock:
+            if route.current is not None and route.disabled is None:
+                return route.current
+            instance = await self._start(route.config, start_unreachable=True)
+            route.current, route.disabled = instance, None
+            self._report(instance)
+            return instance
+
+    async def add(self, ns: NamespaceConfig) -> Instance:
+        """Start a namespace that was not configured, and route to it (PluginStartFailed: it
+        is not added)."""
+        if ns.name in self.routes:
+            raise ValueError(f"namespace {ns.name!r} exists")
+        route = NamespaceRoute(ns)
+        async with route.reload_lock:
+            instance = await self._start(ns, start_unreachable=True)
+            self.routes[ns.name] = route
+            route.current = instance
+            self._report(instance)
+            return instance
+
+    async def remove(self, namespace: str) -> None:
+        """Take ``namespace`` out of routing (NOT_FOUND from now on), drain its instance and
+        shut it down. Not cancellable once draining."""
+        route = self.route(namespace)
+        async with route.reload_lock:
+            del self.routes[namespace]
+            old, route.current = route.current, None
+            if old is not None:
+                await self._retire_shielded(old, route.config.plugin.drain_grace, "removed")
+
+    async def _retire_shielded(self, old: Instance, grace: float, reason: str) -> None:
+        """Retire ``old`` even when the caller is cancelled: the route no longer reaches it,
+        so nothing else would ever stop it. Bounded: the drain's grace, then Shutdown's."""
+        with trio.move_on_after(2 * grace + SHUTDOWN_MARGIN) as scope:
+            scope.shield = True
+            await self._retire(old, grace, reason)
+        old.scope.cancel()
+        with trio.move_on_after(grace + SHUTDOWN_MARGIN) as scope:
+            scope.shield = True
+            await old.stopped.wait()  # its process reaped: "stopped" means gone
+
     async def _retire(self, old: Instance, grace: float, reason: str) -> None:
         drained = await old.drain(grace)
         if not drained:
@@ -259,6 +323,7 @@ class PluginHost:
                 instance.retiring = True
                 instance.down("stopped")
                 instance.pid = None
+                instance.stopped.set()
 
     def _report(self, instance: Instance) -> None:
         """Health status of a namespace follows its current instance only (not one that is

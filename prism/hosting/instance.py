@@ -100,6 +100,8 @@ class Instance:
         self._down_since: float | None = None  # when it went down after having served
         self._on_change = on_change
         self.scope = trio.CancelScope()
+        #: Set once the instance's scope has exited: its process reaped, its channel closed.
+        self.stopped = trio.Event()
         self.in_flight = 0  # calls running on this instance, streams included
         self._unary_in_flight = 0
         self.draining = False
@@ -212,10 +214,14 @@ class NamespaceRoute:
         self.config = config
         self.current: Instance | None = None
         self.reload_lock = trio.Lock()
+        #: Why an operator stopped the namespace (PluginHost.disable); None while enabled.
+        self.disabled: str | None = None
 
     def _instance(self) -> Instance:
         instance = self.current
         if instance is None:
+            if self.disabled is not None:
+                raise Unavailable(f"namespace {self.config.name!r} is {self.disabled}")
             raise Unavailable(f"namespace {self.config.name!r} has no running plugin")
         return instance
 

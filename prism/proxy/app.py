@@ -19,14 +19,17 @@ import trio
 
 from prism import grpc as pg
 from prism.config import ProxyConfig, check_admin_listen
+from prism.config.admin import resolve_admin_token
 from prism.grpc.health import Health, HealthState, ServingStatus
 from prism.grpc.reflection import Reflection
 from prism.grpc.transport import server_ssl_context, split_host_port
 from prism.hosting.host import PluginHost
-from prism.proxy.admin import AdminService
+from prism.proxy.admin import AdminActions, AdminService
 from prism.proxy.admin_http import FRONT_DOOR_SERVICE, admin_routes
+from prism.proxy.adminauth import AdminAuth, AdminAuthInterceptor
 from prism.proxy.adminport import AdminPort, admin_ssl_context
 from prism.proxy.assembly import build_pipeline
+from prism.proxy.configreload import ConfigReloader, ReloadResult
 from prism.proxy.frontdoor import DataProxyService
 from prism.proxy.http import HttpServer
 from prism.proxy.metrics import ProxyMetrics
@@ -46,9 +49,10 @@ def namespace_health_name(namespace: str) -> str:
 class Proxy:
     """A running proxy. ``address`` is where the front door listens; ``admin_address`` and
     ``admin_socket`` where the admin port does (None when not configured). ``metrics``: its
-    Prometheus metrics (its own registry); ``pipeline``: the front door's request stages."""
+    Prometheus metrics (its own registry); ``pipeline``: the front door's request stages.
+    ``config_path``: the file ``config`` was read from, which :meth:`reload_config` re-reads."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, *, config_path: Path | None = None) -> None:
         self.config = config
         self.health = HealthState()
         self.metrics = ProxyMetrics()
@@ -68,11 +72,17 @@ class Proxy:
         # front door's (possibly public) listener, whatever its address.
         self.admin_server: pg.Server | None = None
         self.admin_port: AdminPort | None = None
+        self.admin_auth: AdminAuth | None = None
+        self.reloader = ConfigReloader(self, config_path)
         if config.admin.enabled:
             if config.admin.listen is not None:
                 check_admin_listen(config.admin.listen)  # also for configs built in code
+            token = resolve_admin_token(config.admin, config.secrets)
+            self.admin_auth = AdminAuth(token, anonymous_read=config.admin.anonymous_read)
+            self.admin_actions = AdminActions(self.host, self.host.latest_metrics, self.reloader)
             self.admin_server = pg.Server(
-                [AdminService(self.host, self.host.latest_metrics), Health(self.health)]
+                [AdminService(self.host, actions=self.admin_actions), Health(self.health)],
+                interceptors=[AdminAuthInterceptor(self.admin_auth)],
             )
             for service in Reflection.for_server(self.admin_server).services():
                 self.admin_server.add_service(service)
@@ -86,6 +96,15 @@ class Proxy:
     def _namespace_status(self, namespace: str, serving: bool) -> None:
         status = ServingStatus.SERVING if serving else ServingStatus.NOT_SERVING
         self.health.set(namespace_health_name(namespace), status)
+
+    def forget_namespace(self, namespace: str) -> None:
+        """A namespace left the configuration: its health name stops serving."""
+        self.health.set(namespace_health_name(namespace), ServingStatus.NOT_SERVING)
+
+    async def reload_config(self) -> ReloadResult:
+        """Re-read the config file and apply what changed (:mod:`prism.proxy.configreload`);
+        ConfigRejected when it is invalid (the running configuration keeps serving)."""
+        return await self.reloader.reload()
 
     def namespace_status(self, namespace: str) -> ServingStatus | None:
         """The health of ``namespace``'s plugin (None before its first report)."""
@@ -132,6 +151,14 @@ class Proxy:
                 f"{admin.listen} (admin.listen)",
             )
             log.info("admin API on %s:%d (gRPC and HTTP)", *self.admin_address)
+            if admin.token is None and (tls is None or tls.client_ca is None):
+                log.warning(
+                    "admin API on %s:%d: no admin.token and no admin.tls.client_ca, so every "
+                    "call but /healthz%s is refused there (UNAUTHENTICATED); use "
+                    "admin.unix_socket or configure one",
+                    *self.admin_address,
+                    " and reads" if admin.anonymous_read else "",
+                )
         if admin.unix_socket is not None:
             what = f"unix:{admin.unix_socket} (admin.unix_socket)"
             # serve_unix replaces a stale socket file; one a live proxy still answers on is not

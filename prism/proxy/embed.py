@@ -84,9 +84,11 @@ async def serve(
     get ``shutdown_grace`` seconds, then plugins are shut down within their ``drain_grace``
     (plus a few seconds in all); cancellation during startup abandons the start at once.
     """
+    path = None
     if not isinstance(config, ProxyConfig):
-        config = load_config(config)
-    proxy = Proxy(config)
+        path = Path(config)
+        config = load_config(path)
+    proxy = Proxy(config, config_path=path)  # from a file: proxy.reload_config() re-reads it
     stopped = trio.Event()
     scope = trio.CancelScope()
 

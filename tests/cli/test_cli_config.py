@@ -95,6 +95,27 @@ def test_cli_config_check_lists_every_error_with_its_path_and_exits_1(tmp_path: 
     assert SECRET not in done.stderr
 
 
+def test_cli_config_check_resolves_the_admin_token_secret(tmp_path: Path) -> None:
+    path = good_file(tmp_path)
+    path.write_text(
+        GOOD.replace(
+            "admin: {unix_socket: admin.sock}",
+            'admin: {unix_socket: admin.sock, token: "{{ secret:admin-token }}"}',
+        )
+    )
+    done = prism("config", "check", str(path), PRISM_TEST_PW=SECRET)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        f"prism: admin.token: secret 'admin-token' not found (no file "
+        f"{tmp_path / 'secrets' / 'admin-token'}; no environment variable "
+        "PRISM_SECRET_ADMIN_TOKEN)"
+    ]
+    (tmp_path / "secrets" / "admin-token").write_text(SECRET + "-admin\n")
+    done = prism("config", "check", str(path), PRISM_TEST_PW=SECRET)
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout + done.stderr
+
+
 def test_cli_config_check_unreadable_file(tmp_path: Path) -> None:
     done = prism("config", "check", str(tmp_path / "absent.yaml"))
     assert (done.returncode, done.stdout) == (1, "")

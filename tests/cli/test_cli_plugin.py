@@ -132,13 +132,64 @@ def test_plugin_reload_and_list_against_prism_serve(tmp_path: Path, short_dir: P
         assert unknown.stderr == "prism: unknown namespace 'nope'\n"
 
 
-def test_plugin_status_over_tcp_admin_from_environment(tmp_path: Path) -> None:
+TOKEN = "s3cret-admin-token-0f9a"
+SYSTEM_PYTHON = "/usr/bin/python3"  # readable by nobody, unlike the test's virtualenv
+# What any local user could run: the admin API's HTTP side with the standard library only.
+NOBODY_CLIENT = """\
+import sys, urllib.error, urllib.request
+base = sys.argv[1]
+for method, path, body in (
+    ("GET", "/admin/plugin/list", None),
+    ("POST", "/admin/plugin/reload", b'{"namespace": "durable"}'),
+    ("POST", "/admin/plugin/disable", b'{"namespace": "durable"}'),
+    ("POST", "/admin/config/reload", b"{}"),
+    ("GET", "/metrics", None),
+    ("GET", "/healthz", None),
+):
+    request = urllib.request.Request(base + path, body, method=method)
+    try:
+        status = urllib.request.urlopen(request).status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    print(path, status)
+"""
+
+
+def token_config(tmp_path: Path) -> Path:
+    """A config whose admin token is a secret in a secrets directory."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "admin-token").write_text(TOKEN + "\n")
+    path = tmp_path / "prism.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "127.0.0.1:0",
+                "admin": {"listen": "127.0.0.1:0", "token": "{{ secret:admin-token }}"},
+                "secrets": {"directory": "secrets"},
+                "shutdown_grace": 1.0,
+                "namespaces": [
+                    {
+                        "name": "durable",
+                        "plugin": {"name": "sqlite"},
+                        "config": {"path": "durable.sqlite3"},
+                        "access": {"anonymous": True},
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_plugin_status_over_tcp_admin_sends_the_token_from_environment_or_file(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "serve.log"
-    args = ("--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir", str(tmp_path))
-    with serving(*args, log=log):
+    with serving("--config", str(token_config(tmp_path)), log=log):
         port = re.search(r"admin API on 127\.0\.0\.1:(\d+)", log.read_text())
         assert port, log.read_text()
-        env = {**os.environ, "PRISM_ADMIN": f"127.0.0.1:{port.group(1)}"}
+        target = f"127.0.0.1:{port.group(1)}"
+        env = {**os.environ, "PRISM_ADMIN": target, "PRISM_ADMIN_TOKEN": TOKEN}
         result = prism("plugin", "status", "durable", "--json", env=env)
         assert result.returncode == 0, result.stderr
         status = json.loads(result.stdout)
@@ -147,6 +198,61 @@ def test_plugin_status_over_tcp_admin_from_environment(tmp_path: Path) -> None:
             "sqlite",
             True,
         )
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKEN + "\n")
+        listed = prism("plugin", "list", "--admin", target, "--token-file", str(token_file))
+        assert listed.returncode == 0, listed.stderr
+
+        bare = {k: v for k, v in os.environ.items() if k != "PRISM_ADMIN_TOKEN"}
+        for args in (("list",), ("reload", "durable"), ("disable", "durable")):
+            refused = prism("plugin", *args, "--admin", target, env=bare)
+            assert (refused.returncode, refused.stdout) == (1, "")
+            assert refused.stderr == (
+                f"prism: {target}: not authenticated: give --token-file or $PRISM_ADMIN_TOKEN\n"
+            )
+        wrong = prism("plugin", "list", "--admin", target, env={**bare, "PRISM_ADMIN_TOKEN": "x"})
+        assert wrong.returncode == 1
+        assert "not authenticated: check the token" in wrong.stderr
+        assert namespaces_with(target, env)["durable"]["available"] is True  # nothing changed
+    assert TOKEN not in log.read_text()
+
+
+def namespaces_with(admin: str, env: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    result = prism("plugin", "list", "--json", "--admin", admin, env=env)
+    assert result.returncode == 0, result.stderr
+    return {ns["name"]: ns for ns in json.loads(result.stdout)["namespaces"]}
+
+
+def test_admin_tcp_port_refuses_another_local_user_without_the_token(tmp_path: Path) -> None:
+    """Issue 9: any local user (tested as nobody) could list namespaces and trigger reloads
+    over the loopback TCP admin port. Now every such call is 401; only /healthz answers."""
+    log = tmp_path / "serve.log"
+    with serving("--config", str(token_config(tmp_path)), log=log):
+        port = re.search(r"admin API on 127\.0\.0\.1:(\d+)", log.read_text())
+        assert port, log.read_text()
+        target = f"127.0.0.1:{port.group(1)}"
+        env = {**os.environ, "PRISM_ADMIN_TOKEN": TOKEN}
+        generation = namespaces_with(target, env)["durable"]["generation"]
+        run_as = {"user": "nobody"} if os.geteuid() == 0 else {}
+        result = subprocess.run(
+            [SYSTEM_PYTHON, "-c", NOBODY_CLIENT, f"http://{target}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **run_as,  # type: ignore[call-overload]
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "/admin/plugin/list 401",
+            "/admin/plugin/reload 401",
+            "/admin/plugin/disable 401",
+            "/admin/config/reload 401",
+            "/metrics 401",
+            "/healthz 200",
+        ]
+        after = namespaces_with(target, env)["durable"]
+        assert (after["generation"], after["disabled"]) == (generation, False)
 
 
 def test_plugin_list_cannot_reach_admin_exits_1(short_dir: Path) -> None:
@@ -219,3 +325,61 @@ def test_plugin_sign_rejects_a_key_that_is_not_an_ed25519_private_key(tmp_path: 
     assert result.returncode == 1
     assert "not an unencrypted PEM private key" in result.stderr
     assert not (tmp_path / "plugin.py.sig").exists()
+
+
+def test_config_reload_on_sighup_and_by_prism_config_reload(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    socket = short_dir / "admin.sock"
+    admin = f"unix:{socket}"
+
+    def write(*names: str, **top: object) -> None:
+        doc = {
+            "listen": "127.0.0.1:0",
+            "admin": {"unix_socket": str(socket)},
+            "shutdown_grace": 1.0,
+            "namespaces": [
+                {"name": n, "plugin": {"name": "memstore"}, "access": {"anonymous": True}}
+                for n in names
+            ],
+            **top,
+        }
+        path.write_text(yaml.safe_dump(doc))
+
+    path = tmp_path / "prism.yaml"
+    write("kv")
+    log = tmp_path / "serve.log"
+    with serving("--config", str(path), log=log) as proc:
+        write("kv", "added")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while list(namespaces(admin)) != ["kv", "added"]:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        write("added", listen="127.0.0.1:1")
+        reloaded = prism("config", "reload", "--admin", admin)
+        assert reloaded.returncode == 0, reloaded.stderr
+        lines = reloaded.stdout.splitlines()
+        assert re.fullmatch(r"config [0-9a-f]{12} loaded", lines[0]), lines
+        assert lines[1:] == [
+            "removed: kv",
+            "unchanged: added",
+            "restart required for listen (the old value stays in force)",
+        ]
+        assert list(namespaces(admin)) == ["added"]
+
+        path.write_text("namespaces: [{name: kv, plugin: {name: memstore, mode: nope}}]\n")
+        proc.send_signal(signal.SIGHUP)
+        rejected = prism("config", "reload", "--admin", admin, "--json")
+        assert rejected.returncode == 1
+        assert rejected.stderr.startswith(
+            "prism: config rejected; the running configuration keeps serving: "
+            "namespaces[0].plugin.mode:"
+        )
+        deadline = time.monotonic() + 30
+        while "SIGHUP: config rejected" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert list(namespaces(admin)) == ["added"]
+        assert proc.poll() is None

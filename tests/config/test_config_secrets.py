@@ -179,7 +179,7 @@ def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "prism.yaml"
     path.write_text(
         "listen: 127.0.0.1:0\n"
-        "admin: {listen: '127.0.0.1:0'}\n"
+        "admin: {listen: '127.0.0.1:0', token: admin-token-for-tests}\n"
         "shutdown_grace: 1\n"
         "secrets: {directory: secrets}\n"
         "namespaces:\n"
@@ -220,6 +220,7 @@ async def reload(admin: pg.Channel) -> ReloadNamespaceResponse:
         "/prism.admin.v1.Admin/ReloadNamespace",
         ReloadNamespaceRequest(namespace="echo"),
         ReloadNamespaceResponse,
+        metadata=[("authorization", "Bearer admin-token-for-tests")],
     )
     return response
 

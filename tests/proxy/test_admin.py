@@ -44,12 +44,14 @@ from prism.sdk.typed import pack, unpack
 ADMIN = "/prism.admin.v1.Admin/"
 #: The tests' callers send no credentials: each namespace admits them.
 OPEN = {"anonymous": True}
+TOKEN = "admin-token-for-tests"
+AUTH = [("authorization", f"Bearer {TOKEN}")]
 
 
 def make_config(data: Path, admin: AdminConfig | None = None, **plugin: Any) -> ProxyConfig:
     return ProxyConfig(
         listen="127.0.0.1:0",
-        admin=admin or AdminConfig(listen="127.0.0.1:0"),
+        admin=admin or AdminConfig(listen="127.0.0.1:0", token=TOKEN),
         shutdown_grace=1.0,
         namespaces=(
             NamespaceConfig("kv", PluginConfig("memstore", **plugin), access=OPEN),
@@ -85,7 +87,7 @@ def front_target(proxy: Proxy) -> str:
 
 async def list_namespaces(channel: pg.Channel) -> dict[str, NamespaceStatus]:
     reply = await channel.unary_unary(
-        ADMIN + "ListNamespaces", ListNamespacesRequest(), ListNamespacesResponse
+        ADMIN + "ListNamespaces", ListNamespacesRequest(), ListNamespacesResponse, metadata=AUTH
     )
     return {ns.name: ns for ns in reply.namespaces}
 
@@ -95,6 +97,7 @@ async def reload(channel: pg.Channel, namespace: str) -> ReloadNamespaceResponse
         ADMIN + "ReloadNamespace",
         ReloadNamespaceRequest(namespace=namespace),
         ReloadNamespaceResponse,
+        metadata=AUTH,
     )
     return reply
 
@@ -144,7 +147,10 @@ async def test_admin_list_namespaces_reports_plugin_instance_and_health(tmp_path
         assert health.status == HealthCheckResponseStatus.HEALTHY
 
         got = await admin.unary_unary(
-            ADMIN + "GetNamespace", GetNamespaceRequest(name="durable"), NamespaceStatus
+            ADMIN + "GetNamespace",
+            GetNamespaceRequest(name="durable"),
+            NamespaceStatus,
+            metadata=AUTH,
         )
         assert (got.name, got.plugin, got.generation) == (
             "durable",
@@ -200,7 +206,10 @@ async def test_admin_unknown_namespace_is_not_found(tmp_path: Path) -> None:
             await reload(admin, "nope")
         with pytest.raises(pg.NotFound, match="'nope'"):
             await admin.unary_unary(
-                ADMIN + "GetNamespace", GetNamespaceRequest(name="nope"), NamespaceStatus
+                ADMIN + "GetNamespace",
+                GetNamespaceRequest(name="nope"),
+                NamespaceStatus,
+                metadata=AUTH,
             )
 
 
@@ -334,7 +343,7 @@ async def test_admin_reports_metrics_from_its_lookup(tmp_path: Path) -> None:
 async def test_admin_listen_address_in_use_fails_with_listen_failed(tmp_path: Path) -> None:
     async with running(make_config(tmp_path)) as first:
         taken = admin_target(first)
-        second = make_config(tmp_path / "2", admin=AdminConfig(listen=taken))
+        second = make_config(tmp_path / "2", admin=AdminConfig(listen=taken, token=TOKEN))
         (tmp_path / "2").mkdir()
         with pytest.RaisesGroup(
             pytest.RaisesExc(ListenFailed, match="admin.listen"), flatten_subgroups=True

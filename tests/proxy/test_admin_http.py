@@ -46,7 +46,7 @@ class Crashing(BackendPlugin):
 def config(*namespaces: NamespaceConfig) -> ProxyConfig:
     return ProxyConfig(
         listen="127.0.0.1:0",
-        admin=AdminConfig(listen="127.0.0.1:0"),
+        admin=AdminConfig(listen="127.0.0.1:0", anonymous_read=True),
         shutdown_grace=1.0,
         namespaces=tuple(ns.replace(access={"anonymous": True}) for ns in namespaces)
         or (NamespaceConfig("kv", PluginConfig("memstore"), access={"anonymous": True}),),

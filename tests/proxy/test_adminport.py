@@ -30,7 +30,9 @@ LIST = "/prism.admin.v1.Admin/ListNamespaces"
 def config(admin: AdminConfig) -> ProxyConfig:
     return ProxyConfig(
         listen="127.0.0.1:0",
-        admin=admin,
+        # Reads without credentials: these tests are about the port's two protocols
+        # (test_adminauth.py is about who may call).
+        admin=admin.replace(anonymous_read=True),
         shutdown_grace=1.0,
         namespaces=(NamespaceConfig("kv", PluginConfig("memstore")),),
     )

@@ -4,10 +4,16 @@
 # This file has been @generated
 
 __all__ = (
+    "DisableNamespaceRequest",
+    "EnableNamespaceRequest",
     "GetNamespaceRequest",
+    "GetStatusRequest",
     "ListNamespacesRequest",
     "ListNamespacesResponse",
     "NamespaceStatus",
+    "ProxyStatus",
+    "ReloadConfigRequest",
+    "ReloadConfigResponse",
     "ReloadNamespaceRequest",
     "ReloadNamespaceResponse",
 )
@@ -23,11 +29,39 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 
 @dataclass(eq=False, repr=False)
+class DisableNamespaceRequest(betterproto2.Message):
+    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "prism.admin.v1", "DisableNamespaceRequest", DisableNamespaceRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class EnableNamespaceRequest(betterproto2.Message):
+    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "prism.admin.v1", "EnableNamespaceRequest", EnableNamespaceRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class GetNamespaceRequest(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("prism.admin.v1", "GetNamespaceRequest", GetNamespaceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetStatusRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("prism.admin.v1", "GetStatusRequest", GetStatusRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -101,8 +135,89 @@ class NamespaceStatus(betterproto2.Message):
     The latest metrics the proxy collected from the plugin; unset when none were collected.
     """
 
+    disabled: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
+    """
+    Disabled by an operator (DisableNamespace): no instance runs until EnableNamespace.
+    """
+
 
 default_message_pool.register_message("prism.admin.v1", "NamespaceStatus", NamespaceStatus)
+
+
+@dataclass(eq=False, repr=False)
+class ProxyStatus(betterproto2.Message):
+    config_revision: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The first 12 hex digits of the sha256 of the configuration file's bytes ("code:..." of
+    its JSON for a configuration built in code).
+    """
+
+    config_loaded_at: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    When that configuration was loaded, in seconds since the Unix epoch.
+    """
+
+    config_path: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The file it was read from ("" when built in code).
+    """
+
+    restart_required: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Changes in the loaded file that wait for a restart (see ReloadConfigResponse).
+    """
+
+    disabled: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Names of the namespaces disabled by an operator.
+    """
+
+
+default_message_pool.register_message("prism.admin.v1", "ProxyStatus", ProxyStatus)
+
+
+@dataclass(eq=False, repr=False)
+class ReloadConfigRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("prism.admin.v1", "ReloadConfigRequest", ReloadConfigRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ReloadConfigResponse(betterproto2.Message):
+    revision: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The revision now running (see ProxyStatus.config_revision).
+    """
+
+    added: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Namespaces by what the reload did to them, in configuration order.
+    """
+
+    removed: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+    reloaded: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+
+    unchanged: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+
+    failed: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    """
+    "namespace: reason" for each namespace whose new instance failed to start: a changed one
+    keeps its old instance and configuration, an added one is not added.
+    """
+
+    restart_required: "list[str]" = betterproto2.field(7, betterproto2.TYPE_STRING, repeated=True)
+    """
+    "restart required for FIELD" for each top-level field that changed but cannot change
+    while the proxy runs; it keeps its old value until a restart.
+    """
+
+
+default_message_pool.register_message(
+    "prism.admin.v1", "ReloadConfigResponse", ReloadConfigResponse
+)
 
 
 @dataclass(eq=False, repr=False)
