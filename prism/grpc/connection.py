@@ -29,7 +29,7 @@ from prism.grpc.wire.events import (
     FloodDetected,
     GoAwayReceived,
     InputEnded,
-    MessageReceived,
+    MessagesReceived,
     PingAcknowledged,
     RequestReceived,
     StreamAborted,
@@ -209,10 +209,10 @@ class Connection:
     def _dispatch(self, events: list[Event]) -> bool:
         """Hand events to the calls; True when the connection is over (peer's GOAWAY error)."""
         for event in events:
-            if type(event) is MessageReceived:
+            if type(event) is MessagesReceived:
                 call = self.calls.get(event.stream_id)
                 if call is not None:
-                    call.feed(event.message)
+                    call.feed(event.messages)
             elif type(event) is RequestReceived:
                 self._start_call(event)
             elif type(event) is InputEnded:
