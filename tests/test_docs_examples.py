@@ -6,7 +6,8 @@ rare (a fragment that only shows a shape, for example)::
 
     ```python no-run: a fragment (the handler shapes only)
 
-Blocks still known to fail are listed in KNOWN_FAILING, each with the issue that fixes it.
+An example that prints a result also asserts it, so that this test fails when the docs do not
+say what the code does.
 """
 
 from __future__ import annotations
@@ -23,24 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 NO_RUN = re.compile(r"^\s*no-run:\s*\S")
-
-# "<document>#<n>": the n-th python block (from 1) of the document. strict: a block that starts
-# to pass must leave this list.
-KNOWN_FAILING = {
-    key: "issue 8: user-guide examples"
-    for key in [
-        "docs/user-guide.md#1",  # calls a proxy it does not start
-        "docs/plugin-guide.md#1",  # imports a plugin that is not installed (dictstore)
-        "docs/plugin-guide.md#4",
-        "docs/plugin-guide.md#5",
-        "docs/plugin-guide.md#6",
-        "docs/plugin-guide.md#7",
-        "docs/plugin-guide.md#8",
-        "docs/plugin-guide.md#9",
-        "docs/plugin-guide.md#10",
-        "docs/plugin-guide.md#11",
-    ]
-}
 
 
 @dataclass(frozen=True)
@@ -63,13 +46,6 @@ def python_blocks(path: Path) -> list[Block]:
 BLOCKS = [block for path in DOCUMENTS for block in python_blocks(path)]
 
 
-def _param(block: Block) -> object:
-    marks = []
-    if block.key in KNOWN_FAILING:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILING[block.key]))
-    return pytest.param(block, id=block.key, marks=marks)
-
-
 def test_docs_examples_no_run_blocks_give_a_reason() -> None:
     for block in BLOCKS:
         info = block.info.strip()
@@ -79,11 +55,7 @@ def test_docs_examples_no_run_blocks_give_a_reason() -> None:
         )
 
 
-def test_docs_examples_known_failing_are_real_blocks() -> None:
-    assert set(KNOWN_FAILING) <= {block.key for block in BLOCKS}
-
-
-@pytest.mark.parametrize("block", [_param(b) for b in BLOCKS if not b.info.strip()])
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.key) for b in BLOCKS if not b.info.strip()])
 def test_docs_example_runs_as_written(block: Block, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(block.code)

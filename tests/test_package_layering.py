@@ -20,6 +20,9 @@ FORBIDDEN = {
     "prism.sdk": ("prism.hosting", "prism.proxy", "prism.cli"),
     "prism.hosting": ("prism.proxy", "prism.cli"),
     "prism.config": ("prism.sdk", "prism.hosting", "prism.proxy", "prism.cli", "prism.grpc"),
+    # The client is what applications import: the gRPC stack and the messages, nothing of the
+    # proxy's or the plugins' side.
+    "prism.client": ("prism.sdk", "prism.hosting", "prism.proxy", "prism.cli", "prism.config"),
 }
 #: ... except these.
 ALLOWED: dict[str, tuple[str, ...]] = {}

@@ -256,7 +256,11 @@ async def _serve_plugin(args: argparse.Namespace) -> None:
                 task_status=task_status,
             )
         )
-        log.info("plugin %s serving on %s (mTLS)", args.plugin, address)
+        shown = str(address)
+        if isinstance(address, tuple):
+            host, port = address[0], address[1]
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("plugin %s serving on %s (mTLS)", args.plugin, shown)
 
 
 if __name__ == "__main__":

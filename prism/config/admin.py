@@ -11,6 +11,7 @@ from pydantic import field_validator, model_validator
 
 from prism.config._model import ConfigError, FieldError, Model
 from prism.config._types import ConfigPath, Flag, Text
+from prism.config.tls import TlsConfig
 
 __all__ = [
     "DEFAULT_ADMIN_LISTEN",
@@ -64,7 +65,8 @@ def check_socket_path(path: Path, where: str) -> None:
 
 
 class AdminConfig(Model):
-    """Where the admin API listens: a loopback ``host:port`` and/or a Unix socket (mode 0600).
+    """Where the admin port listens: a loopback ``host:port`` and/or a Unix socket (mode 0600).
+    Each serves the admin API over gRPC and HTTP/1.1 (``/metrics``, ``/healthz``) side by side.
 
     The admin API can reload plugins and has no authentication of its own, so it is never
     served on a non-loopback address: who can reach it must be decided by the host (loopback)
@@ -74,10 +76,14 @@ class AdminConfig(Model):
     enabled: Flag = True
     """Serve the admin API; false opens no admin listener."""
     listen: Text | None = DEFAULT_ADMIN_LISTEN
-    """Loopback host:port for the admin API (plain gRPC); empty or null = no TCP listener.
-    Defaults to none when unix_socket is set."""
+    """Loopback host:port for the admin port (gRPC and HTTP/1.1); empty or null = no TCP
+    listener. Defaults to none when unix_socket is set."""
     unix_socket: ConfigPath | None = None
-    """Unix socket for the admin API, created with mode 0600 (at most 107 bytes)."""
+    """Unix socket for the admin port, created with mode 0600 (at most 107 bytes)."""
+    tls: TlsConfig | None = None
+    """TLS on the listen address (ALPN h2 and http/1.1); client_ca requires client
+    certificates. The Unix socket stays plaintext (its mode decides who connects). None =
+    plaintext."""
 
     @model_validator(mode="before")
     @classmethod

@@ -11,8 +11,10 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from prism.config._model import FieldError, Model
 from prism.config._types import Text, base_of
+from prism.config.auth import AccessConfig
 from prism.config.plugin import PluginConfig
 from prism.config.secrets import absolute_file_references, parse_credential
+from prism.config.traffic import TrafficConfig
 
 __all__ = ["NamespaceConfig"]
 
@@ -65,6 +67,10 @@ class NamespaceConfig(Model):
     """Sent to the plugin in Initialize, never logged. Values are text that may hold
     {{ env:NAME }}, {{ file:PATH }} and {{ secret:NAME }} references, resolved at each
     instance start."""
+    access: AccessConfig = AccessConfig()
+    """Who may call which operations here."""
+    traffic: TrafficConfig = TrafficConfig()
+    """Rate limits, concurrency limit, circuit breaker, default deadline."""
 
     @field_validator("name")
     @classmethod

@@ -11,10 +11,14 @@ from pydantic import PrivateAttr, field_validator
 from prism.config._model import ConfigError, FieldError, Model
 from prism.config._types import Address, ConfigPath, PositiveInt, Seconds
 from prism.config.admin import AdminConfig
+from prism.config.audit import AuditConfig
+from prism.config.auth import AuthConfig
+from prism.config.logs import LoggingConfig
 from prism.config.namespace import NamespaceConfig
 from prism.config.secrets import SecretsConfig, resolve_credentials
 from prism.config.security import PluginSecurityConfig
 from prism.config.tls import TlsConfig
+from prism.config.tracing import TracingConfig
 
 __all__ = ["ProxyConfig"]
 
@@ -32,7 +36,15 @@ class ProxyConfig(Model):
     tls: TlsConfig | None = None
     """Server TLS for the front door; none = plaintext h2."""
     admin: AdminConfig = AdminConfig()
-    """The admin API's own listener (loopback or a 0600 Unix socket only)."""
+    """The admin port's own listener: gRPC and HTTP (/metrics), loopback or a 0600 socket."""
+    auth: AuthConfig = AuthConfig()
+    """How callers are authenticated (client certificates, bearer tokens)."""
+    audit: AuditConfig = AuditConfig()
+    """The audit log: one record per call."""
+    tracing: TracingConfig = TracingConfig()
+    """W3C trace context and spans."""
+    logging: LoggingConfig = LoggingConfig()
+    """The proxy's own logs: format and level."""
     max_message_size: PositiveInt = 16 << 20
     """Largest request or response message in bytes, on every hop (RESOURCE_EXHAUSTED beyond)."""
     shutdown_grace: Seconds = 10.0

@@ -234,12 +234,18 @@ class _ClientConnection:
                 max_frame_size=opts.max_frame_size,
             ),
             authority=authority,
-            scheme="https" if isinstance(stream, trio.SSLStream) else "http",
+            scheme="https" if transport.is_tls(stream) else "http",
             user_agent=opts.user_agent,
             max_receive_message_size=opts.max_receive_message_size,
         )
         self.calls: dict[int, ClientCall[Any]] = {}
-        self._output = transport.Output(stream, self.conn, self.calls)
+        # Calls still waiting for their response headers: the output of calls that start
+        # together is batched into one write (transport.Output) while more than one waits.
+        # Streams that are under way (a health Watch held open for the connection's life)
+        # produce no output to batch, and would otherwise send every call of a remote
+        # plugin through the writer task.
+        self.opening: set[int] = set()
+        self._output = transport.Output(stream, self.conn, self.opening)
         self.kick = self._output.kick
         self.schedule_write = self._output.schedule
         self._window = trio.Event()
@@ -300,6 +306,7 @@ class _ClientConnection:
             for call in list(self.calls.values()):
                 call.on_abort(Unavailable(f"connection to {self.channel.target} lost"))
             self.calls.clear()
+            self.opening.clear()
             self._window.set()
             self.notify_stream_closed()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -337,15 +344,18 @@ class _ClientConnection:
                     if call is not None:
                         call.feed(event.message)
                 elif type(event) is ResponseEnded:
+                    self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_end(event.status, event.message, event.trailers)
                         self._wake_writers()  # a sender parked on this call must return
                 elif type(event) is ResponseHeadersReceived:
+                    self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_headers(event.metadata, event.encoding)
                 elif type(event) is StreamAborted:
+                    self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_abort(event.error)

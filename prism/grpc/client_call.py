@@ -119,6 +119,7 @@ class ClientCall(Generic[T]):
             raise Unavailable(f"connection unusable: {exc}") from None
         self._conn = conn
         conn.calls[self.stream_id] = self
+        conn.opening.add(self.stream_id)
         if first is not None:
             conn.conn.send_message(self.stream_id, first, end=True)
         conn.kick()
@@ -138,6 +139,7 @@ class ClientCall(Generic[T]):
             return
         self._closed = True
         conn.calls.pop(self.stream_id, None)
+        conn.opening.discard(self.stream_id)
         if not self._ended:
             conn.conn.cancel(self.stream_id)
             self._ended = True

@@ -24,6 +24,7 @@ import trio
 from prism.grpc import transport
 from prism.grpc.call import ServerCall, error_from_exception
 from prism.grpc.interceptor import CallOutcome, ServerInterceptor
+from prism.grpc.tls import TLSStream
 from prism.grpc.wire.events import (
     Event,
     FloodDetected,
@@ -56,9 +57,17 @@ class Connection:
     """One accepted connection: its reader and writer tasks, its watchdogs (handshake,
     idle, age, keepalive) and one task per RPC, in one nursery that ends with it."""
 
-    def __init__(self, server: Server, stream: trio.abc.Stream, handshake_deadline: float) -> None:
+    def __init__(
+        self,
+        server: Server,
+        stream: trio.abc.Stream,
+        handshake_deadline: float,
+        received: bytes = b"",
+    ) -> None:
         self.server = server
         self.stream = stream
+        # Bytes a listener read before handing the connection over (Server.serve_connection).
+        self._received = received
         opts = server.options
         self.conn = ServerConnection(
             server._settings,
@@ -102,7 +111,7 @@ class Connection:
         opts = self.server.options
         with self._scope:
             with trio.CancelScope(deadline=self._handshake_deadline) as handshake:
-                if isinstance(self.stream, trio.SSLStream):
+                if isinstance(self.stream, (TLSStream, trio.SSLStream)):
                     try:
                         await self.stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError) as exc:
@@ -166,16 +175,21 @@ class Connection:
         conn = self.conn
         receive = transport.Input(self.stream).receive
         size = _RECEIVE_SIZE
+        received, self._received = self._received, b""
         while True:
-            data = await receive(size)
-            if not data:
-                self._peer_closed.set()
-                return
-            # Bulk transfers fill every read: read more at a time (fewer trips through h2).
-            if len(data) == size:
-                size = min(size * 2, _MAX_RECEIVE_SIZE)
-            elif size > _RECEIVE_SIZE and len(data) < size // 4:
-                size = _RECEIVE_SIZE
+            if received:
+                data: bytes | bytearray = received
+                received = b""
+            else:
+                data = await receive(size)
+                if not data:
+                    self._peer_closed.set()
+                    return
+                # Bulk transfers fill every read: read more at a time (fewer trips through h2).
+                if len(data) == size:
+                    size = min(size * 2, _MAX_RECEIVE_SIZE)
+                elif size > _RECEIVE_SIZE and len(data) < size // 4:
+                    size = _RECEIVE_SIZE
             if conn.closed:
                 continue  # after our final GOAWAY: discard input until the peer closes
             while True:

@@ -18,6 +18,7 @@ from prism.grpc import transport
 from prism.grpc.connection import LINGER, Connection
 from prism.grpc.interceptor import ServerInterceptor
 from prism.grpc.service import RpcMethod, Service
+from prism.grpc.tls import TLSStream
 from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.flood import FloodLimits
 from prism.grpc.wire.h2conn import Settings
@@ -257,13 +258,40 @@ class Server:
             self.counters.connections_accepted += 1
             transport.set_nodelay(stream)
             if ssl_context is not None:
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                assert isinstance(stream, trio.SocketStream)
+                stream = TLSStream(stream, ssl_context, server_side=True)
             deadline = trio.current_time() + self.options.handshake_timeout
             nursery.start_soon(self._handle_connection, stream, deadline)
 
-    async def _handle_connection(self, stream: trio.abc.Stream, handshake_deadline: float) -> None:
+    async def serve_connection(self, stream: trio.abc.Stream, *, received: bytes = b"") -> None:
+        """Serve one connection accepted elsewhere, until it closes: for a listener that
+        serves other protocols beside gRPC and told them apart by the first bytes
+        (``received``: what it read from ``stream``; processed before anything more is read).
+
+        A TLS stream (``prism.grpc.tls.TLSStream`` or ``trio.SSLStream``) may come with its
+        handshake done (then ALPN must be h2 or none) or not (it is done here). Limits are the
+        server's own: ``max_concurrent_connections`` (over it the stream is closed at once),
+        ``handshake_timeout`` from now. The connection is counted in :attr:`open_connections`
+        and drained by :meth:`shutdown`. Errors on the connection are logged, never raised;
+        cancellation closes it at once.
+        """
+        limit = self.options.max_concurrent_connections
+        if self._closing or (limit is not None and self._open >= limit):
+            if not self._closing:
+                self.counters.connections_rejected += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self._open += 1
+        self.counters.connections_accepted += 1
+        transport.set_nodelay(stream)
+        deadline = trio.current_time() + self.options.handshake_timeout
+        await self._handle_connection(stream, deadline, received)
+
+    async def _handle_connection(
+        self, stream: trio.abc.Stream, handshake_deadline: float, received: bytes = b""
+    ) -> None:
         # The boundary for one connection: nothing that happens on it may end the server.
-        conn = Connection(self, stream, handshake_deadline)
+        conn = Connection(self, stream, handshake_deadline, received)
         self._connections.add(conn)
         if self._all_closed.is_set():
             self._all_closed = trio.Event()

@@ -35,7 +35,7 @@ from prism.config import NamespaceConfig, ProxyConfig
 from prism.grpc.wire.status import GrpcError, NotFound
 from prism.hosting import runtime_dirs
 from prism.hosting.in_process import InProcessModel
-from prism.hosting.instance import Instance, MetricsTotals, NamespaceRoute
+from prism.hosting.instance import HostEvents, Instance, MetricsTotals, NamespaceRoute, NoEvents
 from prism.hosting.model import HostSettings, PluginStartFailed, describe_plugin
 from prism.hosting.remote import RemoteModel
 from prism.hosting.sidecar import SidecarModel
@@ -44,7 +44,14 @@ from prism.hosting.verify import VerifyPolicy
 
 log = logging.getLogger("prism.hosting")
 
-__all__ = ["Instance", "MetricsTotals", "NamespaceRoute", "PluginHost", "PluginStartFailed"]
+__all__ = [
+    "HostEvents",
+    "Instance",
+    "MetricsTotals",
+    "NamespaceRoute",
+    "PluginHost",
+    "PluginStartFailed",
+]
 
 StatusCallback = Callable[[str, bool], None]
 Model = InProcessModel | SidecarModel | RemoteModel
@@ -54,8 +61,16 @@ SHUTDOWN_MARGIN = 1.0
 
 
 class PluginHost:
-    def __init__(self, config: ProxyConfig, on_status: StatusCallback | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        on_status: StatusCallback | None = None,
+        events: HostEvents | None = None,
+    ) -> None:
+        """``on_status(namespace, serving)``: a namespace's health changed. ``events``: hears
+        of metrics polls, restarts and reloads (the proxy's metrics)."""
         self.config = config
+        self.events: HostEvents = events if events is not None else NoEvents()
         self.routes: dict[str, NamespaceRoute] = {}
         self._nursery: trio.Nursery | None = None
         self._generations = itertools.count(1)
@@ -137,7 +152,12 @@ class PluginHost:
         async with route.reload_lock:
             new_config = config or route.config
             begun = trio.current_time()
-            new = await self._start(new_config)
+            try:
+                new = await self._start(new_config)
+            except PluginStartFailed:
+                self.events.plugin_reloaded(namespace, False)
+                raise
+            self.events.plugin_reloaded(namespace, True)
             old, route.current, route.config = route.current, new, new_config
             self._report(new)
             log.info(
@@ -196,7 +216,9 @@ class PluginHost:
     async def _start(self, ns: NamespaceConfig, *, start_unreachable: bool = False) -> Instance:
         if self._nursery is None:
             raise RuntimeError("the plugin host is not running")
-        instance = Instance(ns.name, ns.plugin.mode, next(self._generations), self._report)
+        instance = Instance(
+            ns.name, ns.plugin.mode, next(self._generations), self._report, self.events
+        )
         what = describe_plugin(ns)
         try:
             model = self._model(ns, instance, start_unreachable)

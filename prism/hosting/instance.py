@@ -13,9 +13,11 @@ serving again (:meth:`Instance.up`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -28,6 +30,33 @@ log = logging.getLogger("prism.hosting")
 
 ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
+
+
+class HostEvents(Protocol):
+    """What the plugin host reports as it happens, to whoever counts it (the proxy's metrics:
+    ``prism.proxy.metrics.ProxyMetrics`` has these methods). Called synchronously on Trio's
+    thread: they must not block or raise."""
+
+    def plugin_polled(self, namespace: str, interval: PluginMetrics, received_ns: int) -> None:
+        """One poll of the plugin's interval metrics, received at wall-clock ``received_ns``
+        (each interval is reported once)."""
+
+    def plugin_restarted(self, namespace: str) -> None:
+        """An instance is being started again after a failure."""
+
+    def plugin_reloaded(self, namespace: str, ok: bool) -> None:
+        """A hot reload ended: ``ok``, or failed (the old instance kept serving)."""
+
+
+class NoEvents:
+    def plugin_polled(self, namespace: str, interval: PluginMetrics, received_ns: int) -> None:
+        pass
+
+    def plugin_restarted(self, namespace: str) -> None:
+        pass
+
+    def plugin_reloaded(self, namespace: str, ok: bool) -> None:
+        pass
 
 
 @dataclass
@@ -57,10 +86,13 @@ class Instance:
         mode: str,
         generation: int,
         on_change: Callable[[Instance], None] | None = None,
+        events: HostEvents | None = None,
     ) -> None:
         """``on_change`` is called (synchronously, never dropped) whenever the instance goes up
-        or down: the host reports the namespace's health from it."""
+        or down: the host reports the namespace's health from it. ``events`` hears of its
+        metrics polls and restarts."""
         self.namespace = namespace
+        self.events: HostEvents = events if events is not None else NoEvents()
         self.mode = mode
         self.generation = generation
         self.client: PluginClient | None = None
@@ -121,6 +153,12 @@ class Instance:
     def record_metrics(self, metrics: PluginMetrics) -> None:
         self.metrics = metrics
         self.totals.add(metrics)
+        self.events.plugin_polled(self.namespace, metrics, time.time_ns())
+
+    def restarted(self) -> None:
+        """The supervisor starts this instance's plugin again after a failure."""
+        self.restarts += 1
+        self.events.plugin_restarted(self.namespace)
 
     async def poll_metrics(self) -> PluginMetrics | None:
         """Fetch the plugin's interval metrics (which resets them) into :attr:`metrics` and

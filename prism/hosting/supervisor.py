@@ -155,4 +155,4 @@ async def supervise(
         else:
             log.warning("%s: attempt %d failed: %s; next in %.2f s", what, number, reason, delay)
         await trio.sleep(delay)
-        instance.restarts += 1
+        instance.restarted()

@@ -1,7 +1,8 @@
 """The admin API (``prism.admin.v1.Admin``): namespace status and hot reload over the host.
 
-It has no authentication: :class:`prism.proxy.app.Proxy` serves it on its own listener, on
-loopback or a 0600 Unix socket only (see ``AdminConfig``), never on the front door.
+It has no authentication: :class:`prism.proxy.app.Proxy` serves it on the admin port
+(:mod:`prism.proxy.adminport`, beside the admin HTTP routes), on loopback or a 0600 Unix socket
+only (see ``AdminConfig``), never on the front door.
 """
 
 from __future__ import annotations

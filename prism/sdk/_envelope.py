@@ -23,6 +23,7 @@ from prism import protowire
 from prism._proto.google.protobuf import Any
 from prism.grpc import protocheck
 from prism.grpc.wire.status import GrpcError
+from prism.sdk import _fastcodec
 from prism.sdk.plugin import Payload
 from prism.sdk.typed import type_url
 
@@ -108,7 +109,7 @@ def execute_result(result: Payload) -> bytes:
 
 
 def _any_bytes(message: betterproto2.Message) -> bytes:
-    body = bytes(message)
+    body = _fastcodec.encode(message)
     url = protowire.length_delimited(1, type_url(type(message)).encode())
     return url + protowire.length_delimited(2, body) if body else url
 

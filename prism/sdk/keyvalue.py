@@ -38,6 +38,7 @@ from prism._proto.prism.data.v1 import (
     TransactRequest,
 )
 from prism.grpc.wire.status import InvalidArgument, Unimplemented
+from prism.sdk.config import InvalidConfig
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -71,7 +72,7 @@ class KeyValueLimits:
         cls, *, max_key_bytes: int = 0, max_value_bytes: int = 0, max_batch: int = 0
     ) -> KeyValueLimits:
         """Limits from config fields of these names, where 0 means the default; a negative one
-        is ``INVALID_ARGUMENT`` naming the field."""
+        is ``InvalidConfig`` naming the field (``config.max_batch: must not be negative``)."""
         given = {
             "max_key_bytes": max_key_bytes,
             "max_value_bytes": max_value_bytes,
@@ -79,7 +80,7 @@ class KeyValueLimits:
         }
         for name, value in given.items():
             if value < 0:
-                raise InvalidArgument(f"config field {name!r} must not be negative")
+                raise InvalidConfig(name, "must not be negative")
         return cls(
             max_key_bytes or DEFAULT_MAX_KEY_BYTES,
             max_value_bytes or DEFAULT_MAX_VALUE_BYTES,

@@ -272,7 +272,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prism._proto.prism.data.v1 import (
+from prism.protos.data.v1 import (
     DeleteRequest,
     DeleteResponse,
     GetRequest,
@@ -349,7 +349,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
+from prism.protos.data.v1 import GetRequest, GetResponse, SetRequest
 from prism.sdk import InvalidArgument, ResourceExhausted
 from prism.sdk.testing import PluginHarness
 

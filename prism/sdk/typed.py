@@ -16,6 +16,7 @@ import betterproto2
 from prism._proto.google.protobuf import Any
 from prism.grpc import protocheck
 from prism.grpc.wire.status import InvalidArgument
+from prism.sdk import _fastcodec
 
 __all__ = ["TYPE_URL_PREFIX", "pack", "type_name", "type_url", "unpack"]
 
@@ -69,7 +70,7 @@ def unpack(any_message: Any | None, cls: type[M]) -> M:
     except protocheck.MalformedMessage as exc:
         raise InvalidArgument(f"expected {expected}, got malformed bytes: {exc.reason}") from None
     try:
-        return cls.parse(checked)
+        return _fastcodec.decode(cls, checked)  # type: ignore[no-any-return]
     except Exception:
         # The decoder's own message describes bytes we cannot vouch for; keep it out.
         raise InvalidArgument(f"expected {expected}, got bytes that do not decode as it") from None

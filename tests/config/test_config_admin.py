@@ -65,8 +65,21 @@ def test_admin_config_needs_a_listener_when_enabled() -> None:
 
 
 def test_admin_config_rejects_unknown_fields() -> None:
-    with pytest.raises(ConfigError, match=r"admin\.tls: unknown field"):
-        admin_of({"tls": True})
+    with pytest.raises(ConfigError, match=r"admin\.port: unknown field"):
+        admin_of({"port": 50052})
+
+
+def test_admin_config_tls_paths_are_relative_to_the_config_file() -> None:
+    admin = admin_of({"tls": {"cert": "admin.pem", "key": "/keys/admin.key", "client_ca": "ca"}})
+    assert admin.tls is not None
+    assert (admin.tls.cert, admin.tls.key, admin.tls.client_ca) == (
+        Path("/etc/prism/admin.pem"),
+        Path("/keys/admin.key"),
+        Path("/etc/prism/ca"),
+    )
+    assert admin_of({}).tls is None
+    with pytest.raises(ConfigError, match=r"admin\.tls\.key: required"):
+        admin_of({"tls": {"cert": "admin.pem"}})
 
 
 def test_admin_config_rejects_wrong_types() -> None:

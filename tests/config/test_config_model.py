@@ -39,7 +39,7 @@ def errors(document: str) -> tuple[str, ...]:
         # missing
         ("namespaces: [{name: kv}]", "namespaces[0].plugin: required"),
         # unknown field, at any depth
-        ("admin: {listen: '127.0.0.1:1', tls: true}", "admin.tls: unknown field"),
+        ("admin: {listen: '127.0.0.1:1', port: 1}", "admin.port: unknown field"),
         # wrong scalar types: no coercion of YAML's yes, "10" or 1.5
         ("listen: 5", "listen: expected a string"),
         ("admin: {enabled: 1}", "admin.enabled: expected true or false"),

@@ -4,6 +4,7 @@ service in a real process, and calls through the proxy's front door."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,9 @@ HERE = Path(__file__).resolve().parent
 M = TypeVar("M", bound=betterproto2.Message)
 
 
+_SERVING = re.compile(r"serving on 127\.0\.0\.1:(?P<port>\d+)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +75,7 @@ class Certs:
 
 @dataclass
 class RemoteService:
-    """``prism plugin serve <plugin>`` in a subprocess, on a fixed free port, mTLS both ways."""
+    """``prism plugin serve <plugin>`` in a subprocess on a loopback port, mTLS both ways."""
 
     process: subprocess.Popen[bytes]
     endpoint: str
@@ -107,8 +111,10 @@ def remote_service(
 ) -> Iterator[RemoteService]:
     """Start the service and wait until it accepts connections; SIGTERM it on the way out."""
     certs = certs or Certs.make(directory)
-    port = port or free_port()
-    log = directory / f"remote-{port}-{time.monotonic_ns()}.log"
+    # Without a port the service binds port 0 and the log says which it got: a port picked
+    # here and released would be free for any other process to take before the service binds.
+    listen = f"127.0.0.1:{port or 0}"
+    log = directory / f"remote-{port or 'any'}-{time.monotonic_ns()}.log"
     command = [
         sys.executable,
         "-m",
@@ -117,7 +123,7 @@ def remote_service(
         "serve",
         plugin,
         "--listen",
-        f"127.0.0.1:{port}",
+        listen,
         "--tls-cert",
         str(certs.server),
         "--tls-key",
@@ -134,13 +140,17 @@ def remote_service(
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"remote plugin service exited: {log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+            serving = _SERVING.search(log.read_text(errors="replace"))
+            if serving is not None:
+                port = int(serving["port"])
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"remote plugin service did not start: {log.read_text()}")
+            time.sleep(0.05)
         yield RemoteService(process, f"127.0.0.1:{port}", log, certs, plugin)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -15,7 +15,6 @@ import trio
 from host_testkit import (
     Certs,
     Running,
-    free_port,
     namespace,
     pid_alive,
     proxy_config,
@@ -182,9 +181,9 @@ def route_is(running: Running, name: str, instance: object) -> bool:
 
 @pytest.mark.slow
 async def test_host_remote_service_restart_is_reinitialized(tmp_path: Path) -> None:
-    port = free_port()
     certs = Certs.make(tmp_path)
-    with remote_service(tmp_path, port=port, certs=certs) as service:
+    with remote_service(tmp_path, certs=certs) as service:
+        port = int(service.endpoint.rsplit(":", 1)[1])  # the restart binds the same one
         ns = service.namespace("far", health_interval=0.2)
         async with running_proxy(proxy_config(ns)) as running:
             instance = running.proxy.host.route("far").current

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from prism.hosting.client import PluginClient
-from prism.hosting.instance import Instance
+from prism.hosting.instance import Instance, NoEvents
 from prism.hosting.supervisor import (
     Backoff,
     BackoffPolicy,
@@ -89,6 +89,14 @@ class Script:
         raise PluginFailed(f"attempt {number} crashed")
 
 
+class RecordingEvents(NoEvents):
+    def __init__(self) -> None:
+        self.restarted: list[str] = []
+
+    def plugin_restarted(self, namespace: str) -> None:
+        self.restarted.append(namespace)
+
+
 def changes(instance: Instance) -> list[tuple[bool, str]]:
     seen: list[tuple[bool, str]] = []
     instance._on_change = lambda i: seen.append((i.available, i.down_reason))
@@ -98,7 +106,8 @@ def changes(instance: Instance) -> list[tuple[bool, str]]:
 async def test_supervise_restarts_with_backoff_after_each_failure(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    instance = Instance("kv", "sidecar", 1)
+    events = RecordingEvents()
+    instance = Instance("kv", "sidecar", 1, events=events)
     seen = changes(instance)
     script = Script(instance, [1.0, 1.0, 1.0, None])
     async with trio.open_nursery() as nursery:
@@ -119,6 +128,7 @@ async def test_supervise_restarts_with_backoff_after_each_failure(
     ]
     assert gaps == pytest.approx([0.1, 0.2, 0.4])
     assert instance.restarts == 3
+    assert events.restarted == ["kv", "kv", "kv"]  # the host's events heard of each
     # Down at once with the reason, up again: every change reached the instance, in order.
     assert seen[:4] == [
         (True, "starting"),

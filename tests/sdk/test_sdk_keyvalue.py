@@ -220,7 +220,7 @@ async def test_keyvalue_configured_limits_replace_the_defaults(typed: bool) -> N
 
 
 async def test_keyvalue_negative_configured_limit_fails_initialize() -> None:
-    with pytest.raises(InvalidArgument, match="'max_batch' must not be negative"):
+    with pytest.raises(InvalidArgument, match=r"config\.max_batch: must not be negative$"):
         async with PluginHarness(Recorder, credentials={**SMALL, "max_batch": "-1"}):
             pass
 
