@@ -133,7 +133,12 @@ class ClientCall(Generic[T]):
         self.close()
 
     def close(self) -> None:
-        """Leave the call: RST_STREAM(CANCEL) if it has not ended. Synchronous; idempotent."""
+        """Leave the call: RST_STREAM(CANCEL) if it has not ended. Synchronous; idempotent.
+
+        From another task too: a :meth:`receive_message` waiting there returns None (its
+        ``async for`` ends; ``status`` says CANCELLED), a :meth:`send_message` waiting for
+        flow control returns, and responses not yet taken are dropped.
+        """
         conn = self._conn
         if conn is None or self._closed:
             return
@@ -143,8 +148,12 @@ class ClientCall(Generic[T]):
         if not self._ended:
             conn.conn.cancel(self.stream_id)
             self._ended = True
+            self._inbox.clear()
             if self.status is None:
                 self.status, self.status_message = Status.CANCELLED, "cancelled by the caller"
+            if self._arrived is not None:
+                self._arrived.set()
+            conn.wake_writers()
         else:
             conn.conn.finish(self.stream_id)
         if not conn.calls and conn.conn.goaway_received is not None:
