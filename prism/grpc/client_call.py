@@ -290,8 +290,20 @@ class ClientCall(Generic[T]):
         data = self._inbox.popleft()
         conn.conn.consumed(self.stream_id, len(data) + 5)
         conn.kick()
-        result: T = decode(self._response_type, data)
+        try:
+            result: T = decode(self._response_type, data)
+        except Exception as exc:
+            # The server's fault, not the caller's (decode's InvalidArgument is for requests):
+            # INTERNAL, as grpcio has it, and the call ends here.
+            detail = exc.message if isinstance(exc, GrpcError) else type(exc).__name__
+            self._fail(Internal(f"{self.method}: could not decode the response: {detail}"))
         return result
+
+    def _fail(self, error: GrpcError) -> NoReturn:
+        """End the call with ``error`` from our side (RST_STREAM CANCEL) and raise it."""
+        self.close()
+        self.status, self.status_message, self._error = error.status, error.message, error
+        raise error
 
     async def receive_single(self) -> T:
         """The one response of a call that has one; more or none is INTERNAL."""
