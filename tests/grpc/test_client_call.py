@@ -15,7 +15,7 @@ import trio
 from grpc_testkit import serving
 
 from prism import grpc as pg
-from prism._proto.grpc.health.v1 import HealthCheckResponse, HealthCheckResponseServingStatus
+from prism.grpc.health import HealthCheckResponse, ServingStatus
 
 
 class Parked(pg.Service):
@@ -251,7 +251,7 @@ async def test_client_call_malformed_response_is_internal(case: str) -> None:
 
 async def test_client_call_malformed_message_in_a_stream_is_internal() -> None:
     # Two good responses, then one protobuf refuses: the loop yields two, then raises.
-    good = framed(bytes(HealthCheckResponse(status=HealthCheckResponseServingStatus.SERVING)))
+    good = framed(bytes(HealthCheckResponse(status=ServingStatus.SERVING)))
     respond = answer(GRPC_HEADERS, good + good + framed(b"\x0a\x05ab"), OK_TRAILERS)
     async with hostile(respond) as (server, target), pg.open_channel(target) as channel:
         for _ in range(2):  # the second call: the connection survived the first
