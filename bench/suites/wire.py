@@ -22,7 +22,7 @@ from typing import Any
 from bench import report
 from bench.suites import register
 from prism.grpc.wire.client_conn import ClientConnection
-from prism.grpc.wire.events import MessageReceived
+from prism.grpc.wire.events import MessageReceived, MessagesReceived
 from prism.grpc.wire.server_conn import ServerConnection
 from prism.grpc.wire.status import Status
 
@@ -50,8 +50,9 @@ class _Pair:
         sent = b"".join(client.output())
         t1 = time.perf_counter_ns()
         for event in server.receive_data(sent):
-            if type(event) is MessageReceived:
-                server.consumed(event.stream_id, len(event.message) + 5)
+            if type(event) is MessagesReceived:
+                for message in event.messages:
+                    server.consumed(event.stream_id, len(message) + 5)
         t2 = time.perf_counter_ns()
         server.send_message(sid, response)
         server.send_trailers(sid, Status.OK)

@@ -276,7 +276,7 @@ class _ClientConnection:
         while self.conn.pending(stream_id) > limit and not self._dead and not call._ended:
             await self._window.wait()
 
-    def _wake_writers(self) -> None:
+    def wake_writers(self) -> None:
         self._window.set()
         self._window = trio.Event()
 
@@ -348,7 +348,7 @@ class _ClientConnection:
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_end(event.status, event.message, event.trailers)
-                        self._wake_writers()  # a sender parked on this call must return
+                        self.wake_writers()  # a sender parked on this call must return
                 elif type(event) is ResponseHeadersReceived:
                     self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
@@ -359,9 +359,9 @@ class _ClientConnection:
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_abort(event.error)
-                        self._wake_writers()
+                        self.wake_writers()
                 elif type(event) is WindowUpdated:
-                    self._wake_writers()
+                    self.wake_writers()
                 elif type(event) is GoAwayReceived:
                     self.notify_stream_closed()
                     if event.error_code or not self.calls:

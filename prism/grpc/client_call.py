@@ -133,7 +133,12 @@ class ClientCall(Generic[T]):
         self.close()
 
     def close(self) -> None:
-        """Leave the call: RST_STREAM(CANCEL) if it has not ended. Synchronous; idempotent."""
+        """Leave the call: RST_STREAM(CANCEL) if it has not ended. Synchronous; idempotent.
+
+        From another task too: a :meth:`receive_message` waiting there returns None (its
+        ``async for`` ends; ``status`` says CANCELLED), a :meth:`send_message` waiting for
+        flow control returns, and responses not yet taken are dropped.
+        """
         conn = self._conn
         if conn is None or self._closed:
             return
@@ -143,8 +148,12 @@ class ClientCall(Generic[T]):
         if not self._ended:
             conn.conn.cancel(self.stream_id)
             self._ended = True
+            self._inbox.clear()
             if self.status is None:
                 self.status, self.status_message = Status.CANCELLED, "cancelled by the caller"
+            if self._arrived is not None:
+                self._arrived.set()
+            conn.wake_writers()
         else:
             conn.conn.finish(self.stream_id)
         if not conn.calls and conn.conn.goaway_received is not None:
@@ -281,8 +290,20 @@ class ClientCall(Generic[T]):
         data = self._inbox.popleft()
         conn.conn.consumed(self.stream_id, len(data) + 5)
         conn.kick()
-        result: T = decode(self._response_type, data)
+        try:
+            result: T = decode(self._response_type, data)
+        except Exception as exc:
+            # The server's fault, not the caller's (decode's InvalidArgument is for requests):
+            # INTERNAL, as grpcio has it, and the call ends here.
+            detail = exc.message if isinstance(exc, GrpcError) else type(exc).__name__
+            self._fail(Internal(f"{self.method}: could not decode the response: {detail}"))
         return result
+
+    def _fail(self, error: GrpcError) -> NoReturn:
+        """End the call with ``error`` from our side (RST_STREAM CANCEL) and raise it."""
+        self.close()
+        self.status, self.status_message, self._error = error.status, error.message, error
+        raise error
 
     async def receive_single(self) -> T:
         """The one response of a call that has one; more or none is INTERNAL."""

@@ -30,7 +30,7 @@ from prism.grpc.wire.events import (
     FloodDetected,
     GoAwayReceived,
     InputEnded,
-    MessageReceived,
+    MessagesReceived,
     PingAcknowledged,
     RequestReceived,
     StreamAborted,
@@ -223,10 +223,10 @@ class Connection:
     def _dispatch(self, events: list[Event]) -> bool:
         """Hand events to the calls; True when the connection is over (peer's GOAWAY error)."""
         for event in events:
-            if type(event) is MessageReceived:
+            if type(event) is MessagesReceived:
                 call = self.calls.get(event.stream_id)
                 if call is not None:
-                    call.feed(event.message)
+                    call.feed(event.messages)
             elif type(event) is RequestReceived:
                 self._start_call(event)
             elif type(event) is InputEnded:
@@ -333,18 +333,20 @@ class Connection:
             self.conn.send_trailers(sid, Status.UNIMPLEMENTED, f"unknown method {event.method}")
             self.conn.finish(sid)
             return
-        deadline = trio.current_time() + event.timeout if event.timeout is not None else math.inf
+        # An outcome's duration counts from here, as the deadline does (not from when the
+        # call's task first runs): a call that hit its deadline lasted at least its timeout.
+        now = trio.current_time()
+        deadline = now + event.timeout if event.timeout is not None else math.inf
         call = ServerCall(self, sid, event.method, event.metadata, self.peer, deadline, handler[0])
         self.calls[sid] = call
         assert self._rpc_nursery is not None
-        self._rpc_nursery.start_soon(self._run_call, call, handler[1])
+        self._rpc_nursery.start_soon(self._run_call, call, handler[1], now)
 
-    async def _run_call(self, call: ServerCall, func: Callable[..., Any]) -> None:
+    async def _run_call(self, call: ServerCall, func: Callable[..., Any], started: float) -> None:
         # The boundary for one RPC: whatever happens here ends this stream, never the connection.
         status, message, extra = Status.OK, "", []
         interceptors = self.server.interceptors
         entered = 0  # interceptors whose before() was called
-        started = trio.current_time() if interceptors else 0.0
         failure: BaseException | None = None
         ended = False
         try:

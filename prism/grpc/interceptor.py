@@ -73,7 +73,8 @@ class CallOutcome:
     #: The status the client was sent (CANCELLED when the client reset the stream).
     status: Status
     message: str
-    #: Seconds from the start of the first ``before`` to the end of the RPC (Trio's clock).
+    #: Seconds from the request's arrival (where its deadline counts from) to the end of the
+    #: RPC (Trio's clock): a call that hit its deadline lasted at least its timeout.
     duration: float
     #: What ended the handler (or a ``before`` hook) when that was an exception: the
     #: GrpcError it raised, or the bug that became UNKNOWN. None otherwise.

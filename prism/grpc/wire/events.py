@@ -37,6 +37,16 @@ class MessageReceived:
 
 
 @dataclass(slots=True)
+class MessagesReceived:
+    """Complete messages on one stream, in order: what one read brought (the server side
+    reports messages this way, one event per stream per :meth:`receive_data` call rather
+    than one per message)."""
+
+    stream_id: int
+    messages: list[bytes]
+
+
+@dataclass(slots=True)
 class InputEnded:
     """The peer half-closed the stream: no more messages will come."""
 
@@ -94,6 +104,7 @@ Event = (
     RequestReceived
     | ResponseHeadersReceived
     | MessageReceived
+    | MessagesReceived
     | InputEnded
     | ResponseEnded
     | StreamAborted

@@ -105,6 +105,43 @@ class MessageDecoder:
         self._buffer = bytearray(buf[pos:])
         return messages
 
+    def feed(self, data: bytes, start: int, end: int, out: list[bytes]) -> int:
+        """:meth:`receive_data` for ``data[start:end]``, appending the messages to ``out``;
+        returns their framed size (5 + length each), what flow control counts as consumed
+        once the application takes them (of inflated messages: their inflated size, what
+        they occupy here).
+
+        ``data`` must be bytes nobody changes (a read from the socket): messages are sliced
+        from it directly, one copy each, and the rest of a large message is kept as a view.
+        """
+        if self._need or self._buffer:
+            messages = self.receive_data(memoryview(data)[start:end])
+            out += messages
+            return sum([len(m) for m in messages]) + HEADER_SIZE * len(messages)
+        size = 0
+        pos = start
+        limit = self._max
+        while end - pos >= HEADER_SIZE:
+            flag, length = HEADER.unpack_from(data, pos)
+            if flag:
+                self._check_flag(flag)
+            if length > limit:
+                raise ResourceExhausted(f"received message larger than max ({length} vs. {limit})")
+            body = pos + HEADER_SIZE
+            stop = body + length
+            if stop > end:
+                self._chunk_flag = flag
+                self._chunks = [memoryview(data)[body:end]]
+                self._need = stop - end
+                return size
+            message = self._inflate(data[body:stop]) if flag else data[body:stop]
+            out.append(message)
+            size += HEADER_SIZE + len(message)
+            pos = stop
+        if pos < end:
+            self._buffer = bytearray(data[pos:end])
+        return size
+
     def _check_flag(self, flag: int) -> None:
         if flag != 1:
             raise Internal(f"invalid message flag {flag}")

@@ -99,6 +99,13 @@ class H2Base:
         # consumer keeps up bounds what a fast sender can make us buffer.
         self._unacked: dict[int, int] = {}
         self._queued: dict[int, int] = {}
+        # While a receive_data call runs (the server's): streams whose acknowledgement is
+        # decided once the whole read is processed, and bytes to give back unconditionally
+        # (streams finished or gone). One decision per stream per read makes the
+        # WINDOW_UPDATEs independent of how the read's frames were grouped (h2's merged
+        # DATA frames or the fast path's runs) and costs one acknowledgement, not one per
+        # frame. None: acknowledge at once.
+        self._acks: dict[int, int] | None = None
         self.goaway_received: int | None = None  # the peer's last_stream_id, once it sent GOAWAY
         self.closed = False
 
@@ -233,14 +240,50 @@ class H2Base:
             self._h2.reset_stream(stream_id, error_code=error_code)
 
     def _received(self, stream_id: int, flow_controlled: int, message_bytes: int) -> None:
-        self._unacked[stream_id] = self._unacked.get(stream_id, 0) + flow_controlled
-        self._queued[stream_id] = self._queued.get(stream_id, 0) + message_bytes
-        self._maybe_acknowledge(stream_id)
+        unacked = self._unacked.get(stream_id, 0) + flow_controlled
+        queued = self._queued[stream_id] = self._queued.get(stream_id, 0) + message_bytes
+        acks = self._acks
+        if acks is not None:
+            self._unacked[stream_id] = unacked
+            if stream_id not in acks:
+                acks[stream_id] = 0
+        elif unacked and queued <= self.settings.initial_window_size:
+            self._unacked[stream_id] = 0
+            if not self.closed:
+                self._h2.acknowledge_data(unacked, stream_id)
+        else:
+            self._unacked[stream_id] = unacked
+
+    def _give_back(self, stream_id: int, size: int) -> None:
+        """Acknowledge ``size`` bytes nobody will consume (a stream finished or gone)."""
+        acks = self._acks
+        if acks is not None:
+            acks[stream_id] = acks.get(stream_id, 0) + size
+        elif not self.closed:
+            self._h2.acknowledge_data(size, stream_id)
+
+    def _acknowledge_read(self) -> None:
+        """End of a read: acknowledge what :meth:`_received` and :meth:`_give_back` held,
+        in the order the streams first appeared in it."""
+        acks = self._acks
+        self._acks = None
+        if not acks or self.closed:
+            return
+        window = self.settings.initial_window_size
+        unacked_of, queued_of = self._unacked, self._queued
+        for stream_id, give in acks.items():
+            unacked = unacked_of.get(stream_id)
+            if unacked and queued_of.get(stream_id, 0) <= window:
+                unacked_of[stream_id] = 0
+                give += unacked
+            if give:
+                self._h2.acknowledge_data(give, stream_id)
 
     def consumed(self, stream_id: int, size: int) -> None:
         """The application took ``size`` bytes of messages off ``stream_id``."""
-        if stream_id in self._queued:
-            self._queued[stream_id] -= size
+        queued = self._queued.get(stream_id)
+        if queued is not None:
+            self._queued[stream_id] = queued - size
             self._maybe_acknowledge(stream_id)
 
     def _maybe_acknowledge(self, stream_id: int) -> None:
@@ -248,7 +291,7 @@ class H2Base:
         if unacked and self._queued.get(stream_id, 0) <= self.settings.initial_window_size:
             self._unacked[stream_id] = 0
             if not self.closed:
-                self._h2.acknowledge_received_data(unacked, stream_id)
+                self._h2.acknowledge_data(unacked, stream_id)
 
     def _stream_finished(self, stream_id: int) -> None:
         """Forget a stream entirely (reset, or both directions done)."""
@@ -259,8 +302,8 @@ class H2Base:
         """No more data will arrive: unacknowledged bytes go back to the connection window."""
         self._queued.pop(stream_id, None)
         unacked = self._unacked.pop(stream_id, 0)
-        if unacked and not self.closed:
-            self._h2.acknowledge_received_data(unacked, stream_id)
+        if unacked:
+            self._give_back(stream_id, unacked)
 
     @property
     def highest_inbound_stream_id(self) -> int:

@@ -41,10 +41,10 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
     Everything else, errors included, goes through h2's own code.
 
     Consecutive plain DATA frames of one stream that are all in the buffer come out as one
-    DATA frame (frame boundaries mean nothing in HTTP/2; flow control, content length and
-    END_STREAM add up the same). Peers send bulk data in 16 KiB frames (h2load, grpcio), and
-    h2 plus our stream bookkeeping cost ~10 µs per frame: a 16 MiB message used to spend more
-    time there than anywhere else.
+    DATA frame, each still counting against ``budget`` (frame boundaries mean nothing in
+    HTTP/2; flow control, content length and END_STREAM add up the same). Peers send bulk
+    data in 16 KiB frames (h2load, grpcio), and h2 plus our stream bookkeeping cost ~10 µs
+    per frame: a 16 MiB message used to spend more time there than anywhere else.
     """
 
     #: Frames one pass (one ``receive_data`` call) may take out; what is left stays buffered
@@ -89,7 +89,9 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
             self._data = bytearray(data[end:])
         else:
             pieces = [(9, end)]
-            while not flags & END_STREAM:  # merge the DATA frames that follow
+            # Merge the DATA frames that follow; each counts against the budget, as it
+            # does on the fast path (ServerConnection's take_data_frames).
+            while not flags & END_STREAM and self.budget > 0:
                 start = end
                 if len(data) - start < 9 or data[start + 3] != DATA or data[start + 4] & 0x08:
                     break
@@ -99,6 +101,7 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
                 if int.from_bytes(data[start + 5 : start + 9], "big") & 0x7FFFFFFF != stream_id:
                     break
                 end = start + 9 + more
+                self.budget -= 1
                 pieces.append((start + 9, end))
                 flags |= data[start + 4] & END_STREAM
             view = memoryview(data)

@@ -17,6 +17,7 @@ MAX_CONCURRENT_STREAMS is refused alone (REFUSED_STREAM) instead of failing the 
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 import h2.connection
@@ -27,8 +28,9 @@ import h2.stream
 import h2.utilities
 import hyperframe.frame
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState
-from h2.stream import StreamState
+from h2.stream import STREAM_OPEN, StreamState
 
+from prism.grpc.wire.h2frames import DATA, FRAME_HEADER, FrameReader
 from prism.grpc.wire.h2streams import StreamTable
 
 # Connection states in which receiving HEADERS or DATA leaves the state unchanged.
@@ -46,6 +48,7 @@ class CompressionError(h2.exceptions.ProtocolError):
 
 
 class ReceiveFastPaths(StreamTable):
+    frames: FrameReader  # h2's incoming_buffer (see h2conn.new_h2)
     #: Streams refused for exceeding our MAX_CONCURRENT_STREAMS (REFUSED_STREAM), so far.
     refused_streams = 0
 
@@ -192,6 +195,111 @@ class ReceiveFastPaths(StreamTable):
             machine.state = StreamState.CLOSED
             machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
         return h2.events.StreamEnded(stream_id=sid)
+
+    def take_data_frames(
+        self, data: bytes, pos: int, accept: Container[int], runs: list[tuple[int, int, int]]
+    ) -> int:
+        """Take the plain DATA frames at ``data[pos:]`` without h2's frame objects and events.
+
+        A stream of small messages arrives as one DATA frame per message, a few per read;
+        through h2 each frame costs a hyperframe object, an event, and h2's bookkeeping, and
+        each read a pass through h2's receive loop. Here each frame costs a header parse and
+        the flow-control arithmetic h2 does (both windows shrink, an overrun is h2's error).
+
+        Taken: complete DATA frames without PADDED or END_STREAM on streams in ``accept``
+        that h2 holds open for receiving (no content-length), while the connection is open
+        and the frame budget (:class:`~prism.grpc.wire.h2frames.FrameReader`) lasts. The
+        first frame that is anything else stops the walk: it and everything after it go to
+        h2 as before, in order. Appends ``(stream_id, start, end)`` of each payload to
+        ``runs`` and returns the offset after the last frame taken. ``data`` must be the
+        received bytes themselves, with nothing of an earlier read left in h2's buffer.
+        """
+        frames = self.frames
+        budget = frames.budget
+        if (
+            self.state_machine.state not in _OPEN
+            or frames._headers_buffer
+            or frames._preamble_len
+            or budget <= 0
+        ):
+            return pos
+        end = len(data)
+        max_size = self.max_inbound_frame_size
+        streams = self.streams
+        conn_window = self._inbound_flow_control_window_manager
+        room = conn_window.current_window_size
+        unpack = FRAME_HEADER.unpack_from
+        stream: h2.stream.H2Stream | None = None
+        sid = stream_room = 0
+        start = pos
+        while end - pos >= 9:
+            high, low, kind, flags, frame_sid = unpack(data, pos)
+            length = (high << 8) | low
+            stop = pos + 9 + length
+            # PADDED (0x8) and END_STREAM (0x1) go to h2, as does a frame not all here yet.
+            if kind != DATA or flags & 0x09 or stop > end or length > max_size:
+                break
+            frame_sid &= 0x7FFFFFFF
+            if frame_sid != sid:
+                candidate = streams.get(frame_sid) if frame_sid in accept else None
+                if candidate is None:
+                    break
+                machine = candidate.state_machine
+                state = machine.state
+                if (
+                    (state is not StreamState.OPEN and state is not StreamState.HALF_CLOSED_LOCAL)
+                    or not machine.headers_received
+                    or candidate._expected_content_length is not None
+                ):
+                    break
+                if stream is not None:
+                    stream._inbound_window_manager.current_window_size = stream_room
+                stream, sid = candidate, frame_sid
+                stream_room = candidate._inbound_window_manager.current_window_size
+            # Overrunning either window is h2's FlowControlError: leave the frame to h2.
+            if length > room or length > stream_room:
+                break
+            room -= length
+            stream_room -= length
+            stream._actual_content_length += length  # type: ignore[union-attr]
+            runs.append((frame_sid, pos + 9, stop))
+            pos = stop
+            budget -= 1
+            if not budget:
+                break
+        if stream is not None:
+            stream._inbound_window_manager.current_window_size = stream_room
+        if pos != start:
+            conn_window.current_window_size = room
+            frames.budget = budget
+            if not budget and pos < end:
+                frames.exhausted = True
+        return pos
+
+    def acknowledge_data(self, size: int, stream_id: int) -> None:
+        """``acknowledge_received_data``, without h2's calls while no WINDOW_UPDATE is due.
+
+        h2 sends a window back once half of it has been processed (``WindowManager``); until
+        then acknowledging only counts, and this counts the same way in place.
+        """
+        conn_window = self._inbound_flow_control_window_manager
+        processed = conn_window._bytes_processed + size
+        stream = self.streams.get(stream_id)
+        if (
+            stream is not None
+            and processed < conn_window.max_window_size // 2
+            and conn_window.current_window_size > 0
+        ):
+            if not STREAM_OPEN[stream.state_machine.state]:  # h2 leaves its window alone
+                conn_window._bytes_processed = processed
+                return
+            window = stream._inbound_window_manager
+            total = window._bytes_processed + size
+            if total < window.max_window_size // 2 and window.current_window_size > 0:
+                conn_window._bytes_processed = processed
+                window._bytes_processed = total
+                return
+        self.acknowledge_received_data(size, stream_id)
 
     def _receive_data_frame(
         self, frame: hyperframe.frame.DataFrame

@@ -266,3 +266,54 @@ def test_client_side_receive_matches_h2_for_any_server_sequence(actions: list[An
             continue
         if pair.outcome(server.data_to_send())[0] == "error":
             return
+
+
+_ack_action = st.one_of(
+    st.tuples(st.just("data"), st.sampled_from([1, 3]), st.integers(0, 16384), st.booleans()),
+    st.tuples(st.just("ack"), st.sampled_from([1, 3]), st.integers(0, 40000)),
+    st.tuples(st.just("reset"), st.sampled_from([1, 3])),
+)
+
+
+def _windows(conn: h2.connection.H2Connection) -> list[tuple[int, int]]:
+    """What acknowledging changes: each inbound window and the bytes processed against it."""
+    windows = [conn._inbound_flow_control_window_manager]
+    windows += [s._inbound_window_manager for _, s in sorted(conn.streams.items())]
+    return [(w.current_window_size, w._bytes_processed) for w in windows]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ack_action, max_size=30))
+def test_acknowledge_data_matches_h2_acknowledge_received_data(actions: list[Any]) -> None:
+    pair, client = _server_pair()
+    for sid in (1, 3):
+        client.send_headers(sid, REQUEST)
+    pair.feed(client.data_to_send())
+    for action in actions:
+        if action[0] == "ack":
+            _, sid, size = action
+            outcomes = []
+            for conn, ack in (
+                (pair.ours, pair.ours.acknowledge_data),
+                (pair.theirs, pair.theirs.acknowledge_received_data),
+            ):
+                try:
+                    ack(size, sid)
+                    outcomes.append(("ok", conn.data_to_send()))
+                except h2.exceptions.ProtocolError as exc:
+                    outcomes.append(("error", type(exc).__name__))
+            assert outcomes[0] == outcomes[1]
+            pair.check_state()
+            assert _windows(pair.ours) == _windows(pair.theirs)
+            continue
+        try:
+            if action[0] == "data":
+                client.send_data(action[1], b"d" * action[2], end_stream=action[3])
+            else:
+                client.reset_stream(action[1])
+        except (h2.exceptions.ProtocolError, KeyError):
+            continue
+        if pair.outcome(client.data_to_send())[0] == "error":
+            return
+        pair.theirs.clear_outbound_data_buffer()
+        pair.ours.clear_outbound_data_buffer()

@@ -13,7 +13,7 @@ from prism.grpc.wire import compression as codec
 from prism.grpc.wire.events import (
     GoAwayReceived,
     InputEnded,
-    MessageReceived,
+    MessagesReceived,
     RequestReceived,
     StreamAborted,
 )
@@ -32,6 +32,11 @@ def open_stream(link: Link, headers: list[tuple[bytes, bytes]] | None = None) ->
 def send(link: Link, sid: int, data: bytes, *, end: bool = False) -> None:
     link.peer.h2.send_data(sid, data, end_stream=end)
     link.pump()
+
+
+def received(link: Link) -> list[bytes]:
+    """Every message the server reported, in order."""
+    return [m for event in link.of(MessagesReceived) for m in event.messages]
 
 
 def status_of(headers: dict[bytes, bytes]) -> Status:
@@ -196,7 +201,7 @@ def test_server_connection_reassembles_messages_across_frames() -> None:
     for i in range(0, len(data), 7000):
         send(link, sid, data[i : i + 7000])
     send(link, sid, b"", end=True)
-    messages = [e.message for e in link.of(MessageReceived)]
+    messages = received(link)
     assert messages == [b"a" * 40000, b"", b"bc"]
     assert link.of(InputEnded) == [InputEnded(sid)]
 
@@ -207,7 +212,7 @@ def test_server_connection_compressed_flag_without_grpc_encoding_is_internal() -
     send(link, sid, grpc_frame(b"zz", flag=1))
     [aborted] = link.of(StreamAborted)
     assert aborted.error.status is Status.INTERNAL
-    assert link.of(MessageReceived) == []
+    assert received(link) == []
     headers = link.peer.headers(sid)
     assert status_of(headers) is Status.INTERNAL
     assert b"compressed" in headers[b"grpc-message"]
@@ -232,7 +237,7 @@ def test_server_connection_message_at_the_limit_is_accepted() -> None:
     link = server_link(max_receive_message_size=1000)
     sid = open_stream(link)
     send(link, sid, grpc_frame(b"x" * 1000), end=True)
-    assert [e.message for e in link.of(MessageReceived)] == [b"x" * 1000]
+    assert received(link) == [b"x" * 1000]
 
 
 def test_server_connection_request_ending_mid_message_is_internal() -> None:
@@ -409,8 +414,7 @@ def test_server_connection_acknowledges_received_bytes_only_as_they_are_consumed
     while link.peer.h2.local_flow_control_window(sid) >= len(message):
         send(link, sid, message)
         sent += 1
-    received = link.of(MessageReceived)
-    assert len(received) == sent
+    assert len(received(link)) == sent
     # Acknowledged: up to one window of unconsumed messages; then one more window in flight.
     assert window < sent * len(message) <= 2 * window + len(message)
     stalled = link.peer.h2.local_flow_control_window(sid)
@@ -434,7 +438,7 @@ def test_server_connection_large_message_is_not_starved_by_deferred_acknowledgem
         chunk = data[pos : pos + min(room, 16384)]
         send(link, sid, chunk)
         pos += len(chunk)
-    assert [len(e.message) for e in link.of(MessageReceived)] == [5 * window]
+    assert [len(m) for m in received(link)] == [5 * window]
 
 
 # -- connection-level ---------------------------------------------------------------------------
@@ -448,7 +452,7 @@ def test_server_connection_goaway_from_client_lets_open_stream_finish() -> None:
     link.pump()
     assert link.of(GoAwayReceived) == [GoAwayReceived(0, 0)]
     send(link, sid, grpc_frame(b"still here"), end=True)
-    assert [e.message for e in link.of(MessageReceived)] == [b"still here"]
+    assert received(link) == [b"still here"]
     link.ours.send_message(sid, b"reply")
     link.ours.send_trailers(sid, Status.OK)
     link.pump()
@@ -467,7 +471,7 @@ def test_server_connection_start_shutdown_refuses_streams_above_last_id() -> Non
     link.peer.h2.send_data(first, grpc_frame(b"in flight"), end_stream=True)
     link.pump(deliver_to_peer=False)
     assert [e.stream_id for e in link.of(RequestReceived)] == [first]
-    assert [e.message for e in link.of(MessageReceived)] == [b"in flight"]
+    assert received(link) == [b"in flight"]
     # The in-flight stream still gets its full response after the GOAWAY.
     link.ours.send_message(first, b"done")
     link.ours.send_trailers(first, Status.OK)
@@ -509,7 +513,7 @@ def test_server_connection_accepts_the_large_frames_it_advertised() -> None:
     sid = open_stream(link)
     body = grpc_frame(b"F" * 200_000)
     send(link, sid, body, end=True)  # a single 200 kB DATA frame
-    assert [len(e.message) for e in link.of(MessageReceived)] == [200_000]
+    assert [len(m) for m in received(link)] == [200_000]
 
 
 def test_server_connection_refuses_streams_over_the_limit_without_closing() -> None:
@@ -545,7 +549,7 @@ def test_server_connection_inflates_compressed_requests(encoding: str) -> None:
     body = b"hello " * 1000
     send(link, sid, grpc_frame(codec.compress(encoding, body), flag=1) + grpc_frame(b"plain"))
     # A message without the flag is not compressed, whatever the stream's encoding.
-    assert [e.message for e in link.of(MessageReceived)] == [body, b"plain"]
+    assert received(link) == [body, b"plain"]
 
 
 def test_server_connection_corrupt_compressed_request_is_internal() -> None:
@@ -566,7 +570,7 @@ def test_server_connection_compressed_request_inflating_past_the_limit_is_resour
     [aborted] = link.of(StreamAborted)
     assert aborted.error.status is Status.RESOURCE_EXHAUSTED
     assert status_of(link.peer.headers(sid)) is Status.RESOURCE_EXHAUSTED
-    assert link.of(MessageReceived) == []
+    assert received(link) == []
 
 
 def test_server_connection_every_response_says_what_it_accepts() -> None:
