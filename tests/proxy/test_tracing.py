@@ -3,10 +3,12 @@ context a plugin is given for what the client sent, and the OpenTelemetry spans.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 from host_testkit import EXECUTE, REPO, proxy_config, request
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -255,3 +258,52 @@ def test_tracer_without_an_otlp_endpoint_never_imports_opentelemetry() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     ).stdout
     assert out.split() == [W3CTracer.__name__, "False"]
+
+
+class Collector:
+    """An OTLP/HTTP traces endpoint on a real socket: what the proxy's exporter posts."""
+
+    def __init__(self) -> None:
+        received: list[bytes] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[Any]:
+        found = []
+        for body in self.received:
+            export = ExportTraceServiceRequest.FromString(body)
+            for resource in export.resource_spans:
+                for scope in resource.scope_spans:
+                    found.extend((resource.resource, span) for span in scope.spans)
+        return found
+
+
+async def test_otel_spans_are_exported_over_otlp_when_configured() -> None:
+    collector = Collector()
+    try:
+        tracing = TracingConfig(otlp_endpoint=collector.url, service_name="prism-test")
+        async with serving(proxy_config(traced(), tracing=tracing)) as channel:
+            seen = await plugin_metadata(channel, [("traceparent", CLIENT_PARENT)])
+        # Stopping the proxy flushed the batch to the collector.
+        ((resource, span),) = collector.spans()
+    finally:
+        collector.server.shutdown()
+    assert span.trace_id.hex() == CLIENT_TRACE
+    assert span.parent_span_id.hex() == CLIENT_SPAN
+    assert parent_of(seen)[1] == span.span_id.hex()
+    assert span.name == "Execute"
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert attributes["service.name"] == "prism-test"
