@@ -223,6 +223,8 @@ BENCH_DEPS = [
     # The PostgreSQL driver comparison (`python -m bench backends-postgres --drivers`).
     "asyncpg==0.32.0",
     "trio-asyncio==0.16.0",
+    # The tracing suite's OpenTelemetry variants (the `otel` extra).
+    "opentelemetry-sdk>=1.30,<2",
 ]
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from random import getrandbits
+from random import randbytes
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -108,15 +108,17 @@ def format_traceparent(trace: TraceContext) -> str:
 
 
 def _new_trace_id() -> str:
-    while (value := getrandbits(128)) == 0:
+    # randbytes + hex: the cheapest way to a hex id measured here (os.urandom is a system
+    # call; ids need to be unique, not secret).
+    while (value := randbytes(16).hex()) == _ZERO_TRACE:
         pass
-    return f"{value:032x}"
+    return value
 
 
 def _new_span_id() -> str:
-    while (value := getrandbits(64)) == 0:
+    while (value := randbytes(8).hex()) == _ZERO_SPAN:
         pass
-    return f"{value:016x}"
+    return value
 
 
 def _client_context(call: ServerCall) -> tuple[str, str]:
@@ -148,6 +150,11 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# A version-00 traceparent is always 55 characters: its map entry's bytes up to the value are
+# always these.
+_TRACEPARENT_ENTRY = _metadata_entry(b"traceparent", "x" * 55)[:-55]
 
 
 class CallLogContext:
@@ -224,7 +231,7 @@ class W3CTracer:
         trace = info.trace
         if trace is None or info.stream:
             return request
-        extra = _metadata_entry(b"traceparent", format_traceparent(trace))
+        extra = _TRACEPARENT_ENTRY + format_traceparent(trace).encode()
         if trace.tracestate:
             extra += _metadata_entry(b"tracestate", trace.tracestate)
         return request + extra
