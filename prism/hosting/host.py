@@ -41,6 +41,7 @@ from prism.hosting.remote import RemoteModel
 from prism.hosting.sidecar import SidecarModel
 from prism.hosting.supervisor import describe
 from prism.hosting.verify import VerifyPolicy
+from prism.logsetup import LOG_CONTEXT, Fields
 
 log = logging.getLogger("prism.hosting")
 
@@ -309,6 +310,9 @@ class PluginHost:
     ) -> None:
         self._instances.add(instance)
         self.models[instance] = model
+        # This task and the instance's own (its process, health loop, log forwarding): their
+        # log records name the namespace and plugin (prism.logsetup).
+        LOG_CONTEXT.set(Fields({"namespace": model.ns.name, "plugin": model.ns.plugin.name}))
         with instance.scope:
             try:
                 async with trio.open_nursery() as nursery:

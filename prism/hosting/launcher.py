@@ -14,11 +14,11 @@ proxy's policy: the SDK imports nothing from ``prism.hosting``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import trio
 
+from prism import logsetup
 from prism.hosting.loader import load_plugin_class
 from prism.hosting.verify import PluginRefused, VerifyPolicy
 from prism.plugin_protocol.handshake import (
@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     check_magic_cookie()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # JSON lines on stderr, which the proxy parses into records of its own (prism.logsetup).
+    logsetup.configure("json", "info")
     try:
         policy = VerifyPolicy.from_config(
             require_signature=args.require_signature,

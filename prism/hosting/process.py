@@ -41,6 +41,7 @@ from signal import Signals
 import trio
 
 from prism.hosting.isolation import ResourceLimits, make_preexec
+from prism.logsetup import parse_plugin_line
 from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
@@ -68,7 +69,7 @@ _LEVELS |= {"ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 
 @dataclass(frozen=True)
 class PluginSpec:
-    name: str
+    name: str  # the namespace: output is logged as prism.plugin.<name>
     command: Sequence[str]
     # The plugin's environment (plugin_environment): ENV_ALLOWLIST, plus these names when the
     # proxy has them, plus these explicit values; never the proxy's whole environment.
@@ -79,6 +80,7 @@ class PluginSpec:
     protocol_versions: tuple[int, ...] = SUPPORTED_PROTOCOL_VERSIONS
     startup_grace: float = 30.0  # launch to handshake; a caller's tighter scope still wins
     stop_grace: float = 5.0  # SIGTERM to SIGKILL
+    plugin: str = ""  # the plugin's name, for its log records (default: name)
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):  # a str is a Sequence[str] too, of characters
@@ -238,9 +240,13 @@ class PluginProcess:
         """Launch the plugin, wait for its handshake, report it, and return when it exits.
 
         Forwards the plugin's stdout (INFO) and stderr (WARNING) lines to the logger
-        ``prism.plugin.<name>`` throughout; a line starting with a level name (``ERROR ...``)
-        keeps that level. Raises :class:`PluginStartError` (after reaping)
-        when there is no valid handshake within ``spec.startup_grace``.
+        ``prism.plugin.<name>`` throughout, as records with ``namespace``, ``plugin``,
+        ``plugin_stream`` and ``plugin_pid`` fields: a JSON line (the SDK's sidecar logging,
+        :func:`prism.logsetup.parse_plugin_line`) keeps its level, message, logger (as
+        ``plugin_logger``) and trace id; any other line is the message, and one starting with a
+        level name (``ERROR ...``) keeps that level. Lines are cut at ``MAX_LINE`` bytes.
+        Raises :class:`PluginStartError` (after reaping) when there is no valid handshake
+        within ``spec.startup_grace``.
 
         Cancellation: terminates the plugin (stdin closed, SIGTERM, ``spec.stop_grace``,
         SIGKILL), reaps it, then re-raises.
@@ -416,13 +422,26 @@ class PluginProcess:
         text = line.rstrip("\r\n")
         if not text.strip():
             return
+        extra: dict[str, object] = {
+            "namespace": self.spec.name,
+            "plugin": self.spec.plugin or self.spec.name,
+            "plugin_stream": stream,
+            "plugin_pid": self.pid,
+        }
+        parsed = parse_plugin_line(text)
+        if parsed is not None:
+            text = parsed.message
+            level = parsed.level or level
+            if parsed.logger:
+                extra["plugin_logger"] = parsed.logger
+            extra.update(parsed.fields)
+        else:
+            # A plugin logging with a "%(levelname)s ..." format keeps its own levels;
+            # anything else gets its stream's level.
+            word = text.split(maxsplit=1)[0].rstrip(":")
+            level = _LEVELS.get(word, level)
         if stream == "stderr":
             self._stderr_tail.append(text)
-        # A plugin logging with a "%(levelname)s ..." format (as the SDK's runner does) keeps
-        # its own levels; anything else gets its stream's level.
-        word = text.split(maxsplit=1)[0].rstrip(":")
-        level = _LEVELS.get(word, level)
-        extra = {"plugin": self.spec.name, "plugin_stream": stream, "plugin_pid": self.pid}
         self.logger.log(level, "%s", text, extra=extra)
 
     def _exited_unreaped(self, pid: int) -> bool:

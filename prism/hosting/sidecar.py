@@ -209,6 +209,7 @@ class SidecarModel:
                 open_files=lim.open_files,
             ),
             startup_grace=self.ns.plugin.startup_timeout,
+            plugin=self.ns.plugin.name,
         )
 
     def _precheck(self) -> None:

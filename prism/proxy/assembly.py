@@ -26,13 +26,13 @@ from prism.proxy.pipeline import (
     NoBreaker,
     NoConcurrencyLimit,
     NoRateLimit,
-    NoTracing,
     Pipeline,
     RateLimiter,
     Router,
     Tracer,
 )
 from prism.proxy.ratelimit import TokenBuckets
+from prism.proxy.tracing import ExportingTracer, LogContextOnly, OtelSpans, W3CTracer
 
 __all__ = ["build_pipeline", "namespace_stages"]
 
@@ -70,8 +70,15 @@ def namespace_stages(
 
 
 def tracer(config: ProxyConfig) -> Tracer:
-    """W3C trace context from the client, or a new trace (prism/proxy/tracing.py)."""
-    return NoTracing()
+    """W3C trace context from the client, or a new trace (prism/proxy/tracing.py); spans
+    exported over OTLP when ``tracing.otlp_endpoint`` is set."""
+    plugins = {ns.name: ns.plugin.name for ns in config.namespaces}
+    settings = config.tracing
+    if not settings.enabled:
+        return LogContextOnly(plugins)
+    if settings.otlp_endpoint is None:
+        return W3CTracer(plugins)
+    return ExportingTracer(plugins, OtelSpans(settings.otlp_endpoint, settings.service_name))
 
 
 def authenticator(config: ProxyConfig, metrics: ProxyMetrics) -> Authenticator:

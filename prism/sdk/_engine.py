@@ -27,6 +27,7 @@ from prism.grpc.wire.status import (
     Unavailable,
     Unimplemented,
 )
+from prism.logsetup import LOG_CONTEXT, TraceparentFields
 from prism.sdk import _codec
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.config import InvalidConfig
@@ -210,6 +211,11 @@ class Engine:
     ) -> Payload:
         started = time.perf_counter_ns()
         outcome = "cancelled"
+        # Out of the proxy's process (a sidecar, a remote service), the call's log records get
+        # the trace id the proxy sent; in-process, the proxy's own call context already has it.
+        traced = None
+        if metadata and LOG_CONTEXT.get() is None and "traceparent" in metadata:
+            traced = LOG_CONTEXT.set(TraceparentFields(metadata["traceparent"]))
         try:
             spec = self._admit(operation, streaming=False)
             params = params_for(spec)
@@ -225,6 +231,8 @@ class Engine:
         finally:
             latency = None if outcome == "cancelled" else time.perf_counter_ns() - started
             self.plugin.metrics.record_request(failed=outcome == "failed", latency_ns=latency)
+            if traced is not None:
+                LOG_CONTEXT.reset(traced)
 
     # -- ExecuteStream -------------------------------------------------------------------------
 

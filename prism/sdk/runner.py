@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 
 from prism import grpc as pg
+from prism import logsetup
 from prism.grpc.health import Health, HealthState
 from prism.grpc.transport import split_host_port
 from prism.plugin_protocol.handshake import DEFAULT_MAX_MESSAGE_SIZE, handshake_line, watch_parent
@@ -59,6 +60,10 @@ async def serve_plugin(
     here serves the first session, and ``type(plugin)()`` later ones). Leaving shuts every
     instance down gracefully.
 
+    A sidecar (``handshake_version`` given: the proxy launched it) logs JSON lines on stderr,
+    which the proxy forwards with the namespace and plugin as fields, unless the process has
+    set up logging already.
+
     ``max_message_size`` bounds messages in both directions; it must be at least the proxy's
     (a sidecar gets it in ``PRISM_PLUGIN_MAX_MESSAGE_SIZE``), or large values fail at this hop.
     """
@@ -66,6 +71,9 @@ async def serve_plugin(
         max_receive_message_size=max_message_size, max_send_message_size=max_message_size
     )
     if unix_socket is not None:
+        if handshake_version is not None and not logging.getLogger().handlers:
+            # Launched by the proxy, which reads JSON lines from our stderr (prism.logsetup).
+            logsetup.configure("json", "info")
         instance_plugin = plugin if isinstance(plugin, BackendPlugin) else plugin()
         async with open_plugin(instance_plugin) as instance:
             service = BackendPluginService(instance)

@@ -4,6 +4,7 @@ callers see, deadlines, TLS and mTLS with real certificates, and the metadata ev
 
 from __future__ import annotations
 
+import ast
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,8 +35,15 @@ async def test_client_execute_raw_params_and_request_metadata(client: pc.Client)
     reply = await client.execute(
         "probe", "echo", b"\x00raw", bytes, request_metadata={"user": "ada", "trace": "t-1"}
     )
-    assert reply == b"\x00raw|[('trace', 't-1'), ('user', 'ada')]"
-    assert await client.execute("probe", "echo", None, bytes) == b"|[]"
+    params, metadata = reply.split(b"|", 1)
+    seen = dict(ast.literal_eval(metadata.decode()))
+    # The request's metadata as the client gave it, and the proxy's trace context.
+    assert params == b"\x00raw"
+    assert seen.pop("traceparent").startswith("00-")
+    assert seen == {"trace": "t-1", "user": "ada"}
+    bare = await client.execute("probe", "echo", None, bytes)
+    assert bare.startswith(b"|")
+    assert list(dict(ast.literal_eval(bare[1:].decode()))) == ["traceparent"]
 
 
 async def test_client_execute_raw_result_through_memstore(client: pc.Client) -> None:

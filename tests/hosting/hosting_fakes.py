@@ -26,6 +26,7 @@ p.add_argument("--report", action="store_true")
 p.add_argument("--alloc", type=int)
 p.add_argument("--spawn-child", action="store_true")
 p.add_argument("--counter")
+p.add_argument("--json-lines", action="store_true")  # log as the SDK's sidecars do
 p.add_argument("--fail-launches", default="")  # e.g. "2,3": these launches die at startup
 args = p.parse_args()
 
@@ -58,6 +59,14 @@ print("serving", flush=True)
 print("a warning", file=sys.stderr, flush=True)
 print("ERROR kv.backend: connection refused", file=sys.stderr, flush=True)
 print("INFO kv.backend: connected", file=sys.stderr, flush=True)
+if args.json_lines:
+    import json
+    record = {"level": "ERROR", "logger": "kv.backend", "message": "lost the backend",
+              "trace_id": "ab" * 16, "namespace": "forged", "plugin": "forged"}
+    print(json.dumps(record), file=sys.stderr, flush=True)
+    huge = {"level": "INFO", "logger": "kv.backend", "message": "x" * 70000}
+    print(json.dumps(huge), file=sys.stderr, flush=True)
+    print("json done", file=sys.stderr, flush=True)
 if args.report:
     value = ctypes.c_int()
     ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG

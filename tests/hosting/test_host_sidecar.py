@@ -202,11 +202,13 @@ async def test_host_sidecar_output_is_logged_under_its_namespace(
                 await trio.sleep(0.01)
     records = forwarded()
     logged = next(r for r in records if "echoing 4 bytes" in r.getMessage())
-    # The plugin's own log line (its runner writes "LEVEL logger: message" on stderr) keeps its
-    # level and names the plugin's logger; the record carries the namespace and the pid.
-    assert logged.getMessage() == "INFO prism.plugin.opaque-echo: echoing 4 bytes"
+    # The plugin's own log record (its runner writes JSON lines on stderr) keeps its level,
+    # message and logger; the proxy's record names the namespace, plugin and pid.
+    assert logged.getMessage() == "echoing 4 bytes"
     assert logged.levelno == logging.INFO
-    assert (logged.plugin, logged.plugin_stream, logged.plugin_pid) == ("echo", "stderr", pid)  # type: ignore[attr-defined]
+    assert logged.plugin_logger == "prism.plugin.opaque-echo"  # type: ignore[attr-defined]
+    assert (logged.namespace, logged.plugin) == ("echo", ECHO)  # type: ignore[attr-defined]
+    assert (logged.plugin_stream, logged.plugin_pid) == ("stderr", pid)  # type: ignore[attr-defined]
     printed = next(r for r in records if "log-test" in r.getMessage())
     assert printed.getMessage() == "stdout: echo for log-test"
     assert (printed.plugin_stream, printed.levelno) == ("stdout", logging.INFO)  # type: ignore[attr-defined]

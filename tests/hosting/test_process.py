@@ -21,6 +21,7 @@ from prism.hosting.isolation import ResourceLimits
 from prism.hosting.process import (
     ENV_ALLOWED_PREFIXES,
     ENV_ALLOWLIST,
+    MAX_LINE,
     ExitStatus,
     PluginExitedError,
     PluginProcess,
@@ -145,6 +146,31 @@ async def test_plugin_process_run_forwards_output_to_plugin_logger(
     assert records["INFO kv.backend: connected"].levelno == logging.INFO  # its own level wins
     assert all(getattr(r, "plugin", None) == "kv" for r in records.values())
     assert records["a warning"].plugin_pid == process.pid  # type: ignore[attr-defined]
+
+
+async def test_plugin_process_run_forwards_json_lines_as_records_of_their_own(
+    make_spec: MakeSpec, runtime_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="prism.plugin")
+    process = _process(make_spec("--json-lines", name="kv", plugin="kvstore"), runtime_dir)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(process.run)
+            await wait_until(lambda: "json done" in _messages(caplog))
+            nursery.cancel_scope.cancel()
+
+    records = [r for r in caplog.records if r.name == "prism.plugin.kv"]
+    (lost,) = [r for r in records if r.getMessage() == "lost the backend"]
+    assert lost.levelno == logging.ERROR  # the line's level, not stderr's WARNING
+    assert lost.plugin_logger == "kv.backend"  # type: ignore[attr-defined]
+    assert lost.trace_id == "ab" * 16  # type: ignore[attr-defined]
+    # The namespace and plugin are the proxy's: a line cannot claim another.
+    assert (lost.namespace, lost.plugin) == ("kv", "kvstore")  # type: ignore[attr-defined]
+    # A line over MAX_LINE arrives in pieces, as text (never parsed, never whole in memory).
+    pieces = [r.getMessage() for r in records if "xxxx" in r.getMessage()]
+    assert len(pieces) == 2
+    assert all(len(piece.encode()) <= MAX_LINE for piece in pieces)
+    assert sum(piece.count("x") for piece in pieces) == 70000
 
 
 @pytest.mark.parametrize(

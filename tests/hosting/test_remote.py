@@ -3,6 +3,7 @@ NOT_SERVING and says why, and it serves once the service is there. TLS failures 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -87,5 +88,6 @@ async def test_remote_tls_failure_says_why(
         line = next(
             line for line in service.log.read_text().splitlines() if "TLS handshake with" in line
         )
-        assert " WARNING " in f" {line} "
-        assert "rejected: TLS:" in line
+        record = json.loads(line)  # the service's log is a file: JSON lines (prism.logsetup)
+        assert record["level"] == "WARNING"
+        assert "rejected: TLS:" in record["message"]

@@ -1,0 +1,23 @@
+"""A plugin the tracing and logging tests load in-process or as a sidecar
+(``trace_plugins:MetadataEcho``): it answers with the request metadata it was given, and logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prism.sdk import BackendPlugin, OperationContext, operation
+
+log = logging.getLogger("trace_plugins.backend")
+
+
+class MetadataEcho(BackendPlugin):
+    name = "metadata-echo"
+    version = "0.1.0"
+    config_required = False
+
+    @operation("meta", params=bytes, result=bytes)
+    async def meta(self, params: bytes, ctx: OperationContext) -> bytes:
+        """The request's metadata map as JSON; logs ``params`` (as text) at WARNING."""
+        log.warning("asked: %s", params.decode())
+        return json.dumps(dict(ctx.metadata)).encode()
