@@ -108,9 +108,16 @@ def execute_result(result: Payload) -> bytes:
     return _SUCCESS + protowire.length_delimited(4, _any_bytes(result))
 
 
+#: The encoded ``type_url`` field of each result type seen (the URL never changes).
+_URL_FIELDS: dict[type, bytes] = {}
+
+
 def _any_bytes(message: betterproto2.Message) -> bytes:
     body = _fastcodec.encode(message)
-    url = protowire.length_delimited(1, type_url(type(message)).encode())
+    cls = type(message)
+    url = _URL_FIELDS.get(cls)
+    if url is None:
+        url = _URL_FIELDS[cls] = protowire.length_delimited(1, type_url(cls).encode())
     return url + protowire.length_delimited(2, body) if body else url
 
 
