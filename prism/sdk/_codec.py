@@ -8,6 +8,8 @@ plugin's bug: ``Internal``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import betterproto2
 
 from prism._proto.google.protobuf import Any
@@ -79,9 +81,8 @@ def check_payload(spec: OperationSpec, value: object, expected: type | None, wha
 
 
 def check_result(spec: OperationSpec, result: object) -> Payload:
-    if type(result) is spec.result:
-        assert isinstance(result, bytes | betterproto2.Message)
-        return result
+    if type(result) is spec.result:  # a declared result type: bytes or a message
+        return cast(Payload, result)
     raise Internal(
         f"operation {spec.name!r} returned {_payload_name(result)}, "
         f"but declares {spec.kind(spec.result)}"
