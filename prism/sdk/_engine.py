@@ -94,8 +94,9 @@ class Engine:
         self._redact = Redactor()
         #: How to cancel each operation in flight (its scope's ``cancel``, or its caller's).
         self._inflight: set[Callable[[], None]] = set()
-        self._idle = trio.Event()
-        self._idle.set()
+        #: Set once no operation is in flight; made only when a shutdown waits for that, so
+        #: the operations themselves touch no Event.
+        self._idle: trio.Event | None = None
         self._closed = trio.Event()
         plugin.attach(nursery)
 
@@ -329,8 +330,6 @@ class Engine:
         """Run plugin code: status errors pass (secrets scrubbed), anything else becomes a
         logged ``Unknown``; shutdown may cancel it (then ``Unavailable``)."""
         scope = trio.CancelScope()
-        if not self._inflight:
-            self._idle = trio.Event()
         self._inflight.add(scope.cancel)
         try:
             with scope:
@@ -341,9 +340,7 @@ class Engine:
                 except Exception as exc:
                     raise self._unexpected(exc, where) from None
         finally:
-            self._inflight.discard(scope.cancel)
-            if not self._inflight:
-                self._idle.set()
+            self._left(scope.cancel)
         # Only reached when shutdown cancelled our scope. If the caller was cancelled too, its
         # cancellation wins.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -355,8 +352,6 @@ class Engine:
         """``_guard`` for a unary operation whose caller's scope is cancelled through ``cancel``
         (:data:`CALLER_CANCEL`): no scope of its own; a shutdown's cancellation reaches the
         caller, which ends the call (UNAVAILABLE at the proxy's front door)."""
-        if not self._inflight:
-            self._idle = trio.Event()
         self._inflight.add(cancel)
         try:
             return await run()
@@ -365,9 +360,19 @@ class Engine:
         except Exception as exc:
             raise self._unexpected(exc, f"operation {operation!r}") from None
         finally:
-            self._inflight.discard(cancel)
-            if not self._inflight:
-                self._idle.set()
+            self._left(cancel)
+
+    def _left(self, cancel: Callable[[], None]) -> None:
+        self._inflight.discard(cancel)
+        if not self._inflight and self._idle is not None:
+            self._idle.set()
+
+    async def _drained(self) -> None:
+        """Until no operation is in flight (a shutdown refuses new ones meanwhile)."""
+        if self._inflight:
+            if self._idle is None or self._idle.is_set():
+                self._idle = trio.Event()
+            await self._idle.wait()
 
     def _unexpected(self, exc: Exception, where: str) -> GrpcError:
         single = _single_grpc_error(exc)
@@ -406,13 +411,13 @@ class Engine:
                 except Exception as exc:
                     failure = report_unexpected(self.plugin.logger, exc, "begin_shutdown")
             with trio.move_on_at(drain_deadline):
-                await self._idle.wait()
+                await self._drained()
             for cancel in list(self._inflight):
                 cancel()
             # Cancelled operations unwind at their next checkpoint: not worth more of the budget
             # than the drain had.
             with trio.move_on_at(drain_deadline + _UNWIND_GRACE):
-                await self._idle.wait()
+                await self._drained()
             if run_hook:
                 with trio.move_on_at(deadline):
                     try:

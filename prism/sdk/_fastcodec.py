@@ -31,13 +31,17 @@ from prism import protowire
 from prism._proto.prism.data.v1 import GetManyRequest, GetManyResponse, GetResponse
 from prism.grpc import protocheck
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "varint"]
 
 _SMALL = [bytes((n,)) for n in range(128)]  # one-byte varints
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``protowire.encode_varint``, without a new bytes object for values below 128."""
     return _SMALL[value] if 0 <= value < 128 else protowire.encode_varint(value)
+
+
+_varint = varint
 
 
 def _write_get_response(message: GetResponse, out: bytearray) -> None:
