@@ -16,8 +16,9 @@ Per run: h2load's req/s and the server's CPU time (utime + stime from /proc/<pid
 machine where h2load competes for the same cores. Medians of the rounds; a same-run
 calibration (`bench.calibration --quick`) before and after. `--baseline DIR` runs every case
 a second time with `prism` imported from DIR (an export of an earlier commit), in the same
-rounds: before/after from one run. `--profile CASE` samples that case's proxy with py-spy
-during one extra run and prints where its time goes.
+rounds: before/after from one run. Then `bench.proxy_path`, the plugin path alone without
+the gRPC stack (µs per call, each tree alternately). `--profile CASE` samples that case's
+proxy with py-spy during one extra run and prints where its time goes.
 
 A case is one :class:`Case` in :data:`CASES`: its name, what it turns on, and a function of
 the run's scratch directory returning the config sections to add (top level and on the
@@ -244,6 +245,46 @@ def _check_proxy(target: Target, value_size: int) -> int:
 
 def _grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def plugin_path(root: Path | None, quick: bool) -> dict[str, Any]:
+    """bench.proxy_path (the plugin path without the gRPC stack) in a process of its own, with
+    `prism` (and memstore) from `root`'s tree, else this one."""
+    first = [str(root), *map(str, sorted(root.glob("plugins/*/src")))] if root else []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(ROOT), env.get("PYTHONPATH")]))
+    calls = ["--calls", "1000", "--rounds", "3"] if quick else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.proxy_path", *calls],
+        stdout=subprocess.PIPE, text=True, cwd=root or ROOT, env=env, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BenchError(f"bench.proxy_path failed (exit status {proc.returncode})")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def path_table(paths: dict[str, list[dict[str, Any]]]) -> str:
+    rows = []
+    base = paths.get(BASELINE)
+    for tree, runs in paths.items():
+        us = report.median(r["us_per_call"] for r in runs)
+        versus = "-"
+        if base is not None and tree != BASELINE:
+            versus = report.fmt_ratio(us / report.median(r["us_per_call"] for r in base))
+        rows.append(
+            [
+                tree or "this tree",
+                f"{us:,.1f}",
+                f"{min(r['us_per_call_min'] for r in runs):,.1f}",
+                versus,
+            ]
+        )
+    return (
+        "### the plugin path alone (bench.proxy_path: target + execute_encoded + "
+        "check_response, no gRPC stack)\n\n"
+        + report.markdown_table(["tree", "CPU µs/call (median)", "min", "vs baseline"], rows)
+    )
 
 
 def _calibrate(root: Path | None = None) -> dict[str, Any]:
@@ -575,6 +616,10 @@ class ProxySuite:
                 for t in targets:
                     t.process.stop()
             calibration["after"] = _calibrate()
+            paths: dict[str, list[dict[str, Any]]] = {tree: [] for tree, _ in trees}
+            for _ in range(1 if args.quick else 3):  # alternately, so both see the same noise
+                for tree, root in trees:
+                    paths[tree].append(plugin_path(root, args.quick))
         medians = {t.name: summarize([r for r in runs if r.target == t.name]) for t in targets}
         data.update(
             calibration=calibration,
@@ -587,6 +632,8 @@ class ProxySuite:
             f"{load.clients} -m {load.streams}, {duration:g}s per run\n\n"
             + results_table(targets, medians)
         )
+        data["plugin_path"] = paths
+        parts.append(path_table(paths))
         for tree, _ in trees:
             parts.append(stage_table(targets, medians, tree))
             parts.append("\n".join(verdicts(targets, medians, tree)))
