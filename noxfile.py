@@ -219,6 +219,7 @@ BENCH_DEPS = [
     # The PostgreSQL driver comparison (`python -m bench backends-postgres --drivers`).
     "asyncpg==0.32.0",
     "trio-asyncio==0.16.0",
+    "py-spy>=0.4",  # `python -m bench proxy --profile CASE`
 ]
 
 

@@ -63,7 +63,7 @@ def decode_params(
     if field == "raw_params":
         raise InvalidArgument(f"{where} expects {what} {_describe(spec, expected)}, got raw bytes")
     try:
-        return unpack(value if isinstance(value, Any) else None, expected)
+        return unpack(value if type(value) is Any else None, expected)  # not an ABC check
     except InvalidArgument as exc:
         raise InvalidArgument(f"{where} {what}: {exc.message}") from None
 

@@ -50,7 +50,8 @@ def read_execute(data: bytes) -> ExecuteEnvelope:
         elif number == 2:
             # A message field seen again is merged into the first (protobuf's rule), unless
             # the other oneof member came in between.
-            previous = envelope.params if isinstance(envelope.params, Any) else None
+            # (``type() is``: isinstance on a betterproto2 message is an ABC check, slow.)
+            previous = envelope.params if type(envelope.params) is Any else None
             envelope.params = _read_any(value, previous)
             envelope.params_field = "typed_params"
         elif number == 3:
