@@ -82,6 +82,8 @@ class Case:
     call_stages: bool = True
     #: Every stage on: the case the ≥ 1.5x grpclib target is read on.
     all_stages: bool = False
+    #: Why a tree (its root) cannot run this case (its stage is not there yet), else None.
+    unsupported: Callable[[Path], str | None] = lambda root: None
 
 
 CASES: dict[str, Case] = {}
@@ -106,6 +108,51 @@ add_case(
         "metrics",
         "+ metrics (requests, latency, in flight by namespace/operation/status): `prism serve` "
         "with every stage main has today",
+    )
+)
+
+
+def _auth_setup(tmp: Path) -> CaseSetup:
+    """Bearer JWT (ES256) verified with a PEM public key; every request carries one token."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp / "jwt-public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    token = jwt.encode(
+        {"iss": "bench", "aud": "prism", "sub": "bench-client", "exp": 4_000_000_000},
+        key,
+        algorithm="ES256",
+    )
+    auth = {"jwt": {"issuer": "bench", "audience": "prism", "keys": [str(public)]}}
+    return CaseSetup(config={"auth": auth}, headers=(f"authorization: Bearer {token}",))
+
+
+def _needs(module: str, stage: str) -> Callable[[Path], str | None]:
+    """A case that needs `prism/proxy/<module>.py` in the tree (and PyJWT here, for auth)."""
+
+    def unsupported(root: Path) -> str | None:
+        if not (root / "prism" / "proxy" / f"{module}.py").is_file():
+            return f"no {stage} in {root} (prism/proxy/{module}.py)"
+        if module == "authn" and importlib.util.find_spec("jwt") is None:
+            return "PyJWT is not installed here (it makes the case's token)"
+        return None
+
+    return unsupported
+
+
+add_case(
+    Case(
+        "auth",
+        "+ authentication: a bearer JWT (ES256, PEM key) verified on every call",
+        _auth_setup,
+        unsupported=_needs("authn", "authentication stage"),
     )
 )
 
@@ -569,8 +616,12 @@ class ProxySuite:
             for tree, root in trees:
                 for name in names:
                     case = CASES[name]
-                    setup = case.setup(tmp)
                     label = f"{tree}/{name}" if tree else name
+                    why = case.unsupported(root or ROOT)
+                    if why is not None:
+                        log(f"SKIPPING {label}: {why}")
+                        continue
+                    setup = case.setup(tmp)
                     process = ProxyProcess(label, case, setup, tmp, logs, root)
                     targets.append(
                         Target(label, process, "", get_body, 0, setup.headers, name, tree)
