@@ -227,6 +227,7 @@ BENCH_DEPS = [
     "trio-asyncio==0.16.0",
     # The tracing suite's OpenTelemetry variants (the `otel` extra).
     "opentelemetry-sdk>=1.30,<2",
+    "py-spy>=0.4",  # `python -m bench proxy --profile CASE`
 ]
 
 

@@ -27,16 +27,31 @@ def fields(
     parser rejects (:mod:`prism.grpc.protocheck`); a field of a known number with another wire
     type than its own is for the caller to skip, as upb does."""
     pos, end = 0, len(data)
+    read_varint = protocheck.read_varint
     try:
         while pos < end:
-            key, pos = protocheck.read_tag(data, pos, end)
+            # One-byte tags, varints and lengths (fields 1-15, values below 128: nearly all of
+            # an envelope) are read inline; the rest by protocheck's readers, which check them.
+            key = data[pos]
+            if 8 <= key < 0x80:
+                pos += 1
+            else:
+                key, pos = protocheck.read_tag(data, pos, end)
             number, wire_type = key >> 3, key & 7
             if wire_type == VARINT:
-                value, pos = protocheck.read_varint(data, pos, end)
+                if pos < end and data[pos] < 0x80:
+                    value = data[pos]
+                    pos += 1
+                else:
+                    value, pos = read_varint(data, pos, end)
                 yield number, value
                 continue
             if wire_type == LEN:
-                length, pos = protocheck.read_varint(data, pos, end)
+                if pos < end and data[pos] < 0x80:
+                    length = data[pos]
+                    pos += 1
+                else:
+                    length, pos = read_varint(data, pos, end)
                 if pos + length > end:
                     raise InvalidArgument(
                         f"malformed protobuf message (field {number} runs past the end)"

@@ -6,10 +6,11 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `register(...)` at import time and list the module in `SUITE_MODULES`. Shared pieces:
 `bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
-(plugins.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse` (abuse.py), `tracing`
-(tracing.py), `backends` (backends/: one module per backend), `backends-postgres`
-(bench/backends/postgres.py: PostgreSQL, with the driver comparison), `traffic`
-(traffic.py: a bystander under a flood, with and without a namespace's concurrency cap).
+(plugins.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse` (abuse.py), `proxy` (proxy.py:
+the whole proxy, stage by stage), `tracing` (tracing.py), `backends` (backends/: one module per
+backend), `backends-postgres` (bench/backends/postgres.py: PostgreSQL, with the driver
+comparison), `traffic` (traffic.py: a bystander under a flood, with and without a namespace's
+concurrency cap).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SUITE_MODULES = (
     "bench.suites.wire",
     "bench.suites.protobuf",
     "bench.suites.abuse",
+    "bench.suites.proxy",
     "bench.suites.backends",
     "bench.backends.postgres",
     "bench.suites.traffic",

@@ -175,6 +175,15 @@ class Instance:
 
     @asynccontextmanager
     async def track(self, *, stream: bool = False) -> AsyncIterator[PluginClient]:
+        client = self.enter(stream=stream)
+        try:
+            yield client
+        finally:
+            self.leave(stream=stream)
+
+    def enter(self, *, stream: bool = False) -> PluginClient:
+        """:meth:`track` without a context manager (the unary hot path): count a call in;
+        :meth:`leave` counts it out."""
         client = self.client
         if client is None:
             raise Unavailable(
@@ -183,14 +192,14 @@ class Instance:
         self.in_flight += 1
         if not stream:
             self._unary_in_flight += 1
-        try:
-            yield client
-        finally:
-            self.in_flight -= 1
-            if not stream:
-                self._unary_in_flight -= 1
-                if self._unary_in_flight == 0 and self.draining:
-                    self._idle.set()
+        return client
+
+    def leave(self, *, stream: bool = False) -> None:
+        self.in_flight -= 1
+        if not stream:
+            self._unary_in_flight -= 1
+            if self._unary_in_flight == 0 and self.draining:
+                self._idle.set()
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` s for in-flight unary calls; True when all of them finished.
@@ -226,8 +235,12 @@ class NamespaceRoute:
         return instance
 
     async def execute(self, request: bytes) -> bytes:
-        async with self._instance().track() as client:
+        instance = self._instance()
+        client = instance.enter()  # track(), without a context manager per call
+        try:
             return await client.execute(request)
+        finally:
+            instance.leave()
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
         async with self._instance().track(stream=True) as client:

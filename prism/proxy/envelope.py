@@ -9,6 +9,7 @@ the plugin's ``ExecuteResponse`` bytes are the client's response as they are, on
 from __future__ import annotations
 
 from prism import protowire
+from prism.grpc.protocheck import read_varint
 from prism.grpc.wire.status import GrpcError, InvalidArgument, PermissionDenied, Status
 from prism.sdk.plugin import RESERVED_PREFIX
 
@@ -16,8 +17,9 @@ __all__ = ["check_response", "target"]
 
 _OPERATION, _NAMESPACE = 1, 15
 _SUCCESS, _ERROR, _ERROR_CODE = 1, 2, 3
-_REQUEST_FIELDS = frozenset({_OPERATION, _NAMESPACE})
 _RESPONSE_FIELDS = frozenset({_SUCCESS, _ERROR, _ERROR_CODE})
+#: The tags of ``typed_result`` (4) and ``raw_result`` (5), length-delimited.
+_RESULTS = frozenset({4 << 3 | 2, 5 << 3 | 2})
 
 
 def target(request: bytes) -> tuple[str, str]:
@@ -26,9 +28,16 @@ def target(request: bytes) -> tuple[str, str]:
     INVALID_ARGUMENT without a namespace (or for fields that are not text); PERMISSION_DENIED
     for the SDK's reserved operations. The operation may be empty (a stream's later requests).
     """
-    fields = protowire.scan(request, _REQUEST_FIELDS)
-    namespace = protowire.text(fields.get(_NAMESPACE), "namespace")
-    operation = protowire.text(fields.get(_OPERATION), "operation")
+    raw_namespace = raw_operation = None
+    for number, value in protowire.fields(request):  # protowire.scan, without its dict
+        if value is None:
+            continue
+        if number == _NAMESPACE:
+            raw_namespace = value
+        elif number == _OPERATION:
+            raw_operation = value
+    namespace = protowire.text(raw_namespace, "namespace")
+    operation = protowire.text(raw_operation, "operation")
     if not namespace:
         raise InvalidArgument("namespace is required")
     if operation.startswith(RESERVED_PREFIX):
@@ -43,6 +52,17 @@ def target(request: bytes) -> tuple[str, str]:
 
 def check_response(response: bytes) -> bytes:
     """A plugin's ExecuteResponse → the same bytes, or its error as a GrpcError."""
+    end = len(response)
+    if end > 3 and response[0] == 0x08 and response[1] == 0x01 and response[2] in _RESULTS:
+        # A success as the SDK writes it (``_envelope.execute_result``): ``success`` true, then
+        # one result field running exactly to the end, so no other field can follow.
+        try:
+            length, pos = read_varint(response, 3, end)
+        except ValueError:
+            pass
+        else:
+            if pos + length == end:
+                return response
     fields = protowire.scan(response, _RESPONSE_FIELDS)
     if fields.get(_SUCCESS):
         return response

@@ -52,6 +52,7 @@ from prism.grpc.wire.status import GrpcError, InvalidArgument, Status
 from prism.proxy.envelope import check_response, target
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
 from prism.proxy.request import ANONYMOUS, REQUEST, Identity, RequestInfo
+from prism.sdk.instance import CALLER_CANCEL
 
 if TYPE_CHECKING:
     from prism.config import NamespaceConfig
@@ -378,6 +379,9 @@ class Pipeline:
         limiter = stages.limiter
         if not limiter.try_acquire(info):
             await limiter.acquire(info)  # concurrency limit: waits, or RESOURCE_EXHAUSTED
+        # An in-process plugin's engine cancels the operation through the call (at its
+        # shutdown) instead of opening a cancel scope of its own per call.
+        token = CALLER_CANCEL.set(call.cancel) if call.scope is not None else None
         try:
             route = self.router.route(info.namespace)  # route: NOT_FOUND
             breaker = stages.breakers.for_route(route)
@@ -397,6 +401,8 @@ class Pipeline:
                 breaker.record(status)
             return response
         finally:
+            if token is not None:
+                CALLER_CANCEL.reset(token)
             limiter.release(info)
 
     async def stream(self, call: ServerCall) -> None:

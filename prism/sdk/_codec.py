@@ -8,6 +8,8 @@ plugin's bug: ``Internal``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import betterproto2
 
 from prism._proto.google.protobuf import Any
@@ -61,7 +63,7 @@ def decode_params(
     if field == "raw_params":
         raise InvalidArgument(f"{where} expects {what} {_describe(spec, expected)}, got raw bytes")
     try:
-        return unpack(value if isinstance(value, Any) else None, expected)
+        return unpack(value if type(value) is Any else None, expected)  # not an ABC check
     except InvalidArgument as exc:
         raise InvalidArgument(f"{where} {what}: {exc.message}") from None
 
@@ -79,9 +81,8 @@ def check_payload(spec: OperationSpec, value: object, expected: type | None, wha
 
 
 def check_result(spec: OperationSpec, result: object) -> Payload:
-    if type(result) is spec.result:
-        assert isinstance(result, bytes | betterproto2.Message)
-        return result
+    if type(result) is spec.result:  # a declared result type: bytes or a message
+        return cast(Payload, result)
     raise Internal(
         f"operation {spec.name!r} returned {_payload_name(result)}, "
         f"but declares {spec.kind(spec.result)}"

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import betterproto2
-
 from prism import protowire
 from prism._proto.google.protobuf import Any
 from prism.grpc import protocheck
@@ -52,7 +50,8 @@ def read_execute(data: bytes) -> ExecuteEnvelope:
         elif number == 2:
             # A message field seen again is merged into the first (protobuf's rule), unless
             # the other oneof member came in between.
-            previous = envelope.params if isinstance(envelope.params, Any) else None
+            # (``type() is``: isinstance on a betterproto2 message is an ABC check, slow.)
+            previous = envelope.params if type(envelope.params) is Any else None
             envelope.params = _read_any(value, previous)
             envelope.params_field = "typed_params"
         elif number == 3:
@@ -97,21 +96,31 @@ def _read_entry(data: bytes) -> tuple[str, str] | None:
     return (key, value) if clean else None
 
 
-_SUCCESS = protowire.varint_field(1, 1)
+# ``success`` (1) true, then the tag of ``raw_result`` (5) or of ``typed_result`` (4).
+_SUCCESS_RAW = protowire.varint_field(1, 1) + b"\x2a"
+_SUCCESS_TYPED = protowire.varint_field(1, 1) + b"\x22"
+_ANY_VALUE = b"\x12"  # Any.value (2)
+_varint = _fastcodec.varint
+
+#: The encoded ``type_url`` field of each result type seen (the URL never changes).
+_URL_FIELDS: dict[type, bytes] = {}
 
 
 def execute_result(result: Payload) -> bytes:
     """``ExecuteResponse(success=True, typed_result=pack(result))``, or ``raw_result`` for
-    bytes, encoded."""
+    bytes, encoded (in one join: no intermediate copies of the result)."""
     if isinstance(result, bytes):
-        return _SUCCESS + protowire.length_delimited(5, result)
-    return _SUCCESS + protowire.length_delimited(4, _any_bytes(result))
-
-
-def _any_bytes(message: betterproto2.Message) -> bytes:
-    body = _fastcodec.encode(message)
-    url = protowire.length_delimited(1, type_url(type(message)).encode())
-    return url + protowire.length_delimited(2, body) if body else url
+        return b"".join((_SUCCESS_RAW, _varint(len(result)), result))
+    body = _fastcodec.encode(result)
+    cls = type(result)
+    url = _URL_FIELDS.get(cls)
+    if url is None:
+        url = _URL_FIELDS[cls] = protowire.length_delimited(1, type_url(cls).encode())
+    if not body:
+        return b"".join((_SUCCESS_TYPED, _varint(len(url)), url))
+    size = _varint(len(body))
+    any_length = len(url) + 1 + len(size) + len(body)
+    return b"".join((_SUCCESS_TYPED, _varint(any_length), url, _ANY_VALUE, size, body))
 
 
 def execute_error(error: GrpcError) -> bytes:

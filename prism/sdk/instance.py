@@ -42,13 +42,13 @@ from prism._proto.prism.plugin.v1 import (
 from prism.grpc.wire.status import GrpcError, InvalidArgument
 from prism.plugin_protocol import DESCRIBE_OPERATION, METRICS_OPERATION
 from prism.sdk import _codec, _envelope
-from prism.sdk._engine import Engine, Receive, Send, State
+from prism.sdk._engine import CALLER_CANCEL, Engine, Receive, Send, State
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.config import config_dir_from_any, config_from_any
 from prism.sdk.plugin import BackendPlugin, OperationSpec, Payload
 from prism.sdk.typed import pack
 
-__all__ = ["METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
+__all__ = ["CALLER_CANCEL", "METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
 
 
 @asynccontextmanager

@@ -52,6 +52,10 @@ def pack(message: betterproto2.Message) -> Any:
     return Any(type_url=type_url(type(message)), value=bytes(message))
 
 
+#: The full message name of each class :func:`unpack` was asked for (it never changes).
+_NAMES: dict[type, str] = {}
+
+
 def unpack(any_message: Any | None, cls: type[M]) -> M:
     """The ``cls`` message inside ``any_message``.
 
@@ -60,7 +64,9 @@ def unpack(any_message: Any | None, cls: type[M]) -> M:
     rejects (:mod:`prism.grpc.protocheck`; the reason, never the bytes). Type URLs compare by
     message name, so any prefix (not only ``type.googleapis.com/``) is accepted.
     """
-    expected = type_name(type_url(cls))
+    expected = _NAMES.get(cls)
+    if expected is None:
+        expected = _NAMES[cls] = type_name(type_url(cls))
     if any_message is None or not any_message.type_url:
         raise InvalidArgument(f"expected {expected}, got nothing")
     if type_name(any_message.type_url) != expected:

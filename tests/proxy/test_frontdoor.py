@@ -25,6 +25,7 @@ from prism._proto.prism.proxy.v1 import (
 from prism.grpc.wire.status import GrpcError, NotFound, Status
 from prism.proxy.frontdoor import DataProxyService, check_response
 from prism.sdk import METRICS_OPERATION
+from prism.sdk.typed import pack
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"
 EXECUTE_STREAM = "/prism.proxy.v1.DataProxy/ExecuteStream"
@@ -122,6 +123,19 @@ def test_frontdoor_check_response_maps_codes() -> None:
     assert info.value.status == Status.UNKNOWN
     with pytest.raises(pg.InvalidArgument):
         check_response(b"\x0a\x05ab")  # a malformed plugin response
+
+
+def test_frontdoor_check_response_reads_past_a_success_that_fields_follow() -> None:
+    """A response that starts as the SDK's successes do is taken as one only when its result
+    runs to the end: a later field (here ``success`` again, false) still counts."""
+    typed = bytes(PluginResponse(success=True, typed_result=pack(SetRequest(key="k" * 200))))
+    assert check_response(typed) is typed  # a result longer than 127 bytes: a 2-byte length
+    overridden = typed + bytes(PluginResponse(error="late", error_code=int(Status.ABORTED)))
+    with pytest.raises(GrpcError) as info:
+        check_response(overridden + b"\x08\x00")
+    assert (info.value.status, info.value.message) == (Status.ABORTED, "late")
+    with pytest.raises(pg.InvalidArgument):
+        check_response(b"\x08\x01\x2a\x05ab")  # its result runs past the end
 
 
 async def test_frontdoor_forwards_request_and_response_bytes_unchanged(

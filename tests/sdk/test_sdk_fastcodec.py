@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import betterproto2
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prism._proto.prism.data.v1 import GetManyRequest, GetManyResponse, GetResponse, SetRequest
+from prism import protowire
+from prism._proto.prism.data.v1 import (
+    DeleteRequest,
+    DeleteResponse,
+    ExistsRequest,
+    ExpireRequest,
+    GetManyRequest,
+    GetManyResponse,
+    GetRequest,
+    GetResponse,
+    ListKeysRequest,
+    ListKeysResponse,
+    PublishRequest,
+    PublishResponse,
+    SetRequest,
+    SetResponse,
+)
+from prism.grpc import protocheck
 from prism.sdk import _fastcodec
 from prism.sdk.typed import pack, unpack
 
@@ -44,3 +63,89 @@ def test_fastcodec_unusual_bytes_and_other_messages_are_betterproto2s() -> None:
     assert _fastcodec.encode(message) == bytes(message)
     with_unknown = GetResponse.parse(bytes(GetResponse(found=True)) + b"\x28\x05")
     assert _fastcodec.encode(with_unknown) == bytes(with_unknown)
+
+
+# -- flat messages: every field a singular scalar, read and written from their metadata --------
+
+INT32 = st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1)
+flat_messages = st.one_of(
+    st.builds(GetRequest, key=st.text(max_size=40)),
+    st.builds(
+        SetRequest,
+        key=st.text(max_size=40),
+        value=st.binary(max_size=300),
+        ttl_ms=INT64,
+        if_match=st.text(max_size=20),
+        if_absent=st.booleans(),
+    ),
+    st.builds(SetResponse, etag=st.text(max_size=20)),
+    st.builds(DeleteRequest, key=st.text(max_size=40), if_match=st.text(max_size=20)),
+    st.builds(DeleteResponse, deleted=st.booleans()),
+    st.builds(ExistsRequest, key=st.text(max_size=40)),
+    st.builds(ExpireRequest, key=st.text(max_size=40), ttl_ms=INT64, persist=st.booleans()),
+    st.builds(
+        ListKeysRequest,
+        prefix=st.text(max_size=40),
+        limit=INT32,
+        start_after=st.text(max_size=40),
+    ),
+    st.builds(PublishResponse, sequence=INT64),
+    responses,  # GetResponse: optional ttl_remaining_ms
+)
+
+
+@given(flat_messages)
+def test_fastcodec_flat_message_encodes_and_decodes_as_betterproto2(
+    message: betterproto2.Message,
+) -> None:
+    data = bytes(message)
+    assert _fastcodec.encode(message) == data
+    decoded = _fastcodec.decode(type(message), data)
+    assert decoded == type(message).parse(data) == message
+    assert decoded._unknown_fields == b""
+
+
+FLAT_TYPES = [GetRequest, SetRequest, DeleteRequest, ExpireRequest, ListKeysRequest, GetResponse]
+
+
+@given(st.sampled_from(FLAT_TYPES), st.binary(max_size=60))
+def test_fastcodec_flat_decoder_reads_any_accepted_bytes_as_betterproto2(
+    cls: type[betterproto2.Message], data: bytes
+) -> None:
+    """Whatever protocheck accepts (the only bytes a decoder is given), the fast decoder reads
+    as betterproto2 does, unknown fields and odd wire types included (it leaves those to
+    betterproto2), and a failure is a failure for both."""
+    try:
+        checked = protocheck.check(cls, data)
+    except protocheck.MalformedMessage:
+        return
+    try:
+        expected = cls.parse(checked)
+    except Exception:
+        with pytest.raises(Exception):  # noqa: B017, PT011 (betterproto2's own, whatever it is)
+            _fastcodec.decode(cls, checked)
+        return
+    decoded = _fastcodec.decode(cls, checked)
+    assert decoded == expected
+    assert decoded._unknown_fields == expected._unknown_fields
+    assert bytes(decoded) == bytes(expected)
+
+
+@given(st.text(max_size=30), st.integers(min_value=-(1 << 70), max_value=1 << 70))
+def test_fastcodec_flat_varints_wrap_as_betterproto2(key: str, number: int) -> None:
+    """A varint wider than its field (int32 sent as a 64-bit value, int64 past 2**63) is cut
+    to the field's width, as protobuf (and betterproto2) read it."""
+    varint = protowire.encode_varint(number & ((1 << 64) - 1))
+    data = bytes(ListKeysRequest(prefix=key)) + b"\x10" + varint
+    assert _fastcodec.decode(ListKeysRequest, data) == ListKeysRequest.parse(data)
+    data = bytes(ExpireRequest(key=key)) + b"\x10" + varint
+    assert _fastcodec.decode(ExpireRequest, data) == ExpireRequest.parse(data)
+
+
+def test_fastcodec_messages_with_other_fields_are_betterproto2s() -> None:
+    """Messages with a repeated, map or message field get no flat codec: betterproto2's."""
+    message = ListKeysResponse(keys=["a", "b"], truncated=True)
+    assert _fastcodec.encode(message) == bytes(message)
+    assert _fastcodec.decode(ListKeysResponse, bytes(message)) == message
+    published = PublishRequest(topic="t", payload=b"p", headers={"k": "v"})
+    assert _fastcodec.decode(PublishRequest, bytes(published)) == published

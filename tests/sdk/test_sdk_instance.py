@@ -47,6 +47,7 @@ from prism.sdk import (
     unpack,
 )
 from prism.sdk._engine import DRAIN_SHARE
+from prism.sdk.instance import CALLER_CANCEL
 
 CREDENTIALS = {"password": SECRET}
 
@@ -493,6 +494,35 @@ async def test_instance_shutdown_cancels_operations_past_the_grace_period(
     assert [str(e) for e in outcome] == [
         "UNAVAILABLE: plugin 'widget' shut down during operation 'slow'"
     ]
+
+
+async def test_instance_shutdown_cancels_through_the_callers_scope_when_given(
+    widget: PluginInstance, autojump_clock: trio.abc.Clock
+) -> None:
+    """With CALLER_CANCEL set (the proxy's front door: its call's ``cancel``), the engine opens
+    no scope of its own: the shutdown cancels the caller's, whose cancellation ends the call."""
+    cancelled: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def call() -> None:
+            with trio.CancelScope() as caller:
+
+                def cancel() -> None:
+                    cancelled.append("caller")
+                    caller.cancel()
+
+                CALLER_CANCEL.set(cancel)
+                await widget.call("slow", b"")
+            assert caller.cancelled_caught
+
+        nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        await widget.aclose(grace=2)
+        assert trio.current_time() - start == pytest.approx(2 * DRAIN_SHARE)
+    assert cancelled == ["caller"]
+    # The context variable was set in that call's task only.
+    assert CALLER_CANCEL.get() is None
 
 
 async def test_instance_execute_after_shutdown_is_unavailable(widget: PluginInstance) -> None:
