@@ -2,15 +2,22 @@
 
 sqlite3 blocks, so every database call runs in a worker thread (``trio.to_thread.run_sync``)
 behind a ``CapacityLimiter(1)``: one connection, one statement at a time, and the event loop
-stays free. A cancelled operation still waits for its statement to finish (sqlite3 calls cannot
-be abandoned safely); statements are short and bounded by ``busy_timeout_ms``.
+stays free. Instances in one process on the same file share that limiter (during a hot reload
+the old instance drains while the new one serves): SQLite's busy handler sleeps and polls, so
+two connections in one process taking turns at the write lock would starve the one that waits
+(seen as calls failing "database is locked" after ``busy_timeout_ms`` under load); a FIFO
+limiter gives them turns instead. A cancelled operation still waits for its statement to
+finish (sqlite3 calls cannot be abandoned safely); statements are short and bounded by
+``busy_timeout_ms``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -82,6 +89,20 @@ DEFAULT_MAX_QUERY_ROWS = 10_000
 MAX_LIST_LIMIT = 10_000
 
 
+#: One limiter per database file and Trio run, shared by the instances that have it open.
+_FILE_LIMITERS: weakref.WeakValueDictionary[tuple[str, int], trio.CapacityLimiter] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _file_limiter(path: str) -> trio.CapacityLimiter:
+    key = (os.path.realpath(path), id(trio.lowlevel.current_root_task()))
+    limiter = _FILE_LIMITERS.get(key)
+    if limiter is None:
+        limiter = _FILE_LIMITERS[key] = trio.CapacityLimiter(1)
+    return limiter
+
+
 class SqlitePlugin(BackendPlugin):
     name = "sqlite"
     version = "0.1.0"
@@ -131,6 +152,8 @@ class SqlitePlugin(BackendPlugin):
         busy_timeout = config.busy_timeout_ms or DEFAULT_BUSY_TIMEOUT_MS
         # Relative to the proxy's config file, like every path in it.
         path = config.path if config.path == ":memory:" else str(self.config_path(config.path))
+        if path != ":memory:":
+            self._limiter = _file_limiter(path)
         try:
             self._db = await self._run(functools.partial(Database, path, busy_timeout))
         except (OSError, sqlite3.Error) as exc:
