@@ -72,7 +72,7 @@ class CircuitBreaker:
         if state == "open":
             left = self.opened_at + self._config.open_seconds - now
             if left > 0:
-                self._refuse(f"retry in {left:.2g} s", left)
+                self._refuse(f"retry in {_seconds(left)} s", left)
             self._enter("half_open")
         if self._probes >= self._config.half_open_probes:
             if now - self._probed_at < self._config.open_seconds:
@@ -154,26 +154,43 @@ class CircuitBreaker:
         raise Unavailable(message, trailers=[(STATUS_DETAILS, details)])
 
 
+def _seconds(left: float) -> str:
+    """4.2, 0.35, 300: two significant digits, never an exponent."""
+    return f"{left:.2g}" if left < 10 else f"{left:.0f}"
+
+
 class InstanceBreakers:
     """A namespace's breakers (implements ``pipeline.Breakers``): one for its current
-    instance, made when that instance is first seen."""
+    instance, made when that instance is first seen, and made anew each time the instance
+    serves again after being down.
+
+    A call to an instance that is down (a crashed sidecar restarting, a remote reconnecting)
+    never reaches the plugin: the route answers UNAVAILABLE by itself, so it passes no breaker
+    and counts in none. When the host routes to the instance again, its health check has just
+    said the plugin answers: the breaker starts closed, or recovery would wait ``open_seconds``
+    more after the plugin is back."""
 
     def __init__(self, namespace: str, config: BreakerConfig, metrics: NamespaceMetrics) -> None:
         self._namespace = namespace
         self._config = config
         self._metrics = metrics
         self._instance: object = None
+        self._serving: object = None
         self._breaker: CircuitBreaker | None = None
         self._none = NoBreaker()
 
     def for_route(self, route: Route) -> Breaker:
         instance = route.current
-        if instance is self._instance and self._breaker is not None:
+        # The plugin client an instance routes to: None while it is down, a new one each time
+        # it serves again (prism.hosting's Instance; other routes have none: always serving).
+        serving = getattr(instance, "client", instance)
+        if instance is self._instance and serving is self._serving and self._breaker is not None:
             return self._breaker
-        if instance is None:
-            return self._none  # no instance: the route answers UNAVAILABLE by itself
+        if instance is None or serving is None:
+            return self._none  # down: the route answers UNAVAILABLE by itself
         if self._breaker is not None:
             self._breaker.metrics = None
         self._instance = instance
+        self._serving = serving
         self._breaker = CircuitBreaker(self._namespace, self._config, self._metrics)
         return self._breaker
