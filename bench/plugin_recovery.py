@@ -55,193 +55,165 @@ def sidecars(proxy_pid: int, child_pids: Any) -> list[int]:
     return [pid for _, pid in sorted(found)]
 
 
-def run(address: str, proxy_pid: int, child_pids: Any, kills: int) -> dict[str, Any]:
-    import grpc
+class _Load:
+    """32 caller threads looping `get` on one namespace; times the way back after an event:
+    from `mark()` to the end of the first successful call that *started* after it."""
 
-    from bench import plugin_client
+    def __init__(self, address: str, namespace: str) -> None:
+        from bench import plugin_client
 
-    request = plugin_client.requests("sidecar", "get", 100)[0]
-    stop = threading.Event()
-    lock = threading.Lock()
-    state: dict[str, Any] = {"killed_at": None, "recovered": None, "ok": 0, "unavailable": 0}
+        self.address = address
+        self.request = plugin_client.requests(namespace, "get", 100)[0]
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.marked: float | None = None
+        self.recovered: float | None = None
+        self.ok = 0
+        self.unavailable = 0
+        self.threads: list[threading.Thread] = []
 
-    def caller(call: Any) -> None:
-        while not stop.is_set():
+    def _caller(self, call: Any) -> None:
+        import grpc
+
+        while not self.stop.is_set():
             started = time.monotonic()
             try:
-                call(request, timeout=10)
+                call(self.request, timeout=10)
             except grpc.RpcError:
-                with lock:
-                    state["unavailable"] += 1
+                with self.lock:
+                    self.unavailable += 1
                 time.sleep(0.01)  # as a client's retry policy would
                 continue
             done = time.monotonic()
-            with lock:
-                state["ok"] += 1
-                killed = state["killed_at"]
-                if killed is not None and started > killed and state["recovered"] is None:
-                    state["recovered"] = done - killed
+            with self.lock:
+                self.ok += 1
+                mark = self.marked
+                if mark is not None and started > mark and self.recovered is None:
+                    self.recovered = done - mark
 
-    times: list[float] = []
-    with grpc.insecure_channel(address, options=plugin_client.CHANNEL_OPTIONS) as channel:
-        call = plugin_client.execute_call(channel)
-        threads = [
-            threading.Thread(target=caller, args=(call,), daemon=True) for _ in range(CALLERS)
-        ]
-        for t in threads:
-            t.start()
-        try:
-            for _ in range(kills):
-                deadline = time.monotonic() + 60
-                while len(pids := sidecars(proxy_pid, child_pids)) < 2:  # wait for the standby
-                    if time.monotonic() > deadline:
-                        raise BenchError("the proxy launched no standby sidecar within 60 s")
-                    time.sleep(0.05)
-                # Isolated crashes: past the restart backoff's reset_after (10 s of stable
-                # running), so every kill is a first crash, not a crash loop.
-                time.sleep(STABLE_S)
-                with lock:
-                    state["recovered"] = None
-                    state["killed_at"] = time.monotonic()
-                os.kill(pids[0], signal.SIGKILL)
-                deadline = time.monotonic() + 60
-                while state["recovered"] is None:
-                    if time.monotonic() > deadline:
-                        raise BenchError("the sidecar namespace did not recover within 60 s")
-                    time.sleep(0.005)
-                times.append(state["recovered"])
-                with lock:
-                    state["killed_at"] = None
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(15)
-    p50 = report.median(times)
-    return {
-        "callers": CALLERS,
-        "kills": kills,
-        "recovery_s": times,
-        "p50_s": p50,
-        "min_s": min(times),
-        "max_s": max(times),
-        "ok_calls": state["ok"],
-        "unavailable_calls": state["unavailable"],
-        "target_p50_s": TARGET_P50_S,
-        "pass": p50 <= TARGET_P50_S,
-    }
+    def mark(self) -> None:
+        with self.lock:
+            self.recovered = None
+            self.marked = time.monotonic()
+
+    def wait_recovered(self, what: str) -> float:
+        deadline = time.monotonic() + 60
+        while self.recovered is None:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the {what} namespace did not recover within 60 s")
+            time.sleep(0.005)
+        recovered = self.recovered
+        with self.lock:
+            self.marked = None
+        return recovered
+
+    def running(self, scenario: Any) -> list[float]:
+        """Run ``scenario(self)`` (it returns the recovery times) with the callers going."""
+        import grpc
+
+        from bench import plugin_client
+
+        with grpc.insecure_channel(self.address, options=plugin_client.CHANNEL_OPTIONS) as ch:
+            call = plugin_client.execute_call(ch)
+            self.threads = [
+                threading.Thread(target=self._caller, args=(call,), daemon=True)
+                for _ in range(CALLERS)
+            ]
+            for t in self.threads:
+                t.start()
+            try:
+                times: list[float] = scenario(self)
+            finally:
+                self.stop.set()
+                for t in self.threads:
+                    t.join(15)
+        return times
+
+    def result(self, times: list[float], target: float, **extra: Any) -> dict[str, Any]:
+        p50 = report.median(times)
+        return {
+            "callers": CALLERS,
+            **extra,
+            "recovery_s": times,
+            "p50_s": p50,
+            "min_s": min(times),
+            "max_s": max(times),
+            "ok_calls": self.ok,
+            "unavailable_calls": self.unavailable,
+            "target_p50_s": target,
+            "pass": p50 <= target,
+        }
 
 
-def table(result: dict[str, Any]) -> str:
-    verdict = "PASS" if result["pass"] else "**FAIL**"
-    return (
-        f"### recovery: SIGKILL the sidecar under {result['callers']} callers, "
-        f"{result['kills']} kills\n\n"
-        + report.markdown_table(
-            ["p50 s", "min s", "max s", "calls ok", "calls UNAVAILABLE", "target p50"],
-            [
-                [
-                    f"{result['p50_s']:.3f}",
-                    f"{result['min_s']:.3f}",
-                    f"{result['max_s']:.3f}",
-                    f"{result['ok_calls']:,}",
-                    f"{result['unavailable_calls']:,}",
-                    f"≤ {result['target_p50_s']} s: {verdict}",
-                ]
-            ],
-        )
-    )
+def run(address: str, proxy_pid: int, child_pids: Any, kills: int) -> dict[str, Any]:
+    def scenario(load: _Load) -> list[float]:
+        times = []
+        for _ in range(kills):
+            deadline = time.monotonic() + 60
+            while len(pids := sidecars(proxy_pid, child_pids)) < 2:  # wait for the standby
+                if time.monotonic() > deadline:
+                    raise BenchError("the proxy launched no standby sidecar within 60 s")
+                time.sleep(0.05)
+            # Isolated crashes: past the restart backoff's reset_after (10 s of stable running),
+            # so every kill is a first crash, not a crash loop.
+            time.sleep(STABLE_S)
+            load.mark()
+            os.kill(pids[0], signal.SIGKILL)
+            times.append(load.wait_recovered("sidecar"))
+        return times
+
+    load = _Load(address, "sidecar")
+    return load.result(load.running(scenario), TARGET_P50_S, kills=kills)
 
 
 def run_remote(address: str, service: Any, outages: int) -> dict[str, Any]:
     """Stop and restart the remote plugin ``service`` (a bench ServerProcess on a fixed port)
     ``outages`` times under 32 callers of the `remote` namespace."""
-    import grpc
 
-    from bench import plugin_client
+    def scenario(load: _Load) -> list[float]:
+        times = []
+        for _ in range(outages):
+            time.sleep(2.0)  # serving, under load
+            service.stop()
+            time.sleep(REMOTE_DOWN_S)
+            service.start()  # returns once the port accepts connections
+            load.mark()
+            times.append(load.wait_recovered("remote"))
+        return times
 
-    request = plugin_client.requests("remote", "get", 100)[0]
-    stop = threading.Event()
-    lock = threading.Lock()
-    state: dict[str, Any] = {"back_at": None, "recovered": None, "ok": 0, "unavailable": 0}
+    load = _Load(address, "remote")
+    return load.result(
+        load.running(scenario), TARGET_REMOTE_P50_S, outages=outages, down_s=REMOTE_DOWN_S
+    )
 
-    def caller(call: Any) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                call(request, timeout=10)
-            except grpc.RpcError:
-                with lock:
-                    state["unavailable"] += 1
-                time.sleep(0.01)
-                continue
-            done = time.monotonic()
-            with lock:
-                state["ok"] += 1
-                back = state["back_at"]
-                if back is not None and started > back and state["recovered"] is None:
-                    state["recovered"] = done - back
 
-    times: list[float] = []
-    with grpc.insecure_channel(address, options=plugin_client.CHANNEL_OPTIONS) as channel:
-        call = plugin_client.execute_call(channel)
-        threads = [
-            threading.Thread(target=caller, args=(call,), daemon=True) for _ in range(CALLERS)
-        ]
-        for t in threads:
-            t.start()
-        try:
-            for _ in range(outages):
-                time.sleep(2.0)  # serving, under load
-                service.stop()
-                time.sleep(REMOTE_DOWN_S)
-                service.start()  # returns once the port accepts connections
-                with lock:
-                    state["recovered"] = None
-                    state["back_at"] = time.monotonic()
-                deadline = time.monotonic() + 60
-                while state["recovered"] is None:
-                    if time.monotonic() > deadline:
-                        raise BenchError("the remote namespace did not recover within 60 s")
-                    time.sleep(0.005)
-                times.append(state["recovered"])
-                with lock:
-                    state["back_at"] = None
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(15)
-    p50 = report.median(times)
-    return {
-        "callers": CALLERS,
-        "outages": outages,
-        "down_s": REMOTE_DOWN_S,
-        "recovery_s": times,
-        "p50_s": p50,
-        "min_s": min(times),
-        "max_s": max(times),
-        "ok_calls": state["ok"],
-        "unavailable_calls": state["unavailable"],
-        "target_p50_s": TARGET_REMOTE_P50_S,
-        "pass": p50 <= TARGET_REMOTE_P50_S,
-    }
+def _table(title: str, result: dict[str, Any]) -> str:
+    verdict = "PASS" if result["pass"] else "**FAIL**"
+    return f"### {title}\n\n" + report.markdown_table(
+        ["p50 s", "min s", "max s", "calls ok", "calls UNAVAILABLE", "target p50"],
+        [
+            [
+                f"{result['p50_s']:.3f}",
+                f"{result['min_s']:.3f}",
+                f"{result['max_s']:.3f}",
+                f"{result['ok_calls']:,}",
+                f"{result['unavailable_calls']:,}",
+                f"≤ {result['target_p50_s']} s: {verdict}",
+            ]
+        ],
+    )
+
+
+def table(result: dict[str, Any]) -> str:
+    return _table(
+        f"recovery: SIGKILL the sidecar under {result['callers']} callers, {result['kills']} kills",
+        result,
+    )
 
 
 def remote_table(result: dict[str, Any]) -> str:
-    verdict = "PASS" if result["pass"] else "**FAIL**"
-    return (
-        f"### recovery: the remote plugin service back after {result['down_s']:.0f} s down, "
-        f"{result['callers']} callers, {result['outages']} outages\n\n"
-        + report.markdown_table(
-            ["p50 s", "min s", "max s", "calls ok", "calls UNAVAILABLE", "target p50"],
-            [
-                [
-                    f"{result['p50_s']:.3f}",
-                    f"{result['min_s']:.3f}",
-                    f"{result['max_s']:.3f}",
-                    f"{result['ok_calls']:,}",
-                    f"{result['unavailable_calls']:,}",
-                    f"≤ {result['target_p50_s']} s: {verdict}",
-                ]
-            ],
-        )
+    return _table(
+        f"recovery: the remote plugin service back after {result['down_s']:.0f} s down, "
+        f"{result['callers']} callers, {result['outages']} outages",
+        result,
     )
