@@ -20,11 +20,8 @@ from prism._proto.prism.plugin.v1 import (
     PluginMetrics,
     ShutdownRequest,
     ShutdownResponse,
-    StreamRequest,
-    StreamResponse,
 )
 from prism.grpc.channel import Channel, ClientCall
-from prism.grpc.service import decode
 from prism.grpc.wire.status import GrpcError
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.grpc_service import SESSION_METADATA
@@ -79,14 +76,7 @@ class InProcessClient(PluginClient):
         return await self.instance.execute_encoded(request)
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
-        async def typed_receive() -> StreamRequest | None:
-            data = await receive()
-            return None if data is None else decode(StreamRequest, data)
-
-        async def typed_send(response: StreamResponse) -> None:
-            await send(bytes(response))
-
-        await self.instance.execute_stream(typed_receive, typed_send)
+        await self.instance.execute_stream_encoded(receive, send)
 
     async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
         return await self.instance.shutdown(

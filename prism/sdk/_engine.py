@@ -39,12 +39,15 @@ from prism.sdk.plugin import (
     OperationStream,
     Payload,
 )
+from prism.sdk.shared import SharedResult
 from prism.sdk.typed import type_name, type_url
 
-__all__ = ["Engine", "Receive", "Send", "State"]
+__all__ = ["Engine", "Outbound", "Receive", "Send", "State"]
 
 T = TypeVar("T")
 Send = Callable[[Payload], Awaitable[None]]
+#: What a stream's results go to: checked results, shared or not.
+Outbound = Callable[[Payload | SharedResult], Awaitable[None]]
 Receive = Callable[[], Awaitable[Payload | None]]
 
 
@@ -213,7 +216,7 @@ class Engine:
         async def no_more() -> None:
             return None
 
-        def bind(spec: OperationSpec) -> tuple[Payload, Send, Receive]:
+        def bind(spec: OperationSpec) -> tuple[Payload, Outbound, Receive]:
             source = receive or no_more
 
             async def inbound() -> Payload | None:
@@ -222,7 +225,10 @@ class Engine:
                     return None
                 return _codec.check_payload(spec, request, spec.inbound, "request")
 
-            return _codec.check_payload(spec, params, spec.params, "params"), send, inbound
+            async def outbound(result: Payload | SharedResult) -> None:
+                await send(result.value if isinstance(result, SharedResult) else result)
+
+            return _codec.check_payload(spec, params, spec.params, "params"), outbound, inbound
 
         await self._run_stream(operation, metadata or {}, bind)
 
@@ -230,7 +236,7 @@ class Engine:
         self,
         operation: str,
         metadata: Mapping[str, str],
-        bind: Callable[[OperationSpec], tuple[Payload, Send, Receive]],
+        bind: Callable[[OperationSpec], tuple[Payload, Outbound, Receive]],
     ) -> None:
         outcome = "cancelled"
         try:
@@ -238,8 +244,8 @@ class Engine:
             params, send, receive = bind(spec)
             half_closed = trio.Event()
 
-            async def checked_send(result: Payload) -> None:
-                await send(self._checked(_codec.check_result, spec, result))
+            async def checked_send(result: Payload | SharedResult) -> None:
+                await send(self._checked(_codec.check_stream_result, spec, result))
 
             async def after_half_close() -> None:
                 await half_closed.wait()
@@ -285,8 +291,8 @@ class Engine:
         return spec
 
     def _checked(
-        self, check: Callable[[OperationSpec, object], Payload], spec: OperationSpec, value: object
-    ) -> Payload:
+        self, check: Callable[[OperationSpec, object], T], spec: OperationSpec, value: object
+    ) -> T:
         try:
             return check(spec, value)
         except GrpcError as exc:

@@ -11,6 +11,8 @@ checks both directions).
 ``ExecuteRequest``: operation (1), ``params`` oneof: typed_params (2, an ``Any``: type_url 1,
 value 2) or raw_params (3); metadata (4, map entries: key 1, value 2). Fields the plugin protocol
 does not define (the proxy API's namespace, 15) are skipped, as a decoder skips them.
+``StreamRequest`` has the same first three fields and no metadata; ``StreamResponse``:
+``result`` oneof typed_result (1) or raw_result (2), is_final (3).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from prism.grpc.wire.status import GrpcError
 from prism.sdk.plugin import Payload
 from prism.sdk.typed import type_url
 
-__all__ = ["ExecuteEnvelope", "execute_error", "execute_result", "read_execute"]
+__all__ = [
+    "STREAM_FINAL",
+    "ExecuteEnvelope",
+    "execute_error",
+    "execute_result",
+    "read_execute",
+    "read_stream_request",
+    "stream_result",
+]
 
 
 @dataclass(slots=True)
@@ -40,6 +50,16 @@ class ExecuteEnvelope:
 
 def read_execute(data: bytes) -> ExecuteEnvelope:
     """An encoded ``ExecuteRequest``; raises ``InvalidArgument`` when it is malformed."""
+    return _read_request(data, metadata=True)
+
+
+def read_stream_request(data: bytes) -> ExecuteEnvelope:
+    """An encoded ``StreamRequest`` (``metadata`` stays empty); raises ``InvalidArgument`` when
+    it is malformed."""
+    return _read_request(data, metadata=False)
+
+
+def _read_request(data: bytes, *, metadata: bool) -> ExecuteEnvelope:
     envelope = ExecuteEnvelope()
     for number, value in protowire.fields(data):
         if number == 1:
@@ -53,7 +73,7 @@ def read_execute(data: bytes) -> ExecuteEnvelope:
         elif number == 3:
             envelope.params = protowire.blob(value, "raw_params")
             envelope.params_field = "raw_params"
-        elif number == 4:
+        elif number == 4 and metadata:
             key, text = _read_entry(protowire.blob(value, "metadata"))
             envelope.metadata[key] = text
     return envelope
@@ -94,6 +114,17 @@ def _any_bytes(message: betterproto2.Message) -> bytes:
     body = bytes(message)
     url = protowire.length_delimited(1, type_url(type(message)).encode())
     return url + protowire.length_delimited(2, body) if body else url
+
+
+#: ``StreamResponse(is_final=True)``, encoded: the end of a stream that succeeded.
+STREAM_FINAL = protowire.varint_field(3, 1)
+
+
+def stream_result(result: Payload) -> bytes:
+    """``StreamResponse(typed_result=pack(result))``, or ``raw_result`` for bytes, encoded."""
+    if isinstance(result, bytes):
+        return protowire.length_delimited(2, result)
+    return protowire.length_delimited(1, _any_bytes(result))
 
 
 def execute_error(error: GrpcError) -> bytes:
