@@ -22,7 +22,7 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownResponse,
 )
 from prism.grpc.channel import Channel, ClientCall
-from prism.grpc.wire.status import GrpcError
+from prism.grpc.wire.status import GrpcError, Status
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.grpc_service import SESSION_METADATA
 from prism.sdk.instance import METRICS_OPERATION, PluginInstance
@@ -129,6 +129,12 @@ class GrpcClient(PluginClient):
         ):
             nursery.start_soon(_pump_requests, receive, call)
             async for response in call:
+                if call.status == Status.RESOURCE_EXHAUSTED:
+                    # The plugin cut the stream (a subscriber that fell behind): its status is
+                    # in, and the results still queued here would only delay it.
+                    raise GrpcError.for_status(
+                        call.status, call.status_message, call.trailing_metadata
+                    )
                 await send(response)
             nursery.cancel_scope.cancel()
 

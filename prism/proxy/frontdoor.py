@@ -82,4 +82,12 @@ class DataProxyService(pg.Service):
             message: bytes | None = await call.receive_message()
             return message
 
-        await route.execute_stream(receive, call.send_message)
+        try:
+            await route.execute_stream(receive, call.send_message)
+        except GrpcError as exc:
+            if exc.status == Status.RESOURCE_EXHAUSTED:
+                # The plugin cut the stream (a subscriber that fell behind): what flow control
+                # still holds back for this client goes, so the status reaches it at once
+                # instead of after the backlog it is about.
+                call.discard_unsent()
+            raise

@@ -32,7 +32,7 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownRequest,
     ShutdownResponse,
 )
-from prism.grpc.wire.status import Unavailable
+from prism.grpc.wire.status import GrpcError, Status, Unavailable
 from prism.sdk import _envelope
 from prism.sdk.instance import PluginInstance, State, open_plugin
 from prism.sdk.plugin import BackendPlugin
@@ -82,8 +82,15 @@ class BackendPluginService(pg.Service):
 
 async def serve_stream(instance: PluginInstance, call: pg.ServerCall) -> None:
     """One ExecuteStream on ``instance``, bytes in and out (shared results are sent as they
-    were encoded once)."""
-    await instance.execute_stream_encoded(call.receive_message, call.send_message)
+    were encoded once). A stream the plugin ends with RESOURCE_EXHAUSTED (a subscriber cut off
+    for falling behind) ends at once: results still held back by flow control are dropped, so
+    the status does not wait behind the very backlog it is about."""
+    try:
+        await instance.execute_stream_encoded(call.receive_message, call.send_message)
+    except GrpcError as exc:
+        if exc.status == Status.RESOURCE_EXHAUSTED:
+            call.discard_unsent()
+        raise
 
 
 @dataclass(eq=False)

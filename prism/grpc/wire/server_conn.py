@@ -244,7 +244,7 @@ class ServerConnection(H2Base):
             self._queue(stream_id, prefix + data)
         else:
             self._queue(stream_id, prefix)
-            self._queue(stream_id, data)
+            self._queue(stream_id, data, body=True)
 
     def send_trailers(
         self,

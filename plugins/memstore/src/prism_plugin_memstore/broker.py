@@ -3,11 +3,12 @@
 Publishing never waits, and its cost does not depend on what subscribers do: each published
 message becomes one ``SharedResult`` (encoded once, on first use, for every subscriber), and is
 appended to each subscriber's bounded queue (waking the subscriber if it waits). A subscriber
-whose queue is full when a message arrives is disconnected (its stream ends with
-RESOURCE_EXHAUSTED after the messages already queued). A slow reader therefore never slows the
-publisher or the other subscribers, and never loses a message silently — the same policy as
-Redis's pub/sub output buffer limit. Messages published while nobody is subscribed to their
-topic go nowhere.
+whose queue is full when a message arrives is cut off at once: its queue is dropped, the send it
+may be blocked in (a client that does not read) is cancelled, and its stream ends with
+RESOURCE_EXHAUSTED. A slow reader therefore never slows the publisher or the other subscribers,
+never loses a message silently, and stops costing anything the moment it is cut — the same
+policy as Redis's pub/sub output buffer limit. Messages published while nobody is subscribed to
+their topic go nowhere.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Subscription:
     """One subscriber's messages: those published since it began, at most the broker's buffer
     of them waiting (plus the one being sent)."""
 
-    __slots__ = ("_queue", "_waiter", "ended", "topic")
+    __slots__ = ("_queue", "_scope", "_waiter", "ended", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
@@ -37,6 +38,7 @@ class Subscription:
         self.ended: str | None = None
         self._queue: collections.deque[SharedResult] = collections.deque()
         self._waiter: trio.Event | None = None
+        self._scope = trio.CancelScope()
 
     @property
     def backlog(self) -> int:
@@ -45,7 +47,8 @@ class Subscription:
 
     async def next(self) -> SharedResult | None:
         """The next message, waiting for one; None once the subscription has ended and nothing
-        is left. Not a checkpoint when a message is waiting: the send that follows is one."""
+        is left (a closed broker lets the queue drain; a cut-off subscriber has none left). Not
+        a checkpoint when a message is waiting: the send that follows is one."""
         queue = self._queue
         while not queue:
             if self.ended is not None:
@@ -114,14 +117,17 @@ class Broker:
 
     @contextmanager
     def subscribe(self, topic: str) -> Iterator[Subscription]:
-        """A subscription for the duration of the block (``next`` returns None once it has
-        ended and its queue is drained). Raises ``RuntimeError`` once the broker is closed."""
+        """A subscription for the duration of the block. The block is cancelled when the
+        subscriber is cut off for falling behind (``ended == "overflow"`` then); a closed broker
+        only ends the subscription (``next`` returns None once the queue is drained). Raises
+        ``RuntimeError`` once the broker is closed."""
         if self._closed:
             raise RuntimeError("broker closed")
         subscription = Subscription(topic)
         self._topics.setdefault(topic, _Topic()).subscribers[subscription] = None
         try:
-            yield subscription
+            with subscription._scope:
+                yield subscription
         finally:
             self._end(subscription, subscription.ended or "left")
 
@@ -140,4 +146,9 @@ class Broker:
         del state.subscribers[subscription]
         if not state.subscribers:
             del self._topics[subscription.topic]
+        if reason == "overflow":
+            # Cut off at once: what it had not taken is dropped, and a send blocked on a client
+            # that does not read is abandoned, instead of delivering the backlog first.
+            subscription._queue.clear()
+            subscription._scope.cancel()
         subscription._wake()
