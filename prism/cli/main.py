@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -170,6 +171,11 @@ async def _serve(config: ProxyConfig) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     async with trio.open_nursery() as nursery:
         proxy: Proxy = await nursery.start(Proxy(config).run)
+        # What startup made (modules, plugins, config) lives as long as the process: frozen,
+        # it is no longer scanned by every later garbage collection. On pub/sub fan-out that
+        # was ~20% of the proxy's CPU per delivery (docs/benchmarks.md, "pubsub").
+        gc.collect()
+        gc.freeze()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info(

@@ -225,8 +225,8 @@ class Engine:
                     return None
                 return _codec.check_payload(spec, request, spec.inbound, "request")
 
-            async def outbound(result: Payload | SharedResult) -> None:
-                await send(result.value if isinstance(result, SharedResult) else result)
+            def outbound(result: Payload | SharedResult) -> Awaitable[None]:
+                return send(result.value if isinstance(result, SharedResult) else result)
 
             return _codec.check_payload(spec, params, spec.params, "params"), outbound, inbound
 
@@ -244,8 +244,16 @@ class Engine:
             params, send, receive = bind(spec)
             half_closed = trio.Event()
 
-            async def checked_send(result: Payload | SharedResult) -> None:
-                await send(self._checked(_codec.check_stream_result, spec, result))
+            expected = spec.result
+
+            def checked_send(result: Payload | SharedResult) -> Awaitable[None]:
+                # Runs once per result and stream, so it is lean: the check inline, and the
+                # send's own awaitable handed back instead of a coroutine of ours around it
+                # (each layer is an object per send and a frame every resumption goes through).
+                value = result.value if isinstance(result, SharedResult) else result
+                if type(value) is not expected:
+                    self._checked(_codec.check_stream_result, spec, result)  # raises Internal
+                return send(result)
 
             async def after_half_close() -> None:
                 await half_closed.wait()

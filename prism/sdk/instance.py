@@ -214,11 +214,11 @@ class PluginInstance(Engine):
                     spec, request.params_field, request.params, spec.inbound, "request"
                 )
 
-            async def outbound(result: Payload | SharedResult) -> None:
+            def outbound(result: Payload | SharedResult) -> Awaitable[None]:
+                # Not a coroutine of its own: the send's awaitable goes back (see _run_stream).
                 if isinstance(result, SharedResult):
-                    await send(result.stream_response())
-                else:
-                    await send(_envelope.stream_result(result))
+                    return send(result.stream_response())
+                return send(_envelope.stream_result(result))
 
             params = _codec.decode_params(
                 spec, first.params_field, first.params, spec.params, "params"

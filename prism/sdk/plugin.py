@@ -201,11 +201,13 @@ class OperationStream(OperationContext):
         self._send = send
         self._receive = receive
 
-    async def send(self, result: Payload | SharedResult) -> None:
-        """Send one result: a value of the declared result type, or a ``SharedResult`` of
-        one (the same result sent on many streams, encoded once: see ``prism.sdk.shared``).
-        Waits while the client is not reading (flow control); cancellation abandons the send."""
-        await self._send(result)
+    def send(self, result: Payload | SharedResult) -> Awaitable[None]:
+        """Send one result (``await stream.send(result)``): a value of the declared result
+        type, or a ``SharedResult`` of one (the same result sent on many streams, encoded once:
+        see ``prism.sdk.shared``). Waits while the client is not reading (flow control);
+        cancellation abandons the send. (A plain function returning the transport's awaitable:
+        no coroutine of its own per result.)"""
+        return self._send(result)
 
     async def receive(self) -> Payload | None:
         """The client's next request (of the declared ``inbound`` type), or ``None`` once the

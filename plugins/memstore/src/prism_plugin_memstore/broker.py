@@ -37,7 +37,10 @@ class Subscription:
         #: "left".
         self.ended: str | None = None
         self._queue: collections.deque[SharedResult] = collections.deque()
-        self._waiter: trio.Event | None = None
+        # The subscriber's task while it waits in `next`. Parked and woken with Trio's
+        # low-level calls rather than an Event per wait: one publish wakes every subscriber,
+        # and an Event (with its parking lot) costs several times as much per wake-up.
+        self._waiter: trio.lowlevel.Task | None = None
         self._scope = trio.CancelScope()
 
     @property
@@ -54,15 +57,19 @@ class Subscription:
             if self.ended is not None:
                 await trio.lowlevel.checkpoint()
                 return None
-            self._waiter = waiter = trio.Event()
-            await waiter.wait()
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
         return queue.popleft()
 
+    def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._waiter = None  # cancelled while waiting: nobody may reschedule it any more
+        return trio.lowlevel.Abort.SUCCEEDED
+
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
+        task = self._waiter
+        if task is not None:
             self._waiter = None
-            waiter.set()
+            trio.lowlevel.reschedule(task)
 
 
 class _Topic:
