@@ -6,7 +6,7 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `register(...)` at import time and list the module in `SUITE_MODULES`. Shared pieces:
 `bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
-(plugins.py), `wire` (wire.py).
+(plugins.py), `pubsub` (pubsub.py), `wire` (wire.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ from typing import Protocol
 
 #: Modules that register suites when imported; the first suite registered is not the default,
 #: DEFAULT_SUITE is.
-SUITE_MODULES = ("bench.suites.grpc_stack", "bench.suites.plugins", "bench.suites.wire")
+SUITE_MODULES = (
+    "bench.suites.grpc_stack",
+    "bench.suites.plugins",
+    "bench.suites.pubsub",
+    "bench.suites.wire",
+)
 DEFAULT_SUITE = "grpc"
 
 
