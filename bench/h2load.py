@@ -124,16 +124,25 @@ def parse_report(output: str, command: list[str], client_cpu_s: float) -> H2load
     )
 
 
-def run(h2load: str, url: str, body: Path, load: Load) -> H2loadReport:
+def run(
+    h2load: str,
+    url: str,
+    body: Path,
+    load: Load,
+    *,
+    headers: tuple[str, ...] = (),
+    min_response_bytes: int | None = None,
+) -> H2loadReport:
     """POST `body` (a gRPC-framed message) to `url` under `load`; raises BenchError on failure.
 
     h2load only sees HTTP: a gRPC error is still a 200 with `grpc-status` in the trailers. The
     echo makes that visible anyway: every OK response carries exactly the request body back,
     and an error response carries no DATA, so the received DATA bytes must be at least
-    `succeeded * len(body)`.
+    `succeeded * len(body)` (or `min_response_bytes` per response, for compressed responses
+    whose length is not the request's).
     """
     command = [h2load, *load.argv(), "-d", str(body)]
-    for header in GRPC_HEADERS:
+    for header in (*GRPC_HEADERS, *headers):
         command += ["-H", header]
     command.append(url)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -166,7 +175,7 @@ def run(h2load: str, url: str, body: Path, load: Load) -> H2loadReport:
             f"HTTP status: {report.status_2xx} 2xx and {report.status_other} other "
             f"for {report.succeeded} succeeded"
         )
-    body_len = body.stat().st_size
+    body_len = min_response_bytes or body.stat().st_size
     if report.data_bytes < report.succeeded * body_len:
         missing = (report.succeeded * body_len - report.data_bytes) / body_len
         problems.append(

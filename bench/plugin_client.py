@@ -18,7 +18,8 @@ from __future__ import annotations
 import gc
 import json
 import math
-import resource
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import grpc
 
 from bench.errors import BenchError
-from bench.procs import read_cpu_seconds, read_system_busy_seconds
+from bench.procs import ROOT, Sched, read_sched, read_system_busy_seconds
 from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
 from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse
 from prism.sdk.typed import pack, unpack
@@ -98,6 +99,10 @@ class Target:
     proxy_pid: int
     #: The plugin's own process (sidecar or remote), None when it runs in the proxy.
     plugin_pid: int | None
+    #: Which proxy: "" for the tree under test, "baseline" for `--baseline DIR`'s.
+    tree: str = ""
+    #: That proxy's address (the plan's by default).
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class Plan:
     calls: int
     warmup: int
     value_size: int
+    #: Run `python -m bench.calibration --quick` at the start of every round.
+    calibrate: bool = True
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -119,6 +126,7 @@ class Batch:
     """`calls` sequential calls of one op on one namespace, in one round."""
 
     round: int
+    tree: str
     namespace: str
     op: str
     calls: int
@@ -133,6 +141,14 @@ class Batch:
     client_cpu_s: float
     #: CPU seconds everything else on the machine used meanwhile (noise).
     other_cpu_s: float
+    #: Seconds runnable but waiting for a CPU (the run queue), and context switches (blocked,
+    #: preempted), of the proxy, the plugin process and this client, over the batch.
+    proxy_wait_s: float
+    plugin_wait_s: float | None
+    client_wait_s: float
+    proxy_switches: tuple[int, int]
+    plugin_switches: tuple[int, int] | None
+    client_switches: tuple[int, int]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -140,9 +156,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread, grpcio's included
-    return usage.ru_utime + usage.ru_stime
+def calibrate() -> dict[str, Any]:
+    """A quick same-run calibration (bench.calibration) in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.calibration", "--quick"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def timed_calls(call: Call, reqs: list[bytes], n: int, response_size: int) -> list[int]:
@@ -169,46 +190,63 @@ def log(message: str) -> None:
 
 def run(plan: Plan) -> dict[str, Any]:
     batches: list[Batch] = []
-    pooled: dict[tuple[str, str], list[int]] = {}
-    with grpc.insecure_channel(plan.address, options=CHANNEL_OPTIONS) as channel:
-        call = execute_call(channel)
+    calibrations: list[dict[str, Any]] = []
+    pooled: dict[tuple[str, str, str], list[int]] = {}
+    addresses = sorted({t.address or plan.address for t in plan.targets})
+    channels = {a: grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses}
+    try:
+        calls = {a: execute_call(c) for a, c in channels.items()}
         reqs = {
             (t.namespace, op): requests(t.namespace, op, plan.value_size)
             for t in plan.targets
             for op in OPS
         }
         sizes = {
-            t.namespace: check_namespace(call, t.namespace, plan.value_size) for t in plan.targets
+            (t.tree, t.namespace): check_namespace(
+                calls[t.address or plan.address], t.namespace, plan.value_size
+            )
+            for t in plan.targets
         }
         for t in plan.targets:
             for op in OPS:
-                timed_calls(call, reqs[t.namespace, op], plan.warmup, sizes[t.namespace][op])
+                timed_calls(
+                    calls[t.address or plan.address],
+                    reqs[t.namespace, op],
+                    plan.warmup,
+                    sizes[t.tree, t.namespace][op],
+                )
         log(f"checked and warmed up ({plan.warmup} calls per namespace and op)")
+        me = os.getpid()
         for round_no in range(plan.rounds):
+            if plan.calibrate:
+                calibrations.append({"round": round_no, **calibrate()})
             shift = round_no % len(plan.targets)
             for t in plan.targets[shift:] + plan.targets[:shift]:
+                call = calls[t.address or plan.address]
                 for op in OPS:
                     gc.collect()
                     gc.disable()
                     try:
-                        busy0, own0 = read_system_busy_seconds(), _own_cpu_seconds()
-                        proxy0 = read_cpu_seconds(t.proxy_pid)
-                        plugin0 = read_cpu_seconds(t.plugin_pid) if t.plugin_pid else 0.0
+                        busy0, own0 = read_system_busy_seconds(), read_sched(me)
+                        proxy0 = read_sched(t.proxy_pid)
+                        plugin0 = read_sched(t.plugin_pid) if t.plugin_pid else Sched()
                         wall0 = time.perf_counter()
                         lat = timed_calls(
-                            call, reqs[t.namespace, op], plan.calls, sizes[t.namespace][op]
+                            call, reqs[t.namespace, op], plan.calls, sizes[t.tree, t.namespace][op]
                         )
                         wall = time.perf_counter() - wall0
-                        proxy = read_cpu_seconds(t.proxy_pid) - proxy0
-                        plugin = read_cpu_seconds(t.plugin_pid) - plugin0 if t.plugin_pid else None
-                        own = _own_cpu_seconds() - own0
+                        proxy = read_sched(t.proxy_pid) - proxy0
+                        plugin = read_sched(t.plugin_pid) - plugin0 if t.plugin_pid else None
+                        own = read_sched(me) - own0
                         busy = read_system_busy_seconds() - busy0
                     finally:
                         gc.enable()
-                    pooled.setdefault((t.namespace, op), []).extend(lat)
+                    pooled.setdefault((t.tree, t.namespace, op), []).extend(lat)
                     lat.sort()
+                    plugin_cpu = plugin.cpu_ns / 1e9 if plugin else None
                     batch = Batch(
                         round=round_no,
+                        tree=t.tree,
                         namespace=t.namespace,
                         op=op,
                         calls=plan.calls,
@@ -218,31 +256,45 @@ def run(plan: Plan) -> dict[str, Any]:
                         max_us=lat[-1] / 1e3,
                         mean_us=sum(lat) / len(lat) / 1e3,
                         wall_s=wall,
-                        proxy_cpu_s=proxy,
-                        plugin_cpu_s=plugin,
-                        client_cpu_s=own,
-                        other_cpu_s=max(0.0, busy - proxy - (plugin or 0.0) - own),
+                        proxy_cpu_s=proxy.cpu_ns / 1e9,
+                        plugin_cpu_s=plugin_cpu,
+                        client_cpu_s=own.cpu_ns / 1e9,
+                        other_cpu_s=max(
+                            0.0, busy - (proxy.cpu_ns + own.cpu_ns) / 1e9 - (plugin_cpu or 0.0)
+                        ),
+                        proxy_wait_s=proxy.wait_ns / 1e9,
+                        plugin_wait_s=plugin.wait_ns / 1e9 if plugin else None,
+                        client_wait_s=own.wait_ns / 1e9,
+                        proxy_switches=(proxy.voluntary, proxy.involuntary),
+                        plugin_switches=(plugin.voluntary, plugin.involuntary) if plugin else None,
+                        client_switches=(own.voluntary, own.involuntary),
                     )
                     batches.append(batch)
+                    per_call = 1e6 / plan.calls
                     log(
-                        f"round {round_no + 1}/{plan.rounds} {t.namespace:8} {op} "
-                        f"p50 {batch.p50_us:7.0f} µs  p99 {batch.p99_us:7.0f} µs  "
-                        f"proxy CPU {proxy / plan.calls * 1e6:5.0f} µs/call"
-                        + (f"  plugin CPU {plugin / plan.calls * 1e6:5.0f}" if plugin else "")
+                        f"round {round_no + 1}/{plan.rounds} {t.tree + '/' if t.tree else ''}"
+                        f"{t.namespace:8} {op} p50 {batch.p50_us:7.0f} µs  "
+                        f"p99 {batch.p99_us:7.0f} µs  "
+                        f"proxy CPU {batch.proxy_cpu_s * per_call:5.0f} µs/call"
+                        + (f"  plugin CPU {plugin_cpu * per_call:5.0f}" if plugin_cpu else "")
                         + f"  other load {batch.other_cpu_s / wall:4.0%}"
                     )
+    finally:
+        for channel in channels.values():
+            channel.close()
     pooled_pct = {}
-    for (namespace, op), lat in pooled.items():
+    for (tree, namespace, op), lat in pooled.items():
         lat.sort()
-        pooled_pct[f"{namespace}/{op}"] = {
+        pooled_pct[f"{tree + '/' if tree else ''}{namespace}/{op}"] = {
             "calls": len(lat),
             "p50_us": percentile(lat, 0.50) / 1e3,
             "p99_us": percentile(lat, 0.99) / 1e3,
         }
     return {
-        "response_sizes": sizes,
+        "response_sizes": {f"{tree}/{ns}".lstrip("/"): v for (tree, ns), v in sizes.items()},
         "batches": [asdict(b) for b in batches],
         "pooled": pooled_pct,
+        "calibration": calibrations,
     }
 
 

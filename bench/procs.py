@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import IO
 
@@ -37,6 +38,52 @@ def read_cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
+@dataclass(frozen=True)
+class Sched:
+    """What the scheduler did with a process (all its threads), from /proc/<pid>/task/*.
+
+    ``cpu_ns``: time on a CPU; ``wait_ns``: time runnable but waiting for a CPU (the run
+    queue); ``slices``: times it was put on a CPU (schedstat, ns precision, unlike the 10 ms
+    ticks of /proc/<pid>/stat); ``voluntary``/``involuntary``: context switches because it
+    blocked (a wait for I/O) or because it was preempted (status).
+    """
+
+    cpu_ns: int = 0
+    wait_ns: int = 0
+    slices: int = 0
+    voluntary: int = 0
+    involuntary: int = 0
+
+    def __sub__(self, other: Sched) -> Sched:
+        return Sched(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+def read_sched(pid: int) -> Sched:
+    """:class:`Sched` totals of every thread of `pid` (threads that ended since are not
+    counted: the processes measured here keep theirs)."""
+    cpu = wait = slices = voluntary = involuntary = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError as exc:
+        raise BenchError(f"process {pid} is gone") from exc
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/schedstat") as f:
+                fields = f.read().split()
+            with open(f"{base}/status") as f:
+                status = f.read()
+        except FileNotFoundError:
+            continue  # a thread that just ended
+        cpu, wait, slices = cpu + int(fields[0]), wait + int(fields[1]), slices + int(fields[2])
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return Sched(cpu, wait, slices, voluntary, involuntary)
+
+
 def read_system_busy_seconds() -> float:
     """CPU time spent by the whole machine (all CPUs, not idle or iowait) since boot, in seconds.
 
@@ -57,11 +104,24 @@ def read_peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def read_rss_bytes(pid: int) -> int | None:
+    """VmRSS (resident set now) from /proc/<pid>/status."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 class ServerProcess:
     """`python -m <module> PORT <args>` run from the repository root, output to `log_path`."""
 
-    def __init__(self, name: str, module: str, args: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, module: str, args: list[str], log_path: Path, root: Path | None = None
+    ) -> None:
         self.name = name
+        #: Imported first (before this tree): another checkout's `prism`, for before/after runs.
+        self.root = root
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.argv = [sys.executable, "-m", module, str(self.port), *args]
@@ -76,11 +136,24 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        # Another tree's plugins come with its `prism` (they import what that tree defines).
+        first = (
+            [str(self.root), *map(str, sorted(self.root.glob("plugins/*/src")))]
+            if self.root is not None
+            else []
+        )
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [*first, str(ROOT), env.get("PYTHONPATH")])
+        )
         env["PYTHONUNBUFFERED"] = "1"
         self._log = self.log_path.open("wb")
         self._proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            # `python -m` puts the working directory first on sys.path: run from `root`.
+            self.argv,
+            cwd=self.root or ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
         while True:

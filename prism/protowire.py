@@ -11,58 +11,66 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from prism.grpc import protocheck
 from prism.grpc.wire.status import InvalidArgument
 
-VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
+VARINT, FIXED64, LEN, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise InvalidArgument("malformed protobuf message (truncated varint)")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def fields(data: bytes) -> Iterator[tuple[int, bytes | int]]:
+def fields(
+    data: bytes, depth: int = protocheck.MAX_DEPTH
+) -> Iterator[tuple[int, bytes | int | None]]:
     """Every top-level field in wire order: ``(number, value)``, the value bytes for
-    length-delimited fields and an int for varints (fixed-width values are skipped; ``text`` and
-    ``blob`` refuse a varint where bytes belong). Raises :class:`InvalidArgument` for a
-    malformed message."""
+    length-delimited fields, an int for varints, None for fixed-width values and groups (which
+    nothing here reads). ``depth`` is the nesting the message may still hold (protobuf's limit
+    less the levels around it). Raises :class:`InvalidArgument` for what protobuf's reference
+    parser rejects (:mod:`prism.grpc.protocheck`); a field of a known number with another wire
+    type than its own is for the caller to skip, as upb does."""
     pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == VARINT:
-            value, pos = _varint(data, pos)
-            yield number, value
-            continue
-        if wire_type == LEN:
-            length, pos = _varint(data, pos)
-            if pos + length > end:
-                raise InvalidArgument("malformed protobuf message (truncated field)")
-            yield number, data[pos : pos + length]
-            pos += length
-            continue
-        if wire_type == FIXED64:
-            pos += 8
-        elif wire_type == FIXED32:
-            pos += 4
-        else:
-            raise InvalidArgument(f"malformed protobuf message (wire type {wire_type})")
-        if pos > end:
-            raise InvalidArgument("malformed protobuf message (truncated field)")
+    try:
+        while pos < end:
+            key, pos = protocheck.read_tag(data, pos, end)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == VARINT:
+                value, pos = protocheck.read_varint(data, pos, end)
+                yield number, value
+                continue
+            if wire_type == LEN:
+                length, pos = protocheck.read_varint(data, pos, end)
+                if pos + length > end:
+                    raise InvalidArgument(
+                        f"malformed protobuf message (field {number} runs past the end)"
+                    )
+                yield number, data[pos : pos + length]
+                pos += length
+                continue
+            if wire_type == FIXED64:
+                pos += 8
+            elif wire_type == FIXED32:
+                pos += 4
+            elif wire_type == START_GROUP:
+                pos = protocheck.skip_group(data, pos, end, number, depth)
+            elif wire_type == END_GROUP:
+                raise InvalidArgument(
+                    f"malformed protobuf message (end of group {number} without its start)"
+                )
+            else:
+                raise InvalidArgument(
+                    f"malformed protobuf message (field {number}: wire type {wire_type})"
+                )
+            if pos > end:
+                raise InvalidArgument(f"malformed protobuf message (field {number} truncated)")
+            yield number, None
+    except ValueError as exc:  # from protocheck's readers
+        raise InvalidArgument(f"malformed protobuf message ({exc})") from None
 
 
 def scan(data: bytes, wanted: frozenset[int]) -> dict[int, bytes | int]:
     """The last occurrence of each wanted top-level field: bytes for length-delimited fields,
     int for varints. Raises :class:`InvalidArgument` for a malformed message."""
-    return {number: value for number, value in fields(data) if number in wanted}
+    return {
+        number: value for number, value in fields(data) if number in wanted and value is not None
+    }
 
 
 def text(value: bytes | int | None, field: str) -> str:

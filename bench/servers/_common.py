@@ -10,7 +10,9 @@ HOST = "127.0.0.1"
 MAX_MESSAGE_BYTES = 64 << 20
 
 
-def parse_args(description: str, *, stubs: bool = True, uvloop: bool = False) -> argparse.Namespace:
+def parse_args(
+    description: str, *, stubs: bool = True, uvloop: bool = False, compression: bool = False
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("port", type=int, help=f"TCP port to listen on ({HOST})")
     if stubs:
@@ -19,6 +21,8 @@ def parse_args(description: str, *, stubs: bool = True, uvloop: bool = False) ->
         )
     if uvloop:
         parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    if compression:
+        parser.add_argument("--compression", choices=["gzip"], help="compress responses")
     args = parser.parse_args()
     if stubs:
         sys.path.insert(0, args.stubs)

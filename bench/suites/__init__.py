@@ -6,7 +6,10 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `register(...)` at import time and list the module in `SUITE_MODULES`. Shared pieces:
 `bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
-(plugins.py), `pubsub` (pubsub.py), `wire` (wire.py).
+(plugins.py), `pubsub` (pubsub.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse`
+(abuse.py), `backends` (backends/: one module per backend), `backends-postgres`
+(bench/backends/postgres.py: PostgreSQL, with the driver comparison; not yet folded into
+`backends`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ SUITE_MODULES = (
     "bench.suites.plugins",
     "bench.suites.pubsub",
     "bench.suites.wire",
+    "bench.suites.protobuf",
+    "bench.suites.abuse",
+    "bench.suites.backends",
+    "bench.backends.postgres",
 )
 DEFAULT_SUITE = "grpc"
 

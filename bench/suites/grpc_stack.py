@@ -12,16 +12,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import echo, h2load, report
+from bench import echo, h2load, report, streams
 from bench.errors import BenchError
-from bench.procs import ServerProcess, read_system_busy_seconds
+from bench.procs import ROOT, ServerProcess, read_system_busy_seconds
 from bench.suites import register
 
 MiB = 1 << 20
@@ -38,6 +39,24 @@ class ServerKind:
     #: None when it can run here, else why not.
     unavailable: Callable[[], str | None]
     default: bool = True
+    #: The scenarios it takes part in (None: every scenario but the compressed one).
+    scenarios: frozenset[str] | None = None
+    #: Where `prism` is imported from (None: this tree).
+    root: Path | None = None
+
+
+#: Scenarios a server kind takes part in unless it says otherwise.
+PLAIN = frozenset({"unary", "large", "stream-server", "stream-client"})
+
+
+def _kind(name: str) -> ServerKind:
+    """A server's kind; ``prism-baseline`` (``--baseline``: another tree's prism echo) is
+    prism's."""
+    return SERVERS[name if name in SERVERS else "prism"]
+
+
+def serves(kind: ServerKind, scenario: str) -> bool:
+    return scenario in (kind.scenarios if kind.scenarios is not None else PLAIN)
 
 
 def _missing_modules(*names: str) -> str | None:
@@ -62,6 +81,13 @@ SERVERS: dict[str, ServerKind] = {
         "prism.grpc on Trio, raw bytes handler",
         lambda stubs: [],
         _prism_unavailable,
+    ),
+    "prism-interceptor": ServerKind(
+        "bench.servers.prism_echo",
+        "prism.grpc with one no-op ServerInterceptor",
+        lambda stubs: ["--interceptor"],
+        _prism_unavailable,
+        default=False,
     ),
     "grpclib": ServerKind(
         "bench.servers.grpclib_echo",
@@ -88,7 +114,42 @@ SERVERS: dict[str, ServerKind] = {
         lambda: _missing_modules("grpc"),
         default=False,
     ),
+    "prism-gzip": ServerKind(
+        "bench.servers.prism_echo",
+        "prism.grpc, ServerOptions(compression='gzip')",
+        lambda stubs: ["--compression", "gzip"],
+        _prism_unavailable,
+        scenarios=frozenset({"gzip"}),
+    ),
+    "grpcio-sync-gzip": ServerKind(
+        "bench.servers.grpcio_sync_echo",
+        "grpcio sync, grpc.server(compression=Gzip)",
+        lambda stubs: ["--stubs", str(stubs), "--compression", "gzip"],
+        lambda: _missing_modules("grpc"),
+        scenarios=frozenset({"gzip"}),
+    ),
 }
+#: The names ratios are taken against in the compressed scenario.
+GZIP_BASELINES = {"grpcio-sync-gzip": "grpcio-sync"}
+
+
+def add_baseline_tree(root: Path) -> str:
+    """A `prism-before` server: this tree's echo server with `prism` imported from another
+    checkout, for before/after figures from one run. The runner copies this tree's `bench/`
+    over DIR's (`python -m` imports from its working directory first, and the server must be
+    this one), so DIR should be a scratch export, e.g. `git archive main | tar -x -C DIR`."""
+    if not (root / "prism" / "grpc").is_dir():
+        raise BenchError(f"--prism-before {root}: no prism/grpc there")
+    shutil.rmtree(root / "bench", ignore_errors=True)
+    shutil.copytree(ROOT / "bench", root / "bench", ignore=shutil.ignore_patterns("results"))
+    SERVERS["prism-before"] = ServerKind(
+        "bench.servers.prism_echo",
+        f"prism.grpc from {root}",
+        lambda stubs: [],
+        _prism_unavailable,
+        root=root,
+    )
+    return "prism-before"
 
 
 @dataclass(frozen=True)
@@ -98,8 +159,11 @@ class Scenario:
     payload_size: int
     load: h2load.Load
     warmup: h2load.Load
-    #: "req/s" scenarios rank by requests per second, "MiB/s" ones by echoed payload bytes.
+    #: "req/s" scenarios rank by requests per second, "MiB/s" ones by echoed payload bytes,
+    #: "msg/s" (streams) by messages per second.
     unit: str
+    #: Streams: messages per stream (one grpcio client, one stream per run).
+    messages: int = 0
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -127,6 +191,35 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             "MiB/s",
         ),
     ]
+    gzip_load = h2load.Load(clients=4, streams=16, duration_s=duration)
+    all_scenarios.append(
+        Scenario(
+            "gzip",
+            f"{echo.GZIP_PAYLOAD}-byte compressible echo, request and response gzip, "
+            f"{gzip_load.clients} connections x {gzip_load.streams} streams, {duration:g}s",
+            echo.GZIP_PAYLOAD,
+            gzip_load,
+            h2load.Load(clients=4, streams=16, requests=1000 if args.quick else 10000),
+            "req/s",
+        )
+    )
+    messages = args.stream_messages or (20_000 if args.quick else 200_000)
+    for name, direction in (
+        ("stream-server", "server to client"),
+        ("stream-client", "client to server"),
+    ):
+        all_scenarios.append(
+            Scenario(
+                name,
+                f"one stream of {messages:,} {echo.STREAM_MESSAGE}-byte messages, {direction}, "
+                "grpcio (sync) client",
+                echo.STREAM_MESSAGE,
+                unary_load,
+                unary_load,
+                "msg/s",
+                messages=messages,
+            )
+        )
     return [s for s in all_scenarios if args.only in (None, s.name)]
 
 
@@ -150,11 +243,53 @@ class Run:
     h2load_command: list[str] = field(default_factory=list)
 
 
-def measure(h2: str, server: ServerProcess, scenario: Scenario, body: Path, round_no: int) -> Run:
+def load(h2: str, server: ServerProcess, scenario: Scenario, body: Path) -> h2load.H2loadReport:
     url = f"http://{server.host}:{server.port}{echo.METHOD}"
+    if scenario.name == "gzip":
+        # A compressed response is about as long as the compressed request; 6 bytes is
+        # what an empty (error) response would lack for sure.
+        return h2load.run(
+            h2, url, body, scenario.load, headers=echo.GZIP_HEADERS, min_response_bytes=6
+        )
+    return h2load.run(h2, url, body, scenario.load)
+
+
+def measure_stream(server: ServerProcess, scenario: Scenario, round_no: int) -> Run:
+    mode = scenario.name.removeprefix("stream-")
     busy_before = read_system_busy_seconds()
     cpu_before = server.cpu_seconds()
-    result = h2load.run(h2, url, body, scenario.load)
+    result = streams.run(server.host, server.port, mode, scenario.messages, scenario.payload_size)
+    cpu_s = server.cpu_seconds() - cpu_before
+    busy_s = read_system_busy_seconds() - busy_before
+    server.check_alive()
+    if cpu_s <= 0:
+        raise BenchError(f"{server.name}: no CPU time measured for {scenario.name}")
+    mib = result.payload_bytes / MiB
+    return Run(
+        server=server.name,
+        scenario=scenario.name,
+        round=round_no,
+        req_per_s=result.messages / result.elapsed_s,
+        mib_per_s=mib / result.elapsed_s,
+        succeeded=result.messages,
+        finished_s=result.elapsed_s,
+        server_cpu_s=cpu_s,
+        client_cpu_s=result.client_cpu_s,
+        other_cpu_s=max(0.0, busy_s - cpu_s - result.client_cpu_s),
+        cpu_us_per_req=cpu_s / result.messages * 1e6,
+        req_per_core_s=result.messages / cpu_s,
+        mib_per_core_s=mib / cpu_s,
+        peak_rss_bytes=server.peak_rss_bytes(),
+        h2load_command=[f"bench.stream_client {mode} {scenario.messages}"],
+    )
+
+
+def measure(h2: str, server: ServerProcess, scenario: Scenario, body: Path, round_no: int) -> Run:
+    if scenario.unit == "msg/s":
+        return measure_stream(server, scenario, round_no)
+    busy_before = read_system_busy_seconds()
+    cpu_before = server.cpu_seconds()
+    result = load(h2, server, scenario, body)
     cpu_s = server.cpu_seconds() - cpu_before
     busy_s = read_system_busy_seconds() - busy_before
     server.check_alive()
@@ -210,14 +345,14 @@ def table(scenario: Scenario, medians: dict[str, dict[str, Any]]) -> str:
     header = [
         "server",
         f"{scenario.unit} (min..max)",
-        "server CPU ms/req" if large else "server CPU µs/req",
+        "server CPU ms/req" if large else f"server CPU µs/{scenario.unit.removesuffix('/s')}",
         f"{scenario.unit} per server core",
-        "h2load CPU",
+        "client CPU",
         "other CPU",
     ]
     if large:
         header.append("server peak RSS")
-    baselines = [b for b in BASELINES if b in medians]
+    baselines = [b for b in (*BASELINES, *GZIP_BASELINES, "prism-before") if b in medians]
     header += [f"vs {b}: {scenario.unit}, per core" for b in baselines]
     rows = []
     for name, m in medians.items():
@@ -242,6 +377,25 @@ def table(scenario: Scenario, medians: dict[str, dict[str, Any]]) -> str:
             )
         rows.append(row)
     return f"### {scenario.name}: {scenario.description}\n\n" + report.markdown_table(header, rows)
+
+
+def check(stubs: Path, server: ServerProcess, chosen: list[Scenario]) -> None:
+    """A real call per scenario, checked (status OK, the payload back, every message)."""
+    for s in chosen:
+        if s.unit == "msg/s":
+            streams.run(server.host, server.port, s.name.removeprefix("stream-"), 100, 1024)
+        else:
+            echo.check_echo(
+                stubs, server.host, server.port, s.payload_size, compressed=s.name == "gzip"
+            )
+
+
+def warm_up(h2: str, server: ServerProcess, scenario: Scenario, body: Path) -> None:
+    if scenario.unit == "msg/s":
+        mode = scenario.name.removeprefix("stream-")
+        streams.run(server.host, server.port, mode, scenario.messages // 10, 1024)
+    else:
+        load(h2, server, replace(scenario, load=scenario.warmup), body)
 
 
 def choose_servers(args: argparse.Namespace) -> list[str]:
@@ -281,7 +435,23 @@ class GrpcStackSuite:
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--only", choices=["unary", "large"], help="run one scenario")
+        parser.add_argument(
+            "--only",
+            choices=["unary", "large", "gzip", "stream-server", "stream-client"],
+            help="run one scenario",
+        )
+        parser.add_argument(
+            "--prism-before",
+            type=Path,
+            metavar="DIR",
+            help="also run prism's echo server with `prism` imported from DIR (an export of "
+            "an earlier commit; its bench/ is replaced): before/after figures from one run",
+        )
+        parser.add_argument(
+            "--stream-messages",
+            type=int,
+            help="messages per stream in the streaming scenarios (default 200000, --quick 20000)",
+        )
         parser.add_argument(
             "--servers",
             help=f"comma-separated, from: {', '.join(SERVERS)} "
@@ -289,6 +459,14 @@ class GrpcStackSuite:
         )
         parser.add_argument(
             "--duration", type=float, help="seconds per unary run (default 10, --quick 2)"
+        )
+        parser.add_argument(
+            "--baseline",
+            type=Path,
+            metavar="TREE",
+            help="also run prism's echo server from TREE (a checkout of another commit, e.g. "
+            "`git archive main | tar -x -C TREE`), as server prism-baseline: before/after in "
+            "one run",
         )
         parser.add_argument(
             "--large-requests",
@@ -303,8 +481,19 @@ class GrpcStackSuite:
             raise BenchError(
                 f"{missing}: the runner needs grpcio and grpcio-tools (use `nox -s bench`)"
             )
+        if args.prism_before is not None:
+            add_baseline_tree(args.prism_before.resolve())
         names = choose_servers(args)
+        if args.prism_before is not None and "prism-before" not in names:
+            names.append("prism-before")
+        if args.baseline is not None:
+            tree = args.baseline.resolve()
+            if not (tree / "bench" / "servers" / "prism_echo.py").is_file():
+                raise BenchError(f"--baseline {tree}: no bench/servers/prism_echo.py there")
+            names.insert(names.index("prism") + 1 if "prism" in names else 0, "prism-baseline")
         chosen = scenarios(args)
+        # Only the servers some chosen scenario needs.
+        names = [n for n in names if any(serves(_kind(n), s.name) for s in chosen)]
         repeat = args.repeat or (1 if args.quick else 3)
         stamp = report.timestamp()
         results_dir: Path = args.results_dir
@@ -322,35 +511,48 @@ class GrpcStackSuite:
             stubs.mkdir()
             echo.generate_stubs(stubs)
             bodies = {
-                s.name: echo.write_body(Path(tmp) / f"{s.name}.bin", s.payload_size) for s in chosen
+                s.name: (echo.write_gzip_body if s.name == "gzip" else echo.write_body)(
+                    Path(tmp) / f"{s.name}.bin", s.payload_size
+                )
+                for s in chosen
             }
             servers = [
-                ServerProcess(n, SERVERS[n].module, SERVERS[n].args(stubs), logs / f"{n}.log")
+                ServerProcess(
+                    n,
+                    SERVERS[n].module,
+                    SERVERS[n].args(stubs),
+                    logs / f"{n}.log",
+                    root=SERVERS[n].root,
+                )
+                if n != "prism-baseline"
+                else ServerProcess(
+                    n, SERVERS["prism"].module, [], logs / f"{n}.log", root=args.baseline.resolve()
+                )
                 for n in names
             ]
             try:
                 for server in servers:
                     server.start()
-                    for s in chosen:
-                        echo.check_echo(stubs, server.host, server.port, s.payload_size)
+                    check(stubs, server, [s for s in chosen if serves(_kind(server.name), s.name)])
                     log(f"{server.name} up on port {server.port} (pid {server.pid}), echo checked")
                 for round_no in range(repeat):
                     order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
                     for s in chosen:
                         for server in order:
-                            url = f"http://{server.host}:{server.port}{echo.METHOD}"
+                            if not serves(_kind(server.name), s.name):
+                                continue
                             if round_no == 0:
-                                h2load.run(h2, url, bodies[s.name], s.warmup)
+                                warm_up(h2, server, s, bodies[s.name])
                             run = measure(h2, server, s, bodies[s.name], round_no)
                             runs.append(run)
                             log(
-                                f"round {round_no + 1}/{repeat} {s.name:5} {server.name:15} "
-                                f"{run.req_per_s:9,.1f} req/s {run.mib_per_s:8,.1f} MiB/s "
-                                f"{run.cpu_us_per_req:10,.0f} CPU µs/req, "
+                                f"round {round_no + 1}/{repeat} {s.name:13} {server.name:16} "
+                                f"{run.req_per_s:9,.1f} {s.unit} {run.mib_per_s:8,.1f} MiB/s "
+                                f"{run.cpu_us_per_req:10,.1f} CPU µs/{s.unit[:-2]}, "
                                 f"other load {run.other_cpu_s / run.finished_s:4.0%}"
                             )
                 for server in servers:  # still answering with OK after the load?
-                    echo.check_echo(stubs, server.host, server.port, 100)
+                    check(stubs, server, [s for s in chosen if serves(_kind(server.name), s.name)])
             finally:
                 for server in servers:
                     server.stop()
@@ -358,10 +560,13 @@ class GrpcStackSuite:
             s.name: {
                 n: summarize([r for r in runs if r.scenario == s.name and r.server == n])
                 for n in names
+                if serves(_kind(n), s.name)
             }
             for s in chosen
         }
         markdown = "\n\n".join(table(s, medians[s.name]) for s in chosen)
+        if args.baseline is not None:
+            markdown += f"\n\nprism-baseline: prism's echo server run from {args.baseline}."
         markdown += (
             f"\n\nMedians of {repeat} round(s); {env['date_utc']}; {env['cpus']} CPUs "
             f"({env['cpu_model']}), load generator and servers on the same machine; "
@@ -374,7 +579,10 @@ class GrpcStackSuite:
                 "suite": self.name,
                 "environment": env,
                 "scenarios": [asdict(s) for s in chosen],
-                "servers": {n: SERVERS[n].description for n in names},
+                "servers": {
+                    n: SERVERS[n].description if n in SERVERS else f"prism from {args.baseline}"
+                    for n in names
+                },
                 "medians": medians,
                 "runs": [asdict(r) for r in runs],
             },

@@ -10,9 +10,17 @@ ways, certificates from trustme). Everything runs side by side in one run:
   rotate the namespace order. Per call: perf_counter_ns. Per batch: p50/p99, and the CPU time
   (utime + stime from /proc/<pid>/stat) of the proxy and of the plugin process. Reported: the
   medians over rounds, the added p50/p99 over in-process (median of the per-round differences),
-  and pass/fail against ARCHITECTURE.md §7.
+  and pass/fail against ARCHITECTURE.md §7, in µs and on the day's calibration. Per batch also:
+  each process's run-queue wait and context switches (where the time goes).
+- **calibration** (bench.calibration): a quick one at the start of every round, in the load
+  client, and a full one (with prism's sans-IO cost per call) before and after: fixed code whose
+  cost tracks what the machine charges today for a hop, so results from two days compare.
 - **throughput**: h2load, one connection with 16 concurrent streams, `get` for a few seconds
   per namespace: req/s and CPU per request.
+- **recovery**: bench.plugin_recovery.
+
+`--baseline DIR` runs a second proxy and remote plugin from another tree (an export of an
+earlier commit) beside this one, in the same rounds: before/after figures from one run.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,21 +39,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import h2load, report
+from bench import h2load, plugin_recovery, report
 from bench.errors import BenchError
+from bench.plugin_report import (
+    NAMESPACES,
+    OPS,
+    calibration_table,
+    comparison_table,
+    latency_table,
+    summarize_latency,
+    summarize_throughput,
+    throughput_table,
+    time_table,
+    verdicts,
+)
 from bench.procs import ROOT, ServerProcess, read_cpu_seconds, read_system_busy_seconds
 from bench.suites import register
 
-#: Namespace name → plugin mode, in the order of the tables.
-NAMESPACES = {"inproc": "in_process", "sidecar": "sidecar", "remote": "remote"}
-LABELS = {"inproc": "in-process", "sidecar": "sidecar (Unix socket)", "remote": "remote (mTLS)"}
-BASELINE = "inproc"
-#: ARCHITECTURE.md §7: most added p50 latency over in-process, in µs.
-TARGET_ADDED_P50_US = {"sidecar": 300.0, "remote": 600.0}
-#: What RFC-008 claims for its Rust design (added latency), for the report.
-RFC_CLAIMS = {"sidecar": "~1-2 ms", "remote": "~5-10 ms"}
 PACKAGES = ("grpcio", "protobuf", "betterproto2", "h2", "trio", "trustme", "prism-proxy")
-OPS = ("set", "get")
+#: The tree label of `--baseline DIR`'s processes ("" is the tree under test).
+BASELINE_TREE = "baseline"
 
 
 def log(message: str) -> None:
@@ -52,10 +66,17 @@ def log(message: str) -> None:
 
 
 class PrismProcess(ServerProcess):
-    """`python -m prism.cli.main ARGS`: the `prism` command, from this interpreter."""
+    """`python -m prism.cli.main ARGS`: the `prism` command, from this interpreter; with `root`,
+    `prism` is imported from that tree first (its sidecars inherit PYTHONPATH)."""
 
-    def __init__(self, name: str, args: Callable[[int], list[str]], log_path: Path) -> None:
-        super().__init__(name, "prism.cli.main", [], log_path)
+    def __init__(
+        self,
+        name: str,
+        args: Callable[[int], list[str]],
+        log_path: Path,
+        root: Path | None = None,
+    ) -> None:
+        super().__init__(name, "prism.cli.main", [], log_path, root)
         self.argv = [sys.executable, "-m", "prism.cli.main", *args(self.port)]
 
 
@@ -82,18 +103,12 @@ def child_pids(pid: int) -> list[int]:
 
 
 def sidecar_pid(proxy_pid: int) -> int:
-    """The proxy's one sidecar: its child running prism.sdk.runner."""
-    found = []
-    for pid in child_pids(proxy_pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if b"prism.sdk.runner" in cmdline:
-            found.append(pid)
-    if len(found) != 1:
+    """The proxy's serving sidecar: the older of its children running prism.hosting.launcher
+    (the younger is the warm standby)."""
+    found = plugin_recovery.sidecars(proxy_pid, child_pids)
+    if not 1 <= len(found) <= 2:
         raise BenchError(
-            f"expected one sidecar child of the proxy (pid {proxy_pid}), found {found}"
+            f"expected a sidecar (and its standby) under the proxy (pid {proxy_pid}), found {found}"
         )
     return found[0]
 
@@ -130,8 +145,11 @@ def make_certs(directory: Path) -> Certs:
     return certs
 
 
-def proxy_config(listen_port: int, remote_port: int, certs: Certs, runtime_dir: Path) -> str:
-    """The proxy's YAML (JSON is YAML): three memstore namespaces, one per deployment model."""
+def proxy_config(
+    listen_port: int, remote_port: int, certs: Certs, runtime_dir: Path, root: Path = ROOT
+) -> str:
+    """The proxy's YAML (JSON is YAML): three memstore namespaces, one per deployment model;
+    `root` is the tree the proxy runs from."""
     namespaces = []
     for name, mode in NAMESPACES.items():
         plugin: dict[str, Any] = {"name": "memstore", "mode": mode}
@@ -150,18 +168,22 @@ def proxy_config(listen_port: int, remote_port: int, certs: Certs, runtime_dir: 
         "runtime_dir": str(runtime_dir),
         "namespaces": namespaces,
     }
-    if _has_admin_api():
+    if _has_admin_api(root):
         # Its default listener is a fixed port (another proxy on this machine may hold it), and
         # it plays no part in a call.
         config["admin"] = {"enabled": False}
     return json.dumps(config, indent=2) + "\n"
 
 
-def _has_admin_api() -> bool:
-    """Whether this proxy's config has an `admin` section (unknown fields are errors)."""
-    from prism.proxy import config
-
-    return hasattr(config, "AdminConfig")
+def _has_admin_api(root: Path) -> bool:
+    """Whether the config of the proxy in `root` has an `admin` section (unknown fields are
+    errors), read from its source: the config layer moved from prism.proxy to prism.config."""
+    sources = [*(root / "prism" / "config").glob("*.py"), root / "prism" / "proxy" / "config.py"]
+    return any(
+        "class AdminConfig" in path.read_text(errors="replace")
+        for path in sources
+        if path.is_file()
+    )
 
 
 def _grpc_frame(message: bytes) -> bytes:
@@ -172,6 +194,7 @@ def _grpc_frame(message: bytes) -> bytes:
 class ThroughputRun:
     namespace: str
     round: int
+    tree: str
     req_per_s: float
     succeeded: int
     finished_s: float
@@ -191,6 +214,7 @@ def measure_throughput(
     namespace: str,
     round_no: int,
     pids: tuple[int, int | None],
+    tree: str = "",
 ) -> ThroughputRun:
     proxy_pid, plugin_pid = pids
     busy0 = read_system_busy_seconds()
@@ -212,6 +236,7 @@ def measure_throughput(
     return ThroughputRun(
         namespace=namespace,
         round=round_no,
+        tree=tree,
         req_per_s=result.req_per_s,
         succeeded=result.succeeded,
         finished_s=result.finished_s,
@@ -223,187 +248,115 @@ def measure_throughput(
     )
 
 
-def _us(value: float | None) -> str:
-    return report.fmt_num(value, 0)
+@dataclass
+class _Tree:
+    """One proxy (and its remote plugin) under measurement: this tree's, or `--baseline`'s."""
 
+    label: str
+    proxy: PrismProcess
+    remote: PrismProcess
+    root: Path | None
+    pids: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    sidecar: int = 0
 
-def _signed_us(value: float | None) -> str:
-    return "-" if value is None else f"{value:+,.0f}"
+    @property
+    def address(self) -> str:
+        return f"{self.proxy.host}:{self.proxy.port}"
 
-
-def summarize_latency(batches: list[dict[str, Any]], rounds: int) -> dict[str, dict[str, Any]]:
-    """Per "namespace/op": medians over rounds, and added latency over in-process (the median
-    of each round's difference to that round's in-process batch)."""
-    by_key = {(b["namespace"], b["op"], b["round"]): b for b in batches}
-    out: dict[str, dict[str, Any]] = {}
-    for ns in NAMESPACES:
-        for op in OPS:
-            rows = [by_key[ns, op, r] for r in range(rounds)]
-            base = [by_key[BASELINE, op, r] for r in range(rounds)]
-
-            def med(attr: str, rows: list[dict[str, Any]] = rows) -> float:
-                return report.median(r[attr] for r in rows)
-
-            def per_call(attr: str, rows: list[dict[str, Any]] = rows) -> float | None:
-                if rows[0][attr] is None:
-                    return None
-                return report.median(r[attr] / r["calls"] * 1e6 for r in rows)
-
-            m: dict[str, Any] = {
-                "rounds": rounds,
-                "calls_per_round": rows[0]["calls"],
-                "p50_us": med("p50_us"),
-                "p50_us_min": min(r["p50_us"] for r in rows),
-                "p50_us_max": max(r["p50_us"] for r in rows),
-                "p99_us": med("p99_us"),
-                "p99_us_min": min(r["p99_us"] for r in rows),
-                "p99_us_max": max(r["p99_us"] for r in rows),
-                "mean_us": med("mean_us"),
-                "proxy_cpu_us_per_call": per_call("proxy_cpu_s"),
-                "plugin_cpu_us_per_call": per_call("plugin_cpu_s"),
-                "client_cpu_us_per_call": per_call("client_cpu_s"),
-                "other_cpu_share": report.median(r["other_cpu_s"] / r["wall_s"] for r in rows),
-            }
-            if ns != BASELINE:
-                m["added_p50_us"] = report.median(
-                    r["p50_us"] - b["p50_us"] for r, b in zip(rows, base, strict=True)
-                )
-                m["added_p99_us"] = report.median(
-                    r["p99_us"] - b["p99_us"] for r, b in zip(rows, base, strict=True)
-                )
-                m["added_p50_us_min"] = min(
-                    r["p50_us"] - b["p50_us"] for r, b in zip(rows, base, strict=True)
-                )
-                m["added_p50_us_max"] = max(
-                    r["p50_us"] - b["p50_us"] for r, b in zip(rows, base, strict=True)
-                )
-                target = TARGET_ADDED_P50_US[ns]
-                m["target_added_p50_us"] = target
-                m["pass"] = m["added_p50_us"] <= target
-            out[f"{ns}/{op}"] = m
-    return out
-
-
-def latency_table(medians: dict[str, dict[str, Any]], value_size: int) -> str:
-    header = [
-        "namespace",
-        "op",
-        "p50 µs (min..max)",
-        "p99 µs (min..max)",
-        "added p50 µs (min..max)",
-        "added p99 µs",
-        "proxy CPU µs/call",
-        "plugin CPU µs/call",
-        "client CPU µs/call",
-        "other CPU",
-        "target: added p50",
-    ]
-    rows = []
-    for name, m in medians.items():
-        ns, op = name.split("/")
-        target = "-"
-        if "target_added_p50_us" in m:
-            verdict = "PASS" if m["pass"] else "**FAIL**"
-            target = f"≤ {m['target_added_p50_us']:,.0f} µs: {verdict}"
-        rows.append(
-            [
-                LABELS[ns],
-                op,
-                f"{_us(m['p50_us'])} ({_us(m['p50_us_min'])}..{_us(m['p50_us_max'])})",
-                f"{_us(m['p99_us'])} ({_us(m['p99_us_min'])}..{_us(m['p99_us_max'])})",
-                "-"
-                if ns == BASELINE
-                else f"{_signed_us(m['added_p50_us'])} "
-                f"({_signed_us(m['added_p50_us_min'])}..{_signed_us(m['added_p50_us_max'])})",
-                "-" if ns == BASELINE else _signed_us(m["added_p99_us"]),
-                _us(m["proxy_cpu_us_per_call"]),
-                _us(m["plugin_cpu_us_per_call"]) if m["plugin_cpu_us_per_call"] else "(in proxy)",
-                _us(m["client_cpu_us_per_call"]),
-                f"{m['other_cpu_share'] * 100:.0f}%",
-                target,
-            ]
-        )
-    first = next(iter(medians.values()))
-    return (
-        f"### latency: sequential Execute, memstore {'/'.join(OPS)}, {value_size}-byte values, "
-        f"{first['calls_per_round']} calls per namespace and op per round\n\n"
-        + report.markdown_table(header, rows)
-    )
-
-
-def summarize_throughput(runs: list[ThroughputRun]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for ns in NAMESPACES:
-        rs = [r for r in runs if r.namespace == ns]
-        rates = [r.req_per_s for r in rs]
-        out[ns] = {
-            "runs": len(rs),
-            "req_per_s": report.median(rates),
-            "req_per_s_min": min(rates),
-            "req_per_s_max": max(rates),
-            "proxy_cpu_us_per_req": report.median(r.proxy_cpu_s / r.succeeded * 1e6 for r in rs),
-            "plugin_cpu_us_per_req": None
-            if rs[0].plugin_cpu_s is None
-            else report.median((r.plugin_cpu_s or 0.0) / r.succeeded * 1e6 for r in rs),
-            "client_cpu_share": report.median(r.client_cpu_s / r.finished_s for r in rs),
-            "other_cpu_share": report.median(r.other_cpu_s / r.finished_s for r in rs),
+    def start(self) -> None:
+        self.remote.start()
+        self.proxy.start(timeout_s=60)
+        self.sidecar = sidecar_pid(self.proxy.pid)
+        self.pids = {
+            "inproc": (self.proxy.pid, None),
+            "sidecar": (self.proxy.pid, self.sidecar),
+            "remote": (self.proxy.pid, self.remote.pid),
         }
-    return out
-
-
-def throughput_table(medians: dict[str, dict[str, Any]], load: h2load.Load) -> str:
-    header = [
-        "namespace",
-        "req/s (min..max)",
-        "vs inproc",
-        "proxy CPU µs/req",
-        "plugin CPU µs/req",
-        "h2load CPU",
-        "other CPU",
-    ]
-    base = medians[BASELINE]["req_per_s"]
-    rows = [
-        [
-            LABELS[ns],
-            f"{report.fmt_num(m['req_per_s'])} ({report.fmt_num(m['req_per_s_min'])}"
-            f"..{report.fmt_num(m['req_per_s_max'])})",
-            report.fmt_ratio(report.ratio(m["req_per_s"], base)),
-            _us(m["proxy_cpu_us_per_req"]),
-            _us(m["plugin_cpu_us_per_req"]) if m["plugin_cpu_us_per_req"] else "(in proxy)",
-            f"{m['client_cpu_share'] * 100:.0f}%",
-            f"{m['other_cpu_share'] * 100:.0f}%",
-        ]
-        for ns, m in medians.items()
-    ]
-    return (
-        f"### throughput: Execute get, h2load {load.clients} connection x {load.streams} "
-        f"concurrent streams, {load.duration_s:g} s per namespace\n\n"
-        + report.markdown_table(header, rows)
-    )
-
-
-def verdicts(medians: dict[str, dict[str, Any]]) -> list[str]:
-    lines = []
-    for ns, target in TARGET_ADDED_P50_US.items():
-        ms = {op: medians[f"{ns}/{op}"] for op in OPS}
-        ok = all(m["pass"] for m in ms.values())
-        added = ", ".join(f"{op} {_signed_us(m['added_p50_us'])} µs" for op, m in ms.items())
-        lines.append(
-            f"- {ns}: added p50 {added}; target ≤ {target:,.0f} µs: "
-            f"{'PASS' if ok else '**FAIL**'} (RFC-008 claims {RFC_CLAIMS[ns]} for its Rust design)"
+        log(
+            f"{self.label or 'this tree'}: proxy pid {self.proxy.pid} on port {self.proxy.port}, "
+            f"sidecar pid {self.sidecar}, remote plugin pid {self.remote.pid} on port "
+            f"{self.remote.port}" + (f" (prism from {self.root})" if self.root else "")
         )
-    return lines
+
+    def check(self) -> None:
+        for process in (self.proxy, self.remote):
+            process.check_alive()
+        if sidecar_pid(self.proxy.pid) != self.sidecar:
+            raise BenchError(
+                f"{self.label or 'this tree'}: the sidecar was restarted during the run: see "
+                f"{self.proxy.log_path}"
+            )
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.remote.stop()
+
+
+def _make_tree(label: str, root: Path | None, tmp: Path, certs: Certs, logs: Path) -> _Tree:
+    def remote_args(port: int) -> list[str]:
+        return [
+            "plugin", "serve", "memstore", "--listen", f"127.0.0.1:{port}",
+            "--tls-cert", str(certs.plugin_cert), "--tls-key", str(certs.plugin_key),
+            "--tls-client-ca", str(certs.proxy_ca),
+        ]  # fmt: skip
+
+    prefix = f"{label}-" if label else ""
+    remote = PrismProcess(
+        f"{prefix}remote-plugin", remote_args, logs / f"{prefix}remote-plugin.log", root
+    )
+    runtime = tmp / f"{prefix}run"
+    runtime.mkdir(mode=0o700)
+    config_path = tmp / f"{prefix}prism.yaml"
+    proxy = PrismProcess(
+        f"{prefix}proxy",
+        lambda port: ["serve", "--config", str(config_path)],
+        logs / f"{prefix}proxy.log",
+        root,
+    )
+    config_path.write_text(proxy_config(proxy.port, remote.port, certs, runtime, root or ROOT))
+    shutil.copy(config_path, logs / config_path.name)
+    return _Tree(label, proxy, remote, root)
+
+
+def _calibrate(root: Path | None) -> dict[str, Any]:
+    """A full calibration with prism's sans-IO cost (of `root`'s prism), in its own process."""
+    env = dict(os.environ)
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.calibration", "--wire"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BenchError(f"the calibration failed (exit status {proc.returncode})")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 class PluginsSuite:
     name = "plugins"
     summary = (
         "plugin calls: added p50/p99 latency and CPU per call of sidecar and remote (mTLS) over "
-        "in-process, memstore set/get; concurrent req/s"
+        "in-process, memstore set/get, with a same-run calibration; concurrent req/s; recovery"
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--only", choices=["latency", "throughput"], help="run one part")
+        parser.add_argument(
+            "--only", choices=["latency", "throughput", "recovery"], help="run one part"
+        )
+        parser.add_argument(
+            "--baseline",
+            type=Path,
+            metavar="DIR",
+            help="also run a proxy and remote plugin with `prism` from DIR (an export of an "
+            "earlier commit, e.g. `git archive main | tar -x -C DIR`), in the same rounds: "
+            "before/after figures from one run",
+        )
+        parser.add_argument(
+            "--kills",
+            type=int,
+            help="recovery: SIGKILLs of the sidecar under load (default 10, --quick 3)",
+        )
         parser.add_argument(
             "--calls",
             type=int,
@@ -428,6 +381,11 @@ class PluginsSuite:
             type=float,
             help="throughput: seconds per namespace and round (default 5, --quick 1)",
         )
+        parser.add_argument(
+            "--no-calibration",
+            action="store_true",
+            help="latency: skip the per-round calibration (bench.calibration)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         for module, why in (("grpc", "grpcio"), ("trustme", "trustme")):
@@ -441,8 +399,14 @@ class PluginsSuite:
             number = getattr(args, option)
             if number is not None and number <= 0 and not (option == "warmup" and number == 0):
                 raise BenchError(f"--{option} must be positive")
+        baseline_root: Path | None = None
+        if args.baseline is not None:
+            baseline_root = args.baseline.resolve()
+            if not (baseline_root / "prism" / "cli" / "main.py").is_file():
+                raise BenchError(f"--baseline {baseline_root}: no prism/cli/main.py there")
         do_latency = args.only in (None, "latency")
         do_throughput = args.only in (None, "throughput")
+        do_recovery = args.only in (None, "recovery")
         h2 = h2load.find_h2load() if do_throughput else None
         repeat: int = args.repeat or (1 if args.quick else 5)
         calls: int = args.calls or (300 if args.quick else 2000)
@@ -463,91 +427,113 @@ class PluginsSuite:
                 "value_size": args.value_size,
                 "throughput_load": asdict(load),
                 "client": "grpcio sync (bench.plugin_client), one channel, bytes in/out",
+                "baseline": str(baseline_root) if baseline_root else None,
+                "baseline_commit": _git_commit(baseline_root) if baseline_root else None,
             },
         )
         log(f"{repeat} round(s); logs in {logs}")
         data: dict[str, Any] = {"suite": self.name, "environment": env, "namespaces": NAMESPACES}
-        markdown_parts: list[str] = []
+        parts: list[str] = []
         with tempfile.TemporaryDirectory(prefix="prism-bench-") as tmp_name:
             tmp = Path(tmp_name)
             certs = make_certs(tmp)
-
-            def remote_args(port: int) -> list[str]:
-                return [
-                    "plugin", "serve", "memstore", "--listen", f"127.0.0.1:{port}",
-                    "--tls-cert", str(certs.plugin_cert), "--tls-key", str(certs.plugin_key),
-                    "--tls-client-ca", str(certs.proxy_ca),
-                ]  # fmt: skip
-
-            remote = PrismProcess("remote-plugin", remote_args, logs / "remote-plugin.log")
-            runtime = tmp / "run"
-            runtime.mkdir(mode=0o700)
-            config_path = tmp / "prism.yaml"
-            proxy = PrismProcess(
-                "proxy",
-                lambda port: ["serve", "--config", str(config_path)],
-                logs / "proxy.log",
-            )
-            config_path.write_text(proxy_config(proxy.port, remote.port, certs, runtime))
-            shutil.copy(config_path, logs / "prism.yaml")
+            trees = [_make_tree("", None, tmp, certs, logs)]
+            if baseline_root is not None:
+                trees.append(_make_tree(BASELINE_TREE, baseline_root, tmp, certs, logs))
             try:
-                remote.start()
-                proxy.start(timeout_s=60)
-                side = sidecar_pid(proxy.pid)
-                pids: dict[str, tuple[int, int | None]] = {
-                    "inproc": (proxy.pid, None),
-                    "sidecar": (proxy.pid, side),
-                    "remote": (proxy.pid, remote.pid),
-                }
-                log(f"proxy pid {proxy.pid} on port {proxy.port}, sidecar pid {side}, "
-                    f"remote plugin pid {remote.pid} on port {remote.port}")  # fmt: skip
-                address = f"{proxy.host}:{proxy.port}"
-                sizes = self._check(address, args.value_size)
+                for tree in trees:
+                    tree.start()
+                sizes = {t.label: self._check(t.address, args.value_size) for t in trees}
+                calibration: dict[str, dict[str, Any]] = {}
                 if do_latency:
-                    plan = {
-                        "address": address,
-                        "targets": [
-                            {"namespace": ns, "proxy_pid": p[0], "plugin_pid": p[1]}
-                            for ns, p in pids.items()
-                        ],
-                        "rounds": repeat,
-                        "calls": calls,
-                        "warmup": warmup,
-                        "value_size": args.value_size,
-                    }
-                    result = self._run_client(plan, calls, repeat)
-                    medians = summarize_latency(result["batches"], repeat)
-                    data["latency"] = {"plan": plan, "medians": medians, **result}
-                    markdown_parts.append(latency_table(medians, args.value_size))
-                    markdown_parts.append("\n".join(verdicts(medians)))
-                    data["latency"]["verdicts"] = verdicts(medians)
+                    for t in trees:
+                        calibration[f"before ({t.label or 'this tree'})"] = _calibrate(t.root)
+                    self._latency(args, trees, repeat, calls, warmup, data, parts)
                 if do_throughput:
                     assert h2 is not None
-                    runs = self._throughput(h2, proxy, pids, sizes, load, repeat, tmp, args)
-                    tmedians = summarize_throughput(runs)
-                    data["throughput"] = {
-                        "medians": tmedians,
-                        "runs": [asdict(r) for r in runs],
+                    runs: list[ThroughputRun] = []
+                    for t in trees:
+                        runs += self._throughput(h2, t, sizes[t.label], load, repeat, tmp, args)
+                    data["throughput"] = {"runs": [asdict(r) for r in runs]}
+                    for t in trees:
+                        tmedians = summarize_throughput(runs, t.label)
+                        data["throughput"][t.label or "this"] = tmedians
+                        parts.append(throughput_table(tmedians, load, _title(t.label)))
+                for t in trees:
+                    self._check(t.address, args.value_size)  # still answering after the load?
+                    t.check()
+                if do_latency:
+                    calibration["after"] = _calibrate(None)
+                    data["calibration"] = {
+                        "runner": calibration,
+                        "rounds": data["latency"]["calibration"],
                     }
-                    markdown_parts.append(throughput_table(tmedians, load))
-                self._check(address, args.value_size)  # still answering after the load?
-                for process in (proxy, remote):
-                    process.check_alive()
-                if sidecar_pid(proxy.pid) != side:
-                    raise BenchError("the sidecar was restarted during the run: see proxy.log")
+                    parts.append(calibration_table(data["latency"]["calibration"], calibration))
+                if do_recovery:
+                    kills = args.kills or (3 if args.quick else 10)
+                    log(f"recovery: {kills} SIGKILLs of the sidecar under load")
+                    this = trees[0]
+                    recovery = plugin_recovery.run(this.address, this.proxy.pid, child_pids, kills)
+                    data["recovery"] = recovery
+                    parts.append(plugin_recovery.table(recovery))
+                    this.proxy.check_alive()
             finally:
-                proxy.stop()
-                remote.stop()
-        markdown = "\n\n".join(markdown_parts)
+                for t in trees:
+                    t.stop()
+        markdown = "\n\n".join(parts)
         markdown += (
-            f"\n\nMedians of {repeat} round(s); {env['date_utc']}; commit {env['git_commit']}; "
-            f"{env['cpus']} CPUs ({env['cpu_model']}), client, proxy and plugins on the same "
-            f"machine; `{' '.join(env['command'])}`."
+            f"\n\nMedians of {repeat} round(s); {env['date_utc']}; commit {env['git_commit']}"
+            + (f" (baseline: {baseline_root}, {env['baseline_commit']})" if baseline_root else "")
+            + f"; {env['cpus']} CPUs ({env['cpu_model']}), load average at start "
+            f"{env['loadavg_at_start'][0]:.1f}; client, proxy and plugins on the same machine; "
+            f"`{' '.join(env['command'])}`."
         )
         path = report.write_results(results_dir, f"plugins-{stamp}", data, markdown)
         print(markdown)
         log(f"results: {path}")
         return 0
+
+    def _latency(
+        self,
+        args: argparse.Namespace,
+        trees: list[_Tree],
+        repeat: int,
+        calls: int,
+        warmup: int,
+        data: dict[str, Any],
+        parts: list[str],
+    ) -> None:
+        plan = {
+            "address": trees[0].address,
+            "targets": [
+                {
+                    "namespace": ns,
+                    "proxy_pid": p[0],
+                    "plugin_pid": p[1],
+                    "tree": t.label,
+                    "address": t.address,
+                }
+                for t in trees
+                for ns, p in t.pids.items()
+            ],
+            "rounds": repeat,
+            "calls": calls,
+            "warmup": warmup,
+            "value_size": args.value_size,
+            "calibrate": not args.no_calibration,
+        }
+        result = self._run_client(plan, calls, repeat)
+        data["latency"] = {"plan": plan, **result}
+        per_tree = {}
+        for t in trees:
+            medians = summarize_latency(result["batches"], repeat, t.label, result["calibration"])
+            per_tree[t.label] = medians
+            data["latency"][t.label or "this"] = {"medians": medians, "verdicts": verdicts(medians)}
+            parts.append(latency_table(medians, args.value_size, _title(t.label)))
+            parts.append("\n".join(verdicts(medians)))
+            parts.append(time_table(medians, _title(t.label)))
+        if BASELINE_TREE in per_tree:
+            parts.append(comparison_table(per_tree[""], per_tree[BASELINE_TREE]))
 
     @staticmethod
     def _check(address: str, value_size: int) -> dict[str, dict[str, int]]:
@@ -563,8 +549,9 @@ class PluginsSuite:
     @staticmethod
     def _run_client(plan: dict[str, Any], calls: int, repeat: int) -> dict[str, Any]:
         command = [sys.executable, "-m", "bench.plugin_client"]
+        targets = len(plan["targets"])
         # Generous: 20 ms per call would already be 10x slower than anything seen.
-        timeout = 60 + len(NAMESPACES) * len(OPS) * (calls * repeat + plan["warmup"]) * 0.02
+        timeout = 60 + 5 * repeat + targets * len(OPS) * (calls * repeat + plan["warmup"]) * 0.02
         try:
             proc = subprocess.run(
                 command, input=json.dumps(plan), stdout=subprocess.PIPE, text=True,
@@ -580,8 +567,7 @@ class PluginsSuite:
     @staticmethod
     def _throughput(
         h2: str,
-        proxy: ServerProcess,
-        pids: dict[str, tuple[int, int | None]],
+        tree: _Tree,
         sizes: dict[str, dict[str, int]],
         load: h2load.Load,
         repeat: int,
@@ -590,6 +576,7 @@ class PluginsSuite:
     ) -> list[ThroughputRun]:
         from bench import plugin_client
 
+        proxy = tree.proxy
         url = f"http://{proxy.host}:{proxy.port}{plugin_client.METHOD}"
         bodies = {}
         for ns in NAMESPACES:
@@ -605,16 +592,31 @@ class PluginsSuite:
                 if round_no == 0:
                     h2load.run(h2, url, bodies[ns], warm)
                 run = measure_throughput(
-                    h2, url, bodies[ns], load, sizes[ns]["get"], ns, round_no, pids[ns]
-                )
+                    h2, url, bodies[ns], load, sizes[ns]["get"], ns, round_no, tree.pids[ns],
+                    tree.label,
+                )  # fmt: skip
                 runs.append(run)
                 proxy.check_alive()
+                where = f"{tree.label}/{ns}" if tree.label else ns
                 log(
-                    f"round {round_no + 1}/{repeat} throughput {ns:8} {run.req_per_s:8,.0f} req/s  "
+                    f"round {round_no + 1}/{repeat} throughput "
+                    f"{where:8} {run.req_per_s:8,.0f} req/s  "
                     f"proxy CPU {run.proxy_cpu_s / run.succeeded * 1e6:5.0f} µs/req  "
                     f"other load {run.other_cpu_s / run.finished_s:4.0%}"
                 )
         return runs
+
+
+def _title(label: str) -> str:
+    return f" ({label})" if label else ""
+
+
+def _git_commit(root: Path) -> str | None:
+    proc = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
 register(PluginsSuite())

@@ -71,6 +71,7 @@ def proxy_config(port: int, modes: list[str], buffer: int, runtime_dir: Path) ->
         namespace: dict[str, Any] = {
             "name": namespace_of(mode),
             "plugin": {"name": "memstore", "mode": mode},
+            "access": {"anonymous": True},  # the subscribers and publisher send no credentials
         }
         if buffer:
             namespace["config"] = {"subscriber_buffer": buffer}

@@ -22,7 +22,7 @@ from prism._proto.prism.admin.v1 import (
     ReloadNamespaceResponse,
 )
 from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus
-from prism.proxy.config import DEFAULT_ADMIN_LISTEN
+from prism.config import DEFAULT_ADMIN_LISTEN
 
 SERVICE = "/prism.admin.v1.Admin/"
 M = TypeVar("M", bound=betterproto2.Message)

@@ -33,8 +33,10 @@ from prism.grpc.wire.status import (
 
 if TYPE_CHECKING:
     from prism.grpc.call import ServerCall
-    from prism.grpc.channel import Channel, ChannelOptions, ClientCall, open_channel
-    from prism.grpc.server import Server, ServerOptions
+    from prism.grpc.channel import Channel, ChannelOptions, open_channel
+    from prism.grpc.client_call import ClientCall, StreamCall, UnaryCall
+    from prism.grpc.interceptor import CallKey, CallOutcome, CallState, ServerInterceptor
+    from prism.grpc.server import Server, ServerCounters, ServerOptions
     from prism.grpc.service import (
         Cardinality,
         RpcMethod,
@@ -50,9 +52,16 @@ _LAZY = {
     "ServerCall": "call",
     "Channel": "channel",
     "ChannelOptions": "channel",
-    "ClientCall": "channel",
+    "ClientCall": "client_call",
+    "StreamCall": "client_call",
+    "UnaryCall": "client_call",
     "open_channel": "channel",
+    "CallKey": "interceptor",
+    "CallOutcome": "interceptor",
+    "CallState": "interceptor",
+    "ServerInterceptor": "interceptor",
     "Server": "server",
+    "ServerCounters": "server",
     "ServerOptions": "server",
     "Cardinality": "service",
     "RpcMethod": "service",
@@ -79,6 +88,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "CallKey",
+    "CallOutcome",
+    "CallState",
     "Cancelled",
     "Cardinality",
     "Channel",
@@ -100,9 +112,13 @@ __all__ = [
     "RpcMethod",
     "Server",
     "ServerCall",
+    "ServerCounters",
+    "ServerInterceptor",
     "ServerOptions",
     "Service",
     "Status",
+    "StreamCall",
+    "UnaryCall",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

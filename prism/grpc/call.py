@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import h2.exceptions
 import trio
 
+from prism.grpc.interceptor import CallState
 from prism.grpc.service import Cardinality, RpcMethod, decode, encode
-from prism.grpc.transport import PeerInfo
+from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES, PeerInfo
 from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
 from prism.grpc.wire.metadata import validate as validate_metadata
 from prism.grpc.wire.status import (
@@ -26,7 +27,7 @@ from prism.grpc.wire.status import (
 )
 
 if TYPE_CHECKING:
-    from prism.grpc.server import _Connection
+    from prism.grpc.connection import Connection
 
 log = logging.getLogger("prism.grpc.server")
 
@@ -34,21 +35,40 @@ log = logging.getLogger("prism.grpc.server")
 def error_from_exception(exc: BaseException, method: str) -> GrpcError:
     """The status a handler's exception ends its RPC with.
 
-    A :class:`GrpcError` (also inside an exception group) keeps its status. Anything else is a
-    bug or an unexpected failure: UNKNOWN, with a trace id that is logged next to the traceback
-    so the message itself never leaks internals (or secrets) to the client.
+    A :class:`GrpcError` keeps its status, also inside an exception group (the first one
+    found). Anything else is a bug or an unexpected failure: logged with a trace id next to
+    its traceback, and the RPC ends with UNKNOWN naming the trace id, so the message never
+    leaks internals (or secrets) to the client. A group holding both a GrpcError and a bug
+    ends with the GrpcError's status, and the bug is logged all the same: a sibling task's
+    deliberate error must not hide it.
     """
     if isinstance(exc, GrpcError):
         return exc
+    found: GrpcError | None = None
+    bugs: BaseException | None = exc
     if isinstance(exc, BaseExceptionGroup):
-        found = exc.subgroup(lambda e: isinstance(e, GrpcError))
-        while isinstance(found, BaseExceptionGroup):
-            found = found.exceptions[0]
-        if isinstance(found, GrpcError):
+        errors, bugs = exc.split(lambda e: isinstance(e, GrpcError))
+        leaf: BaseException | None = errors
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, GrpcError):
+            found = leaf
+        if bugs is None:
+            assert found is not None
             return found
     trace_id = uuid.uuid4().hex[:16]
-    log.error("%s failed (trace id %s)", method, trace_id, exc_info=exc)
-    return Unknown(f"internal error in {method} (trace id {trace_id})")
+    if found is None:
+        log.error("%s failed (trace id %s)", method, trace_id, exc_info=bugs)
+        return Unknown(f"internal error in {method} (trace id {trace_id})")
+    log.error(
+        "%s failed (trace id %s) with %s, and besides: %r",
+        method,
+        trace_id,
+        found.status.name,
+        bugs,
+        exc_info=bugs,
+    )
+    return found
 
 
 class ServerCall:
@@ -56,7 +76,7 @@ class ServerCall:
 
     def __init__(
         self,
-        connection: _Connection,
+        connection: Connection,
         stream_id: int,
         method: str,
         metadata: Metadata,
@@ -78,7 +98,18 @@ class ServerCall:
         self._input_ended = False
         self._arrived: trio.Event | None = None  # while receive_message waits
         self._headers_sent = False
+        self._unyielded = self._unyielded_messages = 0  # sent since send_message last yielded
         self.cancelled = False  # by the server (shutdown), not by the client
+        self._state: CallState | None = None
+
+    @property
+    def state(self) -> CallState:
+        """Values interceptors attached for the handler, by typed key (prism.grpc.interceptor):
+        ``call.state[IDENTITY]``. Made on first use."""
+        state = self._state
+        if state is None:
+            state = self._state = CallState()
+        return state
 
     # -- fed by the connection's reader -----------------------------------------------------
 
@@ -163,22 +194,53 @@ class ServerCall:
             raise Internal(str(exc)) from None
         self.trailing_metadata = list(metadata)
 
-    async def send_message(self, message: Any) -> None:
-        """Send one response message; waits while the client's flow-control window is full."""
-        await trio.lowlevel.checkpoint()
-        await self._respond(message)
+    async def send_message(self, message: Any, *, compress: bool = True) -> None:
+        """Send one response message; waits while the client's flow-control window is full.
 
-    async def _respond(self, message: Any, kick: bool = True) -> None:
-        # kick=False: the only response of a unary call; it goes out with the trailers that
-        # _run_call adds right after (one write, one wakeup of the client, not two).
+        When the server compresses responses (``ServerOptions.compression``),
+        ``compress=False`` sends this message uncompressed (CRIME/BREACH).
+
+        Always a cancel point; a schedule point every few messages (``transport.YIELD_BYTES``,
+        ``YIELD_MESSAGES``) and whenever flow control makes it wait. Messages sent in
+        between go out together, in one write by the connection's writer task: a write and
+        a pass through the scheduler per message cost more than the message itself.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        connection = self._connection
+        data = self._encoded(message)
+        self._send(
+            lambda: connection.conn.send_message(
+                self.stream_id, data, compress=compress, batch=True
+            )
+        )
+        self._headers_sent = True
+        connection.schedule_write()
+        if connection.conn.pending(self.stream_id) > connection.conn.settings.initial_window_size:
+            self._unyielded = self._unyielded_messages = 0
+            await connection.wait_writable(self.stream_id)
+            return
+        self._unyielded += len(data)
+        self._unyielded_messages += 1
+        if self._unyielded >= YIELD_BYTES or self._unyielded_messages >= YIELD_MESSAGES:
+            self._unyielded = self._unyielded_messages = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _encoded(self, message: Any) -> bytes:
+        data = encode(message)
+        limit = self._connection.server.options.max_send_message_size
+        if limit is not None and len(data) > limit:
+            raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
+        return data
+
+    async def _respond(self, message: Any) -> None:
+        # The only response of a unary call; it goes out with the trailers that _run_call
+        # adds right after (one write, one wakeup of the client, not two).
         data = encode(message)
         limit = self._connection.server.options.max_send_message_size
         if limit is not None and len(data) > limit:
             raise ResourceExhausted(f"response message larger than max ({len(data)} vs. {limit})")
         self._send(lambda: self._connection.conn.send_message(self.stream_id, data))
         self._headers_sent = True
-        if kick:
-            self._connection.kick()
         await self._connection.wait_writable(self.stream_id)
 
     def discard_unsent(self) -> int:
@@ -205,13 +267,13 @@ class ServerCall:
             # handler had its own): a full checkpoint here cost a trip through the scheduler
             # per RPC. Cancellation (deadline, reset) is still honoured.
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._respond(response, kick=False)
+            await self._respond(response)
         elif shape is Cardinality.UNARY_STREAM:
             await func(await self._single_request(), self)
         elif shape is Cardinality.STREAM_UNARY:
             response = await func(self)
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._respond(response, kick=False)
+            await self._respond(response)
         else:
             await func(self)
 

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import collections
 import logging
-import math
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import h2.errors
 import h2.exceptions
 import trio
 
 from prism.grpc import transport
-from prism.grpc.service import MessageType, decode, encode
+from prism.grpc.client_call import ClientCall, Requests, StreamCall, UnaryCall
 from prism.grpc.wire.client_conn import ClientConnection
+from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.events import (
     GoAwayReceived,
     MessageReceived,
@@ -29,17 +27,21 @@ from prism.grpc.wire.events import (
     WindowUpdated,
 )
 from prism.grpc.wire.h2conn import Settings
-from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
-from prism.grpc.wire.status import (
-    Cancelled,
-    GrpcError,
-    Internal,
-    ResourceExhausted,
-    Status,
-    Unavailable,
-)
+from prism.grpc.wire.metadata import MetadataLike
+from prism.grpc.wire.status import Unavailable
+
+__all__ = [
+    "Channel",
+    "ChannelOptions",
+    "ClientCall",
+    "StreamCall",
+    "UnaryCall",
+    "open_channel",
+]
 
 log = logging.getLogger("prism.grpc.channel")
+
+T = TypeVar("T")
 
 _RECEIVE_SIZE = 1 << 16
 _MAX_RECEIVE_SIZE = 1 << 20
@@ -53,6 +55,12 @@ class ChannelOptions:
     connection_window_size: int = 16 << 20
     max_frame_size: int = 1 << 14
     user_agent: str = "prism-grpc/0.1"
+    #: Compress request messages with this encoding ("gzip", "deflate") unless a call says
+    #: otherwise. Responses in any supported encoding are accepted whatever this is.
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        check_encoding(self.compression, "ChannelOptions.compression")
 
 
 @asynccontextmanager
@@ -66,15 +74,26 @@ async def open_channel(
     """A channel to ``target`` (``host:port`` or ``unix:/path``) for the duration of the block.
 
     Connects lazily on the first call; leaving the block cancels calls still running and
-    closes the connection.
+    closes the connection. What the block raises comes out as itself (the channel's own tasks
+    never fail), not wrapped in an ``ExceptionGroup``: ``except pg.NotFound`` around the block
+    works.
     """
-    async with trio.open_nursery() as nursery:
-        channel = Channel(target, nursery, ssl_context, server_hostname, options)
-        try:
-            yield channel
-        finally:
-            channel.close()
-            nursery.cancel_scope.cancel()
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            channel = Channel(target, nursery, ssl_context, server_hostname, options)
+            try:
+                yield channel
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                channel.close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if body_error is not None and list(group.exceptions) == [body_error]:
+            raise body_error from None
+        raise
 
 
 class Channel:
@@ -120,234 +139,87 @@ class Channel:
             return self._conn
 
     # -- calls ------------------------------------------------------------------------------
+    #
+    # Every call takes ``metadata`` (custom metadata to send), ``compression`` (the request
+    # messages' encoding: "gzip", "deflate", or "identity" for none; None = the channel's
+    # default) and ``timeout`` (seconds: the call's deadline; past it the call is cancelled and
+    # raises DeadlineExceeded). Response types are betterproto2 message classes, or ``bytes``
+    # for the raw message.
+
+    def unary_unary(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[T],
+        *,
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+        timeout: float | None = None,
+    ) -> UnaryCall[T]:
+        """One request, one response: ``reply = await channel.unary_unary(...)``; the returned
+        call also has the response's metadata and status once awaited."""
+        call = ClientCall(self, method, response_type, metadata, request, compression, timeout)
+        return UnaryCall(call, None)
+
+    def unary_stream(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[T],
+        *,
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+        timeout: float | None = None,
+    ) -> StreamCall[T]:
+        """One request, a stream of responses: ``async for reply in channel.unary_stream(...)``
+        (or ``async with ... as call: async for reply in call``)."""
+        call = ClientCall(self, method, response_type, metadata, request, compression, timeout)
+        return StreamCall(call, None)
+
+    def stream_unary(
+        self,
+        method: str,
+        requests: Requests,
+        response_type: type[T],
+        *,
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+        timeout: float | None = None,
+    ) -> UnaryCall[T]:
+        """A stream of requests (any iterable or async iterable), one response:
+        ``reply = await channel.stream_unary(...)``. The requests are sent by the awaiting task,
+        each as soon as flow control allows; sending stops if the server ends the call early."""
+        call = ClientCall(self, method, response_type, metadata, None, compression, timeout)
+        return UnaryCall(call, requests)
+
+    def stream_stream(
+        self,
+        method: str,
+        requests: Requests,
+        response_type: type[T],
+        *,
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+        timeout: float | None = None,
+    ) -> StreamCall[T]:
+        """Requests from an iterable or async iterable, sent by a task of the channel while
+        the caller iterates over the responses: ``async for reply in channel.stream_stream(...)``.
+        Use :meth:`stream` to interleave sends and receives by hand."""
+        call = ClientCall(self, method, response_type, metadata, None, compression, timeout)
+        return StreamCall(call, requests)
 
     def stream(
-        self, method: str, response_type: MessageType, *, metadata: MetadataLike = ()
-    ) -> ClientCall:
-        """A call of any shape; use as ``async with channel.stream(...) as call:``."""
-        return ClientCall(self, method, response_type, metadata)
-
-    async def unary_unary(
         self,
         method: str,
-        request: Any,
-        response_type: MessageType,
+        response_type: type[T],
         *,
         metadata: MetadataLike = (),
-    ) -> Any:
-        async with ClientCall(self, method, response_type, metadata, first=request) as call:
-            return await call.receive_single()
-
-    async def unary_stream(
-        self,
-        method: str,
-        request: Any,
-        response_type: MessageType,
-        *,
-        metadata: MetadataLike = (),
-    ) -> list[Any]:
-        """All responses of a server-streaming call (use :meth:`stream` to iterate instead)."""
-        async with ClientCall(self, method, response_type, metadata, first=request) as call:
-            return [message async for message in call]
-
-    async def stream_unary(
-        self,
-        method: str,
-        requests: Iterable[Any],
-        response_type: MessageType,
-        *,
-        metadata: MetadataLike = (),
-    ) -> Any:
-        async with ClientCall(self, method, response_type, metadata) as call:
-            for request in requests:
-                await call.send_message(request)
-            await call.end()
-            return await call.receive_single()
-
-
-class ClientCall:
-    """One RPC from the client side. Leaving the block early cancels it (RST_STREAM CANCEL)."""
-
-    def __init__(
-        self,
-        channel: Channel,
-        method: str,
-        response_type: MessageType,
-        metadata: MetadataLike,
-        first: Any = None,
-    ) -> None:
-        self._channel = channel
-        self.method = method
-        self._response_type = response_type
-        self._metadata = metadata
-        self._first = first
-        self._conn: _ClientConnection | None = None
-        self.stream_id = 0
-        self.initial_metadata: Metadata = []
-        self.trailing_metadata: Metadata = []
-        self.status: Status | None = None
-        self.status_message = ""
-        self._error: GrpcError | None = None
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._arrived: trio.Event | None = None  # while receive_message waits
-        self._ended = False
-        self._waited = False  # receive_message blocked (a checkpoint happened)
-
-    async def __aenter__(self) -> ClientCall:
-        conn = await self._channel.connection()
-        deadline = trio.current_effective_deadline()
-        timeout = None if deadline == math.inf else max(deadline - trio.current_time(), 0.0)
-        while not conn.conn.can_open_stream():
-            if not conn.usable:
-                conn = await self._channel.connection()
-                continue
-            await conn.stream_closed_event().wait()
-        first = None if self._first is None else self._encode(self._first)
-        try:
-            self.stream_id = conn.conn.start_request(
-                self.method, self._metadata, timeout, end=False
-            )
-        except MetadataError as exc:
-            raise Internal(str(exc)) from None
-        except h2.exceptions.ProtocolError as exc:
-            raise Unavailable(f"connection unusable: {exc}") from None
-        self._conn = conn
-        conn.calls[self.stream_id] = self
-        if first is not None:
-            conn.conn.send_message(self.stream_id, first, end=True)
-        conn.kick()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        conn.calls.pop(self.stream_id, None)
-        if not self._ended:
-            conn.conn.cancel(self.stream_id)
-        else:
-            conn.conn.finish(self.stream_id)
-        if not conn.calls and conn.conn.goaway_received is not None:
-            conn.close()  # the last call on a connection the server is draining: hang up
-        conn.kick()
-        conn.notify_stream_closed()
-
-    def _encode(self, message: Any) -> bytes:
-        data = encode(message)
-        limit = self._channel.options.max_send_message_size
-        if limit is not None and len(data) > limit:
-            raise ResourceExhausted(f"request message larger than max ({len(data)} vs. {limit})")
-        return data
-
-    # -- fed by the connection ---------------------------------------------------------------
-
-    def on_headers(self, metadata: Metadata) -> None:
-        self.initial_metadata = metadata
-
-    def feed(self, message: bytes) -> None:
-        self._inbox.append(message)
-        if self._arrived is not None:
-            self._arrived.set()
-
-    def on_end(self, status: Status, message: str, trailers: Metadata) -> None:
-        self._ended = True
-        self.status, self.status_message, self.trailing_metadata = status, message, trailers
-        if status != Status.OK:
-            self._error = GrpcError.for_status(status, message, trailers)
-        if self._arrived is not None:
-            self._arrived.set()
-
-    def on_abort(self, error: GrpcError) -> None:
-        self._ended = True
-        self.status, self.status_message = error.status, error.message
-        self._error = error
-        if self._arrived is not None:
-            self._arrived.set()
-
-    # -- the caller's API --------------------------------------------------------------------
-
-    async def send_message(self, message: Any) -> None:
-        """Send one request; waits while the server's flow-control window is full."""
-        await trio.lowlevel.checkpoint()
-        conn = self._require()
-        if self._ended:
-            self._raise_status()
-            raise Internal("the call has already ended")
-        try:
-            conn.conn.send_message(self.stream_id, self._encode(message))
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._raise_status()
-            raise Cancelled("the stream was closed") from None
-        conn.kick()
-        await conn.wait_writable(self.stream_id, self)
-
-    async def end(self) -> None:
-        """Half-close: no more requests."""
-        await trio.lowlevel.checkpoint()
-        conn = self._require()
-        if self._ended:
-            return
-        try:
-            conn.conn.end_request(self.stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        conn.kick()
-
-    async def receive_message(self) -> Any:
-        """The next response, or None after the server ended the call with OK.
-
-        A non-OK status raises the matching :class:`GrpcError`.
-        """
-        return await self._receive(True)
-
-    async def _receive(self, checkpoint: bool) -> Any:
-        conn = self._require()
-        while not self._inbox:
-            if self._ended:
-                if checkpoint:
-                    await trio.lowlevel.checkpoint()
-                self._raise_status()
-                return None
-            self._arrived = trio.Event()
-            await self._arrived.wait()
-            self._arrived = None
-            self._waited = True
-        data = self._inbox.popleft()
-        conn.conn.consumed(self.stream_id, len(data) + 5)
-        conn.kick()
-        return decode(self._response_type, data)
-
-    async def receive_single(self) -> Any:
-        self._waited = False
-        response = await self.receive_message()
-        if response is None:
-            raise Internal(f"{self.method}: the server sent no response message")
-        # The usual case: the first receive waited for the response and the trailers came with
-        # it. That wait was this call's checkpoint; another would be a whole scheduler pass.
-        while await self._receive(not self._waited) is not None:
-            raise Internal(f"{self.method}: the server sent more than one response message")
-        return response
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        while (message := await self.receive_message()) is not None:
-            yield message
-
-    def _raise_status(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _require(self) -> _ClientConnection:
-        if self._conn is None:
-            raise RuntimeError("use the call as `async with channel.stream(...) as call:`")
-        return self._conn
+        compression: str | None = None,
+        timeout: float | None = None,
+    ) -> ClientCall[T]:
+        """A call of any shape, driven by hand: ``async with channel.stream(...) as call:``,
+        then ``send_message``, ``end``, ``receive_message`` / ``async for``."""
+        return ClientCall(self, method, response_type, metadata, None, compression, timeout)
 
 
 class _ClientConnection:
@@ -362,13 +234,20 @@ class _ClientConnection:
                 max_frame_size=opts.max_frame_size,
             ),
             authority=authority,
-            scheme="https" if isinstance(stream, trio.SSLStream) else "http",
+            scheme="https" if transport.is_tls(stream) else "http",
             user_agent=opts.user_agent,
             max_receive_message_size=opts.max_receive_message_size,
         )
-        self.calls: dict[int, ClientCall] = {}
-        self._output = transport.Output(stream, self.conn, self.calls)
+        self.calls: dict[int, ClientCall[Any]] = {}
+        # Calls still waiting for their response headers: the output of calls that start
+        # together is batched into one write (transport.Output) while more than one waits.
+        # Streams that are under way (a health Watch held open for the connection's life)
+        # produce no output to batch, and would otherwise send every call of a remote
+        # plugin through the writer task.
+        self.opening: set[int] = set()
+        self._output = transport.Output(stream, self.conn, self.opening)
         self.kick = self._output.kick
+        self.schedule_write = self._output.schedule
         self._window = trio.Event()
         self._stream_closed = trio.Event()
         self._scope = trio.CancelScope()
@@ -390,7 +269,7 @@ class _ClientConnection:
         self._stream_closed.set()
         self._stream_closed = trio.Event()
 
-    async def wait_writable(self, stream_id: int, call: ClientCall) -> None:
+    async def wait_writable(self, stream_id: int, call: ClientCall[Any]) -> None:
         """Block while more than a window's worth is queued on the stream (back-pressure),
         until the call or the connection ends."""
         limit = self.conn.settings.initial_window_size
@@ -427,6 +306,7 @@ class _ClientConnection:
             for call in list(self.calls.values()):
                 call.on_abort(Unavailable(f"connection to {self.channel.target} lost"))
             self.calls.clear()
+            self.opening.clear()
             self._window.set()
             self.notify_stream_closed()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -464,15 +344,18 @@ class _ClientConnection:
                     if call is not None:
                         call.feed(event.message)
                 elif type(event) is ResponseEnded:
+                    self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_end(event.status, event.message, event.trailers)
                         self._wake_writers()  # a sender parked on this call must return
                 elif type(event) is ResponseHeadersReceived:
+                    self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
                     if call is not None:
-                        call.on_headers(event.metadata)
+                        call.on_headers(event.metadata, event.encoding)
                 elif type(event) is StreamAborted:
+                    self.opening.discard(event.stream_id)
                     call = self.calls.get(event.stream_id)
                     if call is not None:
                         call.on_abort(event.error)

@@ -7,7 +7,9 @@ server as a whole. The application sets statuses; :class:`Health` serves them::
     server = pg.Server([Health(state), MyService()])
     state.set("my.pkg.MyService", ServingStatus.SERVING)
 
-Statuses are set from the Trio thread that runs the server.
+Statuses are set from the Trio thread that runs the server. A client calls
+``/grpc.health.v1.Health/Check`` with :class:`HealthCheckRequest` and reads a
+:class:`HealthCheckResponse`, both importable from here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from prism._proto.grpc.health import v1 as health_pb
+from prism._proto.grpc.health.v1 import HealthCheckRequest, HealthCheckResponse
 from prism._proto.grpc.health.v1 import HealthCheckResponseServingStatus as ServingStatus
 from prism.grpc.service import Service, unary_stream, unary_unary
 from prism.grpc.wire.status import NotFound, Unavailable
@@ -25,7 +28,8 @@ from prism.grpc.wire.status import NotFound, Unavailable
 if TYPE_CHECKING:
     from prism.grpc.call import ServerCall
 
-__all__ = ["Health", "HealthState", "ServingStatus"]
+# The messages too: a client of the service imports them from here.
+__all__ = ["Health", "HealthCheckRequest", "HealthCheckResponse", "HealthState", "ServingStatus"]
 
 
 class HealthState:

@@ -4,57 +4,90 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
+import random
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import h2.errors
-import h2.exceptions
 import trio
 
 from prism.grpc import transport
-from prism.grpc.call import ServerCall, error_from_exception
+from prism.grpc.connection import LINGER, Connection
+from prism.grpc.interceptor import ServerInterceptor
 from prism.grpc.service import RpcMethod, Service
-from prism.grpc.wire.events import (
-    GoAwayReceived,
-    InputEnded,
-    MessageReceived,
-    PingAcknowledged,
-    RequestReceived,
-    StreamAborted,
-    WindowUpdated,
-)
+from prism.grpc.tls import TLSStream
+from prism.grpc.wire.compression import check_encoding
+from prism.grpc.wire.flood import FloodLimits
 from prism.grpc.wire.h2conn import Settings
-from prism.grpc.wire.metadata import MetadataError
-from prism.grpc.wire.metadata import validate as validate_metadata
-from prism.grpc.wire.server_conn import ServerConnection
-from prism.grpc.wire.status import Status, Unavailable
 
 log = logging.getLogger("prism.grpc.server")
-
-_RECEIVE_SIZE = 1 << 16
-_MAX_RECEIVE_SIZE = 1 << 20
-_STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
-# Time a new connection gets to finish its TLS handshake.
-_HANDSHAKE_GRACE = 10.0
-# After the final GOAWAY: how long to wait for the peer to close before we do.
-_LINGER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
+    """How a :class:`Server` treats its connections; docs/grpc-api.md explains every field."""
+
+    # Messages and HTTP/2 settings.
     max_receive_message_size: int = 4 << 20
     max_send_message_size: int | None = None
     initial_window_size: int = 1 << 20
     connection_window_size: int = 16 << 20
     max_frame_size: int = 1 << 14
     max_concurrent_streams: int = 1000
+    max_header_list_size: int = 16 << 10
+    # Keepalive: our pings, and the policy for the client's (grpc-go's EnforcementPolicy).
     keepalive_time: float | None = None
     keepalive_timeout: float = 20.0
+    keepalive_min_time: float = 300.0
+    keepalive_permit_without_stream: bool = False
+    # Connection lifetime and numbers (grpc-go's keepalive.ServerParameters names).
+    handshake_timeout: float = 10.0
+    max_connection_idle: float | None = None
+    max_connection_age: float | None = None
+    max_connection_age_grace: float | None = None
+    max_concurrent_connections: int | None = 10_000
+    # Flood budgets per connection, per sliding window of flood_window seconds.
+    flood_window: float = 10.0
+    max_resets_per_window: int = 1000
+    max_pings_per_window: int = 1000
+    max_settings_per_window: int = 100
+    #: Compress responses with this encoding ("gzip", "deflate") when the client accepts it.
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        check_encoding(self.compression, "ServerOptions.compression")
+        for name in ("handshake_timeout", "keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in (
+            "keepalive_time",
+            "max_connection_idle",
+            "max_connection_age",
+            "max_connection_age_grace",
+        ):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, not {value}")
+        if self.max_concurrent_connections is not None and self.max_concurrent_connections < 1:
+            raise ValueError(
+                f"max_concurrent_connections must be >= 1 or None, not "
+                f"{self.max_concurrent_connections}"
+            )
+        self.flood_limits()  # raises for invalid budgets
+        self.h2_settings()  # and for invalid HTTP/2 settings
+
+    def flood_limits(self) -> FloodLimits:
+        return FloodLimits(
+            window=self.flood_window,
+            max_resets=self.max_resets_per_window,
+            max_pings=self.max_pings_per_window,
+            max_settings=self.max_settings_per_window,
+            keepalive_min_time=self.keepalive_min_time,
+            keepalive_permit_without_stream=self.keepalive_permit_without_stream,
+        )
 
     def h2_settings(self) -> Settings:
         return Settings(
@@ -62,27 +95,64 @@ class ServerOptions:
             connection_window_size=self.connection_window_size,
             max_frame_size=self.max_frame_size,
             max_concurrent_streams=self.max_concurrent_streams,
+            max_header_list_size=self.max_header_list_size,
         )
 
 
 Handler = tuple[RpcMethod, Callable[..., Any]]
 
 
+@dataclass(slots=True)
+class ServerCounters:
+    """What a server's connections went through, since it was created. Read-only for users
+    (metrics exporters read them); the server increments them."""
+
+    connections_accepted: int = 0
+    #: Closed at once: over ``max_concurrent_connections``.
+    connections_rejected: int = 0
+    #: Closed: no TLS handshake, client preface and SETTINGS within ``handshake_timeout``.
+    handshake_timeouts: int = 0
+    #: Sent a graceful GOAWAY after ``max_connection_idle`` without an RPC.
+    idle_closed: int = 0
+    #: Sent a graceful GOAWAY at ``max_connection_age``.
+    age_closed: int = 0
+    #: Closed with GOAWAY(ENHANCE_YOUR_CALM): over a flood budget, by reason.
+    too_many_resets: int = 0
+    too_many_pings: int = 0
+    too_many_settings: int = 0
+    #: Closed with GOAWAY for a broken HTTP/2 peer (PROTOCOL_ERROR, COMPRESSION_ERROR, ...).
+    protocol_errors: int = 0
+
+
 class Server:
     """Serves :class:`Service` objects on any number of listeners.
 
     Start listeners with ``await nursery.start(server.serve_tcp, host, port)``; stop gracefully
-    with :meth:`shutdown`, or cancel the nursery to stop at once.
+    with :meth:`shutdown`, or cancel the nursery to stop at once. ``interceptors`` run around
+    every RPC (:class:`~prism.grpc.interceptor.ServerInterceptor`); :attr:`counters` tells what
+    the connections went through (abuse defences, limits).
     """
 
-    def __init__(self, services: Iterable[Service] = (), options: ServerOptions | None = None):
+    def __init__(
+        self,
+        services: Iterable[Service] = (),
+        options: ServerOptions | None = None,
+        *,
+        interceptors: Sequence[ServerInterceptor] = (),
+    ):
         self.options = options or ServerOptions()
-        self.options.h2_settings()  # invalid HTTP/2 settings fail here, not per connection
+        #: Run around every RPC, in this order (prism.grpc.interceptor).
+        self.interceptors = tuple(interceptors)
+        self._settings = self.options.h2_settings()
+        self._flood = self.options.flood_limits()
+        self.counters = ServerCounters()
+        self._random = random.Random()  # max_connection_age jitter
         self._methods: dict[str, Handler] = {}
         self.services: list[Service] = []
         for service in services:
             self.add_service(service)
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
+        self._open = 0  # connections accepted and not yet closed (TLS handshakes included)
         self._closing = False
         self._listener_scopes: list[trio.CancelScope] = []
         self._all_closed = trio.Event()
@@ -95,6 +165,11 @@ class Server:
     @property
     def service_names(self) -> list[str]:
         return [s.name for s in self.services]
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not closed yet (those still in their handshake too)."""
+        return self._open
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -172,14 +247,51 @@ class Server:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
+            limit = self.options.max_concurrent_connections
+            if limit is not None and self._open >= limit:
+                # Refused before any work: no task, no TLS, no HTTP/2 (and no log line per
+                # connection: a flood of them would flood the log; the counter tells).
+                self.counters.connections_rejected += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            self._open += 1
+            self.counters.connections_accepted += 1
             transport.set_nodelay(stream)
             if ssl_context is not None:
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
-            nursery.start_soon(self._handle_connection, stream)
+                assert isinstance(stream, trio.SocketStream)
+                stream = TLSStream(stream, ssl_context, server_side=True)
+            deadline = trio.current_time() + self.options.handshake_timeout
+            nursery.start_soon(self._handle_connection, stream, deadline)
 
-    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+    async def serve_connection(self, stream: trio.abc.Stream, *, received: bytes = b"") -> None:
+        """Serve one connection accepted elsewhere, until it closes: for a listener that
+        serves other protocols beside gRPC and told them apart by the first bytes
+        (``received``: what it read from ``stream``; processed before anything more is read).
+
+        A TLS stream (``prism.grpc.tls.TLSStream`` or ``trio.SSLStream``) may come with its
+        handshake done (then ALPN must be h2 or none) or not (it is done here). Limits are the
+        server's own: ``max_concurrent_connections`` (over it the stream is closed at once),
+        ``handshake_timeout`` from now. The connection is counted in :attr:`open_connections`
+        and drained by :meth:`shutdown`. Errors on the connection are logged, never raised;
+        cancellation closes it at once.
+        """
+        limit = self.options.max_concurrent_connections
+        if self._closing or (limit is not None and self._open >= limit):
+            if not self._closing:
+                self.counters.connections_rejected += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self._open += 1
+        self.counters.connections_accepted += 1
+        transport.set_nodelay(stream)
+        deadline = trio.current_time() + self.options.handshake_timeout
+        await self._handle_connection(stream, deadline, received)
+
+    async def _handle_connection(
+        self, stream: trio.abc.Stream, handshake_deadline: float, received: bytes = b""
+    ) -> None:
         # The boundary for one connection: nothing that happens on it may end the server.
-        conn = _Connection(self, stream)
+        conn = Connection(self, stream, handshake_deadline, received)
         self._connections.add(conn)
         if self._all_closed.is_set():
             self._all_closed = trio.Event()
@@ -191,6 +303,7 @@ class Server:
             log.exception("connection %s failed", conn.peer_address, exc_info=eg)
         finally:
             # Bookkeeping before the await: under cancellation aclose_forcefully raises.
+            self._open -= 1
             self._connections.discard(conn)
             if not self._connections:
                 self._all_closed.set()
@@ -214,7 +327,7 @@ class Server:
         # trailers and the connections their final GOAWAY; then drop whatever is left.
         for conn in list(self._connections):
             conn.cancel_calls()
-        with trio.move_on_after(_LINGER):
+        with trio.move_on_after(LINGER):
             await self._all_closed.wait()
         for conn in list(self._connections):
             conn.cancel()
@@ -223,213 +336,3 @@ class Server:
 
     def lookup(self, method: str) -> Handler | None:
         return self._methods.get(method)
-
-
-class _Connection:
-    def __init__(self, server: Server, stream: trio.abc.Stream) -> None:
-        self.server = server
-        self.stream = stream
-        opts = server.options
-        self.conn = ServerConnection(
-            opts.h2_settings(), max_receive_message_size=opts.max_receive_message_size
-        )
-        self.calls: dict[int, ServerCall] = {}
-        self.peer = transport.PeerInfo("?", "tcp")
-        self.peer_address = "?"
-        self._output = transport.Output(stream, self.conn, self.calls)
-        self.kick = self._output.kick
-        self._window = trio.Event()
-        self._ping_ack = trio.Event()
-        self._peer_closed = trio.Event()
-        self._scope = trio.CancelScope()
-        self._rpc_nursery: trio.Nursery | None = None
-        self._closing = False
-        self._initiated = False  # the HTTP/2 connection exists (TLS handshake done)
-
-    # The pieces ServerCall uses --------------------------------------------------------------
-
-    async def wait_writable(self, stream_id: int) -> None:
-        """Block while ``stream_id`` has more than one window's worth queued (back-pressure)."""
-        limit = self.conn.settings.initial_window_size
-        while self.conn.pending(stream_id) > limit:
-            self.kick()  # what is queued must go out for the window to reopen
-            await self._window.wait()
-
-    # ------------------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        with self._scope:
-            with trio.move_on_after(_HANDSHAKE_GRACE) as handshake:
-                if isinstance(self.stream, trio.SSLStream):
-                    await self.stream.do_handshake()
-                    transport.check_alpn(self.stream)
-            if handshake.cancelled_caught:
-                log.info("connection dropped: TLS handshake not completed in time")
-                return
-            self.peer = transport.peer_info(self.stream)
-            self.peer_address = self.peer.address
-            self.conn.initiate_connection()
-            self._initiated = True
-            await self.stream.send_all(self.conn.data_to_send())
-            async with trio.open_nursery() as nursery:
-                self._rpc_nursery = nursery
-                nursery.start_soon(self._writer)
-                if self.server.options.keepalive_time:
-                    nursery.start_soon(self._keepalive, self.server.options.keepalive_time)
-                if self.server._closing:
-                    self.start_shutdown()
-                await self._reader()
-                nursery.cancel_scope.cancel()
-
-    def cancel(self) -> None:
-        self._scope.cancel()
-
-    def cancel_calls(self) -> None:
-        for call in list(self.calls.values()):
-            call.cancel()
-
-    def start_shutdown(self) -> None:
-        if not self._initiated:
-            self._scope.cancel()  # still in the TLS handshake: nothing in flight to drain
-            return
-        if not self._closing:
-            self._closing = True
-            self.conn.start_shutdown()
-            self.kick()
-            self._maybe_finish()
-
-    def _maybe_finish(self) -> None:
-        if self._closing and not self.calls and not self.conn.has_pending_output():
-            self.conn.close()
-            self.kick()
-
-    async def _reader(self) -> None:
-        conn = self.conn
-        receive = transport.Input(self.stream).receive
-        size = _RECEIVE_SIZE
-        while True:
-            data = await receive(size)
-            if not data:
-                self._peer_closed.set()
-                return
-            # Bulk transfers fill every read: read more at a time (fewer trips through h2).
-            if len(data) == size:
-                size = min(size * 2, _MAX_RECEIVE_SIZE)
-            elif size > _RECEIVE_SIZE and len(data) < size // 4:
-                size = _RECEIVE_SIZE
-            if conn.closed:
-                continue  # after our final GOAWAY: discard input until the peer closes
-            try:
-                events = conn.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                log.info(
-                    "closing connection from %s: HTTP/2 protocol error: %s", self.peer_address, exc
-                )
-                # The writer sends the GOAWAY (two tasks may not send_all at once).
-                conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:200])
-                self.kick()
-                continue
-            for event in events:
-                if type(event) is MessageReceived:
-                    call = self.calls.get(event.stream_id)
-                    if call is not None:
-                        call.feed(event.message)
-                elif type(event) is RequestReceived:
-                    self._start_call(event)
-                elif type(event) is InputEnded:
-                    call = self.calls.get(event.stream_id)
-                    if call is not None:
-                        call.end_input()
-                elif type(event) is StreamAborted:
-                    call = self.calls.get(event.stream_id)
-                    if call is not None:
-                        call.abort(event.error)
-                elif type(event) is WindowUpdated:
-                    self._window.set()
-                    self._window = trio.Event()
-                elif type(event) is PingAcknowledged:
-                    self._ping_ack.set()
-                elif type(event) is GoAwayReceived:
-                    if event.error_code:
-                        return
-                    self.start_shutdown()
-            self._maybe_finish()
-            self.kick()
-
-    async def _writer(self) -> None:
-        await self._output.write_loop(self.stream.send_all, self._linger)
-
-    async def _linger(self) -> None:
-        # The final GOAWAY is out. Let the peer read it and close first: closing with unread
-        # input makes the kernel send a TCP reset, which can destroy the GOAWAY and last
-        # responses before the peer reads them.
-        with trio.move_on_after(_LINGER):
-            await self._peer_closed.wait()
-        self._scope.cancel()
-
-    async def _keepalive(self, interval: float) -> None:
-        while True:
-            await trio.sleep(interval)
-            self._ping_ack = trio.Event()
-            self.conn.send_ping(os.urandom(8))
-            self.kick()
-            with trio.move_on_after(self.server.options.keepalive_timeout) as scope:
-                await self._ping_ack.wait()
-            if scope.cancelled_caught:
-                log.info(
-                    "closing connection from %s: keepalive ping not answered", self.peer_address
-                )
-                self.conn.close(h2.errors.ErrorCodes.NO_ERROR, b"keepalive timeout")
-                self.kick()
-                return
-
-    def _start_call(self, event: RequestReceived) -> None:
-        handler = self.server.lookup(event.method)
-        sid = event.stream_id
-        if handler is None:
-            self.conn.send_trailers(sid, Status.UNIMPLEMENTED, f"unknown method {event.method}")
-            self.conn.finish(sid)
-            return
-        deadline = trio.current_time() + event.timeout if event.timeout is not None else math.inf
-        call = ServerCall(self, sid, event.method, event.metadata, self.peer, deadline, handler[0])
-        self.calls[sid] = call
-        assert self._rpc_nursery is not None
-        self._rpc_nursery.start_soon(self._run_call, call, handler[1])
-
-    async def _run_call(self, call: ServerCall, func: Callable[..., Any]) -> None:
-        # The boundary for one RPC: whatever happens here ends this stream, never the connection.
-        status, message, extra = Status.OK, "", []
-        try:
-            with trio.CancelScope(deadline=call.deadline) as scope:
-                call.scope = scope
-                if call.cancelled or call.aborted is not None:  # before the task started
-                    scope.cancel()
-                await call.invoke(func)
-            if scope.cancelled_caught and call.aborted is None:
-                if call.cancelled:
-                    status, message = Unavailable.status, "the server is shutting down"
-                else:
-                    status, message = Status.DEADLINE_EXCEEDED, "deadline exceeded"
-        except Exception as exc:
-            error = error_from_exception(exc, call.method)
-            status, message, extra = error.status, error.message, error.trailers
-        finally:
-            if call.aborted is None:
-                # Read the trailing metadata only now: the handler may have set it any time.
-                trailers = call.trailing_metadata
-                if extra:
-                    trailers = [*trailers, *extra]
-                if trailers:
-                    try:
-                        validate_metadata(trailers)
-                    except MetadataError as exc:  # e.g. a GrpcError carrying reserved keys
-                        log.error("%s: cannot send trailers: %s", call.method, exc)
-                        status, message, trailers = Status.INTERNAL, "invalid trailing metadata", []
-                try:  # noqa: SIM105 (contextlib.suppress costs a context manager per RPC)
-                    self.conn.send_trailers(call.stream_id, status, message, trailers)
-                except _STREAM_GONE:
-                    pass
-            self.conn.finish(call.stream_id)
-            self.calls.pop(call.stream_id, None)
-            self._maybe_finish()
-            self.kick()

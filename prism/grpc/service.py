@@ -9,6 +9,7 @@ from typing import Any, ClassVar, TypeVar
 
 import betterproto2
 
+from prism.grpc import protocheck
 from prism.grpc.wire.status import InvalidArgument
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,12 +44,17 @@ def encode(message: betterproto2.Message | bytes) -> bytes:
 
 
 def decode(message_type: MessageType, data: bytes) -> Any:
-    """Bytes → ``message_type``; ``bytes`` means no decoding at all."""
+    """Bytes → ``message_type``; ``bytes`` means no decoding at all.
+
+    Strict: bytes protobuf's reference parser rejects raise ``InvalidArgument`` saying what is
+    wrong (:mod:`prism.grpc.protocheck`), before betterproto2, which is lenient, reads them."""
     if message_type is bytes:
         return data
+    assert issubclass(message_type, betterproto2.Message)
+    checked = protocheck.check(message_type, data)
     try:
-        return message_type.parse(data)  # type: ignore[union-attr]
-    except Exception as exc:  # betterproto2 raises assorted errors on malformed input
+        return message_type.parse(checked)
+    except Exception as exc:  # what the check passed but betterproto2 still refuses
         raise InvalidArgument(
             f"could not decode message as {message_type.__name__}: {type(exc).__name__}"
         ) from None

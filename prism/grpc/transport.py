@@ -7,11 +7,13 @@ import os
 import socket as _socket
 import ssl
 import stat
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from prism.grpc.tls import TLSStream
 from prism.grpc.wire.status import Unavailable
 
 ALPN = "h2"
@@ -72,16 +74,21 @@ class PeerInfo:
         return None
 
 
+def is_tls(stream: trio.abc.Stream) -> bool:
+    """Whether ``stream`` is TLS (prism's :class:`~prism.grpc.tls.TLSStream` or Trio's)."""
+    return isinstance(stream, (TLSStream, trio.SSLStream))
+
+
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     inner: Any = stream
-    while isinstance(inner, trio.SSLStream):
+    while is_tls(inner):
         inner = inner.transport_stream
     return getattr(inner, "socket", None)
 
 
 def peer_info(stream: trio.abc.Stream) -> PeerInfo:
     sock = _socket_of(stream)
-    tls = isinstance(stream, trio.SSLStream)
+    tls = is_tls(stream)
     cert = stream.getpeercert() if tls else None  # type: ignore[attr-defined]
     if sock is not None and sock.family == _socket.AF_UNIX:
         return PeerInfo("unix:" + str(sock.getsockname() or ""), "unix", tls, cert or None)
@@ -93,7 +100,7 @@ def peer_info(stream: trio.abc.Stream) -> PeerInfo:
     return PeerInfo(address, "tcp", tls, cert or None)
 
 
-def check_alpn(stream: trio.SSLStream[Any]) -> None:
+def check_alpn(stream: TLSStream | trio.SSLStream[Any]) -> None:
     proto = stream.selected_alpn_protocol()
     if proto not in (None, ALPN):
         raise Unavailable(f"TLS peer negotiated ALPN {proto!r}, not h2")
@@ -147,7 +154,8 @@ async def connect(
             stream = await trio.open_tcp_stream(host, port)
             set_nodelay(stream)
         if ssl_context is not None:
-            tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname or host)
+            assert isinstance(stream, trio.SocketStream)
+            tls = TLSStream(stream, ssl_context, server_hostname=server_hostname or host)
             try:
                 await tls.do_handshake()
                 check_alpn(tls)
@@ -157,7 +165,36 @@ async def connect(
             stream = tls
         return stream
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-        raise Unavailable(f"cannot connect to {target}: {exc}") from exc
+        raise Unavailable(f"cannot connect to {target}: {describe_error(exc)}") from exc
+
+
+# OpenSSL's X509_V_ERR_* codes for "this certificate's issuer is not one we trust".
+_UNKNOWN_CA_CODES = frozenset({2, 18, 19, 20, 21})
+_NAME_MISMATCH_CODES = frozenset({62, 64})  # hostname, IP address
+
+
+def describe_error(exc: BaseException) -> str:
+    """What went wrong with a connection, in words: for a TLS failure (which trio reports as a
+    BrokenResourceError with an empty message, the SSLError as its cause) the verification
+    failure, ``certificate verify failed: unknown CA`` or ``... hostname mismatch``, or the
+    peer's alert; else the exception's own message."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = seen.verify_message or seen.reason or str(seen)
+            if seen.verify_code in _UNKNOWN_CA_CODES:
+                return f"certificate verify failed: unknown CA ({detail})"
+            if seen.verify_code in _NAME_MISMATCH_CODES:
+                return f"certificate verify failed: hostname mismatch ({detail})"
+            return f"certificate verify failed: {detail}"
+        if isinstance(seen, ssl.SSLError):
+            if seen.reason == "UNEXPECTED_EOF_WHILE_READING":
+                # What a server sees of a client that refused its certificate without an alert.
+                return "TLS: the peer closed the connection during the handshake"
+            reason = (seen.reason or "").lower().replace("_", " ")
+            return f"TLS: {reason or seen.strerror or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def split_host_port(target: str) -> tuple[str, int]:
@@ -212,6 +249,11 @@ class Input:
 
 # Buffers per writev(2) call: well under IOV_MAX (1024 on Linux).
 _MAX_IOV = 512
+# A task sending messages (ServerCall/ClientCall.send_message) yields to the scheduler after
+# this many bytes or messages without a wait; what it sent in between goes out in one write
+# (Output.schedule). Bounded so that a flooding stream cannot starve the other tasks.
+YIELD_BYTES = 64 << 10
+YIELD_MESSAGES = 32
 
 
 class Output:
@@ -220,28 +262,35 @@ class Output:
 
     One call at a time is a chain of task hand-offs: caller → writer task → socket → reader
     task → handler task → writer task → …, each hand-off a pass through Trio's scheduler
-    (an ``epoll_wait`` and a cold run of the loop). On a plain socket (no TLS), output is
-    written at once with a non-blocking ``writev`` by the task that produced it, provided no
-    write is in progress or pending (bytes stay in order) and the connection has at most one
-    call open (``calls``). With more calls open the writer task batches their output into
-    one write per scheduler pass, as before: writing each response at once measured one
-    ``writev`` per RPC under h2load's load instead of one per ~16. What the socket does not
-    take, and everything on TLS streams, goes to the writer task.
+    (an ``epoll_wait`` and a cold run of the loop). On a plain socket or a
+    :class:`~prism.grpc.tls.TLSStream`, output is written at once with a non-blocking
+    ``writev`` by the task that produced it (on TLS, encrypted first: one record per 16 KiB,
+    not one per buffer), provided no write is in progress or pending (bytes stay in order)
+    and at most one call is open (``calls``: what the connection counts, e.g. the client's
+    calls still waiting for their response headers). With more calls open the writer
+    task batches their output into one write per scheduler pass, as before: writing each
+    response at once measured one ``writev`` per RPC under h2load's load instead of one per
+    ~16. What the socket does not take, and everything on other streams (``trio.SSLStream``),
+    goes to the writer task.
     """
 
-    def __init__(self, stream: trio.abc.Stream, conn: Any, calls: dict[int, Any]) -> None:
-        self._sock = stream.socket if type(stream) is trio.SocketStream else None
+    def __init__(self, stream: trio.abc.Stream, conn: Any, calls: Sized) -> None:
+        self._tls = stream if type(stream) is TLSStream else None
+        direct = self._tls is not None or type(stream) is trio.SocketStream
+        self._sock = stream.socket if direct else None  # type: ignore[attr-defined]
         self._conn = conn  # prism.grpc.wire.h2conn: wants_write(), output(), closed
         self._calls = calls
         self._need_write = trio.Event()
         self._writing = False
+        # Bytes the socket did not take; on TLS, ciphertext (sent as it is).
         self._leftover: list[bytes | bytearray | memoryview] = []
 
     def kick(self) -> None:
         """Write what there is to write now, or wake the writer task for it (not for nothing:
         a wasted wakeup is a pass through the scheduler)."""
         conn = self._conn
-        if not conn.wants_write():
+        tls = self._tls
+        if not conn.wants_write() and (tls is None or not tls.wants_write):
             return
         if (
             self._sock is not None
@@ -255,9 +304,20 @@ class Output:
                 return
         self._need_write.set()
 
+    def schedule(self) -> None:
+        """Have the writer task write what is queued on its next turn, rather than now: a
+        task sending several messages in a row then has them go out in one write."""
+        if not self._need_write.is_set():
+            self._need_write.set()
+
     def _write_now(self, fd: int) -> bool:
         out = self._conn.output()
-        if len(out) > _MAX_IOV:
+        if self._tls is not None:
+            try:
+                out = [self._tls.encrypt(out)]
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False  # the writer task raises it, and the connection ends
+        elif len(out) > _MAX_IOV:
             self._leftover = out
             return False
         try:
@@ -276,12 +336,17 @@ class Output:
     async def write_loop(self, send_all: Any, on_closed: Any) -> None:
         """The writer task: leftovers, back-pressure, TLS, and the connection's close
         (``on_closed`` runs once the final output is out)."""
+        tls = self._tls
+        if tls is not None:
+            send_all = tls.send_raw  # we encrypt here: what goes out is ciphertext
         while True:
             await self._need_write.wait()
             self._need_write = trio.Event()
             self._writing = True
             try:
                 out = self._conn.output()
+                if tls is not None:
+                    out = [tls.encrypt(out)]
                 if self._leftover:
                     out = [*self._leftover, *out]
                     self._leftover = []
@@ -289,6 +354,8 @@ class Output:
                     await send_all(data)
             finally:
                 self._writing = False
-            if self._conn.closed:
+            # Closed while that write was in progress: the final GOAWAY came after the output
+            # just written (need_write is set again); write it before closing.
+            if self._conn.closed and not self._need_write.is_set():
                 await on_closed()
                 return

@@ -2,7 +2,8 @@
 
 The proxy side speaks bytes for Execute and ExecuteStream: a client's request is forwarded as
 it came (see protos/prism/proxy/v1/proxy.proto), so nothing is decoded on the way to a sidecar
-or remote plugin. The in-process client decodes once, because the plugin wants typed objects.
+or remote plugin. The in-process client has the plugin read the envelopes (once, with
+``prism.protowire``), because the plugin wants typed objects.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownRequest,
     ShutdownResponse,
 )
-from prism.grpc.channel import Channel, ClientCall
+from prism.grpc.channel import Channel
+from prism.grpc.client_call import ClientCall
 from prism.grpc.wire.status import GrpcError, Status
+from prism.plugin_protocol import METRICS_OPERATION, SERVICE_NAME, SESSION_METADATA
 from prism.sdk._nursery import open_nursery_unwrapped
-from prism.sdk.grpc_service import SESSION_METADATA
-from prism.sdk.instance import METRICS_OPERATION, PluginInstance
+from prism.sdk.instance import PluginInstance
 from prism.sdk.typed import unpack
 
-SERVICE = "/prism.plugin.v1.BackendPlugin/"
+SERVICE = f"/{SERVICE_NAME}/"
 ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 
@@ -148,7 +150,7 @@ class GrpcClient(PluginClient):
         return response
 
 
-async def _pump_requests(receive: ReceiveBytes, call: ClientCall) -> None:
+async def _pump_requests(receive: ReceiveBytes, call: ClientCall[bytes]) -> None:
     """The client's further stream requests → the plugin, then the half-close. A failure to
     send means the plugin's side of the call ended: its status arrives on the response side."""
     try:

@@ -1,25 +1,62 @@
 """One plugin instance as routes see it, and a namespace's route to its current instance.
 
 :class:`Instance` counts the calls running on it (so a reload can drain it), says whether it is
-available (callers get UNAVAILABLE at once while it is not, with the reason), and keeps what the
+routed to (callers get UNAVAILABLE at once while it is not, with the reason), and keeps what the
 host learned about it: its last health answer, its sidecar's pid, its plugin metrics.
+
+An instance is routed to only while its plugin is Initialized and its last health answer was
+HEALTHY or DEGRADED: UNHEALTHY, a health check that is not answered in time, a crash or an
+unreachable remote take it out of routing (:meth:`Instance.down`) until the supervisor has it
+serving again (:meth:`Instance.up`).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from prism._proto.prism.plugin.v1 import HealthCheckResponse, PluginMetrics
+from prism.config import NamespaceConfig
 from prism.grpc.wire.status import Unavailable
 from prism.hosting.client import PluginClient
-from prism.proxy.config import NamespaceConfig
+
+log = logging.getLogger("prism.hosting")
 
 ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
+
+
+class HostEvents(Protocol):
+    """What the plugin host reports as it happens, to whoever counts it (the proxy's metrics:
+    ``prism.proxy.metrics.ProxyMetrics`` has these methods). Called synchronously on Trio's
+    thread: they must not block or raise."""
+
+    def plugin_polled(self, namespace: str, interval: PluginMetrics, received_ns: int) -> None:
+        """One poll of the plugin's interval metrics, received at wall-clock ``received_ns``
+        (each interval is reported once)."""
+
+    def plugin_restarted(self, namespace: str) -> None:
+        """An instance is being started again after a failure."""
+
+    def plugin_reloaded(self, namespace: str, ok: bool) -> None:
+        """A hot reload ended: ``ok``, or failed (the old instance kept serving)."""
+
+
+class NoEvents:
+    def plugin_polled(self, namespace: str, interval: PluginMetrics, received_ns: int) -> None:
+        pass
+
+    def plugin_restarted(self, namespace: str) -> None:
+        pass
+
+    def plugin_reloaded(self, namespace: str, ok: bool) -> None:
+        pass
 
 
 @dataclass
@@ -43,12 +80,25 @@ class MetricsTotals:
 class Instance:
     """One running plugin instance, as routes see it."""
 
-    def __init__(self, namespace: str, mode: str, generation: int) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        mode: str,
+        generation: int,
+        on_change: Callable[[Instance], None] | None = None,
+        events: HostEvents | None = None,
+    ) -> None:
+        """``on_change`` is called (synchronously, never dropped) whenever the instance goes up
+        or down: the host reports the namespace's health from it. ``events`` hears of its
+        metrics polls and restarts."""
         self.namespace = namespace
+        self.events: HostEvents = events if events is not None else NoEvents()
         self.mode = mode
         self.generation = generation
         self.client: PluginClient | None = None
         self.down_reason = "starting"
+        self._down_since: float | None = None  # when it went down after having served
+        self._on_change = on_change
         self.scope = trio.CancelScope()
         self.in_flight = 0  # calls running on this instance, streams included
         self._unary_in_flight = 0
@@ -72,16 +122,43 @@ class Instance:
     def available(self) -> bool:
         return self.client is not None
 
-    def up(self, client: PluginClient) -> None:
+    def up(self, client: PluginClient, health: HealthCheckResponse | None = None) -> None:
+        """Route to ``client`` (its plugin is Initialized and answered ``health``)."""
+        was_down = self.client is None
         self.client = client
+        if health is not None:
+            self.health = health
+        if was_down and self._down_since is not None:
+            log.warning(
+                "namespace %r is serving again after %.3f s down (%s; instance %d)",
+                self.namespace,
+                trio.current_time() - self._down_since,
+                self.down_reason,
+                self.generation,
+            )
+            self._down_since = None
+        if was_down and self._on_change is not None:
+            self._on_change(self)
 
     def down(self, reason: str) -> None:
+        """Stop routing to the plugin: calls get UNAVAILABLE with ``reason`` until :meth:`up`."""
+        was_up = self.client is not None
         self.client = None
         self.down_reason = reason
+        if was_up:
+            self._down_since = trio.current_time()
+        if self._on_change is not None:
+            self._on_change(self)
 
     def record_metrics(self, metrics: PluginMetrics) -> None:
         self.metrics = metrics
         self.totals.add(metrics)
+        self.events.plugin_polled(self.namespace, metrics, time.time_ns())
+
+    def restarted(self) -> None:
+        """The supervisor starts this instance's plugin again after a failure."""
+        self.restarts += 1
+        self.events.plugin_restarted(self.namespace)
 
     async def poll_metrics(self) -> PluginMetrics | None:
         """Fetch the plugin's interval metrics (which resets them) into :attr:`metrics` and
@@ -127,8 +204,9 @@ class Instance:
         return self._unary_in_flight == 0
 
 
-class Route:
-    """A namespace's route: forwards to whichever instance is current."""
+class NamespaceRoute:
+    """A namespace's route: forwards to whichever instance is current. (The front door's
+    ``frontdoor.Route`` is the protocol this implements.)"""
 
     def __init__(self, config: NamespaceConfig) -> None:
         self.config = config

@@ -1,8 +1,10 @@
 """Launching one sidecar plugin process: spawn, handshake, log forwarding, termination.
 
-:class:`PluginProcess` is one launch of a plugin (``supervisor.PluginSupervisor`` restarts it).
+:class:`PluginProcess` is one launch of a plugin (:mod:`prism.hosting.sidecar` launches them,
+a warm standby ahead of need, and stops them only through :meth:`PluginProcess.terminate` or by
+cancelling :meth:`PluginProcess.run`: never by pid, which another process may have by then).
 The handshake protocol and the environment the plugin receives are described in
-:mod:`prism.hosting.handshake`.
+:mod:`prism.plugin_protocol.handshake`.
 
 Nothing outlives the proxy:
 
@@ -16,6 +18,11 @@ Nothing outlives the proxy:
 - the plugin runs in its own process group (so a terminal's Ctrl-C reaches the proxy, which
   then stops plugins in order) and when its leader exits, whatever is left in the group is
   SIGKILLed before the leader is reaped, while its pid cannot have been reused.
+
+The plugin does not inherit the proxy's environment, which may hold the secrets of every
+namespace (``{{ env:PG_PASSWORD }}``) and ``/proc/PID/environ`` shows it to the plugin's own
+code: :func:`plugin_environment` builds a minimal one. Credentials reach a plugin only in
+Initialize, and only its own namespace's.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +40,8 @@ from signal import Signals
 
 import trio
 
-from prism.hosting.handshake import (
+from prism.hosting.isolation import ResourceLimits, make_preexec
+from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
     ENV_SOCKET,
@@ -48,7 +55,6 @@ from prism.hosting.handshake import (
     is_handshake_line,
     parse_handshake,
 )
-from prism.hosting.isolation import ResourceLimits, make_preexec
 
 _log = logging.getLogger(__name__)
 
@@ -61,34 +67,85 @@ _LEVELS |= {"ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 
 
 @dataclass(frozen=True)
-class BackoffPolicy:
-    """Restart delays: ``initial`` doubling up to ``maximum``, reset after a stable run."""
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    reset_after: float = 10.0
-
-
-@dataclass(frozen=True)
 class PluginSpec:
     name: str
     command: Sequence[str]
-    env: Mapping[str, str] = field(default_factory=dict)  # on top of the proxy's environment
-    inherit_env: bool = True  # False: the plugin sees only ``env`` and the PRISM_PLUGIN_* vars
+    # The plugin's environment (plugin_environment): ENV_ALLOWLIST, plus these names when the
+    # proxy has them, plus these explicit values; never the proxy's whole environment.
+    env: Mapping[str, str] = field(default_factory=dict)
+    inherit_env: Sequence[str] = ()
     cwd: Path | None = None
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     protocol_versions: tuple[int, ...] = SUPPORTED_PROTOCOL_VERSIONS
     startup_grace: float = 30.0  # launch to handshake; a caller's tighter scope still wins
     stop_grace: float = 5.0  # SIGTERM to SIGKILL
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    runtime_parent: Path | None = None  # where runtime directories go; default: the temp dir
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):  # a str is a Sequence[str] too, of characters
             raise TypeError("PluginSpec.command is a list of arguments, not a string")
         if not self.name or not self.command:
             raise ValueError("a PluginSpec needs a name and a non-empty command")
+        if isinstance(self.inherit_env, str):
+            raise TypeError("PluginSpec.inherit_env is a list of variable names, not a string")
+        for name in (*self.env, *self.inherit_env):
+            _check_env_name(name)
+        for name, value in self.env.items():
+            if "\0" in value:
+                raise ValueError(f"environment variable {name}: its value contains a NUL byte")
+
+
+#: What a sidecar inherits from the proxy's environment, when the proxy has it. Locations and
+#: locale, never secrets: ``PATH`` (to find a ``command``), ``HOME`` (libraries and Python's user
+#: site-packages resolve paths under it), ``TMPDIR``, ``TZ``, ``LANG``/``LANGUAGE``/``LC_*``; and
+#: the variables that decide where the interpreter finds its modules, so that the plugin imports
+#: what the proxy (which verifies the plugin's files before the launch) found. ``VIRTUAL_ENV``
+#: is not among them: a virtualenv's interpreter finds its packages from the ``pyvenv.cfg``
+#: beside it, and sidecars run the proxy's own interpreter.
+ENV_ALLOWLIST = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSAFEPATH",
+        "PYTHONNOUSERSITE",
+        "PYTHONUSERBASE",
+    }
+)
+ENV_ALLOWED_PREFIXES = ("LC_",)
+_HANDSHAKE_ENV = frozenset({ENV_MAGIC_COOKIE, ENV_PROTOCOL_VERSIONS, ENV_SOCKET})
+
+
+def _check_env_name(name: str) -> None:
+    if not name or "=" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not an environment variable name")
+    if name in _HANDSHAKE_ENV:
+        raise ValueError(f"environment variable {name} is set by the proxy for the handshake")
+
+
+def plugin_environment(
+    spec: PluginSpec, socket_path: Path, parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The whole environment a sidecar starts with: from ``parent`` (the proxy's environment)
+    only :data:`ENV_ALLOWLIST`, ``LC_*`` and ``spec.inherit_env`` (names it does not have are
+    skipped, as systemd's ``PassEnvironment=`` does), then ``spec.env``, then the handshake
+    variables, which nothing overrides."""
+    parent = os.environ if parent is None else parent
+    wanted = ENV_ALLOWLIST.union(spec.inherit_env)
+    env = {
+        name: value
+        for name, value in parent.items()
+        if name in wanted or name.startswith(ENV_ALLOWED_PREFIXES)
+    }
+    env.update(spec.env)
+    env[ENV_MAGIC_COOKIE] = MAGIC_COOKIE
+    env[ENV_SOCKET] = os.fspath(socket_path)
+    env[ENV_PROTOCOL_VERSIONS] = format_protocol_versions(spec.protocol_versions)
+    return env
 
 
 @dataclass(frozen=True)
@@ -121,19 +178,6 @@ class PluginExitedError(PluginStartError):
 
 class PluginStartTimeout(PluginStartError):
     """The plugin printed no handshake within its startup grace."""
-
-
-def create_runtime_dir(name: str, parent: Path | None = None) -> Path:
-    """A fresh private (0700) directory for one plugin's sockets; the caller removes it.
-
-    A configured ``parent`` that does not exist yet is created (0700), as a service manager
-    creates a runtime directory such as ``/run/prism``."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:24]
-    if parent is not None:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"prism-{safe}-", dir=parent))
-    os.chmod(path, 0o700)  # mkdtemp already does; explicit because the checks rely on it
-    return path
 
 
 class _LineReader:
@@ -173,6 +217,9 @@ class PluginProcess:
         self.runtime_dir = runtime_dir
         self.handshake: Handshake | None = None
         self.exit_status: ExitStatus | None = None
+        #: Set the moment the plugin has exited and been reaped (before its last output lines
+        #: are drained, which ``run`` then still does): a crash is seen at once.
+        self.exited = trio.Event()
         self.logger = logging.getLogger(f"prism.plugin.{spec.name}")
         self._popen: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
@@ -253,6 +300,7 @@ class PluginProcess:
             code = popen.returncode
             assert code is not None
             self.exit_status = ExitStatus(code)
+            self.exited.set()
         return self.exit_status
 
     def send_signal(self, sig: int) -> None:
@@ -294,11 +342,7 @@ class PluginProcess:
         # Synchronous on purpose, in the trio thread: see the module docstring (PDEATHSIG).
         if self._popen is not None:
             raise RuntimeError("a PluginProcess is launched once; make a new one to restart")
-        env = dict(os.environ) if self.spec.inherit_env else {}
-        env.update(self.spec.env)
-        env[ENV_MAGIC_COOKIE] = MAGIC_COOKIE
-        env[ENV_SOCKET] = os.fspath(self.socket_path)
-        env[ENV_PROTOCOL_VERSIONS] = format_protocol_versions(self.spec.protocol_versions)
+        env = plugin_environment(self.spec, self.socket_path)
         try:
             preexec = make_preexec(self.spec.limits)
         except ValueError as exc:

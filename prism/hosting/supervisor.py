@@ -1,82 +1,50 @@
-"""Keeping a sidecar plugin running: restart on crash with backoff, and report every change.
+"""The one restart loop: keep a plugin instance serving, whatever its deployment model.
 
-The hosting layer runs one :class:`PluginSupervisor` per sidecar plugin instance inside that
-instance's nursery and listens to its events: on :class:`Crashed` it marks the plugin
-UNAVAILABLE at once (callers fail fast instead of waiting for a restart), on :class:`Ready` it
-connects to the new socket (every launch gets a fresh one) and routes to it again.
+A deployment model (:mod:`prism.hosting.in_process`, :mod:`~prism.hosting.sidecar`,
+:mod:`~prism.hosting.remote`) knows how to run its plugin *once*: start it, Initialize it,
+report started once it serves, then serve until it fails (it raises :class:`PluginFailed`, or
+anything else) or is cancelled. :func:`supervise` runs that again and again::
 
-Events, in order, for one supervisor::
+    attempt 1: start ── serving ── fails ─┐
+                                          ├─ down at once (UNAVAILABLE with the reason)
+                                          ├─ wait: backoff (doubling, reset after a stable run)
+    attempt 2: start ── serving ── ...  ◀─┘
 
-    Starting -> Ready -> Crashed -> Restarting -> Starting -> Ready -> ... -> Stopped
-    Starting -> Failed -> Stopped             (the first launch failed: run() raises)
+Every change reaches the instance (:meth:`Instance.up` / :meth:`Instance.down`) synchronously:
+there is no queue between the loop and the host, so nothing the host needs can be dropped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
-from prism.hosting.handshake import Handshake, PluginStartError
-from prism.hosting.process import (
-    BackoffPolicy,
-    ExitStatus,
-    PluginProcess,
-    PluginSpec,
-    create_runtime_dir,
-)
+from prism.hosting.instance import Instance
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger("prism.hosting")
+
+Attempt = Callable[..., Awaitable[None]]
+"""``async def attempt(number, *, task_status)``: run the plugin once (module docstring)."""
 
 
 @dataclass(frozen=True)
-class Starting:
-    plugin: str
-    attempt: int  # 1 for the first launch
-    socket_path: Path
+class BackoffPolicy:
+    """Restart delays: ``initial`` doubling up to ``maximum``, reset after a stable run."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    reset_after: float = 10.0
 
 
-@dataclass(frozen=True)
-class Ready:
-    plugin: str
-    attempt: int
-    handshake: Handshake
-    pid: int
-
-
-@dataclass(frozen=True)
-class Crashed:
-    plugin: str
-    attempt: int
-    exit_status: ExitStatus | None  # None if it never started (e.g. the executable vanished)
-    reason: str
-
-
-@dataclass(frozen=True)
-class Restarting:
-    plugin: str
-    delay: float  # seconds until the next Starting
-
-
-@dataclass(frozen=True)
-class Failed:
-    plugin: str
-    error: PluginStartError
-
-
-@dataclass(frozen=True)
-class Stopped:
-    plugin: str
-    exit_status: ExitStatus | None  # of the last launch
-
-
-PluginEvent = Starting | Ready | Crashed | Restarting | Failed | Stopped
+#: After a crash or an UNHEALTHY answer (a plugin in a crash loop must not spin).
+RESTART_BACKOFF = BackoffPolicy()
+#: Reconnecting to a remote plugin service: capped low, so that once the service is back the
+#: namespace serves again within about half a second (a refused connection costs nothing).
+RECONNECT_BACKOFF = BackoffPolicy(initial=0.05, maximum=0.5)
 
 
 class Backoff:
@@ -87,7 +55,7 @@ class Backoff:
         self._next = policy.initial
 
     def next_delay(self, ran_for: float) -> float:
-        """The delay before the next launch, given how long the last one ran after Ready."""
+        """The delay before the next attempt, given how long the last one served."""
         if ran_for >= self.policy.reset_after:
             self._next = self.policy.initial
         delay = self._next
@@ -95,103 +63,96 @@ class Backoff:
         return delay
 
 
-class PluginSupervisor:
-    """Runs one sidecar plugin and restarts it when it exits; see the module docstring.
+class PluginFailed(Exception):
+    """A running plugin stopped serving (crashed, UNHEALTHY, unreachable); the message says
+    why, and is what callers read in their UNAVAILABLE."""
 
-    ``on_event`` is called synchronously for each event from the supervisor's task; it must not
-    block or raise (to hand events to another task, pass a memory channel's ``send_nowait``).
+
+class PluginUnreachable(PluginFailed):
+    """A remote plugin service cannot be reached (refused, TLS, no answer). Not a reason to
+    fail a proxy's start: the namespace starts NOT_SERVING and the host keeps trying."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an attempt's failure: the messages of every exception in it."""
+    leaves = _leaves(exc)
+    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def only_unreachable(exc: BaseException) -> bool:
+    return all(isinstance(leaf, PluginUnreachable) for leaf in _leaves(exc))
+
+
+async def supervise(
+    attempt: Attempt,
+    instance: Instance,
+    *,
+    what: str,
+    startup_timeout: float,
+    backoff: BackoffPolicy = RESTART_BACKOFF,
+    start_unreachable: bool = False,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``attempt`` until cancelled, again after every failure (module docstring).
+
+    Reports started once the first attempt serves. Its failure is raised instead (a
+    TooSlowError when it does not serve within ``startup_timeout``) — except, with
+    ``start_unreachable``, a :class:`PluginUnreachable`: then it reports started with the
+    instance down and keeps trying. Each later attempt gets ``startup_timeout`` too: a plugin
+    that hangs while starting is stopped and tried again. After ``instance.retiring`` is set
+    (it was sent Shutdown), an attempt's end is expected: the loop returns.
+
+    Cancellation: cancels the running attempt (which stops its plugin) and re-raises.
     """
-
-    def __init__(
-        self, spec: PluginSpec, *, on_event: Callable[[PluginEvent], None] | None = None
-    ) -> None:
-        self.spec = spec
-        self._on_event = on_event
-        self._current: PluginProcess | None = None
-
-    @property
-    def handshake(self) -> Handshake | None:
-        """The running plugin's handshake, None while it is down or starting."""
-        current = self._current
-        return None if current is None else current.handshake
-
-    @property
-    def pid(self) -> int | None:
-        current = self._current
-        return None if current is None else current.pid
-
-    async def run(
-        self, *, task_status: trio.TaskStatus[Handshake] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Launch the plugin, report its first handshake, and keep it running until cancelled.
-
-        The first launch must succeed: if it does not, :class:`Failed` is reported and its
-        :class:`PluginStartError` raised (so ``await nursery.start(supervisor.run)`` fails with
-        the reason). After that, crashes and failed restarts are retried with backoff forever.
-
-        Cancellation: terminates the current plugin process (stdin closed, SIGTERM,
-        ``spec.stop_grace``, SIGKILL), reaps it, removes the runtime directory, reports
-        :class:`Stopped` and re-raises.
-        """
-        name = self.spec.name
-        runtime_dir = create_runtime_dir(name, self.spec.runtime_parent)
-        backoff = Backoff(self.spec.backoff)
-        last_exit: ExitStatus | None = None
-        ready_once = False
-        attempt = 0
+    delays = Backoff(backoff)
+    started = False
+    number = 0
+    while True:
+        number += 1
+        ready_at: float | None = None
         try:
-            while True:
-                attempt += 1
-                socket_path = runtime_dir / f"plugin-{attempt}.sock"
-                self._emit(Starting(name, attempt, socket_path))
-                process = PluginProcess(self.spec, socket_path=socket_path, runtime_dir=runtime_dir)
-                ready_at: float | None = None
-                failure: PluginStartError | None = None
-                try:
-                    async with trio.open_nursery() as nursery:
-                        # Caught here: out of the nursery it would arrive in an ExceptionGroup.
-                        try:
-                            handshake = await nursery.start(process.run)
-                        except PluginStartError as exc:
-                            failure = exc
-                        else:
-                            ready_at = trio.current_time()
-                            self._current = process
-                            assert process.pid is not None
-                            self._emit(Ready(name, attempt, handshake, process.pid))
-                            if not ready_once:
-                                ready_once = True
-                                task_status.started(handshake)
-                finally:
-                    self._current = None
-                    last_exit = process.exit_status
-                    _remove_stale_socket(socket_path)
-                if failure is not None and not ready_once:
-                    self._emit(Failed(name, failure))
-                    raise failure
-                reason = (
-                    str(failure)
-                    if failure is not None
-                    else f"plugin {name!r} exited unexpectedly ({process.exit_status})"
-                )
-                _log.warning("%s", reason)
-                self._emit(Crashed(name, attempt, process.exit_status, reason))
-                ran_for = 0.0 if ready_at is None else trio.current_time() - ready_at
-                delay = backoff.next_delay(ran_for)
-                self._emit(Restarting(name, delay))
-                await trio.sleep(delay)
-        finally:
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-            self._emit(Stopped(name, last_exit))
-
-    def _emit(self, event: PluginEvent) -> None:
-        _log.debug("plugin event: %s", event)
-        if self._on_event is not None:
-            self._on_event(event)
-
-
-def _remove_stale_socket(path: Path) -> None:
-    # The plugin cannot unlink its socket when it is SIGKILLed; the next launch uses a new path,
-    # so this only keeps the runtime directory tidy during a long crash loop.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(startup_timeout):
+                    await nursery.start(attempt, number)
+                ready_at = trio.current_time()
+                if not started:
+                    started = True
+                    task_status.started()
+            reason = "the plugin instance ended"
+        except Exception as exc:
+            if not started and not (start_unreachable and only_unreachable(exc)):
+                raise
+            reason = (
+                f"not serving within {startup_timeout:g} s"
+                if any(isinstance(leaf, trio.TooSlowError) for leaf in _leaves(exc))
+                else describe(exc)
+            )
+        except BaseExceptionGroup as group:
+            # Being stopped while the plugin also failed (a remote's connection lost as the
+            # proxy shuts down): the cancellation wins. Re-raising the failure with it would
+            # leave the failure standing once the stopping scope absorbs the Cancelled, and
+            # end the host.
+            cancelled, failures = group.split(trio.Cancelled)
+            if cancelled is None or failures is None:
+                raise
+            log.info("%s failed while being stopped: %s", what, describe(failures))
+            raise cancelled from None
+        instance.down(reason)
+        if instance.retiring:
+            return
+        if not started:
+            started = True
+            task_status.started()  # start_unreachable: NOT_SERVING, and keep trying
+        delay = delays.next_delay(0.0 if ready_at is None else trio.current_time() - ready_at)
+        if ready_at is not None or number == 1:
+            log.error("%s failed: %s; restarting in %.2f s", what, reason, delay)
+        else:
+            log.warning("%s: attempt %d failed: %s; next in %.2f s", what, number, reason, delay)
+        await trio.sleep(delay)
+        instance.restarted()

@@ -8,6 +8,11 @@ the reason.
 Signatures are detached: ``<artifact>.sig`` beside the artifact holds a 64-byte ed25519
 signature, raw or base64. A file is signed over its bytes; a directory over its manifest
 (:func:`manifest`), so that a byte-compiled cache cannot break a signature.
+
+A signature check reads every file once and verifies those bytes; it returns them
+(:class:`VerifiedArtifact`) so the plugin can be imported from exactly what was verified
+(:mod:`prism.hosting.loader`), never from the disk again: bytecode, which the manifest leaves
+out, is then never executed either.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import binascii
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,15 +122,33 @@ def signature_path(path: Path) -> Path:
     return path.with_name(path.name + ".sig")
 
 
-def manifest(directory: Path) -> bytes:
-    """The signed form of a directory: a header, then ``<sha256 hex>  <relative path>`` lines.
+@dataclass(frozen=True, eq=False)
+class VerifiedArtifact:
+    """A plugin artifact's files as a signature check read and verified them.
 
-    Sorted by path, ``/``-separated, so it is the same on every machine. ``__pycache__``
-    directories and ``*.pyc`` files are left out (Python rewrites them). Links to files count as
-    the file they point to; links to directories are refused, since their contents could change
-    without changing the manifest.
+    For a package directory (``package``), ``files`` maps each ``/``-separated path under it,
+    as in the manifest, to its bytes; for a single-file module it holds that one file under its
+    name. ``digest``: SHA-256 of the signed payload, which tells two versions apart."""
+
+    path: Path
+    package: bool
+    files: Mapping[str, bytes]
+    digest: bytes
+
+    @property
+    def root(self) -> Path:
+        """The directory ``files`` are relative to."""
+        return self.path if self.package else self.path.parent
+
+
+def read_tree(directory: Path) -> dict[str, bytes]:
+    """The files a directory's :func:`manifest` covers, read once: relative path → bytes.
+
+    ``__pycache__`` directories and ``*.pyc`` files are left out (Python rewrites them). Links
+    to files count as the file they point to; links to directories are refused, since their
+    contents could change without changing the manifest. ValueError for what cannot be signed.
     """
-    entries: list[tuple[str, str]] = []
+    tree: dict[str, bytes] = {}
     for root, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for d in dirs:
@@ -138,14 +161,37 @@ def manifest(directory: Path) -> bytes:
             rel = full.relative_to(directory).as_posix()
             if "\n" in rel:
                 raise ValueError(f"{full!r} has a newline in its name")
-            entries.append((rel, hashlib.sha256(full.read_bytes()).hexdigest()))
-    entries.sort()
+            tree[rel] = full.read_bytes()
+    return tree
+
+
+def manifest_of(tree: Mapping[str, bytes]) -> bytes:
+    """A header, then ``<sha256 hex>  <relative path>`` lines, sorted by path (``/``-separated,
+    so the same on every machine)."""
+    entries = sorted((rel, hashlib.sha256(data).hexdigest()) for rel, data in tree.items())
     return MANIFEST_HEADER + b"".join(f"{digest}  {rel}\n".encode() for rel, digest in entries)
+
+
+def manifest(directory: Path) -> bytes:
+    """The signed form of a directory: :func:`manifest_of` its :func:`read_tree`."""
+    return manifest_of(read_tree(directory))
+
+
+def _snapshot(path: Path) -> tuple[bytes, VerifiedArtifact]:
+    """Read the artifact once: (what its signature covers, the files it was computed from)."""
+    package = path.is_dir()
+    if package:
+        tree = read_tree(path)
+        payload = manifest_of(tree)
+    else:
+        tree = {path.name: path.read_bytes()}
+        payload = tree[path.name]
+    return payload, VerifiedArtifact(path, package, tree, hashlib.sha256(payload).digest())
 
 
 def signed_payload(path: Path) -> bytes:
     """What a signature covers: a file's bytes, or a directory's :func:`manifest`."""
-    return manifest(path) if path.is_dir() else path.read_bytes()
+    return _snapshot(path)[0]
 
 
 def sign_artifact(path: Path, private_key: Ed25519PrivateKey) -> bytes:
@@ -221,13 +267,16 @@ def _read_signature(plugin: str, sig_path: Path) -> bytes:
     return raw
 
 
-def verify_signature(plugin: str, path: Path, trusted_keys: Sequence[Ed25519PublicKey]) -> None:
-    """Refuse unless ``<path>.sig`` exists and one of ``trusted_keys`` verifies it."""
+def verify_signature(
+    plugin: str, path: Path, trusted_keys: Sequence[Ed25519PublicKey]
+) -> VerifiedArtifact:
+    """Refuse unless ``<path>.sig`` exists and one of ``trusted_keys`` verifies it; return the
+    files as they were read for the check."""
     if not trusted_keys:
         raise PluginRefused(plugin, "signatures are required but no trusted keys are configured")
     signature = _read_signature(plugin, signature_path(path))
     try:
-        payload = signed_payload(path)
+        payload, artifact = _snapshot(path)
     except (OSError, ValueError) as exc:
         raise PluginRefused(plugin, f"cannot compute what {path} signs: {exc}") from None
     for key in trusted_keys:
@@ -235,7 +284,7 @@ def verify_signature(plugin: str, path: Path, trusted_keys: Sequence[Ed25519Publ
             key.verify(signature, payload)
         except InvalidSignature:
             continue
-        return
+        return artifact
     raise PluginRefused(
         plugin,
         f"signature {signature_path(path)} does not verify with any of the "
@@ -269,15 +318,17 @@ class VerifyPolicy:
         )
 
 
-def verify_artifact(plugin: str, path: Path, policy: VerifyPolicy) -> None:
+def verify_artifact(plugin: str, path: Path, policy: VerifyPolicy) -> VerifiedArtifact | None:
     """Everything that can be checked before loading: permissions, then the signature.
 
     With signatures optional, a ``.sig`` that is present is still checked when trusted keys are
-    configured: a signature that fails means tampering, whatever the policy. The API version is
-    checked after loading, with :func:`check_api_version`.
+    configured: a signature that fails means tampering, whatever the policy. Returns the
+    verified files when a signature was checked (import from those), else None. The API
+    version is checked after loading, with :func:`check_api_version`.
     """
     if policy.check_permissions:
         check_permissions(plugin, path)
     present = signature_path(path).exists()
     if policy.require_signature or (present and policy.trusted_keys):
-        verify_signature(plugin, path, policy.trusted_keys)
+        return verify_signature(plugin, path, policy.trusted_keys)
+    return None

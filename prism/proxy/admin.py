@@ -1,7 +1,8 @@
 """The admin API (``prism.admin.v1.Admin``): namespace status and hot reload over the host.
 
-It has no authentication: :class:`prism.proxy.app.Proxy` serves it on its own listener, on
-loopback or a 0600 Unix socket only (see ``AdminConfig``), never on the front door.
+It has no authentication: :class:`prism.proxy.app.Proxy` serves it on the admin port
+(:mod:`prism.proxy.adminport`, beside the admin HTTP routes), on loopback or a 0600 Unix socket
+only (see ``AdminConfig``), never on the front door.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prism._proto.prism.admin.v1 import (
     ReloadNamespaceResponse,
 )
 from prism._proto.prism.plugin.v1 import PluginMetrics
-from prism.hosting.host import PluginHost, PluginStartFailed, Route
+from prism.hosting.host import NamespaceRoute, PluginHost, PluginStartFailed
 
 log = logging.getLogger("prism.admin")
 
@@ -44,7 +45,7 @@ class AdminService(pg.Service):
         self.host = host
         self.metrics = metrics
 
-    def status(self, route: Route) -> NamespaceStatus:
+    def status(self, route: NamespaceRoute) -> NamespaceStatus:
         ns = route.config
         instance = route.current
         status = NamespaceStatus(name=ns.name, plugin=ns.plugin.name, mode=ns.plugin.mode)

@@ -1,5 +1,10 @@
-"""The proxy process: plugin host + front door + admin API + health + reflection, in one
-nursery."""
+"""The proxy process: plugin host + front door + admin port + health + reflection, in one
+nursery.
+
+The front door's server runs the request pipeline (:mod:`prism.proxy.pipeline`, built by
+:mod:`prism.proxy.assembly`); the admin port (:mod:`prism.proxy.adminport`) serves the admin
+API over gRPC and HTTP/1.1 (``/metrics``, ``/healthz``) on each admin listener.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,18 @@ from typing import Any
 import trio
 
 from prism import grpc as pg
+from prism.config import ProxyConfig, check_admin_listen
 from prism.grpc.health import Health, HealthState, ServingStatus
 from prism.grpc.reflection import Reflection
 from prism.grpc.transport import server_ssl_context, split_host_port
 from prism.hosting.host import PluginHost
 from prism.proxy.admin import AdminService
-from prism.proxy.config import ProxyConfig, check_admin_listen
+from prism.proxy.admin_http import FRONT_DOOR_SERVICE, admin_routes
+from prism.proxy.adminport import AdminPort, admin_ssl_context
+from prism.proxy.assembly import build_pipeline
 from prism.proxy.frontdoor import DataProxyService
+from prism.proxy.http import HttpServer
+from prism.proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("prism.proxy")
 
@@ -35,24 +45,29 @@ def namespace_health_name(namespace: str) -> str:
 
 class Proxy:
     """A running proxy. ``address`` is where the front door listens; ``admin_address`` and
-    ``admin_socket`` where the admin API does (None when not configured)."""
+    ``admin_socket`` where the admin port does (None when not configured). ``metrics``: its
+    Prometheus metrics (its own registry); ``pipeline``: the front door's request stages."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.health = HealthState()
-        self.host = PluginHost(config, on_status=self._namespace_status)
+        self.metrics = ProxyMetrics()
+        self.host = PluginHost(config, on_status=self._namespace_status, events=self.metrics)
+        self.pipeline = build_pipeline(config, self.host, self.metrics)
         self.server = pg.Server(
-            [DataProxyService(self.host), Health(self.health)],
+            [DataProxyService(self.host, self.pipeline), Health(self.health)],
             pg.ServerOptions(
                 max_receive_message_size=config.max_message_size,
                 max_send_message_size=config.max_message_size,
             ),
+            interceptors=[self.pipeline.interceptor],
         )
         for service in Reflection.for_server(self.server).services():
             self.server.add_service(service)
-        # The admin API gets its own server: never reachable through the front door's
-        # (possibly public) listener, whatever its address.
+        # The admin API gets its own servers, on the admin port: never reachable through the
+        # front door's (possibly public) listener, whatever its address.
         self.admin_server: pg.Server | None = None
+        self.admin_port: AdminPort | None = None
         if config.admin.enabled:
             if config.admin.listen is not None:
                 check_admin_listen(config.admin.listen)  # also for configs built in code
@@ -61,6 +76,8 @@ class Proxy:
             )
             for service in Reflection.for_server(self.admin_server).services():
                 self.admin_server.add_service(service)
+            self.admin_http = HttpServer(admin_routes(self))
+            self.admin_port = AdminPort(self.admin_server, self.admin_http)
         self.address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self.admin_socket: str | None = None
@@ -69,6 +86,10 @@ class Proxy:
     def _namespace_status(self, namespace: str, serving: bool) -> None:
         status = ServingStatus.SERVING if serving else ServingStatus.NOT_SERVING
         self.health.set(namespace_health_name(namespace), status)
+
+    def namespace_status(self, namespace: str) -> ServingStatus | None:
+        """The health of ``namespace``'s plugin (None before its first report)."""
+        return self.health.get(namespace_health_name(namespace))
 
     async def run(self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED) -> None:
         """Start plugins, then listen; ``started`` once both are up. Runs until :meth:`stop`
@@ -80,13 +101,14 @@ class Proxy:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
+                await nursery.start(self.pipeline.run)  # stages' background work, if any
                 self.address = await _listen(
                     nursery,
                     partial(self.server.serve_tcp, host, port, ssl_context=ssl_context),
-                    f"listen {self.config.listen}",
+                    f"{self.config.listen} (listen)",
                 )
                 await self._start_admin(nursery)
-                self.health.set("prism.proxy.v1.DataProxy", ServingStatus.SERVING)
+                self.health.set(FRONT_DOOR_SERVICE, ServingStatus.SERVING)
                 log.info(
                     "prism listening on %s:%d (%s)",
                     *self.address,
@@ -97,40 +119,46 @@ class Proxy:
                 task_status.started(self)
 
     async def _start_admin(self, nursery: trio.Nursery) -> None:
-        admin, server = self.config.admin, self.admin_server
-        if server is None:
+        admin, port = self.config.admin, self.admin_port
+        if port is None:
             return
         if admin.listen is not None:
-            host, port = split_host_port(admin.listen)
+            host, number = split_host_port(admin.listen)
+            tls = admin.tls
+            context = admin_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None
             self.admin_address = await _listen(
-                nursery, partial(server.serve_tcp, host, port), f"admin.listen {admin.listen}"
+                nursery,
+                partial(port.serve_tcp, host, number, ssl_context=context),
+                f"{admin.listen} (admin.listen)",
             )
-            log.info("admin API on %s:%d", *self.admin_address)
+            log.info("admin API on %s:%d (gRPC and HTTP)", *self.admin_address)
         if admin.unix_socket is not None:
-            what = f"admin.unix_socket {admin.unix_socket}"
+            what = f"unix:{admin.unix_socket} (admin.unix_socket)"
             # serve_unix replaces a stale socket file; one a live proxy still answers on is not
             # stale, and replacing it would silently take that proxy's admin API away.
             if await _answers(admin.unix_socket):
                 raise ListenFailed(f"cannot listen on {what}: another process is serving on it")
             self.admin_socket = await _listen(
-                nursery, partial(server.serve_unix, admin.unix_socket, mode=0o600), what
+                nursery, partial(port.serve_unix, admin.unix_socket, mode=0o600), what
             )
-            log.info("admin API on unix:%s", self.admin_socket)
+            log.info("admin API on unix:%s (gRPC and HTTP)", self.admin_socket)
 
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, GOAWAY, in-flight calls get ``shutdown_grace``, then
         plugins are shut down."""
         self.health.shutdown()
+        grace = self.config.shutdown_grace
         async with trio.open_nursery() as nursery:
-            for server in (self.server, self.admin_server):
-                if server is not None:
-                    nursery.start_soon(server.shutdown, self.config.shutdown_grace)
+            nursery.start_soon(self.server.shutdown, grace)
+            if self.admin_port is not None:
+                nursery.start_soon(self.admin_port.shutdown, grace)
         if self._scope is not None:
             self._scope.cancel()
 
 
 async def _listen(nursery: trio.Nursery, serve: Callable[..., Awaitable[Any]], what: str) -> Any:
-    """Start a listener task; its OSError (address in use, ...) becomes one clear ListenFailed."""
+    """Start a listener task; its OSError (address in use, ...) becomes one clear ListenFailed.
+    ``what``: the address and the setting it comes from, ``127.0.0.1:50051 (listen)``."""
     try:
         return await nursery.start(serve)
     except OSError as exc:

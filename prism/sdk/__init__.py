@@ -8,6 +8,7 @@ See docs/plugin-guide.md. In short: subclass ``BackendPlugin``, declare operatio
 
 from __future__ import annotations
 
+from prism.sdk.config import InvalidConfig
 from prism.sdk.errors import (
     Aborted,
     AlreadyExists,
@@ -30,6 +31,7 @@ from prism.sdk.errors import (
     error_from_text,
 )
 from prism.sdk.instance import METRICS_OPERATION, PluginInstance, State, open_plugin
+from prism.sdk.keyvalue import KeyValueLimits
 from prism.sdk.metrics import Metrics
 from prism.sdk.plugin import (
     BackendPlugin,
@@ -60,6 +62,8 @@ __all__ = [
     "HealthStatus",
     "Internal",
     "InvalidArgument",
+    "InvalidConfig",
+    "KeyValueLimits",
     "Metrics",
     "NotFound",
     "OperationContext",

@@ -13,6 +13,7 @@ import enum
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import betterproto2
@@ -28,6 +29,7 @@ from prism.grpc.wire.status import (
 )
 from prism.sdk import _codec
 from prism.sdk._nursery import open_nursery_unwrapped
+from prism.sdk.config import InvalidConfig
 from prism.sdk.errors import Redactor, report_unexpected
 from prism.sdk.plugin import (
     BackendPlugin,
@@ -49,6 +51,13 @@ Send = Callable[[Payload], Awaitable[None]]
 #: What a stream's results go to: checked results, shared or not.
 Outbound = Callable[[Payload | SharedResult], Awaitable[None]]
 Receive = Callable[[], Awaitable[Payload | None]]
+
+
+#: The share of a shutdown's grace that in-flight operations get before they are cancelled; the
+#: plugin's ``shutdown`` hook gets the rest.
+DRAIN_SHARE = 0.5
+#: For cancelled operations and tasks to unwind (they end at their next checkpoint).
+_UNWIND_GRACE = 0.05
 
 
 class State(enum.Enum):
@@ -92,10 +101,13 @@ class Engine:
         config: betterproto2.Message | None,
         credentials: Mapping[str, str],
         namespace: str,
+        config_dir: Path | None = None,
     ) -> None:
         """Initialize the plugin (typed). Raises ``InvalidArgument`` for a missing or mistyped
         config or a missing credential, and whatever the plugin's ``initialize`` raises. A failed
-        setup may be retried. Cancellation (or shutdown) aborts it; the instance stays NEW."""
+        setup may be retried. Cancellation (or shutdown) aborts it; the instance stays NEW.
+        ``config_dir`` is what relative paths in the config are relative to
+        (``BackendPlugin.config_path``)."""
         plugin = self.plugin
         if self._state in (State.CLOSING, State.CLOSED):
             raise Unavailable(f"plugin {plugin.name!r} is shut down")
@@ -110,6 +122,7 @@ class Engine:
             raise InvalidArgument(f"missing required credential {names}")
         self._redact = Redactor(credentials.values())
         self.namespace = namespace
+        plugin.config_dir = config_dir
         self._state = State.INITIALIZING
         succeeded = False
         try:
@@ -127,17 +140,18 @@ class Engine:
         expected = self.plugin.config_type
         if expected is None:
             if config is not None:
-                raise InvalidArgument(
-                    f"plugin {self.plugin.name!r} takes no config, got {type(config).__qualname__}"
+                raise InvalidConfig(
+                    "",
+                    f"plugin {self.plugin.name!r} takes no config, got {type(config).__qualname__}",
                 )
             return None
         name = type_name(type_url(expected))
         if config is None:
             if self.plugin.config_required:
-                raise InvalidArgument(f"config is required: expected {name}")
+                raise InvalidConfig("", f"required ({name})")
             return expected()
         if type(config) is not expected:
-            raise InvalidArgument(f"config: expected {name}, got {type(config).__qualname__}")
+            raise InvalidConfig("", f"expected {name}, got {type(config).__qualname__}")
         return config
 
     # -- HealthCheck ---------------------------------------------------------------------------
@@ -338,17 +352,24 @@ class Engine:
     # -- Shutdown ------------------------------------------------------------------------------
 
     async def aclose(self, grace: float | None = None) -> None:
-        """Shut down (typed): refuse new operations (``Unavailable``), call the plugin's
-        ``begin_shutdown``, give in-flight operations ``grace`` seconds (None = the plugin's
-        default), cancel the rest, run the plugin's ``shutdown`` hook within a fresh ``grace``,
-        then cancel the instance nursery. Idempotent: a second call waits for the first. Raises
-        ``Unknown`` if a hook failed (the instance is closed regardless). Cancelling it leaves
-        the instance CLOSED with its tasks cancelled."""
+        """Shut down (typed) within ``grace`` seconds in all (None = the plugin's default), so
+        that a host bounding Shutdown by the grace it sent never cuts the plugin short.
+
+        Refuse new operations (``Unavailable``) and call the plugin's ``begin_shutdown``; give
+        in-flight operations the first :data:`DRAIN_SHARE` of ``grace``, then cancel the rest;
+        run the plugin's ``shutdown`` hook within what remains (at least the other share); then
+        cancel the instance nursery and wait for its tasks within what is still left (and a
+        moment more, for tasks that end on cancellation). Idempotent: a second call waits for
+        the first. Raises ``Unknown`` if a hook failed (the instance is closed regardless).
+        Cancelling it leaves the instance CLOSED with its tasks cancelled."""
         if self._state in (State.CLOSING, State.CLOSED):
             await self._closed.wait()
             return
         if grace is None:
             grace = self.plugin.default_grace_seconds
+        started = trio.current_time()
+        deadline = started + grace
+        drain_deadline = started + grace * DRAIN_SHARE
         run_hook = self._state in (State.READY, State.INITIALIZING)
         self._state = State.CLOSING
         failure: GrpcError | None = None
@@ -358,16 +379,18 @@ class Engine:
                     self.plugin.begin_shutdown()
                 except Exception as exc:
                     failure = report_unexpected(self.plugin.logger, exc, "begin_shutdown")
-            with trio.move_on_after(grace):
+            with trio.move_on_at(drain_deadline):
                 await self._idle.wait()
             for scope in self._inflight:
                 scope.cancel()
-            with trio.move_on_after(grace):
+            # Cancelled operations unwind at their next checkpoint: not worth more of the budget
+            # than the drain had.
+            with trio.move_on_at(drain_deadline + _UNWIND_GRACE):
                 await self._idle.wait()
             if run_hook:
-                with trio.move_on_after(grace):
+                with trio.move_on_at(deadline):
                     try:
-                        await self.plugin.shutdown(grace)
+                        await self.plugin.shutdown(max(0.0, deadline - trio.current_time()))
                     except GrpcError as exc:
                         failure = self._redact.error(exc)
                     except Exception as exc:
@@ -378,7 +401,7 @@ class Engine:
             try:
                 if self._tasks_done is not None:
                     # Answer Shutdown only once the plugin's tasks (and what they hold) are gone.
-                    with trio.move_on_after(grace):
+                    with trio.move_on_at(max(deadline, trio.current_time() + _UNWIND_GRACE)):
                         await self._tasks_done.wait()
             finally:
                 self._closed.set()

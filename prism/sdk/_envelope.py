@@ -23,7 +23,9 @@ import betterproto2
 
 from prism import protowire
 from prism._proto.google.protobuf import Any
+from prism.grpc import protocheck
 from prism.grpc.wire.status import GrpcError
+from prism.sdk import _fastcodec
 from prism.sdk.plugin import Payload
 from prism.sdk.typed import type_url
 
@@ -49,54 +51,70 @@ class ExecuteEnvelope:
 
 
 def read_execute(data: bytes) -> ExecuteEnvelope:
-    """An encoded ``ExecuteRequest``; raises ``InvalidArgument`` when it is malformed."""
+    """An encoded ``ExecuteRequest``; raises ``InvalidArgument`` for what protobuf's reference
+    parser rejects. A field with another wire type than its own is unknown, as upb has it."""
     return _read_request(data, metadata=True)
 
 
 def read_stream_request(data: bytes) -> ExecuteEnvelope:
-    """An encoded ``StreamRequest`` (``metadata`` stays empty); raises ``InvalidArgument`` when
-    it is malformed."""
+    """An encoded ``StreamRequest`` (``metadata`` stays empty), read as ``read_execute``
+    reads an ``ExecuteRequest``."""
     return _read_request(data, metadata=False)
 
 
 def _read_request(data: bytes, *, metadata: bool) -> ExecuteEnvelope:
     envelope = ExecuteEnvelope()
     for number, value in protowire.fields(data):
+        if type(value) is not bytes:
+            continue  # every field read here is length-delimited
         if number == 1:
             envelope.operation = protowire.text(value, "operation")
         elif number == 2:
             # A message field seen again is merged into the first (protobuf's rule), unless
             # the other oneof member came in between.
             previous = envelope.params if isinstance(envelope.params, Any) else None
-            envelope.params = _read_any(protowire.blob(value, "typed_params"), previous)
+            envelope.params = _read_any(value, previous)
             envelope.params_field = "typed_params"
         elif number == 3:
-            envelope.params = protowire.blob(value, "raw_params")
+            envelope.params = value
             envelope.params_field = "raw_params"
         elif number == 4 and metadata:
-            key, text = _read_entry(protowire.blob(value, "metadata"))
-            envelope.metadata[key] = text
+            entry = _read_entry(value)
+            if entry is not None:
+                envelope.metadata[entry[0]] = entry[1]
     return envelope
+
+
+_NESTED = protocheck.MAX_DEPTH - 1  # what a message inside the envelope may still nest
 
 
 def _read_any(data: bytes, into: Any | None) -> Any:
     message = into if into is not None else Any()
-    for number, value in protowire.fields(data):
+    for number, value in protowire.fields(data, _NESTED):
+        if type(value) is not bytes:
+            continue
         if number == 1:
             message.type_url = protowire.text(value, "typed_params.type_url")
         elif number == 2:
-            message.value = protowire.blob(value, "typed_params.value")
+            message.value = value
     return message
 
 
-def _read_entry(data: bytes) -> tuple[str, str]:
+def _read_entry(data: bytes) -> tuple[str, str] | None:
+    """A map entry's key and value; None for an entry holding any other field, which upb
+    keeps out of the map (as an unknown field of the envelope)."""
     key = value = ""
-    for number, raw in protowire.fields(data):
-        if number == 1:
+    clean = True
+    for number, raw in protowire.fields(data, _NESTED):
+        if type(raw) is not bytes:
+            clean = False
+        elif number == 1:
             key = protowire.text(raw, "metadata key")
         elif number == 2:
             value = protowire.text(raw, "metadata value")
-    return key, value
+        else:
+            clean = False
+    return (key, value) if clean else None
 
 
 _SUCCESS = protowire.varint_field(1, 1)
@@ -111,7 +129,7 @@ def execute_result(result: Payload) -> bytes:
 
 
 def _any_bytes(message: betterproto2.Message) -> bytes:
-    body = bytes(message)
+    body = _fastcodec.encode(message)
     url = protowire.length_delimited(1, type_url(type(message)).encode())
     return url + protowire.length_delimited(2, body) if body else url
 

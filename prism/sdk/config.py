@@ -1,17 +1,23 @@
 """A plugin's config message from the mapping an operator wrote in the proxy's YAML.
 
 The proxy does not know plugins' config types: it sends ``InitializeRequest.config`` as a
-``prism.config.v1.ConfigDocument`` (a ``google.protobuf.Struct`` of the YAML mapping), and the
-SDK converts it here into the plugin's ``config_type``. Conversion is strict, so a typo or a
-wrong type fails Initialize with ``INVALID_ARGUMENT`` naming the field instead of silently
-becoming a default: unknown fields, ``1.5`` or ``true`` for an integer, a number for a string,
-integers out of their field's range. Values are never echoed (a config may hold something
-sensitive); field names and expected types are.
+``prism.config.v1.ConfigDocument`` (a ``google.protobuf.Struct`` of the YAML mapping, and the
+directory of the config file, which relative paths in it are relative to), and the SDK converts
+it here into the plugin's ``config_type``. Conversion is strict, so a typo or a wrong type fails
+Initialize with ``INVALID_ARGUMENT`` naming the field instead of silently becoming a default:
+unknown fields, ``1.5`` or ``true`` for an integer, a number for a string, integers out of their
+field's range. Values are never echoed (a config may hold something sensitive); field names and
+expected types are.
+
+Errors about a field read ``config.FIELD: problem`` (:class:`InvalidConfig`; plugins raise it for
+their own checks too): the proxy reports them as ``namespaces[N].config.FIELD: problem``, a path
+in its config file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import betterproto2
@@ -21,7 +27,7 @@ from prism._proto.prism.config.v1 import ConfigDocument
 from prism.grpc.wire.status import InvalidArgument
 from prism.sdk.typed import type_name, type_url, unpack
 
-__all__ = ["config_from_any", "config_from_mapping"]
+__all__ = ["InvalidConfig", "config_dir_from_any", "config_from_any", "config_from_mapping"]
 
 M = TypeVar("M", bound=betterproto2.Message)
 
@@ -39,6 +45,38 @@ _INT_RANGES = {
 }
 
 
+class InvalidConfig(InvalidArgument):
+    """A field of the plugin's config is wrong: ``InvalidConfig("path", "required")`` reads
+    ``config.path: required``. ``field`` is a name, a dotted path (``tls.ca``), or parts
+    (``("hosts", 2)`` → ``config.hosts[2]``); ``""`` means the config as a whole."""
+
+    def __init__(self, field: str | Sequence[str | int], problem: str) -> None:
+        self.field = field_path(field)
+        self.problem = problem
+        super().__init__(f"{self.field}: {problem}")
+
+
+def field_path(field: str | Sequence[str | int]) -> str:
+    parts = [field] if isinstance(field, str) else list(field)
+    path = "config"
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part:
+            path += f".{part}"
+    return path
+
+
+def config_dir_from_any(config: AnyMessage | None) -> Path | None:
+    """The directory relative paths in the config are relative to (the proxy's config file's),
+    or None when the proxy sent none (the config was not read from a file, or not sent as a
+    ``ConfigDocument``)."""
+    if config is None or type_name(config.type_url) != type_name(type_url(ConfigDocument)):
+        return None
+    base = _unpack(config, ConfigDocument).base_dir
+    return Path(base) if base else None
+
+
 def config_from_any(config: AnyMessage | None, cls: type[M] | None) -> M | None:
     """The config ``InitializeRequest.config`` carries: ``cls`` packed directly, or a
     ``ConfigDocument`` converted into ``cls``. None when there is none (absent, or an empty
@@ -51,10 +89,10 @@ def config_from_any(config: AnyMessage | None, cls: type[M] | None) -> M | None:
         if not values:
             return None
         if cls is None:
-            raise InvalidArgument(f"the plugin takes no config, got fields {sorted(values)}")
+            raise InvalidConfig("", f"the plugin takes no config, got fields {sorted(values)}")
         return config_from_mapping(cls, values)
     if cls is None:
-        raise InvalidArgument(f"the plugin takes no config, got {config.type_url}")
+        raise InvalidConfig("", f"the plugin takes no config, got {config.type_url}")
     return _unpack(config, cls)
 
 
@@ -62,7 +100,7 @@ def _unpack(config: AnyMessage, cls: type[M]) -> M:
     try:
         return unpack(config, cls)
     except InvalidArgument as exc:
-        raise InvalidArgument(f"config: {exc.message}") from None
+        raise InvalidConfig("", exc.message) from None
 
 
 def config_from_mapping(cls: type[M], values: Mapping[str, Any]) -> M:
@@ -72,7 +110,7 @@ def config_from_mapping(cls: type[M], values: Mapping[str, Any]) -> M:
         return cls.from_dict(normalized)
     except (KeyError, ValueError, TypeError):
         # What the strict pass above did not foresee; from_dict's text may quote a value.
-        raise InvalidArgument(f"config does not fit {_name(cls)}") from None
+        raise InvalidConfig("", f"does not fit {_name(cls)}") from None
 
 
 def _name(cls: type[betterproto2.Message]) -> str:
@@ -90,38 +128,38 @@ def _info(cls: type) -> Any:
 
 def _message(cls: type[betterproto2.Message], values: object, path: str) -> dict[str, Any]:
     if not isinstance(values, Mapping):
-        raise InvalidArgument(f"config field {path!r}: expected a mapping ({_name(cls)})")
+        raise InvalidConfig(path, f"expected a mapping ({_name(cls)})")
     info = _info(cls)
     meta = info.meta_by_field_name
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = _snake(str(key))
-        field_path = f"{path}.{key}" if path else str(key)
+        where = f"{path}.{key}" if path else str(key)
         field = meta.get(name)
         if field is None:
-            raise InvalidArgument(f"config: unknown field {field_path!r} in {_name(cls)}")
+            raise InvalidConfig(where, f"unknown field in {_name(cls)}")
         if value is None:
             continue  # YAML's null: leave the default
         if field.proto_type == "map":
             if not isinstance(value, Mapping):
-                raise InvalidArgument(f"config field {field_path!r}: expected a mapping")
+                raise InvalidConfig(where, "expected a mapping")
             assert field.map_meta is not None
             value_meta = field.map_meta[1]
             value_cls = info.cls_by_field.get(f"{name}.value")
             out[name] = {
-                str(k): _value(value_meta.proto_type, value_cls, v, f"{field_path}.{k}")
+                str(k): _value(value_meta.proto_type, value_cls, v, f"{where}.{k}")
                 for k, v in value.items()
             }
         elif field.repeated:
             if not isinstance(value, list):
-                raise InvalidArgument(f"config field {field_path!r}: expected a list")
+                raise InvalidConfig(where, "expected a list")
             item_cls = info.cls_by_field.get(name)
             out[name] = [
-                _value(field.proto_type, item_cls, item, f"{field_path}[{i}]")
+                _value(field.proto_type, item_cls, item, f"{where}[{i}]")
                 for i, item in enumerate(value)
             ]
         else:
-            out[name] = _value(field.proto_type, info.cls_by_field.get(name), value, field_path)
+            out[name] = _value(field.proto_type, info.cls_by_field.get(name), value, where)
     return out
 
 
@@ -130,19 +168,19 @@ def _value(proto_type: str, cls: object, value: object, path: str) -> object:
         number = _integer(value, path)
         low, high = _INT_RANGES[proto_type]
         if not low <= number <= high:
-            raise InvalidArgument(f"config field {path!r}: out of range for {proto_type}")
+            raise InvalidConfig(path, f"out of range for {proto_type}")
         return number
     if proto_type == "bool":
         if not isinstance(value, bool):
-            raise InvalidArgument(f"config field {path!r}: expected true or false")
+            raise InvalidConfig(path, "expected true or false")
         return value
     if proto_type == "string":
         if not isinstance(value, str):
-            raise InvalidArgument(f"config field {path!r}: expected a string")
+            raise InvalidConfig(path, "expected a string")
         return value
     if proto_type in ("double", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidArgument(f"config field {path!r}: expected a number")
+            raise InvalidConfig(path, "expected a number")
         return float(value)
     if proto_type == "message" and isinstance(cls, type) and issubclass(cls, betterproto2.Message):
         if cls.__module__.endswith("google.protobuf"):
@@ -154,14 +192,14 @@ def _value(proto_type: str, cls: object, value: object, path: str) -> object:
 def _integer(value: object, path: str) -> int:
     # YAML numbers reach us through a protobuf Struct, i.e. as floats: 10 arrives as 10.0.
     if isinstance(value, bool):
-        raise InvalidArgument(f"config field {path!r}: expected an integer, got a boolean")
+        raise InvalidConfig(path, "expected an integer, got a boolean")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)  # proto JSON writes 64-bit integers as strings
-    raise InvalidArgument(f"config field {path!r}: expected an integer")
+    raise InvalidConfig(path, "expected an integer")
 
 
 def _snake(name: str) -> str:

@@ -33,19 +33,26 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownResponse,
 )
 from prism.grpc.wire.status import GrpcError, Status, Unavailable
+from prism.plugin_protocol import SERVICE_NAME, SESSION_DETAIL, SESSION_METADATA
 from prism.sdk import _envelope
 from prism.sdk.instance import PluginInstance, State, open_plugin
 from prism.sdk.plugin import BackendPlugin
 
-SESSION_METADATA = "prism-plugin-session"
-SESSION_DETAIL = "prism.session"  # HealthCheckResponse.details key: "none" = no such session
 DEFAULT_SESSION_IDLE_TIMEOUT = 300.0
+
+__all__ = [
+    "DEFAULT_SESSION_IDLE_TIMEOUT",
+    "SESSION_DETAIL",
+    "SESSION_METADATA",
+    "BackendPluginService",
+    "SessionPluginService",
+]
 
 log = logging.getLogger("prism.sdk.service")
 
 
 class BackendPluginService(pg.Service):
-    name = "prism.plugin.v1.BackendPlugin"
+    name = SERVICE_NAME
 
     def __init__(self, instance: PluginInstance) -> None:
         self.instance = instance
@@ -109,7 +116,7 @@ class SessionPluginService(pg.Service):
     live (cancelling it closes them all, each shutting its instance down gracefully).
     """
 
-    name = "prism.plugin.v1.BackendPlugin"
+    name = SERVICE_NAME
 
     def __init__(
         self,

@@ -42,17 +42,16 @@ from prism._proto.prism.plugin.v1 import (
     StreamResponse,
 )
 from prism.grpc.wire.status import GrpcError, InvalidArgument
+from prism.plugin_protocol import METRICS_OPERATION
 from prism.sdk import _codec, _envelope
 from prism.sdk._engine import Engine, Outbound, Receive, State
 from prism.sdk._nursery import open_nursery_unwrapped
-from prism.sdk.config import config_from_any
+from prism.sdk.config import config_dir_from_any, config_from_any
 from prism.sdk.plugin import BackendPlugin, OperationSpec, Payload
 from prism.sdk.shared import SharedResult
 from prism.sdk.typed import pack
 
 __all__ = ["METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
-
-METRICS_OPERATION = "_prism.metrics"
 
 
 @asynccontextmanager
@@ -62,7 +61,7 @@ async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
     The plugin's tasks run in a nursery of their own, so shutting the instance down (which
     cancels them) does not cancel the block, where a server may still be answering Shutdown.
     Leaving the block shuts the instance down gracefully if nobody did (shielded, bounded by
-    twice the plugin's default grace period). A plugin background task that crashes cancels
+    the plugin's default grace period and a second). A plugin background task that crashes cancels
     the block and its exception propagates.
     """
     async with open_nursery_unwrapped() as outer:
@@ -72,7 +71,8 @@ async def open_plugin(plugin: BackendPlugin) -> AsyncIterator[PluginInstance]:
         try:
             yield instance
         finally:
-            with trio.move_on_after(2 * plugin.default_grace_seconds + 1) as cleanup:
+            # aclose fits in the grace; a second more for the hook's last checkpoint.
+            with trio.move_on_after(plugin.default_grace_seconds + 1) as cleanup:
                 cleanup.shield = True
                 # The shutdown hook's failure reached the log with a trace id; nobody to tell here.
                 with contextlib.suppress(GrpcError):
@@ -99,7 +99,8 @@ class PluginInstance(Engine):
         plugin = self.plugin
         try:
             config = config_from_any(request.config, plugin.config_type)
-            await self.setup(config, request.credentials, request.namespace)
+            config_dir = config_dir_from_any(request.config)
+            await self.setup(config, request.credentials, request.namespace, config_dir)
         except GrpcError as exc:
             return InitializeResponse(
                 success=False, error=str(self._redact.error(exc)), plugin_version=plugin.version

@@ -23,13 +23,18 @@ The engine that drives these hooks for the RFC's five calls is ``prism.sdk.insta
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 import betterproto2
 
 from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus
+from prism.plugin_protocol import RESERVED_OPERATION_PREFIX
+from prism.sdk import contracts
+from prism.sdk.keyvalue import KeyValueLimits, request_check
 from prism.sdk.metrics import Metrics
 from prism.sdk.typed import type_name, type_url
 
@@ -51,8 +56,8 @@ __all__ = [
     "stream_operation",
 ]
 
-#: Operation names starting with this are the SDK's own (``_prism.metrics``).
-RESERVED_PREFIX = "_prism."
+#: Operation names starting with this are the host's (``_prism.metrics``), never a plugin's.
+RESERVED_PREFIX = RESERVED_OPERATION_PREFIX
 
 HealthStatus: TypeAlias = HealthCheckResponseStatus
 
@@ -79,6 +84,14 @@ class OperationSpec:
     streaming: bool
     inbound: type | None  # streams: type of the client's later requests; None = none allowed
     method: str  # attribute name of the handler on the plugin class
+    #: Optional features the handler implements ("etag", "ttl"; see prism.sdk.contracts).
+    features: frozenset[str] = frozenset()
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What this operation adds to ``supported_operations``: its name, then
+        ``name:feature`` for each feature (sorted)."""
+        return (self.name, *(contracts.capability(self.name, f) for f in sorted(self.features)))
 
     def kind(self, payload_type: type | None) -> str:
         """How a payload type reads in error messages."""
@@ -106,11 +119,16 @@ def _decorate(spec: OperationSpec) -> Callable[[F], F]:
     return decorator
 
 
-def operation(name: str, *, params: type, result: type) -> Callable[[F], F]:
+def operation(
+    name: str, *, params: type, result: type, features: Iterable[str] = ()
+) -> Callable[[F], F]:
     """Declare ``async def handler(self, params, ctx: OperationContext) -> result`` as ``name``.
 
     ``params``/``result`` are generated message classes (carried as ``typed_params`` /
     ``typed_result`` Anys) or ``bytes`` (``raw_params`` / ``raw_result``: no decoding at all).
+    ``features`` are the optional features of the operation the handler implements
+    (``("etag", "ttl")`` for the data model's ``set``; see ``prism.sdk.contracts``): they are
+    advertised in ``supported_operations``, and requests needing an undeclared one are refused.
     """
     spec = OperationSpec(
         name,
@@ -119,12 +137,18 @@ def operation(name: str, *, params: type, result: type) -> Callable[[F], F]:
         streaming=False,
         inbound=None,
         method="",
+        features=contracts.check_features(name, features),
     )
     return _decorate(spec)
 
 
 def stream_operation(
-    name: str, *, params: type, result: type, inbound: type | None = None
+    name: str,
+    *,
+    params: type,
+    result: type,
+    inbound: type | None = None,
+    features: Iterable[str] = (),
 ) -> Callable[[F], F]:
     """Declare ``async def handler(self, params, stream: OperationStream) -> None`` as ``name``.
 
@@ -140,6 +164,7 @@ def stream_operation(
         streaming=True,
         inbound=None if inbound is None else _check_payload_type("inbound", inbound),
         method="",
+        features=contracts.check_features(name, features),
     )
     return _decorate(spec)
 
@@ -249,8 +274,11 @@ class BackendPlugin:
 
     #: Every operation by name, built from the decorators (subclasses inherit and override).
     operations: ClassVar[Mapping[str, OperationSpec]] = {}
-    #: The names ``InitializeResponse.supported_operations`` reports, in declaration order.
+    #: What ``InitializeResponse.supported_operations`` reports, derived from the decorators:
+    #: the operation names in declaration order, then ``name:feature`` for declared features.
     supported_operations: ClassVar[tuple[str, ...]] = ()
+    #: The contracts (``prism.sdk.contracts``) those capabilities cover, e.g. ``("kv.basic",)``.
+    contracts: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -271,10 +299,22 @@ class BackendPlugin:
             found = {n: s for n, s in found.items() if s.method not in redefined}
             found.update(declared)
         cls.operations = found
-        cls.supported_operations = tuple(found)
+        cls.supported_operations = (
+            *found,
+            *(cap for spec in found.values() for cap in spec.capabilities[1:]),
+        )
+        cls.contracts = contracts.claimed(cls.supported_operations)
+        for spec in found.values():
+            _install_request_check(cls, spec)
 
     def __init__(self) -> None:
         self.metrics = Metrics()
+        #: The directory of the proxy's config file, set before ``initialize`` (None when the
+        #: config was not read from a file): what relative paths in the config mean.
+        self.config_dir: Path | None = None
+        #: Key and value size limits the SDK enforces (``prism.sdk.keyvalue``); set them from the
+        #: plugin's config in ``initialize``.
+        self.kv_limits = KeyValueLimits()
         self._nursery: trio.Nursery | None = None
         self.logger = logging.getLogger(f"prism.plugin.{self.name or type(self).__name__}")
 
@@ -287,6 +327,15 @@ class BackendPlugin:
                 "(prism.sdk.instance.open_plugin), from initialize() on"
             )
         return self._nursery
+
+    def config_path(self, value: str) -> Path:
+        """A path from this plugin's config as the operator meant it: a relative one is relative
+        to the directory of the proxy's config file (``config_dir``, which the proxy sends in
+        Initialize), like every path in that file; without one, to the working directory."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or self.config_dir is None:
+            return path
+        return self.config_dir / path
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         """Called by the SDK's engine: give the plugin its instance nursery (or take it away)."""
@@ -310,3 +359,24 @@ class BackendPlugin:
         """Close what ``initialize`` opened. In-flight operations have already finished or been
         cancelled; the nursery is cancelled right after. Runs within ``grace_seconds``
         (cancelled when they run out)."""
+
+
+def _install_request_check(cls: type[BackendPlugin], spec: OperationSpec) -> None:
+    """Put the data model's request check (``prism.sdk.keyvalue``) in front of a handler that
+    ``cls`` itself defines, decorated or not, so an override cannot lose it."""
+    if spec.streaming or spec.method not in vars(cls):
+        return  # inherited handlers were wrapped in the class that defined them
+    handler = vars(cls)[spec.method]
+    if getattr(handler, "__prism_checked__", None) == (spec.name, spec.features):
+        return
+    check = request_check(spec.name, spec.params, spec.features)
+    if check is None:
+        return
+
+    @functools.wraps(handler)
+    async def checked(self: BackendPlugin, params: Any, ctx: OperationContext) -> Any:
+        check(self.name, self.kv_limits, params)
+        return await handler(self, params, ctx)
+
+    checked.__prism_checked__ = (spec.name, spec.features)  # type: ignore[attr-defined]
+    setattr(cls, spec.method, checked)

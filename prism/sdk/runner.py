@@ -1,6 +1,7 @@
 """Run a plugin as its own process: a sidecar launched by the proxy, or a remote service.
 
-Sidecar (the proxy runs ``python -m prism.sdk.runner <plugin>``)::
+Sidecar (the proxy runs ``python -m prism.hosting.launcher <plugin>``, which verifies and
+imports the plugin, then calls :func:`serve_plugin`)::
 
     listens on the private Unix socket the proxy named in PRISM_PLUGIN_SOCKET (mode 0600),
     prints the handshake line, and exits when Shutdown was answered, on SIGTERM, or when the
@@ -14,11 +15,9 @@ A long-lived service: each proxy gets a plugin instance of its own (a session, s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import ssl
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,16 +26,7 @@ import trio
 from prism import grpc as pg
 from prism.grpc.health import Health, HealthState
 from prism.grpc.transport import split_host_port
-from prism.hosting.handshake import (
-    SUPPORTED_PROTOCOL_VERSIONS,
-    check_magic_cookie,
-    handshake_line,
-    negotiate_protocol_version,
-    plugin_socket_path,
-    watch_parent,
-)
-from prism.hosting.loader import load_plugin_class
-from prism.hosting.verify import PluginRefused, VerifyPolicy
+from prism.plugin_protocol.handshake import DEFAULT_MAX_MESSAGE_SIZE, handshake_line, watch_parent
 from prism.sdk.grpc_service import (
     DEFAULT_SESSION_IDLE_TIMEOUT,
     BackendPluginService,
@@ -57,6 +47,7 @@ async def serve_plugin(
     handshake_version: int | None = None,
     watch_stdin: bool = False,
     session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     task_status: trio.TaskStatus[tuple[str, int] | str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a plugin until SIGTERM/SIGINT, the parent goes away (``watch_stdin``) or
@@ -66,12 +57,19 @@ async def serve_plugin(
     instance for the process's life; on TCP (``listen``: a remote service) every proxy session
     gets a fresh object (:class:`~prism.sdk.grpc_service.SessionPluginService`; an object passed
     here serves the first session, and ``type(plugin)()`` later ones). Leaving shuts every
-    instance down gracefully."""
+    instance down gracefully.
+
+    ``max_message_size`` bounds messages in both directions; it must be at least the proxy's
+    (a sidecar gets it in ``PRISM_PLUGIN_MAX_MESSAGE_SIZE``), or large values fail at this hop.
+    """
+    options = pg.ServerOptions(
+        max_receive_message_size=max_message_size, max_send_message_size=max_message_size
+    )
     if unix_socket is not None:
         instance_plugin = plugin if isinstance(plugin, BackendPlugin) else plugin()
         async with open_plugin(instance_plugin) as instance:
             service = BackendPluginService(instance)
-            server = pg.Server([service, Health(HealthState())])
+            server = pg.Server([service, Health(HealthState())], options)
             async with trio.open_nursery() as nursery:
                 address: tuple[str, int] | str = await nursery.start(server.serve_unix, unix_socket)
                 if handshake_version is not None:
@@ -91,7 +89,8 @@ async def serve_plugin(
     host, port = split_host_port(listen)
     async with trio.open_nursery() as sessions:
         remote = SessionPluginService(_factory(plugin), sessions, idle_timeout=session_idle_timeout)
-        server = pg.Server([remote, Health(HealthState())])
+        health = HealthState()
+        server = pg.Server([remote, Health(health)], options)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
                 lambda task_status: server.serve_tcp(
@@ -104,6 +103,9 @@ async def serve_plugin(
             if watch_stdin:
                 nursery.start_soon(_set_after, watch_parent, stop)
             await stop.wait()
+            # Proxies watch the service's health (grpc.health.v1 Watch) to notice it is gone:
+            # end those streams now rather than at the end of the grace period.
+            health.shutdown()
             grace = max(
                 (s.instance.plugin.default_grace_seconds for s in remote.sessions.values()),
                 default=5.0,
@@ -134,51 +136,3 @@ async def _set_on_signal(stop: trio.Event) -> None:
 async def _set_after(wait: object, stop: trio.Event) -> None:
     await wait()  # type: ignore[operator]
     stop.set()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m prism.sdk.runner [checks] <plugin>``: the sidecar entry point the proxy
-    launches. The plugin's files are verified in this process, the one that imports them (its
-    ``sys.path`` is the one that counts), with the policy the proxy passes as options; a refusal
-    is one ``prism: plugin ... refused: <reason>`` line on stderr and exit status 2."""
-    parser = argparse.ArgumentParser(prog="python -m prism.sdk.runner")
-    parser.add_argument("plugin", help="entry point name or package.module:Class")
-    parser.add_argument(
-        "--no-verify-permissions",
-        action="store_true",
-        help="do not refuse world-writable or foreign-owned plugin files",
-    )
-    parser.add_argument(
-        "--require-signature", action="store_true", help="refuse a plugin without a valid .sig"
-    )
-    parser.add_argument(
-        "--trusted-key",
-        action="append",
-        default=[],
-        help="ed25519 public key (PEM text, base64 raw key, or a file); repeatable",
-    )
-    args = parser.parse_args(argv)
-    check_magic_cookie()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        policy = VerifyPolicy.from_config(
-            require_signature=args.require_signature,
-            trusted_keys=args.trusted_key,
-            check_permissions=not args.no_verify_permissions,
-        )
-        cls = load_plugin_class(args.plugin, policy)
-    except (PluginRefused, ValueError) as exc:
-        print(f"prism: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    version = negotiate_protocol_version(SUPPORTED_PROTOCOL_VERSIONS)
-    trio.run(
-        lambda: serve_plugin(
-            cls(), unix_socket=plugin_socket_path(), handshake_version=version, watch_stdin=True
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -272,7 +272,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prism._proto.prism.data.v1 import (
+from prism.protos.data.v1 import (
     DeleteRequest,
     DeleteResponse,
     GetRequest,
@@ -283,6 +283,7 @@ from prism._proto.prism.data.v1 import (
 from prism.sdk import (
     BackendPlugin,
     InvalidArgument,
+    InvalidConfig,
     OperationContext,
     ResourceExhausted,
     operation,
@@ -305,9 +306,11 @@ class {cls}(BackendPlugin):
         credentials: Mapping[str, str],
         namespace: str,
     ) -> None:
-        # Validate every field here: a bad one fails Initialize with INVALID_ARGUMENT.
+        # Validate every field here: a bad one fails Initialize with INVALID_ARGUMENT, which the
+        # proxy reports as namespaces[N].config.max_keys: ... (paths in the config: resolve them
+        # with self.config_path(...), relative to the proxy's config file).
         if config.max_keys < 0:
-            raise InvalidArgument("config field 'max_keys' must not be negative")
+            raise InvalidConfig("max_keys", "must not be negative")
         self._max_keys = config.max_keys
         # Connect here; start background tasks with self.nursery.start_soon(...).
         self._data: dict[str, bytes] = {}
@@ -346,7 +349,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
+from prism.protos.data.v1 import GetRequest, GetResponse, SetRequest
 from prism.sdk import InvalidArgument, ResourceExhausted
 from prism.sdk.testing import PluginHarness
 
@@ -390,10 +393,10 @@ async def test_{name}_config_as_the_proxy_sends_it() -> None:
 @pytest.mark.parametrize(
     ("config", "error"),
     [
-        ({"max_keys": -1}, "config field 'max_keys' must not be negative"),
-        ({"max_key": 1}, "unknown field 'max_key'"),
-        ({"max_keys": "many"}, "config field 'max_keys': expected an integer"),
-        ({"max_keys": 1.5}, "config field 'max_keys': expected an integer"),
+        ({"max_keys": -1}, "config.max_keys: must not be negative"),
+        ({"max_key": 1}, "config.max_key: unknown field"),
+        ({"max_keys": "many"}, "config.max_keys: expected an integer"),
+        ({"max_keys": 1.5}, "config.max_keys: expected an integer"),
     ],
 )
 async def test_{name}_bad_config_fails_initialize(

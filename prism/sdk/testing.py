@@ -21,8 +21,10 @@ subclass of the status the plugin reported.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -83,8 +85,9 @@ class PluginHarness:
 
     ``plugin`` is the plugin class or any callable returning a fresh plugin object (to inject a
     clock, say). ``config`` is the plugin's config message, or a mapping as an operator writes
-    it in the proxy's YAML (sent as a ``ConfigDocument``, as the proxy does). Initialization
-    errors are raised from ``async with``.
+    it in the proxy's YAML (sent as a ``ConfigDocument``, as the proxy does). ``config_dir`` is
+    the config file's directory the proxy would send (``BackendPlugin.config_path``).
+    Initialization errors are raised from ``async with``.
     """
 
     def __init__(
@@ -95,9 +98,11 @@ class PluginHarness:
         credentials: Mapping[str, str] | None = None,
         namespace: str = "test",
         typed: bool = False,
+        config_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._factory = plugin
         self._config = config
+        self._config_dir = None if config_dir is None else Path(config_dir)
         self._credentials = dict(credentials or {})
         self._namespace = namespace
         self.typed = typed
@@ -124,7 +129,7 @@ class PluginHarness:
                     if expected is None:
                         raise InvalidArgument("the plugin takes no config")
                     config = config_from_mapping(expected, config)
-                await instance.setup(config, self._credentials, self._namespace)
+                await instance.setup(config, self._credentials, self._namespace, self._config_dir)
             else:
                 request = InitializeRequest(
                     namespace=self._namespace,
@@ -141,11 +146,24 @@ class PluginHarness:
         return self
 
     def _packed_config(self) -> AnyMessage | None:
-        if self._config is None:
-            return None
-        if isinstance(self._config, Mapping):
-            return pack(ConfigDocument(values=Struct.from_dict(dict(self._config))))
-        return pack(self._config)
+        config = self._config
+        if self._config_dir is None:
+            if config is None:
+                return None
+            if not isinstance(config, Mapping):
+                return pack(config)
+        # Only a ConfigDocument carries the directory, so a message goes as its mapping, which
+        # is what the proxy would send for it.
+        if config is None:
+            values: Mapping[str, Any] = {}
+        elif isinstance(config, Mapping):
+            values = config
+        else:
+            values = config.to_dict()
+        document = ConfigDocument(
+            values=Struct.from_dict(dict(values)), base_dir=str(self._config_dir or "")
+        )
+        return pack(document)
 
     async def __aexit__(
         self,

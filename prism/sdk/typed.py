@@ -14,7 +14,9 @@ from typing import TypeVar
 import betterproto2
 
 from prism._proto.google.protobuf import Any
+from prism.grpc import protocheck
 from prism.grpc.wire.status import InvalidArgument
+from prism.sdk import _fastcodec
 
 __all__ = ["TYPE_URL_PREFIX", "pack", "type_name", "type_url", "unpack"]
 
@@ -54,7 +56,8 @@ def unpack(any_message: Any | None, cls: type[M]) -> M:
     """The ``cls`` message inside ``any_message``.
 
     Raises ``InvalidArgument`` naming the expected type and what came instead when the ``Any``
-    is missing or empty, holds another type, or its bytes do not decode. Type URLs compare by
+    is missing or empty, holds another type, or its bytes are what protobuf's reference parser
+    rejects (:mod:`prism.grpc.protocheck`; the reason, never the bytes). Type URLs compare by
     message name, so any prefix (not only ``type.googleapis.com/``) is accepted.
     """
     expected = type_name(type_url(cls))
@@ -63,7 +66,11 @@ def unpack(any_message: Any | None, cls: type[M]) -> M:
     if type_name(any_message.type_url) != expected:
         raise InvalidArgument(f"expected {expected}, got {any_message.type_url}")
     try:
-        return cls.parse(any_message.value)
+        checked = protocheck.check(cls, any_message.value)
+    except protocheck.MalformedMessage as exc:
+        raise InvalidArgument(f"expected {expected}, got malformed bytes: {exc.reason}") from None
+    try:
+        return _fastcodec.decode(cls, checked)  # type: ignore[no-any-return]
     except Exception:
         # The decoder's own message describes bytes we cannot vouch for; keep it out.
         raise InvalidArgument(f"expected {expected}, got bytes that do not decode as it") from None

@@ -4,7 +4,7 @@ raw HTTP/2 client (plain h2 over a Trio socket) for the things a well-behaved cl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,6 +13,8 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import hpack
+import hyperframe.frame
 import trio
 
 from prism import grpc as pg
@@ -45,10 +47,13 @@ class Echo(pg.Service):
 
 @asynccontextmanager
 async def serving(
-    *services: pg.Service, options: pg.ServerOptions | None = None, **tcp: Any
+    *services: pg.Service,
+    options: pg.ServerOptions | None = None,
+    interceptors: Sequence[pg.ServerInterceptor] = (),
+    **tcp: Any,
 ) -> AsyncIterator[tuple[pg.Server, str]]:
     """A server on 127.0.0.1 port 0 for the block; yields ``(server, "127.0.0.1:port")``."""
-    server = pg.Server(services or [Echo()], options)
+    server = pg.Server(services or [Echo()], options, interceptors=interceptors)
     async with trio.open_nursery() as nursery:
         _host, port = await nursery.start(_serve_tcp, server, tcp)
         yield server, f"127.0.0.1:{port}"
@@ -166,3 +171,95 @@ class RawClient:
 
     def set_window(self, size: int) -> None:
         self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Attacker:
+    """A raw TCP peer that writes HTTP/2 frames by hand (hyperframe, hpack) and reads the
+    server's frames back: for what no real client would send."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.encoder = hpack.Encoder()
+        self.frames: list[hyperframe.frame.Frame] = []
+        self.eof = False
+        self._buffer = bytearray()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, target: str, *, greet: bool = True) -> AsyncIterator[Attacker]:
+        """``greet``: send the client preface, an empty SETTINGS frame, and the ACK of the
+        server's SETTINGS (the server sends them first thing)."""
+        host, port = target.rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        attacker = cls(stream)
+        if greet:
+            ack = hyperframe.frame.SettingsFrame(0, flags=["ACK"])
+            await attacker.send(PREFACE, hyperframe.frame.SettingsFrame(0), ack)
+        try:
+            yield attacker
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def send(self, *parts: bytes | hyperframe.frame.Frame) -> None:
+        """Everything in one write (so the server reads it in one go)."""
+        data = b"".join(p if isinstance(p, bytes) else p.serialize() for p in parts)
+        await self.stream.send_all(data)
+
+    def headers(
+        self, sid: int, path: str = "/test.Echo/Unary", *, end_stream: bool = False
+    ) -> hyperframe.frame.HeadersFrame:
+        block = self.encoder.encode(request_headers(path))
+        flags = ["END_HEADERS", *(["END_STREAM"] if end_stream else [])]
+        return hyperframe.frame.HeadersFrame(sid, block, flags=flags)
+
+    def request(self, sid: int, path: str = "/test.Echo/Unary") -> list[hyperframe.frame.Frame]:
+        """A whole unary request: HEADERS, then one message with END_STREAM."""
+        body = hyperframe.frame.DataFrame(sid, grpc_frame(b"x"), flags=["END_STREAM"])
+        return [self.headers(sid, path), body]
+
+    @staticmethod
+    def reset(sid: int) -> hyperframe.frame.RstStreamFrame:
+        return hyperframe.frame.RstStreamFrame(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+
+    async def read_until(self, predicate: Callable[[hyperframe.frame.Frame], bool]) -> Any:
+        """Read frames until one satisfies ``predicate`` (returned) or the server closes
+        (None)."""
+        for frame in self.frames:
+            if predicate(frame):
+                return frame
+        while not self.eof:
+            try:
+                data = await self.stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                data = b""  # a reset after the server's close
+            if not data:
+                self.eof = True
+                break
+            self._buffer += data
+            while len(self._buffer) >= 9:
+                frame, length = hyperframe.frame.Frame.parse_frame_header(
+                    memoryview(self._buffer[:9])
+                )
+                if len(self._buffer) < 9 + length:
+                    break
+                frame.parse_body(memoryview(bytes(self._buffer[9 : 9 + length])))
+                del self._buffer[: 9 + length]
+                self.frames.append(frame)
+                if predicate(frame):
+                    return frame
+        return None
+
+    async def goaway(self) -> hyperframe.frame.GoAwayFrame:
+        frame = await self.read_until(lambda f: isinstance(f, hyperframe.frame.GoAwayFrame))
+        assert frame is not None, "the server closed without a GOAWAY"
+        return frame
+
+    async def closed(self) -> None:
+        """Wait until the server closes the connection."""
+        await self.read_until(lambda f: False)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [f for f in self.frames if isinstance(f, kind)]

@@ -16,6 +16,7 @@ import trustme
 from grpc_testkit import Echo, RawClient, grpc_frame, serving
 
 from prism import grpc as pg
+from prism.grpc.tls import TLSStream
 
 
 class Behaviour(pg.Service):
@@ -401,7 +402,7 @@ async def test_server_tls_negotiates_h2(pki: dict[str, Path]) -> None:
     ):
         assert await channel.unary_unary("/test.Behaviour/Who", b"", bytes) == b"-"
         conn = await channel.connection()
-        assert isinstance(conn.stream, trio.SSLStream)
+        assert isinstance(conn.stream, TLSStream)  # the client's own TLS (prism.grpc.tls)
         assert conn.stream.selected_alpn_protocol() == "h2"
     assert service.peer is not None
     assert service.peer.tls

@@ -1,15 +1,20 @@
-"""transport.Input: what a connection's reader task sees from a socket."""
+"""transport.Input and Output: what a connection's reader task sees from a socket, and what
+its writers put there."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
+import trustme
 
 from prism.grpc import transport
+from prism.grpc.tls import TLSStream
 
 
 def _pair() -> tuple[trio.SocketStream, socket.socket]:
@@ -97,3 +102,92 @@ async def test_input_reports_a_reset_connection_as_broken() -> None:
     with pytest.raises(trio.BrokenResourceError):
         await reader.receive(16)
     await stream.aclose()
+
+
+# -- transport.Output: what reaches the socket, and in which order ----------------------------
+
+
+class _Queued:
+    """The sans-IO side Output writes for (prism.grpc.wire.h2conn's output() interface)."""
+
+    def __init__(self) -> None:
+        self.buffers: list[bytes] = []
+        self.closed = False
+
+    def wants_write(self) -> bool:
+        return bool(self.buffers)
+
+    def output(self) -> list[bytes]:
+        out, self.buffers = self.buffers, []
+        return out
+
+
+def _tls_pair() -> tuple[TLSStream, trio.SSLStream[trio.SocketStream]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    ours, theirs = _pair()
+    peer = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+    return (
+        TLSStream(ours, client_ctx, server_hostname="localhost"),
+        trio.SSLStream(peer, server_ctx, server_side=True),
+    )
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_output_keeps_bytes_in_order_whatever_the_socket_takes(tls: bool) -> None:
+    # Direct writes from the producing task, leftovers the socket did not take, and what the
+    # writer task sends meanwhile must reach the peer as one ordered byte stream.
+    if tls:
+        stream, peer = _tls_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.do_handshake)
+            await stream.do_handshake()
+        receiver: trio.abc.ReceiveStream = peer
+    else:
+        stream, raw = _pair()
+        receiver = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+    for sock in (transport._socket_of(stream), transport._socket_of(receiver)):
+        assert sock is not None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # small: partial writes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    queued = _Queued()
+    output = transport.Output(stream, queued, calls=())
+    chunks = [bytes([i % 251]) * (1 + i * 397 % 70_000) for i in range(200)]
+    expected = b"".join(chunks)
+    received = bytearray()
+
+    async def read() -> None:
+        while len(received) < len(expected):
+            data = await receiver.receive_some(1 << 16)
+            assert data
+            received.extend(data)
+            await trio.lowlevel.checkpoint()  # slow: the socket fills, writes are partial
+
+    async def closed() -> None:
+        pass
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.write_loop, stream.send_all, closed)
+            nursery.start_soon(read)
+            for i, chunk in enumerate(chunks):
+                queued.buffers.append(chunk)
+                if i % 5 == 0:
+                    output.schedule()  # for the writer task's next turn
+                else:
+                    output.kick()  # now, from this task, if nobody else is writing
+                if i % 4 == 0:
+                    await trio.testing.wait_all_tasks_blocked()  # all written: kick writes
+                else:
+                    await trio.lowlevel.checkpoint()
+            while len(received) < len(expected):
+                output.kick()
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert bytes(received) == expected
+    await trio.aclose_forcefully(stream)
+    await trio.aclose_forcefully(receiver)

@@ -21,14 +21,14 @@ import trustme
 
 from prism import grpc as pg
 from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse
-from prism.proxy.app import Proxy
-from prism.proxy.config import (
+from prism.config import (
     AdminConfig,
     NamespaceConfig,
     PluginConfig,
     ProxyConfig,
     RemoteTlsConfig,
 )
+from prism.proxy.app import Proxy
 from prism.sdk.typed import pack, unpack
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"
@@ -80,7 +80,9 @@ class RemoteService:
 
     plugin: str
 
-    def namespace(self, name: str, **plugin: Any) -> NamespaceConfig:
+    def namespace(
+        self, name: str, config: Mapping[str, Any] | None = None, **plugin: Any
+    ) -> NamespaceConfig:
         return NamespaceConfig(
             name,
             PluginConfig(
@@ -90,6 +92,7 @@ class RemoteService:
                 tls=self.certs.remote_tls(),
                 **plugin,
             ),
+            config=dict(config or {}),
         )
 
 

@@ -1,5 +1,6 @@
 """A sidecar killed with SIGKILL while callers hammer it: nobody hangs, everybody gets an
-answer or UNAVAILABLE at once, and the plugin is back within a second."""
+answer or UNAVAILABLE at once, and the plugin is back, served by its warm standby. (How fast
+is measured by ``python -m bench plugins``'s recovery scenario, not here.)"""
 
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ from host_testkit import (
 from prism import grpc as pg
 from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
 from prism.grpc.health import ServingStatus
+from prism.hosting.sidecar import SidecarModel
 from prism.sdk import BackendPlugin, OperationContext, operation
 
 CALLERS = 16
-MAX_CALL_SECONDS = 1.0
-MAX_RECOVERY_SECONDS = 1.0
+#: Only a hang fails a call: a call during the restart gets UNAVAILABLE instead of waiting.
+CALL_BOUND = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,13 @@ async def test_host_sidecar_sigkill_under_load_fails_fast_and_recovers() -> None
         route = running.proxy.host.route("kv")
         instance = route.current
         assert instance is not None
+        model = running.proxy.host.models[instance]
+        assert isinstance(model, SidecarModel)
+        assert model.pool is not None
+        with trio.fail_after(60):  # the standby is launched once the first process serves
+            while model.pool.standby is None:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        standby_pid = model.pool.standby.process.pid
         outcomes = Outcomes()
         killed_at: float | None = None
         stop = trio.Event()
@@ -62,7 +71,7 @@ async def test_host_sidecar_sigkill_under_load_fails_fast_and_recovers() -> None
                 key = f"c{i}-{n}"
                 started = trio.current_time()
                 try:
-                    with trio.fail_after(5):  # a hang fails the test instead of blocking it
+                    with trio.fail_after(CALL_BOUND):  # a hang fails the test, not blocks it
                         await running.execute("kv", "set", SetRequest(key=key, value=b"x"))
                         got = await running.execute("kv", "get", GetRequest(key=key))
                     assert result(got, GetResponse).found
@@ -80,7 +89,7 @@ async def test_host_sidecar_sigkill_under_load_fails_fast_and_recovers() -> None
                     outcomes.other.append(exc)
                 outcomes.slowest = max(outcomes.slowest, trio.current_time() - started)
 
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 for i in range(CALLERS):
                     nursery.start_soon(caller, i)
@@ -105,12 +114,14 @@ async def test_host_sidecar_sigkill_under_load_fails_fast_and_recovers() -> None
             outcomes.slowest,
         )
         assert outcomes.other == []
-        assert outcomes.slowest < MAX_CALL_SECONDS
+        assert outcomes.unavailable > 0  # the gap was answered, not waited through
         assert outcomes.first_success_after_kill is not None
-        assert outcomes.first_success_after_kill < MAX_RECOVERY_SECONDS
         assert route.current is instance  # the same instance, restarted in place
-        assert instance.pid is not None
-        assert instance.pid != pid
+        assert instance.pid == standby_pid  # Initialize went to the warm standby
+        with trio.fail_after(60):  # and a new standby is launched behind it
+            while model.pool.standby is None:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert model.pool.standby.process.pid not in (pid, standby_pid)
         assert not pid_alive(pid)
         assert instance.restarts == 1
         assert instance.in_flight == 0
@@ -142,9 +153,8 @@ async def test_host_in_process_plugin_crash_is_restarted(caplog: pytest.LogCaptu
         assert instance is not None
         assert (await running.execute("boom", "ping", b"")).raw_result == b"pong"
         await running.execute("boom", "explode", b"")
-        crashed_at = trio.current_time()
         unavailable = 0
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while True:
                 try:
                     response = await running.execute("boom", "ping", b"")
@@ -156,7 +166,6 @@ async def test_host_in_process_plugin_crash_is_restarted(caplog: pytest.LogCaptu
                     break
                 await trio.sleep(0.01)
         assert response.raw_result == b"pong"
-        assert trio.current_time() - crashed_at < 1.0
         assert instance.restarts == 1
         assert unavailable > 0  # the gap was answered with UNAVAILABLE, not a hang
         assert route_is(running, "boom", instance)
@@ -183,14 +192,14 @@ async def test_host_remote_service_restart_is_reinitialized(tmp_path: Path) -> N
             await running.execute("far", "set", SetRequest(key="k", value=b"1"))
             service.process.send_signal(signal.SIGTERM)
             service.process.wait(10)
-            with trio.fail_after(5):
+            with trio.fail_after(30):
                 while instance.available:  # noqa: ASYNC110 - the health loop notices
                     await trio.sleep(0.02)
             assert running.proxy.health.get("prism.namespace/far") == ServingStatus.NOT_SERVING
             with pytest.raises(pg.Unavailable):
                 await running.execute("far", "get", GetRequest(key="k"))
             with remote_service(tmp_path, port=port, certs=certs):
-                with trio.fail_after(10):
+                with trio.fail_after(30):
                     while not instance.available:  # noqa: ASYNC110
                         await trio.sleep(0.02)
                 # A fresh service: a fresh plugin instance, initialized again by the proxy.

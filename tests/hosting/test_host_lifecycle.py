@@ -1,5 +1,5 @@
 """One operation suite against memstore in all three deployment models, through the proxy's
-front door: in-process, a sidecar process (``python -m prism.sdk.runner memstore``) and a
+front door: in-process, a sidecar process (``python -m prism.hosting.launcher memstore``) and a
 remote service (``prism plugin serve memstore``, mTLS both ways). Real processes and sockets."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from host_testkit import (
     EXECUTE_STREAM,
     RemoteService,
     Running,
+    execute,
     namespace,
     pid_alive,
     proxy_config,
@@ -103,7 +104,7 @@ async def test_host_lifecycle_initialize_healthy_serve_shutdown(
         # serve
         await running.execute("kv", "set", SetRequest(key="k", value=b"v"))
         got = result(await running.execute("kv", "get", GetRequest(key="k")), GetResponse)
-        assert got == GetResponse(found=True, value=b"v")
+        assert (got.found, got.value) == (True, b"v")
         client = instance.client
         pid = instance.pid
         # → Shutdown: a graceful stop sends every instance Shutdown.
@@ -132,7 +133,7 @@ async def test_host_lifecycle_key_value_operations(kv: Running) -> None:
     await kv.execute("kv", "set", SetRequest(key="user:2", value=b"bob"))
     await kv.execute("kv", "set", SetRequest(key="order:1", value=b"x"))
     got = result(await kv.execute("kv", "get", GetRequest(key="user:1")), GetResponse)
-    assert got == GetResponse(found=True, value=b"ada")
+    assert (got.found, got.value) == (True, b"ada")
     missing = result(await kv.execute("kv", "get", GetRequest(key="nope")), GetResponse)
     assert missing == GetResponse(found=False)
     listed = result(
@@ -239,3 +240,26 @@ async def test_host_lifecycle_start_gives_up_after_startup_timeout() -> None:
         async with running_proxy(proxy_config(ns)):
             pass
     assert trio.current_time() - started < 5
+
+
+async def test_host_lifecycle_large_values_fit_through_every_hop(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    # 15 MiB: under the proxy's max_message_size (16 MiB) with room for the envelopes. Every
+    # hop (front door, proxy → plugin channel, plugin's server) allows it, both ways. (The
+    # plugin's own value limit, 1 MiB by default, is raised to let it through.)
+    config = {"max_value_bytes": 16 << 20}
+    if model == "remote":
+        ns = request.getfixturevalue("remote").namespace("kv", config=config)
+    else:
+        ns = namespace("kv", "memstore", model, config=config)
+    value = bytes(range(256)) * (15 * 4096)
+    options = pg.ChannelOptions(max_receive_message_size=16 << 20)
+    async with (
+        running_proxy(proxy_config(ns)) as kv,
+        pg.open_channel(kv.target, options=options) as channel,
+    ):
+        await execute(channel, "kv", "set", SetRequest(key="big", value=value))
+        got = result(await execute(channel, "kv", "get", GetRequest(key="big")), GetResponse)
+    assert got.found
+    assert got.value == value

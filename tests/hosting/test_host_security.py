@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from host_testkit import REPO, namespace, proxy_config, running_proxy
 
+from prism.config import PluginSecurityConfig
 from prism.hosting.host import PluginStartFailed
 from prism.hosting.verify import write_signature
-from prism.proxy.config import PluginSecurityConfig
 
 PLUGIN_SOURCE = """
 from prism.sdk import BackendPlugin, OperationContext, operation

@@ -40,7 +40,7 @@ import prism._proto.google.protobuf as protobuf
 import prism._proto.prism.plugin.v1 as plugin_pb
 import prism._proto.prism.proxy.v1 as proxy_pb
 from prism._proto.prism.proxy.v1 import StreamRequest, StreamResponse
-from prism.proxy.config import LimitsConfig
+from prism.config import LimitsConfig
 from prism.sdk import BackendPlugin, OperationContext, OperationStream, operation, stream_operation
 from prism.sdk.typed import pack, unpack
 
@@ -222,42 +222,68 @@ async def test_host_sidecar_resource_limits_apply(plugin_env: None) -> None:
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)  # the proxy's own: intact
 
 
+def _start_proxy(config: Path, log_path: Path, nth: int) -> subprocess.Popen[bytes]:
+    """Start ``prism serve``, logging to ``log_path``; it is the ``nth`` proxy on that log."""
+    with log_path.open("ab") as log:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "prism.cli.main", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    deadline = time.monotonic() + 60
+    while log_path.read_text().count("prism listening") < nth:
+        assert proxy.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, "the proxy did not start"
+        time.sleep(0.05)
+    return proxy
+
+
 def test_host_sidecar_exits_when_proxy_is_sigkilled(tmp_path: Path) -> None:
+    """SIGKILL the proxy: its sidecar processes (the serving one and its warm standby) die with
+    it, and the runtime directories it could not remove are removed by the next start, while a
+    directory that is not a proxy's is left alone."""
     port = free_port()
+    runtime = tmp_path / "run"
     config = tmp_path / "prism.yaml"
     config.write_text(
         f"listen: 127.0.0.1:{port}\n"
         "admin: {enabled: false}\n"
-        f"runtime_dir: {tmp_path}\n"
+        f"runtime_dir: {runtime}\n"
         "namespaces:\n"
         "  - name: kv\n"
         "    plugin: {name: memstore, mode: sidecar}\n"
     )
-    log = (tmp_path / "proxy.log").open("wb")
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "prism.cli.main", "serve", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
+    (runtime / "prism-not-ours").mkdir(parents=True)
+    log_path = tmp_path / "proxy.log"
+    log_path.touch()
+    proxy = _start_proxy(config, log_path, 1)
+    second: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 30
-        while "prism listening" not in (tmp_path / "proxy.log").read_text():
-            assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
-            assert time.monotonic() < deadline, "the proxy did not start"
+        deadline = time.monotonic() + 60
+        while len(children := child_pids(proxy.pid)) < 2:  # the standby follows the first
+            assert time.monotonic() < deadline, "no standby sidecar was launched"
             time.sleep(0.05)
-        children = child_pids(proxy.pid)
-        assert len(children) == 1
-        plugin = children[0]
-        assert pid_alive(plugin)
+        assert len(children) == 2
+        assert all(pid_alive(pid) for pid in children)
+        left = [p for p in runtime.iterdir() if p.name.startswith("prism-kv-")]
+        assert len(left) == 1
         proxy.send_signal(signal.SIGKILL)
         proxy.wait()
         killed = time.monotonic()
-        while pid_alive(plugin):
-            assert time.monotonic() - killed < 2.0, "the sidecar outlived the proxy"
+        while any(pid_alive(pid) for pid in children):
+            assert time.monotonic() - killed < 10.0, "a sidecar outlived the proxy"
             time.sleep(0.01)
+        assert left[0].exists()  # a SIGKILLed proxy cannot clean up after itself
+
+        second = _start_proxy(config, log_path, 2)
+        assert not left[0].exists()  # its owner is gone: removed at the next start
+        assert (runtime / "prism-not-ours").exists()  # no owner file: not a proxy's
+        mine = [p for p in runtime.iterdir() if p.name.startswith("prism-kv-")]
+        assert len(mine) == 1  # the live proxy's own directory stays
+        assert "removed 1 stale sidecar runtime directory" in log_path.read_text()
     finally:
-        if proxy.poll() is None:
-            proxy.kill()
-            proxy.wait()
-        log.close()
+        for process in (proxy, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

@@ -13,18 +13,22 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import MakeSpec
+from host_testkit import namespace, proxy_config, result, running_proxy
 from hosting_fakes import is_dead, is_reaped, wait_until
 
-from prism.hosting.handshake import HandshakeError, PluginStartError, check_plugin_socket
+from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
 from prism.hosting.isolation import ResourceLimits
 from prism.hosting.process import (
+    ENV_ALLOWED_PREFIXES,
+    ENV_ALLOWLIST,
     ExitStatus,
     PluginExitedError,
     PluginProcess,
     PluginSpec,
     PluginStartTimeout,
-    create_runtime_dir,
 )
+from prism.hosting.runtime_dirs import create as create_runtime_dir
+from prism.plugin_protocol.handshake import HandshakeError, PluginStartError, check_plugin_socket
 
 
 @pytest.fixture
@@ -51,18 +55,6 @@ def _bind(path: Path, mode: int) -> socket.socket:
 
 
 # --- check_plugin_socket -----------------------------------------------------------------------
-
-
-def test_create_runtime_dir_creates_a_missing_parent(tmp_path: Path) -> None:
-    parent = tmp_path / "run" / "prism"
-    path = create_runtime_dir("sidecar", parent)
-    assert path.parent == parent
-    assert parent.stat().st_mode & 0o777 == 0o700
-    assert path.stat().st_mode & 0o777 == 0o700
-
-
-def test_create_runtime_dir_is_private(runtime_dir: Path) -> None:
-    assert runtime_dir.stat().st_mode & 0o777 == 0o700
 
 
 def test_check_plugin_socket_accepts_private_socket_in_runtime_dir(runtime_dir: Path) -> None:
@@ -297,6 +289,160 @@ async def test_plugin_process_kills_what_the_plugin_left_behind(
         await wait_until(lambda: is_dead(child))
 
 
+# --- environment -------------------------------------------------------------------------------
+
+SECRET = "hunter2-pg-password"
+HANDSHAKE_VARS = {
+    "PRISM_PLUGIN_MAGIC_COOKIE",
+    "PRISM_PLUGIN_SOCKET",
+    "PRISM_PLUGIN_PROTOCOL_VERSIONS",
+}
+#: Set by the sidecar model beside the handshake: the proxy's max_message_size.
+MODEL_VARS = {"PRISM_PLUGIN_MAX_MESSAGE_SIZE"}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """What /proc shows of a running process's environment: what any code in it can read."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    assert SECRET.encode() not in raw
+    pairs = (entry.split("=", 1) for entry in raw.decode().split("\0") if entry)
+    return {name: value for name, value in pairs}
+
+
+def _allowed(name: str) -> bool:
+    # LC_* is allowed as a whole; Python itself may add LC_CTYPE (PEP 538 locale coercion).
+    return (
+        name in ENV_ALLOWLIST
+        or name in HANDSHAKE_VARS
+        or name in MODEL_VARS
+        or name.startswith(ENV_ALLOWED_PREFIXES)
+    )
+
+
+async def _started_environ(spec: PluginSpec, runtime_dir: Path) -> dict[str, str]:
+    process = _process(spec, runtime_dir)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(process.run)
+            assert process.pid is not None
+            env = _environ(process.pid)
+            nursery.cancel_scope.cancel()
+    return env
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy environment as an operator's might be: secrets for ``{{ env:... }}``, locale."""
+    monkeypatch.setenv("PG_PASSWORD", SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("PRISM_SHARED_REGION", "eu-west-1")
+    monkeypatch.delenv("PRISM_ABSENT", raising=False)
+
+
+async def test_plugin_process_starts_with_only_allowlisted_environment(
+    make_spec: MakeSpec, runtime_dir: Path, proxy_env: None
+) -> None:
+    env = await _started_environ(make_spec(), runtime_dir)
+
+    assert "PG_PASSWORD" not in env
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert "PRISM_SHARED_REGION" not in env
+    assert [name for name in env if not _allowed(name)] == []
+    assert (env["LC_ALL"], env["TZ"], env["PATH"]) == ("C.UTF-8", "UTC", os.environ["PATH"])
+    assert set(env) >= HANDSHAKE_VARS
+
+
+async def test_plugin_process_environment_adds_what_the_spec_asks_for(
+    make_spec: MakeSpec, runtime_dir: Path, proxy_env: None
+) -> None:
+    spec = make_spec(
+        env={"PLUGIN_MODE": "fast", "TZ": "Europe/Paris"},
+        inherit_env=("PRISM_SHARED_REGION", "PRISM_ABSENT"),
+    )
+    env = await _started_environ(spec, runtime_dir)
+
+    assert env["PLUGIN_MODE"] == "fast"
+    assert env["TZ"] == "Europe/Paris"  # an explicit value wins over the proxy's
+    assert env["PRISM_SHARED_REGION"] == "eu-west-1"
+    assert "PRISM_ABSENT" not in env  # names the proxy does not have are skipped
+    assert "PG_PASSWORD" not in env
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "complaint"),
+    [
+        ({"env": {"A=B": "x"}}, ValueError, "'A=B' is not an environment variable name"),
+        ({"env": {"": "x"}}, ValueError, "is not an environment variable name"),
+        ({"env": {"MODE": "a\0b"}}, ValueError, "MODE: its value contains a NUL byte"),
+        ({"inherit_env": ("A\0",)}, ValueError, "is not an environment variable name"),
+        ({"inherit_env": "PATH"}, TypeError, "a list of variable names, not a string"),
+        (
+            {"env": {"PRISM_PLUGIN_SOCKET": "/tmp/elsewhere"}},
+            ValueError,
+            "PRISM_PLUGIN_SOCKET is set by the proxy for the handshake",
+        ),
+    ],
+    ids=["equals", "empty", "nul-value", "nul-name", "string", "handshake"],
+)
+def test_plugin_spec_refuses_bad_environment(
+    settings: dict[str, object], error: type[Exception], complaint: str
+) -> None:
+    with pytest.raises(error, match=complaint):
+        PluginSpec("kv", ["plugin"], **settings)  # type: ignore[arg-type]
+
+
+async def test_plugin_process_sidecar_of_a_namespace_without_credentials_sees_no_secret(
+    proxy_env: None,
+) -> None:
+    """Through the proxy: the secrets in its environment (meant for other namespaces'
+    ``{{ env:... }}`` credentials) are not in its sidecars' environments."""
+    config = proxy_config(namespace("kv", "memstore", "sidecar", health_interval=3600))
+    with trio.fail_after(30):
+        async with running_proxy(config) as running:
+            instance = running.proxy.host.route("kv").current
+            assert instance is not None
+            assert instance.pid is not None
+            env = _environ(instance.pid)
+            assert "PG_PASSWORD" not in env
+            assert [name for name in env if not _allowed(name)] == []
+            # It found its packages and serves.
+            await running.execute("kv", "set", SetRequest(key="k", value=b"v"))
+            got = result(await running.execute("kv", "get", GetRequest(key="k")), GetResponse)
+            assert (got.found, got.value) == (True, b"v")
+
+
+async def test_plugin_process_sidecar_gets_the_environment_its_config_names(
+    proxy_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``plugin.env`` values and ``plugin.inherit_env`` names reach the sidecar, and nothing
+    else of the proxy's environment does."""
+    monkeypatch.setenv("PLUGIN_REGION", "eu-west-1")
+    config = proxy_config(
+        namespace(
+            "kv",
+            "memstore",
+            "sidecar",
+            health_interval=3600,
+            env={"PLUGIN_MODE": "fast"},
+            inherit_env=("PLUGIN_REGION", "NOT_SET_ANYWHERE"),
+        )
+    )
+    with trio.fail_after(30):
+        async with running_proxy(config) as running:
+            instance = running.proxy.host.route("kv").current
+            assert instance is not None
+            assert instance.pid is not None
+            env = _environ(instance.pid)
+            assert env["PLUGIN_MODE"] == "fast"
+            assert env["PLUGIN_REGION"] == "eu-west-1"
+            assert "NOT_SET_ANYWHERE" not in env
+            assert "PG_PASSWORD" not in env
+            extra = {"PLUGIN_MODE", "PLUGIN_REGION"}
+            assert [name for name in env if not _allowed(name) and name not in extra] == []
+
+
 # --- isolation ---------------------------------------------------------------------------------
 
 
@@ -353,21 +499,22 @@ from pathlib import Path
 
 import trio
 import trio._core._thread_cache as thread_cache
-from prism.hosting.process import PluginSpec
-from prism.hosting.supervisor import PluginSupervisor
+from prism.hosting.process import PluginProcess, PluginSpec
+from prism.hosting.runtime_dirs import create
 
 async def main():
     # Retire idle worker threads at once: PDEATHSIG fires when the *forking thread* exits.
     thread_cache.IDLE_TIMEOUT = 0.01
     command = [sys.executable, "-I", sys.argv[1], "--ignore-sigterm"]
-    spec = PluginSpec("orphan", command, runtime_parent=Path(sys.argv[2]))
+    spec = PluginSpec("orphan", command)
+    runtime = create("orphan", Path(sys.argv[2]))
+    process = PluginProcess(spec, socket_path=runtime / "plugin-1.sock", runtime_dir=runtime)
     async with trio.open_nursery() as nursery:
-        supervisor = PluginSupervisor(spec)
-        await nursery.start(supervisor.run)
+        await nursery.start(process.run)
         for _ in range(3):
             await trio.to_thread.run_sync(lambda: None)
         await trio.sleep(0.5)
-        print(supervisor.pid, flush=True)
+        print(process.pid, flush=True)
         await trio.sleep_forever()
 
 trio.run(main)

@@ -1,28 +1,31 @@
+"""The one restart loop, driven with attempts written here and Trio's autojump clock: the
+delays are what the policy says, whatever the machine's speed."""
+
 from __future__ import annotations
 
-import signal
-from pathlib import Path
+import itertools
+import logging
 
 import pytest
 import trio
-from conftest import MakeSpec
-from hosting_fakes import is_reaped, wait_until
+import trio.testing
 
-from prism.hosting.handshake import HandshakeError
-from prism.hosting.process import BackoffPolicy, ExitStatus
+from prism.hosting.client import PluginClient
+from prism.hosting.instance import Instance, NoEvents
 from prism.hosting.supervisor import (
     Backoff,
-    Crashed,
-    Failed,
-    PluginEvent,
-    PluginSupervisor,
-    Ready,
-    Restarting,
-    Starting,
-    Stopped,
+    BackoffPolicy,
+    PluginFailed,
+    PluginUnreachable,
+    supervise,
 )
 
-FAST = BackoffPolicy(initial=0.05, maximum=0.2, reset_after=10.0)
+POLICY = BackoffPolicy(initial=0.1, maximum=0.4, reset_after=10.0)
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 def test_backoff_doubles_up_to_maximum() -> None:
@@ -42,143 +45,217 @@ def test_backoff_starts_over_after_stable_run() -> None:
     assert backoff.next_delay(ran_for=0.0) == pytest.approx(0.2)
 
 
-def _of(events: list[PluginEvent], kind: type) -> list[PluginEvent]:
-    return [e for e in events if isinstance(e, kind)]
+class Client(PluginClient):
+    """Stands in for a plugin connection; the loop only routes to it."""
+
+    async def initialize(self, request):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    async def health_check(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    async def execute(self, request: bytes) -> bytes:
+        return request
+
+    async def execute_stream(self, receive, send):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    async def shutdown(self, grace, reason):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
 
 
-async def test_plugin_supervisor_start_returns_first_handshake(make_spec: MakeSpec) -> None:
-    events: list[PluginEvent] = []
-    supervisor = PluginSupervisor(make_spec(name="kv"), on_event=events.append)
+class Script:
+    """Attempts that serve for ``serve_for[n]`` seconds and then fail (None: forever); the
+    instance's state is recorded at every change."""
+
+    def __init__(self, instance: Instance, serve_for: list[float | None], fail_start: int = 0):
+        self.instance = instance
+        self.serve_for = serve_for
+        self.fail_start = fail_start  # this many attempts fail before serving
+        self.starts: list[float] = []
+        self.failures_at: list[float] = []
+
+    async def attempt(self, number: int, *, task_status: trio.TaskStatus[None]) -> None:
+        self.starts.append(trio.current_time())
+        if number <= self.fail_start:
+            raise PluginFailed(f"attempt {number} cannot start")
+        self.instance.up(Client())
+        task_status.started()
+        duration = self.serve_for[min(number - 1 - self.fail_start, len(self.serve_for) - 1)]
+        if duration is None:
+            await trio.sleep_forever()
+        await trio.sleep(duration)
+        self.failures_at.append(trio.current_time())
+        raise PluginFailed(f"attempt {number} crashed")
+
+
+class RecordingEvents(NoEvents):
+    def __init__(self) -> None:
+        self.restarted: list[str] = []
+
+    def plugin_restarted(self, namespace: str) -> None:
+        self.restarted.append(namespace)
+
+
+def changes(instance: Instance) -> list[tuple[bool, str]]:
+    seen: list[tuple[bool, str]] = []
+    instance._on_change = lambda i: seen.append((i.available, i.down_reason))
+    return seen
+
+
+async def test_supervise_restarts_with_backoff_after_each_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = RecordingEvents()
+    instance = Instance("kv", "sidecar", 1, events=events)
+    seen = changes(instance)
+    script = Script(instance, [1.0, 1.0, 1.0, None])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: supervise(
+                script.attempt,
+                instance,
+                what="kv",
+                startup_timeout=5,
+                backoff=POLICY,
+                task_status=task_status,
+            )
+        )
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    gaps = [
+        start - failed for failed, start in zip(script.failures_at, script.starts[1:], strict=False)
+    ]
+    assert gaps == pytest.approx([0.1, 0.2, 0.4])
+    assert instance.restarts == 3
+    assert events.restarted == ["kv", "kv", "kv"]  # the host's events heard of each
+    # Down at once with the reason, up again: every change reached the instance, in order.
+    assert seen[:4] == [
+        (True, "starting"),
+        (False, "attempt 1 crashed"),
+        (True, "attempt 1 crashed"),
+        (False, "attempt 2 crashed"),
+    ]
+    assert instance.available
+
+
+async def test_supervise_first_start_failure_is_raised(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    instance = Instance("kv", "sidecar", 1)
+    script = Script(instance, [None], fail_start=1)
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(PluginFailed, match="attempt 1 cannot start"), flatten_subgroups=True
+    ):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: supervise(
+                    script.attempt, instance, what="kv", startup_timeout=5, task_status=task_status
+                )
+            )
+    assert len(script.starts) == 1
+
+
+async def test_supervise_start_unreachable_reports_started_and_keeps_trying(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    instance = Instance("far", "remote", 1)
+    attempts: list[float] = []
+
+    async def attempt(number: int, *, task_status: trio.TaskStatus[None]) -> None:
+        attempts.append(trio.current_time())
+        if number < 5:
+            raise PluginUnreachable("cannot reach the remote plugin at x: connection refused")
+        instance.up(Client())
+        task_status.started()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: supervise(
+                attempt,
+                instance,
+                what="far",
+                startup_timeout=5,
+                backoff=BackoffPolicy(initial=0.05, maximum=0.1),
+                start_unreachable=True,
+                task_status=task_status,
+            )
+        )
+        assert not instance.available
+        assert "connection refused" in instance.down_reason
+        with trio.fail_after(5):
+            while not instance.available:  # noqa: ASYNC110 - the loop's own retries
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps == pytest.approx([0.05, 0.1, 0.1, 0.1])  # capped
+
+
+async def test_supervise_restarts_an_attempt_that_hangs_while_starting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    instance = Instance("kv", "sidecar", 1)
+
+    async def attempt(number: int, *, task_status: trio.TaskStatus[None]) -> None:
+        if number == 2:
+            await trio.sleep_forever()  # e.g. hangs in Initialize
+        instance.up(Client())
+        task_status.started()
+        if number == 1:
+            raise PluginFailed("crashed")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: supervise(
+                attempt, instance, what="kv", startup_timeout=3, task_status=task_status
+            )
+        )
+        with trio.fail_after(30):
+            while instance.restarts < 2 or not instance.available:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert instance.restarts == 2
+
+
+async def test_supervise_returns_once_the_instance_is_retiring(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    instance = Instance("kv", "sidecar", 1)
+    script = Script(instance, [1.0])
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            handshake = await nursery.start(supervisor.run)
-
-            assert supervisor.handshake == handshake
-            assert handshake.socket_path.is_socket()
-            runtime_dir = handshake.socket_path.parent
-            assert runtime_dir.stat().st_mode & 0o777 == 0o700
-            pid = supervisor.pid
-            assert pid is not None
-            nursery.cancel_scope.cancel()
-
-    assert [type(e) for e in events] == [Starting, Ready, Stopped]
-    assert events[1] == Ready("kv", 1, handshake, pid)
-    assert isinstance(events[2], Stopped)
-    assert events[2].exit_status in (ExitStatus(0), ExitStatus(-signal.SIGTERM))
-    assert is_reaped(pid)
-    assert not runtime_dir.exists()
-    assert supervisor.handshake is None
+            await nursery.start(
+                lambda task_status: supervise(
+                    script.attempt, instance, what="kv", startup_timeout=5, task_status=task_status
+                )
+            )
+            instance.retiring = True  # it was sent Shutdown: its end is expected
+    assert len(script.starts) == 1
+    assert not instance.available
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def test_plugin_supervisor_restarts_crashed_plugin_with_backoff_and_fresh_socket(
-    make_spec: MakeSpec,
+async def test_supervise_logs_the_downtime_when_serving_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    events: list[PluginEvent] = []
-    spec = make_spec("--crash-after", "0.05", "--exit-code", "7", backoff=FAST)
-    supervisor = PluginSupervisor(spec, on_event=events.append)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            await wait_until(lambda: len(_of(events, Ready)) >= 4)
-            nursery.cancel_scope.cancel()
-
-    assert [type(e) for e in events[:7]] == [
-        Starting, Ready, Crashed, Restarting, Starting, Ready, Crashed,
-    ]  # fmt: skip
-    crashed = _of(events, Crashed)
-    assert all(isinstance(c, Crashed) and c.exit_status == ExitStatus(7) for c in crashed)
-    assert "exited unexpectedly (exit status 7)" in crashed[0].reason  # type: ignore[union-attr]
-    delays = [e.delay for e in events if isinstance(e, Restarting)][:3]
-    assert delays == pytest.approx([0.05, 0.1, 0.2])
-    sockets = [e.handshake.socket_path for e in events if isinstance(e, Ready)]
-    assert len(set(sockets)) == len(sockets)
-    pids = {e.pid for e in events if isinstance(e, Ready)}
-    assert len(pids) == len(sockets)
-    assert all(is_reaped(pid) for pid in pids)
-    assert isinstance(events[-1], Stopped)
-
-
-async def test_plugin_supervisor_resets_backoff_after_stable_run(make_spec: MakeSpec) -> None:
-    events: list[PluginEvent] = []
-    backoff = BackoffPolicy(initial=0.05, maximum=1.0, reset_after=0.2)
-    spec = make_spec("--crash-after", "0.3", backoff=backoff)
-    supervisor = PluginSupervisor(spec, on_event=events.append)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            await wait_until(lambda: len(_of(events, Restarting)) >= 3)
-            nursery.cancel_scope.cancel()
-
-    delays = [e.delay for e in events if isinstance(e, Restarting)]
-    assert delays[:3] == pytest.approx([0.05, 0.05, 0.05])
-
-
-async def test_plugin_supervisor_retries_restart_that_fails_before_handshake(
-    make_spec: MakeSpec, tmp_path: Path
-) -> None:
-    counter = tmp_path / "launches"
-    events: list[PluginEvent] = []
-    # Launch 1 works and crashes; launches 2 and 3 die before the handshake; launch 4 works.
-    spec = make_spec(
-        "--counter", str(counter), "--fail-launches", "2,3", "--crash-after", "0.05", backoff=FAST
-    )
-    supervisor = PluginSupervisor(spec, on_event=events.append)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            await wait_until(lambda: len(_of(events, Ready)) >= 2)
-            nursery.cancel_scope.cancel()
-
-    crashed = _of(events, Crashed)
-    assert "exited unexpectedly" in crashed[0].reason  # type: ignore[union-attr]
-    assert "exited before its handshake (exit status 4)" in crashed[1].reason  # type: ignore[union-attr]
-    assert "launch 2 fails" in crashed[1].reason  # type: ignore[union-attr]
-    assert "launch 3 fails" in crashed[2].reason  # type: ignore[union-attr]
-    assert [e.attempt for e in _of(events, Ready)][:2] == [1, 4]  # type: ignore[union-attr]
-
-
-async def test_plugin_supervisor_first_start_failure_raises_from_start(
-    make_spec: MakeSpec,
-) -> None:
-    events: list[PluginEvent] = []
-    supervisor = PluginSupervisor(make_spec("--version", "9", name="old"), on_event=events.append)
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            with pytest.raises(HandshakeError, match="plugin protocol version 9"):
-                await nursery.start(supervisor.run)
-
-    assert [type(e) for e in events] == [Starting, Failed, Stopped]
-
-
-async def test_plugin_supervisor_cancel_sigkills_plugin_ignoring_sigterm(
-    make_spec: MakeSpec,
-) -> None:
-    events: list[PluginEvent] = []
-    spec = make_spec("--ignore-sigterm", stop_grace=0.3)
-    supervisor = PluginSupervisor(spec, on_event=events.append)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            pid = supervisor.pid
-            nursery.cancel_scope.cancel()
-
-    assert events[-1] == Stopped("fake", ExitStatus(-signal.SIGKILL))
-    assert pid is not None
-    assert is_reaped(pid)
-
-
-async def test_plugin_supervisor_cancel_during_backoff_stops_cleanly(make_spec: MakeSpec) -> None:
-    events: list[PluginEvent] = []
-    backoff = BackoffPolicy(initial=60.0, maximum=60.0)
-    supervisor = PluginSupervisor(
-        make_spec("--crash-after", "0.05", backoff=backoff), on_event=events.append
-    )
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            await wait_until(lambda: bool(_of(events, Restarting)))
-            nursery.cancel_scope.cancel()
-
-    assert [type(e) for e in events] == [Starting, Ready, Crashed, Restarting, Stopped]
-    assert events[-1] == Stopped("fake", ExitStatus(3))
+    instance = Instance("kv", "sidecar", 1)
+    script = Script(instance, [1.0, None])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: supervise(
+                script.attempt,
+                instance,
+                what="kv",
+                startup_timeout=5,
+                backoff=POLICY,
+                task_status=task_status,
+            )
+        )
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    back = [r.getMessage() for r in caplog.records if "serving again" in r.getMessage()]
+    assert back == [
+        "namespace 'kv' is serving again after 0.100 s down (attempt 1 crashed; instance 1)"
+    ]

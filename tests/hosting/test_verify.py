@@ -387,3 +387,36 @@ def test_verify_artifact_checks_permissions_before_signature(
 
     with pytest.raises(PluginRefused, match="world-writable"):
         verify_artifact("kv", plugin_file, policy)
+
+
+def test_verify_signature_returns_the_bytes_it_verified(
+    plugin_dir: Path, key: Ed25519PrivateKey
+) -> None:
+    write_signature(plugin_dir, key)
+    (plugin_dir / "pkg" / "__pycache__").mkdir()
+    (plugin_dir / "pkg" / "__pycache__" / "ops.cpython-311.pyc").write_bytes(b"\x00")
+
+    verified = verify_signature("kv", plugin_dir, [key.public_key()])
+    (plugin_dir / "pkg" / "ops.py").write_text("def get(): steal()\n")  # too late to matter
+
+    assert verified.package
+    assert verified.root == plugin_dir
+    assert dict(verified.files) == {
+        "pkg/__init__.py": b"PLUGIN_API_VERSION = '1.0'\n",
+        "pkg/ops.py": b"def get(): ...\n",
+        "plugin.toml": b"name = 'kv'\n",
+    }
+
+
+def test_verify_artifact_returns_a_single_file_only_when_a_signature_was_checked(
+    plugin_file: Path, key: Ed25519PrivateKey
+) -> None:
+    assert verify_artifact("kv", plugin_file, VerifyPolicy()) is None
+    write_signature(plugin_file, key)
+
+    verified = verify_artifact("kv", plugin_file, VerifyPolicy(trusted_keys=(key.public_key(),)))
+
+    assert verified is not None
+    assert not verified.package
+    assert verified.root == plugin_file.parent
+    assert dict(verified.files) == {"kv_plugin.py": b"PLUGIN_API_VERSION = '1.0'\n"}

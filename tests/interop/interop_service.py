@@ -96,10 +96,10 @@ class InteropEcho(pg.Service):
 
 
 @contextmanager
-def peer_server(script: str) -> Iterator[str]:
-    """Run ``peers/<script>.py`` in a subprocess; yields its ``127.0.0.1:port`` target."""
+def peer_server(script: str, *args: str) -> Iterator[str]:
+    """Run ``peers/<script>.py [args]`` in a subprocess; yields its ``127.0.0.1:port`` target."""
     proc = subprocess.Popen(
-        [sys.executable, str(PEERS / f"{script}.py")],
+        [sys.executable, str(PEERS / f"{script}.py"), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

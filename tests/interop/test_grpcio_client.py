@@ -246,3 +246,26 @@ async def test_grpcio_client_over_a_unix_socket(tmp_path: Path) -> None:
         finally:
             await in_thread(channel.close)
         nursery.cancel_scope.cancel()
+
+
+async def test_grpcio_client_header_blocks_over_16_kib_both_ways() -> None:
+    # A 40,000-character value: HPACK blocks of ~30 KiB, so HEADERS + CONTINUATION frames from
+    # grpcio to prism (request) and from prism to grpcio (initial metadata and trailers).
+    value = "".join(chr(33 + (i * 7919) % 94) for i in range(40_000)).replace(",", ";")
+    options = pg.ServerOptions(max_header_list_size=256 << 10)
+    server = pg.Server([InteropEcho()], options)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_metadata_size", 256 << 10)]
+        )
+        try:
+            reply, call = await in_thread(
+                lambda: unary(channel, "Unary").with_call(b"big", metadata=[("x-big", value)])
+            )
+        finally:
+            await trio.to_thread.run_sync(channel.close)
+            nursery.cancel_scope.cancel()
+    assert reply == b"big"
+    assert dict(call.initial_metadata())["x-big"] == value
+    assert dict(call.trailing_metadata())["trailing-x-big"] == value

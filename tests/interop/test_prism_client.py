@@ -65,9 +65,22 @@ async def test_prism_client_unary_with_metadata_round_trip(peer: str) -> None:
 
 async def test_prism_client_unary_stream(peer: str) -> None:
     async with channel_to(peer) as channel:
-        replies = await channel.unary_stream("/interop.Echo/ServerStream", b"5", bytes)
-        assert replies == [b"0", b"1", b"2", b"3", b"4"]
-        assert await channel.unary_stream("/interop.Echo/ServerStream", b"0", bytes) == []
+        stream = channel.unary_stream("/interop.Echo/ServerStream", b"5", bytes)
+        assert [m async for m in stream] == [b"0", b"1", b"2", b"3", b"4"]
+        assert stream.status is pg.Status.OK
+        empty = channel.unary_stream("/interop.Echo/ServerStream", b"0", bytes)
+        assert [m async for m in empty] == []
+
+
+async def test_prism_client_unary_call_object_has_metadata_and_status(peer: str) -> None:
+    sent = [("x-token", "abc 123"), ("x-blob-bin", b"\x00\x01")]
+    async with channel_to(peer) as channel:
+        call = channel.unary_unary("/interop.Echo/Unary", b"hello", bytes, metadata=sent)
+        assert await call == b"hello"
+        assert [(k, v) for k, v in call.initial_metadata if k.startswith("x-")] == sent
+        trailing = [(k, v) for k, v in call.trailing_metadata if k.startswith("trailing-")]
+        assert trailing == [("trailing-x-token", "abc 123"), ("trailing-x-blob-bin", b"\x00\x01")]
+        assert call.status is pg.Status.OK
 
 
 async def test_prism_client_stream_unary(peer: str) -> None:
@@ -75,6 +88,36 @@ async def test_prism_client_stream_unary(peer: str) -> None:
         parts = [b"a", b"", b"bc", b"d" * 70_000]
         reply = await channel.stream_unary("/interop.Echo/ClientStream", parts, bytes)
         assert reply == b"abc" + b"d" * 70_000
+
+        async def generated() -> AsyncIterator[bytes]:
+            for part in parts:
+                await trio.lowlevel.checkpoint()
+                yield part
+
+        reply = await channel.stream_unary("/interop.Echo/ClientStream", generated(), bytes)
+        assert reply == b"abc" + b"d" * 70_000
+
+
+async def test_prism_client_stream_stream_from_an_async_iterable(peer: str) -> None:
+    async with channel_to(peer) as channel:
+        send, receive = trio.open_memory_channel[bytes](0)
+        replies = channel.stream_stream("/interop.Echo/Bidi", receive, bytes)
+        got = []
+        async with send, replies:
+            for word in (b"ping", b"pong", b"z" * 100_000):
+                await send.send(word)  # the next request only once the previous reply came
+                got.append(await replies.receive_message())
+        assert got == [b"PING", b"PONG", b"Z" * 100_000]
+
+
+async def test_prism_client_timeout_raises_deadline_exceeded(peer: str) -> None:
+    async with channel_to(peer) as channel:
+        before = (await stats(channel))["cancelled"]
+        with pytest.raises(pg.DeadlineExceeded):
+            await channel.unary_unary("/interop.Echo/Sleep", b"", bytes, timeout=0.4)
+        await wait_cancelled(channel, before)
+        remaining = (await stats(channel))["remaining"]
+        assert 0.1 < remaining <= 0.4
 
 
 async def test_prism_client_stream_stream(peer: str) -> None:

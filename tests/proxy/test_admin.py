@@ -28,17 +28,17 @@ from prism._proto.prism.admin.v1 import (
 from prism._proto.prism.data.v1 import GetRequest, GetResponse, SetRequest
 from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus, PluginMetrics
 from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse
-from prism.grpc.health import ServingStatus
-from prism.hosting.host import PluginStartFailed
-from prism.proxy.admin import AdminService
-from prism.proxy.app import ListenFailed, Proxy
-from prism.proxy.config import (
+from prism.config import (
     AdminConfig,
     ConfigError,
     NamespaceConfig,
     PluginConfig,
     ProxyConfig,
 )
+from prism.grpc.health import ServingStatus
+from prism.hosting.host import PluginStartFailed
+from prism.proxy.admin import AdminService
+from prism.proxy.app import ListenFailed, Proxy
 from prism.sdk.typed import pack, unpack
 
 ADMIN = "/prism.admin.v1.Admin/"
@@ -129,7 +129,8 @@ async def test_admin_list_namespaces_reports_plugin_instance_and_health(tmp_path
         )
         assert kv.generation > 0
         assert kv.generation != namespaces["durable"].generation
-        assert kv.metrics is None  # nothing collects metrics in this proxy
+        # The poller runs every health_interval: whatever it collected, no call was made.
+        assert kv.metrics is None or kv.metrics.requests_total == 0
 
         with trio.fail_after(5):  # the periodic health check fills in last_health
             while True:
@@ -212,12 +213,15 @@ async def test_admin_reload_failure_is_failed_precondition_and_old_instance_keep
     ):
         await execute(front, "durable", "set", SetRequest(key="k", value=b"v"))
         before = (await list_namespaces(admin))["durable"]
-        shutil.rmtree(data)  # a new sqlite instance cannot open its database any more
+        # A new sqlite instance cannot open its database any more (it would create a missing
+        # directory, but not one where a file is).
+        shutil.rmtree(data)
+        data.write_text("")
 
         with pytest.raises(pg.FailedPrecondition, match="previous instance keeps serving") as info:
             await reload(admin, "durable")
         assert "durable" in info.value.message
-        assert "does not exist" in info.value.message  # the reason reaches the operator
+        assert "is not a directory" in info.value.message  # the reason reaches the operator
 
         after = (await list_namespaces(admin))["durable"]
         assert (after.generation, after.available) == (before.generation, True)
@@ -337,6 +341,6 @@ async def test_admin_listen_address_in_use_fails_with_listen_failed(tmp_path: Pa
 
 
 def test_admin_proxy_refuses_non_loopback_admin_address_built_in_code(tmp_path: Path) -> None:
-    config = make_config(tmp_path, admin=AdminConfig(listen="0.0.0.0:50052"))
+    # A config built in code is validated as it is built, like one read from a file.
     with pytest.raises(ConfigError, match="not a loopback address"):
-        Proxy(config)
+        Proxy(make_config(tmp_path, admin=AdminConfig(listen="0.0.0.0:50052")))

@@ -109,9 +109,8 @@ async def test_app_prism_serve_default_config_serves_and_stops_on_sigterm(
                 ),
                 ExecuteResponse,
             )
-            assert unpack(reply.typed_result, GetResponse) == GetResponse(
-                found=True, value=ns.encode()
-            )
+            got = unpack(reply.typed_result, GetResponse)
+            assert (got.found, got.value) == (True, ns.encode())
     assert (directory / "data" / "durable.sqlite3").exists()
 
     def health(channel: grpc.Channel) -> list[int]:
@@ -152,6 +151,17 @@ async def test_app_prism_serve_default_config_serves_and_stops_on_sigterm(
             "remote",
         ),
         ("listen: 127.0.0.1:0\nlistne: 127.0.0.1:1\n", "prism: listne: unknown field"),
+        (
+            # Once accepted, it crashed the health loop in a restart cycle.
+            "namespaces:\n  - name: kv\n    plugin: {name: memstore, health_interval: .nan}\n",
+            "prism: namespaces[0].plugin.health_interval: expected a positive number (seconds), "
+            "not NaN or infinity",
+        ),
+        (
+            "listen: 5\nshutdown_grace: .inf\n",
+            "prism: listen: expected a string\n"
+            "prism: shutdown_grace: expected a positive number (seconds), not NaN or infinity",
+        ),
     ],
 )
 def test_app_prism_serve_config_error_exits_2_naming_the_field(

@@ -1,14 +1,19 @@
 """The front door over a real server and socket, with routes that answer canned bytes: what it
-forwards, and how plugin failures become gRPC statuses."""
+forwards, and how plugin failures become gRPC statuses; and, through a real proxy and plugin in
+each deployment model, that clients cannot call the SDK's reserved operations."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
+from host_testkit import RemoteService, namespace, proxy_config, remote_service, running_proxy
 
 from prism import grpc as pg
+from prism._proto.prism.data.v1 import SetRequest
 from prism._proto.prism.plugin.v1 import ExecuteResponse as PluginResponse
 from prism._proto.prism.plugin.v1 import PluginMetrics
 from prism._proto.prism.proxy.v1 import (
@@ -19,6 +24,7 @@ from prism._proto.prism.proxy.v1 import (
 )
 from prism.grpc.wire.status import GrpcError, NotFound, Status
 from prism.proxy.frontdoor import DataProxyService, check_response
+from prism.sdk import METRICS_OPERATION
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"
 EXECUTE_STREAM = "/prism.proxy.v1.DataProxy/ExecuteStream"
@@ -271,3 +277,53 @@ async def test_frontdoor_stream_cut_with_resource_exhausted_drops_what_is_queued
     # rest of one message; not the ~110 messages more the proxy held back.
     assert received <= 3 * window // CuttingRoute.SIZE + 1
     assert route.sent >= route.enough
+
+
+@pytest.mark.parametrize("operation", [METRICS_OPERATION, "_prism.anything"])
+async def test_frontdoor_refuses_reserved_operations_before_routing(
+    door: tuple[FakeRouter, pg.Channel], operation: str
+) -> None:
+    router, channel = door
+    router.routes["kv"] = FakeRoute(bytes(PluginResponse(success=True)))
+    with pytest.raises(pg.PermissionDenied, match=f"{operation!r} is reserved for the proxy"):
+        await call(channel, ExecuteRequest(namespace="kv", operation=operation))
+    async with channel.stream(EXECUTE_STREAM, StreamResponse) as stream:
+        await stream.send_message(StreamRequest(namespace="kv", operation=operation))
+        await stream.end()
+        with pytest.raises(pg.PermissionDenied, match="reserved for the proxy"):
+            async for _ in stream:
+                pass
+    assert router.routes["kv"].requests == []
+    assert router.routes["kv"].streamed == []
+
+
+@pytest.mark.parametrize("mode", ["in_process", "sidecar", "remote"])
+async def test_frontdoor_reserved_operations_never_reach_a_real_plugin(
+    mode: str, tmp_path: Path
+) -> None:
+    """``_prism.metrics`` fetches and resets a plugin's counters: a client that could call it
+    would read them and leave the host's next poll with nothing."""
+    with contextlib.ExitStack() as stack:
+        if mode == "remote":
+            remote: RemoteService = stack.enter_context(remote_service(tmp_path))
+            ns = remote.namespace("kv", health_interval=3600)
+        else:
+            ns = namespace("kv", "memstore", mode, health_interval=3600)  # no poll of its own
+        with trio.fail_after(60):
+            async with running_proxy(proxy_config(ns)) as running:
+                for i in range(3):
+                    await running.execute("kv", "set", SetRequest(key=f"k{i}", value=b"v"))
+                for operation in (METRICS_OPERATION, "_prism.anything"):
+                    with pytest.raises(pg.PermissionDenied, match="reserved for the proxy"):
+                        await running.execute("kv", operation)
+                    async with running.channel.stream(EXECUTE_STREAM, StreamResponse) as stream:
+                        await stream.send_message(
+                            StreamRequest(namespace="kv", operation=operation)
+                        )
+                        with pytest.raises(pg.PermissionDenied, match="reserved for the proxy"):
+                            await stream.receive_message()
+                instance = running.proxy.host.route("kv").current
+                assert instance is not None
+                metrics = await instance.poll_metrics()  # the host's own path still works
+                assert metrics is not None
+                assert (metrics.requests_total, metrics.requests_failed) == (3, 0)

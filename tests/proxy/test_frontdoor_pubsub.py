@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from host_testkit import proxy_config, running_proxy
 from test_frontdoor import read_until_error
 
 from prism import grpc as pg
@@ -19,8 +20,8 @@ from prism._proto.prism.proxy.v1 import (
     StreamRequest,
     StreamResponse,
 )
-from prism.proxy.app import Proxy
-from prism.proxy.config import AdminConfig, NamespaceConfig, PluginConfig, ProxyConfig
+from prism.config import NamespaceConfig, PluginConfig
+from prism.config.auth import AccessConfig
 from prism.sdk.typed import pack, unpack
 
 EXECUTE = "/prism.proxy.v1.DataProxy/Execute"
@@ -32,21 +33,14 @@ WINDOW = 65535  # the stalled client's flow-control windows
 
 @asynccontextmanager
 async def running(mode: str) -> AsyncIterator[str]:
-    config = ProxyConfig(
-        listen="127.0.0.1:0",
-        admin=AdminConfig(enabled=False, listen=None),
-        shutdown_grace=1.0,
-        namespaces=(
-            NamespaceConfig(
-                "ps", PluginConfig("memstore", mode=mode), config={"subscriber_buffer": BUFFER}
-            ),
-        ),
+    ps = NamespaceConfig(
+        name="ps",
+        plugin=PluginConfig(name="memstore", mode=mode),
+        config={"subscriber_buffer": BUFFER},
+        access=AccessConfig(anonymous=True),
     )
-    async with trio.open_nursery() as nursery:
-        proxy: Proxy = await nursery.start(Proxy(config).run)
-        assert proxy.address is not None
-        yield f"{proxy.address[0]}:{proxy.address[1]}"
-        nursery.cancel_scope.cancel()
+    async with running_proxy(proxy_config(ps, shutdown_grace=1.0)) as proxy:
+        yield proxy.target
 
 
 async def publish(channel: pg.Channel, payload: bytes) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +12,8 @@ from sdk_plugins import WidgetConfig
 from prism._proto.google.protobuf import Struct
 from prism._proto.prism.config.v1 import ConfigDocument
 from prism._proto.prism.data.v1 import GetRequest
-from prism.sdk import InvalidArgument, pack
-from prism.sdk.config import config_from_any, config_from_mapping
+from prism.sdk import InvalidArgument, InvalidConfig, pack
+from prism.sdk.config import config_dir_from_any, config_from_any, config_from_mapping
 
 
 def test_config_from_mapping_builds_the_message() -> None:
@@ -47,24 +49,27 @@ def test_config_from_mapping_accepts_json_names_and_nulls() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"pth": "/d"}, "unknown field 'pth' in test.widget.v1.WidgetConfig"),
-        ({"limit": 1.5}, "'limit': expected an integer"),
-        ({"limit": True}, "'limit': expected an integer, got a boolean"),
-        ({"limit": "ten"}, "'limit': expected an integer"),
-        ({"limit": 2**31}, "'limit': out of range for int32"),
-        ({"size": -1}, "'size': out of range for uint64"),
-        ({"path": 5}, "'path': expected a string"),
-        ({"verbose": "yes"}, "'verbose': expected true or false"),
-        ({"ratio": "fast"}, "'ratio': expected a number"),
-        ({"tags": "a"}, "'tags': expected a list"),
-        ({"tags": ["a", 1]}, r"'tags\[1\]': expected a string"),
-        ({"labels": ["a"]}, "'labels': expected a mapping"),
-        ({"labels": {"k": 1}}, "'labels.k': expected a string"),
+        ({"pth": "/d"}, r"^config\.pth: unknown field in test\.widget\.v1\.WidgetConfig$"),
+        ({"limit": 1.5}, r"^config\.limit: expected an integer$"),
+        ({"limit": True}, r"^config\.limit: expected an integer, got a boolean$"),
+        ({"limit": "ten"}, r"^config\.limit: expected an integer$"),
+        ({"limit": 2**31}, r"^config\.limit: out of range for int32$"),
+        ({"size": -1}, r"^config\.size: out of range for uint64$"),
+        ({"path": 5}, r"^config\.path: expected a string$"),
+        ({"verbose": "yes"}, r"^config\.verbose: expected true or false$"),
+        ({"ratio": "fast"}, r"^config\.ratio: expected a number$"),
+        ({"tags": "a"}, r"^config\.tags: expected a list$"),
+        ({"tags": ["a", 1]}, r"^config\.tags\[1\]: expected a string$"),
+        ({"labels": ["a"]}, r"^config\.labels: expected a mapping$"),
+        ({"labels": {"k": 1}}, r"^config\.labels\.k: expected a string$"),
     ],
 )
 def test_config_from_mapping_is_strict(values: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidArgument, match=message):
+    # Every message names the field as config.FIELD: the proxy reports it as
+    # namespaces[N].config.FIELD, a path in its config file.
+    with pytest.raises(InvalidConfig) as info:
         config_from_mapping(WidgetConfig, values)
+    assert re.search(message, info.value.message), info.value.message
 
 
 def test_config_errors_never_echo_values() -> None:
@@ -99,3 +104,35 @@ def test_config_from_any_wrong_type_names_expected() -> None:
 def test_config_from_any_for_a_plugin_without_config() -> None:
     with pytest.raises(InvalidArgument, match=r"takes no config, got fields \['path'\]"):
         config_from_any(document({"path": "/d"}), None)
+
+
+def test_config_invalid_config_names_the_field_path() -> None:
+    assert InvalidConfig("path", "required").message == "config.path: required"
+    assert InvalidConfig(("hosts", 2, "port"), "expected an integer").message == (
+        "config.hosts[2].port: expected an integer"
+    )
+    assert InvalidConfig("", "required").message == "config: required"
+    assert isinstance(InvalidConfig("x", "y"), InvalidArgument)
+
+
+def test_config_dir_travels_in_the_config_document() -> None:
+    with_dir = pack(ConfigDocument(values=Struct.from_dict({"path": "d"}), base_dir="/etc/prism"))
+    assert config_dir_from_any(with_dir) == Path("/etc/prism")
+    assert config_dir_from_any(document({"path": "d"})) is None
+    assert config_dir_from_any(pack(WidgetConfig(path="d"))) is None
+    assert config_dir_from_any(None) is None
+
+
+def test_config_from_any_malformed_document_is_invalid_argument() -> None:
+    # ConfigDocument.values (1) → Struct.fields (1) → an entry whose key is cut short.
+    entry = b"\x0a\x05ab"
+    fields = b"\x0a" + bytes([len(entry)]) + entry
+    values = b"\x0a" + bytes([len(fields)]) + fields
+    config = pack(ConfigDocument())
+    config.value = values
+    with pytest.raises(InvalidArgument) as info:
+        config_from_any(config, WidgetConfig)
+    assert info.value.message == (
+        "config: expected prism.config.v1.ConfigDocument, got malformed bytes: field 1 (values): "
+        "field 1 (fields): field 1 (key) runs past the end of its message"
+    )

@@ -3,10 +3,13 @@ does."""
 
 from __future__ import annotations
 
+from typing import Any as Any_
+
 import betterproto2
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
+from upb_oracle import core_oracle, wire_bytes
 
 from prism._proto.google.protobuf import Any
 from prism._proto.prism.data.v1 import GetResponse, Message
@@ -89,11 +92,13 @@ def test_read_execute_merges_a_repeated_message_field_as_protobuf_says() -> None
     [
         b"\x0a\x05ab",  # operation longer than the message
         b"\x0a\x02\xff\xfe",  # operation not UTF-8
-        b"\x08\x01",  # operation as a varint
         b"\x12\x03\x0a\x05x",  # typed_params holding a truncated type_url
         b"\x22\x02\x0a\x05",  # a metadata entry holding a truncated key
-        b"\x0b",  # wire type 3 (groups)
+        b"\x22\x04\x12\x02\xc0\x80",  # a metadata value not UTF-8 (overlong)
+        b"\x0b",  # a group without its end
         b"\x80",  # truncated key
+        b"\x00\x01",  # field number 0
+        b"\x1a\x01",  # raw_params past the end
     ],
 )
 def test_read_execute_refuses_malformed_requests(data: bytes) -> None:
@@ -101,17 +106,36 @@ def test_read_execute_refuses_malformed_requests(data: bytes) -> None:
         _envelope.read_execute(data)
 
 
-@given(st.binary(max_size=60))
-def test_read_execute_agrees_with_betterproto_whenever_both_accept(data: bytes) -> None:
+UPB = core_oracle()
+
+
+def _read_with_upb(data: bytes) -> tuple[str, str, object, dict[str, str]] | None:
+    message: Any_ = UPB.parse("prism.plugin.v1.ExecuteRequest", data)
+    if message is None:
+        return None
+    field = message.WhichOneof("params") or ""
+    value: object = None
+    if field == "typed_params":
+        value = (message.typed_params.type_url, message.typed_params.value)
+    elif field == "raw_params":
+        value = message.raw_params
+    return message.operation, field, value, dict(message.metadata)
+
+
+def _read_or_none(data: bytes) -> tuple[str, str, object, dict[str, str]] | None:
     try:
-        ours = _read(data)
+        return _read(data)
     except InvalidArgument:
-        return
-    try:
-        theirs = _read_with_betterproto(data)
-    except Exception:
-        return
-    assert ours == theirs
+        return None
+
+
+@given(wire_bytes(UPB.descriptor("prism.plugin.v1.ExecuteRequest")))
+@example(b"\x08\x01\x0a\x01a")  # operation as a varint: unknown, as upb has it
+@example(b"\x0b\x10\x01\x0c\x0a\x01a")  # an unknown group, skipped
+@example(b"\x22\x05\x0a\x01k\x18\x01")  # a map entry with an unknown field: not in the map
+@example(b"\x12\x04\x0b\x08\x01\x0c")  # a group inside typed_params
+def test_read_execute_accepts_and_reads_exactly_what_upb_does(data: bytes) -> None:
+    assert _read_or_none(data) == _read_with_upb(data), data.hex()
 
 
 @given(st.binary(max_size=100))

@@ -53,10 +53,28 @@ def test_typed_unpack_accepts_any_type_url_prefix() -> None:
     assert unpack(any_, GetRequest) == GetRequest(key="k")
 
 
-def test_typed_unpack_undecodable_bytes_is_invalid_argument() -> None:
-    any_ = Any(type_url=type_url(GetRequest), value=b"\x0a\xff")  # a length varint cut short
-    with pytest.raises(InvalidArgument, match="do not decode"):
-        unpack(any_, GetRequest)
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\x0a\xff", "field 1 (key): truncated varint"),  # a length varint cut short
+        (b"\x0a\x05ab", "field 1 (key) runs past the end of its message"),
+        (b"\x0a\x02\xff\xfe", "field 1 (key): invalid UTF-8"),
+        (b"\x13", "group 2 without its end"),
+    ],
+)
+def test_typed_unpack_malformed_bytes_is_invalid_argument_saying_why(
+    value: bytes, reason: str
+) -> None:
+    # betterproto2 alone reads the second as key "ab" and the fourth as an empty message.
+    with pytest.raises(InvalidArgument) as info:
+        unpack(Any(type_url=type_url(GetRequest), value=value), GetRequest)
+    assert info.value.message == f"expected prism.data.v1.GetRequest, got malformed bytes: {reason}"
+
+
+def test_typed_unpack_a_plugins_own_message_is_checked_by_its_own_schema() -> None:
+    # WidgetConfig.path is field 1, a string: an invalid one is rejected in its own package.
+    with pytest.raises(InvalidArgument, match=r"field 1 \(path\): invalid UTF-8"):
+        unpack(Any(type_url=type_url(WidgetConfig), value=b"\x0a\x01\xff"), WidgetConfig)
 
 
 def test_typed_type_url_of_an_unregistered_class_is_a_type_error() -> None:

@@ -22,7 +22,7 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownRequest,
     ShutdownResponse,
 )
-from prism.hosting.handshake import (
+from prism.plugin_protocol.handshake import (
     ENV_MAGIC_COOKIE,
     ENV_PROTOCOL_VERSIONS,
     ENV_SOCKET,
@@ -140,7 +140,7 @@ async def test_asyncio_kv_exits_after_answering_shutdown(runtime_dir: Path) -> N
                     SERVICE + "Initialize", InitializeRequest(namespace="kv"), InitializeResponse
                 )
                 assert init.success, init.error
-                assert init.supported_operations == ["get", "set", "delete", "multi_get"]
+                assert init.supported_operations == ["get", "set", "delete", "multi_get", "set:ttl"]
                 response = await channel.unary_unary(
                     SERVICE + "Shutdown",
                     ShutdownRequest(grace_period_ms=1000, reason="test"),

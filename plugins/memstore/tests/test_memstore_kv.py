@@ -12,13 +12,23 @@ from prism._proto.prism.data.v1 import (
     DeleteResponse,
     ExistsRequest,
     ExistsResponse,
+    ExpireRequest,
+    ExpireResponse,
+    GetManyRequest,
+    GetManyResponse,
     GetRequest,
     GetResponse,
     ListKeysRequest,
     ListKeysResponse,
+    SetManyRequest,
+    SetManyResponse,
     SetRequest,
+    SetResponse,
+    TransactOperation,
+    TransactRequest,
+    TransactResponse,
 )
-from prism.sdk import InvalidArgument, NotFound, ResourceExhausted, Status
+from prism.sdk import Aborted, InvalidArgument, NotFound, ResourceExhausted, Status
 from prism.sdk.testing import PluginHarness
 
 
@@ -234,6 +244,113 @@ async def test_memstore_config_from_the_proxys_yaml_mapping(typed: bool) -> None
         await h.execute("set", SetRequest(key="a", value=b"1"))
         with pytest.raises(ResourceExhausted):
             await h.execute("set", SetRequest(key="b", value=b"1"))
-    with pytest.raises(InvalidArgument, match="unknown field 'max_key'"):
+    with pytest.raises(InvalidArgument, match=r"config\.max_key: unknown field"):
         async with PluginHarness(MemstorePlugin, config={"max_key": 1}, typed=typed):
             pass
+
+
+# -- etags, bulk, transactions, expire (the contracts; tests/acceptance runs the full suites) ----
+
+
+async def test_memstore_etag_changes_on_every_write_and_guards_conditional_writes() -> None:
+    async with PluginHarness(MemstorePlugin) as h:
+        first = await h.execute("set", SetRequest(key="a", value=b"1"))
+        assert isinstance(first, SetResponse)
+        again = await h.execute("set", SetRequest(key="a", value=b"1"))
+        assert isinstance(again, SetResponse)
+        assert first.etag
+        assert again.etag
+        assert first.etag != again.etag
+        assert (await get(h, "a")).etag == again.etag
+        with pytest.raises(Aborted, match="etag mismatch"):
+            await h.execute("set", SetRequest(key="a", value=b"2", if_match=first.etag))
+        with pytest.raises(Aborted, match="exists"):
+            await h.execute("set", SetRequest(key="a", value=b"2", if_absent=True))
+        with pytest.raises(Aborted, match="etag mismatch"):
+            await h.execute("delete", DeleteRequest(key="a", if_match=first.etag))
+        assert (await get(h, "a")).value == b"1"
+        await h.execute("delete", DeleteRequest(key="a", if_match=again.etag))
+        assert not (await get(h, "a")).found
+
+
+async def test_memstore_etags_of_a_new_instance_do_not_match_old_ones() -> None:
+    async with PluginHarness(MemstorePlugin) as h:
+        old = await h.execute("set", SetRequest(key="a", value=b"1"))
+    async with PluginHarness(MemstorePlugin) as h:
+        new = await h.execute("set", SetRequest(key="a", value=b"1"))
+    assert isinstance(old, SetResponse)
+    assert isinstance(new, SetResponse)
+    assert old.etag != new.etag
+
+
+async def test_memstore_remaining_ttl_and_expire(autojump_clock: trio.abc.Clock) -> None:
+    async with PluginHarness(MemstorePlugin) as h:
+        await h.execute("set", SetRequest(key="a", value=b"1", ttl_ms=10_000))
+        await trio.sleep(4)
+        assert (await get(h, "a")).ttl_remaining_ms == 6000
+        assert await h.execute("expire", ExpireRequest(key="a", persist=True)) == ExpireResponse(
+            found=True
+        )
+        assert (await get(h, "a")).ttl_remaining_ms is None
+        await h.execute("expire", ExpireRequest(key="a", ttl_ms=500))
+        await trio.sleep(0.5)
+        assert not (await get(h, "a")).found
+        assert await h.execute("expire", ExpireRequest(key="a", ttl_ms=5)) == ExpireResponse()
+
+
+async def test_memstore_transaction_is_all_or_nothing_even_for_the_key_limit() -> None:
+    async with PluginHarness(MemstorePlugin, config=MemstoreConfig(max_keys=2)) as h:
+        await h.execute("set", SetRequest(key="a", value=b"1"))
+        too_many = TransactRequest(
+            operations=[
+                TransactOperation(set=SetRequest(key="a", value=b"2")),
+                TransactOperation(set=SetRequest(key="b", value=b"2")),
+                TransactOperation(set=SetRequest(key="c", value=b"2")),
+            ]
+        )
+        with pytest.raises(ResourceExhausted, match="full"):
+            await h.execute("transact", too_many)
+        assert (await get(h, "a")).value == b"1"
+        assert not (await get(h, "b")).found
+        # A delete earlier in the transaction makes room for a later set.
+        fits = TransactRequest(
+            operations=[
+                TransactOperation(delete=DeleteRequest(key="a")),
+                TransactOperation(set=SetRequest(key="b", value=b"2")),
+                TransactOperation(set=SetRequest(key="c", value=b"2", if_absent=True)),
+            ]
+        )
+        result = await h.execute("transact", fits)
+        assert isinstance(result, TransactResponse)
+        assert [r.deleted for r in result.results] == [True, False, False]
+        assert not (await get(h, "a")).found
+
+
+async def test_memstore_bulk_items_fail_alone() -> None:
+    async with PluginHarness(MemstorePlugin) as h:
+        await h.execute("set", SetRequest(key="a", value=b"1"))
+        result = await h.execute(
+            "set_many",
+            SetManyRequest(
+                items=[
+                    SetRequest(key="a", value=b"2", if_absent=True),
+                    SetRequest(key="b", value=b"2"),
+                ]
+            ),
+        )
+        assert isinstance(result, SetManyResponse)
+        assert [r.code for r in result.results] == [Status.ABORTED, 0]
+        got = await h.execute("get_many", GetManyRequest(keys=["a", "b", "zz"]))
+        assert isinstance(got, GetManyResponse)
+        assert [(i.found, i.value) for i in got.items] == [(True, b"1"), (True, b"2"), (False, b"")]
+
+
+async def test_memstore_limits_come_from_config() -> None:
+    config = MemstoreConfig(max_key_bytes=4, max_value_bytes=2)
+    async with PluginHarness(MemstorePlugin, config=config) as h:
+        with pytest.raises(InvalidArgument, match="limit of 4 bytes"):
+            await h.execute("set", SetRequest(key="kkkkk", value=b"1"))
+        with pytest.raises(InvalidArgument, match="over the limit of 2"):
+            await h.execute("set_raw", b"123", metadata={"key": "k"})
+        with pytest.raises(InvalidArgument, match="limit of 4 bytes"):
+            await h.execute("get_raw", metadata={"key": "kkkkk"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +57,8 @@ async def test_sqlite_set_get_delete_exists(config: SqliteConfig) -> None:
     async with PluginHarness(SqlitePlugin, config=config) as h:
         assert not (await get(h, "a")).found
         await h.execute("set", SetRequest(key="a", value=b"\x00\x01binary"))
-        assert await get(h, "a") == GetResponse(found=True, value=b"\x00\x01binary")
+        got = await get(h, "a")
+        assert (got.found, got.value) == (True, b"\x00\x01binary")
         await h.execute("set", SetRequest(key="a", value=b"2"))
         assert (await get(h, "a")).value == b"2"
         assert await h.execute("exists", ExistsRequest(key="a")) == ExistsResponse(exists=True)
@@ -132,26 +134,65 @@ async def test_sqlite_data_and_ttls_survive_a_restart(config: SqliteConfig) -> N
         assert (await h.shutdown()).success
     clock.now += 2
     async with PluginHarness(plugin_with(clock), config=config) as h:
-        assert await get(h, "kept") == GetResponse(found=True, value=b"durable")
+        kept = await get(h, "kept")
+        assert (kept.found, kept.value) == (True, b"durable")
         assert not (await get(h, "short")).found
         assert (await get(h, "long")).found
 
 
-async def test_sqlite_path_is_required() -> None:
-    with pytest.raises(InvalidArgument, match="config field 'path' is required"):
-        async with PluginHarness(SqlitePlugin, config=SqliteConfig()):
+@pytest.mark.parametrize("config", [SqliteConfig(), None, {}])
+async def test_sqlite_path_is_required_naming_the_field(config: SqliteConfig | None) -> None:
+    with pytest.raises(InvalidArgument, match=r"config\.path: required \(the database file\)$"):
+        async with PluginHarness(SqlitePlugin, config=config):
             pass
 
 
-async def test_sqlite_config_is_required() -> None:
-    with pytest.raises(InvalidArgument, match=r"config is required.*SqliteConfig"):
-        async with PluginHarness(SqlitePlugin):
+async def test_sqlite_negative_settings_name_the_field(tmp_path: Path) -> None:
+    config = SqliteConfig(path=str(tmp_path / "kv.db"), busy_timeout_ms=-1)
+    with pytest.raises(InvalidArgument, match=r"config\.busy_timeout_ms: must not be negative$"):
+        async with PluginHarness(SqlitePlugin, config=config):
             pass
 
 
-async def test_sqlite_missing_directory_is_failed_precondition(tmp_path: Path) -> None:
-    config = SqliteConfig(path=str(tmp_path / "nope" / "kv.db"))
-    with pytest.raises(FailedPrecondition, match="does not exist"):
+async def test_sqlite_creates_missing_parent_directories_private(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir(mode=0o755)
+    path = tmp_path / "data" / "new" / "deeper" / "kv.db"
+    async with PluginHarness(SqlitePlugin, config=SqliteConfig(path=str(path))) as h:
+        await h.execute("set", SetRequest(key="k", value=b"v"))
+    assert path.is_file()
+    for created in (tmp_path / "data" / "new", tmp_path / "data" / "new" / "deeper"):
+        assert stat.S_IMODE(created.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o755  # existing: untouched
+
+
+@pytest.mark.parametrize("typed", [False, True])
+async def test_sqlite_relative_path_is_relative_to_the_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, typed: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    etc = tmp_path / "etc"
+    config = {"path": "data/kv.db"}
+    async with PluginHarness(SqlitePlugin, config=config, config_dir=etc, typed=typed) as h:
+        await h.execute("set", SetRequest(key="k", value=b"v"))
+    assert (etc / "data" / "kv.db").is_file()
+    assert not (tmp_path / "data").exists()
+
+
+async def test_sqlite_relative_path_without_a_config_dir_is_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with PluginHarness(SqlitePlugin, config={"path": "kv.db"}):
+        pass
+    assert (tmp_path / "kv.db").is_file()
+
+
+async def test_sqlite_parent_that_is_a_file_is_failed_precondition(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    config = SqliteConfig(path=str(tmp_path / "file" / "sub" / "kv.db"))
+    with pytest.raises(
+        FailedPrecondition, match=r"config\.path: cannot open SQLite database .*not a directory"
+    ):
         async with PluginHarness(SqlitePlugin, config=config):
             pass
 

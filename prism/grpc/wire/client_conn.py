@@ -8,6 +8,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
     Event,
@@ -58,6 +59,7 @@ class _Stream:
     decoder: MessageDecoder
     headers_received: bool = False
     done: bool = False
+    send_encoding: str | None = None  # requests are compressed with it (None: identity)
 
 
 class ClientConnection(H2Base):
@@ -82,6 +84,7 @@ class ClientConnection(H2Base):
             (b"content-type", b"application/grpc"),
             (b"te", b"trailers"),
             (b"user-agent", user_agent.encode()),
+            (b"grpc-accept-encoding", codec.ACCEPT_ENCODING),
         ]
 
     # -- output -----------------------------------------------------------------------------
@@ -98,20 +101,36 @@ class ClientConnection(H2Base):
         timeout: float | None = None,
         *,
         end: bool = False,
+        compression: str | None = None,
     ) -> int:
-        """Open a stream and send the request headers. ``end`` half-closes at once."""
+        """Open a stream and send the request headers. ``end`` half-closes at once.
+        ``compression`` (``gzip``, ``deflate``): the encoding request messages are sent in."""
         sid = self._h2.get_next_available_stream_id()
         headers = [*self._base_headers, (b":path", method.encode()), *self._tail_headers]
         if timeout is not None:
             headers.append((b"grpc-timeout", encode_timeout(timeout).encode()))
+        if compression is not None and compression != codec.IDENTITY:
+            codec.check_encoding(compression)
+            headers.append((b"grpc-encoding", compression.encode()))
+        else:
+            compression = None
         if metadata:
             headers.extend(md.encode(metadata))
         self._h2.send_headers(sid, headers, end_stream=end)
-        self._streams[sid] = _Stream(MessageDecoder(self._max_receive))
+        self._streams[sid] = _Stream(MessageDecoder(self._max_receive), send_encoding=compression)
         return sid
 
-    def send_message(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
-        prefix = HEADER.pack(0, len(data))
+    def send_message(
+        self, stream_id: int, data: bytes, *, end: bool = False, compress: bool = True
+    ) -> None:
+        """Queue one request message; compressed if the stream has an encoding and
+        ``compress`` (False sends this one message uncompressed, e.g. against CRIME)."""
+        stream = self._streams.get(stream_id)
+        if compress and stream is not None and stream.send_encoding is not None:
+            data = codec.compress(stream.send_encoding, data)
+            prefix = HEADER.pack(1, len(data))
+        else:
+            prefix = HEADER.pack(0, len(data))
         if len(data) <= _COALESCE_LIMIT:
             self._queue(stream_id, prefix + data, end=end)  # END_STREAM on the same frame
         else:
@@ -198,6 +217,7 @@ class ClientConnection(H2Base):
         if stream is None:
             return
         http_status = content_type = b""
+        encoding = b""
         has_status = False
         for name, value in headers:
             if name == b":status":
@@ -206,6 +226,8 @@ class ClientConnection(H2Base):
                 content_type = value
             elif name == b"grpc-status":
                 has_status = True
+            elif name == b"grpc-encoding":
+                encoding = value
         if http_status != b"200":
             code = int(http_status) if http_status.isdigit() else 0
             status = _HTTP_TO_STATUS.get(code, Status.UNKNOWN)
@@ -226,8 +248,23 @@ class ClientConnection(H2Base):
         if has_status:  # trailers-only response
             self._on_trailers(sid, headers, out)
             return
+        if encoding:
+            response_encoding = encoding.decode("latin-1").strip().lower()
+            if response_encoding not in codec.SUPPORTED:
+                # compression.md: INTERNAL on the client, naming what we support.
+                self._end(
+                    sid,
+                    out,
+                    Internal(
+                        f"server sent grpc-encoding {response_encoding!r}, which is not supported"
+                        f" (supported: {codec.supported_list()})"
+                    ),
+                )
+                self.reset_stream(sid)
+                return
+            stream.decoder.encoding = response_encoding
         try:
-            out.append(ResponseHeadersReceived(sid, md.decode(headers)))
+            out.append(ResponseHeadersReceived(sid, md.decode(headers), stream.decoder.encoding))
         except md.MetadataError as exc:
             self._end(sid, out, Internal(str(exc)))
             self.reset_stream(sid)

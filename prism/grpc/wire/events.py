@@ -27,6 +27,7 @@ class RequestReceived:
 class ResponseHeadersReceived:
     stream_id: int
     metadata: Metadata
+    encoding: str = "identity"  # the response's grpc-encoding
 
 
 @dataclass(slots=True)
@@ -81,6 +82,14 @@ class GoAwayReceived:
     error_code: int
 
 
+@dataclass(slots=True)
+class FloodDetected:
+    """The peer went over a flood budget (``reason``: the GOAWAY's debug data, e.g.
+    ``"too_many_pings"``). GOAWAY(ENHANCE_YOUR_CALM) is queued and the connection closed."""
+
+    reason: str
+
+
 Event = (
     RequestReceived
     | ResponseHeadersReceived
@@ -91,4 +100,5 @@ Event = (
     | WindowUpdated
     | PingAcknowledged
     | GoAwayReceived
+    | FloodDetected
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from prism.grpc.wire.compression import IDENTITY, decompress
 from prism.grpc.wire.status import Internal, ResourceExhausted
 
 HEADER = struct.Struct(">BI")
@@ -23,14 +24,18 @@ class MessageDecoder:
     """Reassembles framed messages from DATA frame payloads of any size.
 
     ``max_message_size`` is enforced from the header, before the body is buffered, so an
-    oversized message costs nothing. Compressed messages are refused: Prism negotiates no
-    ``grpc-encoding`` (identity only), so a set flag is a protocol error (INTERNAL).
+    oversized message costs nothing; a compressed message is held to it twice, as received
+    and as it inflates (never inflated past it). ``encoding`` is the stream's
+    ``grpc-encoding``: messages with the compressed flag are inflated with it, and a set flag
+    on a stream whose encoding is ``identity`` is a protocol error (INTERNAL).
     """
 
-    __slots__ = ("_buffer", "_chunks", "_max", "_need")
+    __slots__ = ("_buffer", "_chunk_flag", "_chunks", "_max", "_need", "encoding")
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, encoding: str = IDENTITY) -> None:
         self._max = max_message_size
+        self.encoding = encoding
+        self._chunk_flag = 0
         self._buffer = bytearray()
         # While inside a large body: chunks collected so far and how many bytes are missing.
         self._chunks: list[bytes | memoryview] = []
@@ -62,7 +67,8 @@ class MessageDecoder:
                 self._need -= len(data)
                 return messages
             self._chunks.append(data[: self._need])
-            messages.append(b"".join(self._chunks))
+            body = b"".join(self._chunks)
+            messages.append(self._inflate(body) if self._chunk_flag else body)
             data = data[self._need :]
             self._chunks = []
             self._need = 0
@@ -76,20 +82,20 @@ class MessageDecoder:
         while end - pos >= HEADER_SIZE:
             flag, length = HEADER.unpack_from(buf, pos)
             if flag:
-                raise Internal(
-                    "received a compressed message but no grpc-encoding was negotiated"
-                    if flag == 1
-                    else f"invalid message flag {flag}"
-                )
+                self._check_flag(flag)
             if length > self._max:
                 raise ResourceExhausted(
                     f"received message larger than max ({length} vs. {self._max})"
                 )
             start = pos + HEADER_SIZE
             if end - start >= length:
-                messages.append(bytes(buf[start : start + length]))
+                if flag:
+                    messages.append(self._inflate(buf[start : start + length]))
+                else:
+                    messages.append(bytes(buf[start : start + length]))
                 pos = start + length
                 continue
+            self._chunk_flag = flag
             # Incomplete body: large remainders go to a chunk list (no quadratic re-buffering).
             # The buffer of our own is copied; what we were given is kept as a view.
             self._chunks = [bytes(buf[start:]) if isinstance(buf, bytearray) else buf[start:]]
@@ -98,3 +104,15 @@ class MessageDecoder:
             return messages
         self._buffer = bytearray(buf[pos:])
         return messages
+
+    def _check_flag(self, flag: int) -> None:
+        if flag != 1:
+            raise Internal(f"invalid message flag {flag}")
+        if self.encoding == IDENTITY:
+            raise Internal(
+                "received a message with the compressed flag set, but the stream's "
+                "grpc-encoding is identity (none was declared)"
+            )
+
+    def _inflate(self, body: bytes | bytearray | memoryview) -> bytes:
+        return decompress(self.encoding, body, self._max)

@@ -8,6 +8,8 @@ content type, malformed headers) are answered here and never become events.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h2.errors
@@ -15,9 +17,11 @@ import h2.events
 import h2.exceptions
 from h2.stream import StreamState
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
     Event,
+    FloodDetected,
     GoAwayReceived,
     InputEnded,
     MessageReceived,
@@ -26,6 +30,7 @@ from prism.grpc.wire.events import (
     StreamAborted,
     WindowUpdated,
 )
+from prism.grpc.wire.flood import FloodGuard, FloodLimits
 from prism.grpc.wire.framing import HEADER, MessageDecoder
 from prism.grpc.wire.h2conn import H2Base, Settings
 from prism.grpc.wire.status import (
@@ -39,9 +44,18 @@ from prism.grpc.wire.status import (
 )
 from prism.grpc.wire.timeout import InvalidTimeout, parse_timeout
 
-_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+_RESPONSE_HEADERS = [
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    # What we accept, on every response (compression.md: a server tells its clients).
+    (b"grpc-accept-encoding", codec.ACCEPT_ENCODING),
+]
 # Small messages are copied behind their 5-byte prefix so each becomes a single DATA frame.
 _COALESCE_LIMIT = 1 << 16
+# Frames one receive_data call processes at most (see FrameReader.budget): ~1-3 ms of work at
+# worst (100 streams opened and reset). A read of requests from h2load's or grpcio's 16-100
+# streams fits in one pass; merged DATA frames count as one.
+FRAMES_PER_PASS = 200
 
 
 @dataclass(slots=True)
@@ -49,23 +63,74 @@ class _Stream:
     decoder: MessageDecoder
     headers_sent: bool = False
     ended: bool = False  # trailers queued
+    # The encoding responses are compressed with (None: identity), chosen at request time.
+    send_encoding: str | None = None
 
 
 class ServerConnection(H2Base):
-    def __init__(self, settings: Settings | None = None, *, max_receive_message_size: int) -> None:
+    """The server side of one connection.
+
+    ``flood``: the budgets of :class:`~prism.grpc.wire.flood.FloodGuard`, read on ``clock``
+    (seconds; the I/O layer passes its own, e.g. ``trio.current_time``). Past a budget the
+    connection sends GOAWAY(ENHANCE_YOUR_CALM), reports :class:`FloodDetected` and is closed.
+
+    ``compression``: compress responses with this encoding (``gzip`` or ``deflate``) for
+    clients whose ``grpc-accept-encoding`` lists it; others get identity. None: never.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        max_receive_message_size: int,
+        compression: str | None = None,
+        flood: FloodLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(client_side=False, settings=settings or Settings())
+        codec.check_encoding(compression)
         self._max_receive = max_receive_message_size
+        # Small messages of a stream sent with batch=True, not queued for sending yet: they go
+        # out as few DATA frames, joined when output is taken (see send_message).
+        self._batches: dict[int, bytearray] = {}
+        self._compression = None if compression == codec.IDENTITY else compression
+        self._encoded_headers = (
+            [*_RESPONSE_HEADERS, (b"grpc-encoding", self._compression.encode())]
+            if self._compression
+            else _RESPONSE_HEADERS
+        )
         self._streams: dict[int, _Stream] = {}
         self._goaway_sent: int | None = None
+        self._guard = FloodGuard(flood or FloodLimits())
+        self._clock = clock
+        self._refused = 0  # h2's count of streams refused (over the limit), as last seen
+        #: The client's preface and first SETTINGS frame have arrived.
+        self.settings_received = False
+        #: The client acknowledged our SETTINGS (RFC 9113 §6.5.3).
+        self.settings_acked = False
+        # Requests reported by the receive_data call in progress (see _on_reset).
+        self._fresh: set[int] = set()
+        self._dropped: set[int] = set()
 
     # -- input ------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the socket. Raises ``h2.exceptions.ProtocolError`` when the peer
         broke HTTP/2; the caller then sends :meth:`close`'s GOAWAY and drops the connection.
+
+        At most :data:`FRAMES_PER_PASS` frames are processed per call; while
+        :attr:`input_pending`, call again (with ``b""``) after letting other work run.
+
+        A request the client reset within the same call is never reported (nor its messages):
+        no work starts for it. That is what a rapid-reset attack sends.
         """
+        h2c = self._h2
+        frames = h2c.frames
+        frames.budget = FRAMES_PER_PASS
+        frames.exhausted = False
         out: list[Event] = []
-        for event in self._h2.receive_data(data):
+        fresh = self._fresh
+        for event in h2c.receive_data(data):
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, out)
             elif isinstance(event, h2.events.RequestReceived):
@@ -73,30 +138,86 @@ class ServerConnection(H2Base):
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_input_ended(event.stream_id, out)
             elif isinstance(event, h2.events.StreamReset):
-                self._stream_finished(event.stream_id)
-                if self._streams.pop(event.stream_id, None) is not None:
-                    out.append(StreamAborted(event.stream_id, Cancelled("cancelled by the client")))
-            elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                self._on_reset(event.stream_id, out)
+            elif isinstance(event, h2.events.WindowUpdated):
                 self._flush_all()
                 out.append(WindowUpdated())
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.settings_received = True
+                self._flush_all()
+                out.append(WindowUpdated())
+                self._check(self._guard.settings(self._clock()), out)
             elif isinstance(event, h2.events.TrailersReceived):
                 # gRPC clients never send trailers; treat them as the end of the request.
                 self._on_input_ended(event.stream_id, out)
+            elif isinstance(event, h2.events.PingReceived):
+                self._check(self._guard.ping(self._clock(), len(self._streams)), out)
             elif isinstance(event, h2.events.PingAckReceived):
                 out.append(PingAcknowledged(event.ping_data or b""))
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway_received = event.last_stream_id or 0
                 out.append(GoAwayReceived(event.last_stream_id or 0, int(event.error_code or 0)))
+            elif isinstance(event, h2.events.SettingsAcknowledged):
+                self.settings_acked = True
+            if self.closed:
+                break  # flooded: nothing more is processed
+        refused = h2c.refused_streams - self._refused
+        if refused and not self.closed:
+            self._refused += refused
+            now = self._clock()
+            for _ in range(refused):
+                if self._check(self._guard.reset(now), out):
+                    break
+        if fresh:
+            fresh.clear()
+            if self._dropped:
+                dropped = self._dropped
+                out = [e for e in out if getattr(e, "stream_id", None) not in dropped]
+                dropped.clear()
         return out
+
+    @property
+    def handshake_done(self) -> bool:
+        """The client sent its preface and SETTINGS, and acknowledged ours."""
+        return self.settings_received and self.settings_acked
+
+    @property
+    def input_pending(self) -> bool:
+        """Received frames are still buffered: the last :meth:`receive_data` stopped at its
+        budget of frames."""
+        return self._h2.frames.exhausted and not self.closed
+
+    def _check(self, flooded: bytes | None, out: list[Event]) -> bool:
+        if flooded is None:
+            return False
+        # What this pass queued in answer to the flood (RST_STREAMs, PING ACKs) goes unsent:
+        # only the GOAWAY does.
+        self._h2.clear_outbound_data_buffer()
+        self._extra.clear()
+        self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, flooded)
+        out.append(FloodDetected(flooded.decode()))
+        return True
+
+    def _on_reset(self, sid: int, out: list[Event]) -> None:
+        self._batches.pop(sid, None)
+        self._stream_finished(sid)
+        if self._streams.pop(sid, None) is not None:
+            if sid in self._fresh:
+                self._dropped.add(sid)  # reported in this same call: take the report back
+            else:
+                out.append(StreamAborted(sid, Cancelled("cancelled by the client")))
+        self._check(self._guard.reset(self._clock()), out)
 
     def _on_request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
         sid = event.stream_id
         if self._goaway_sent is not None and sid > self._goaway_sent:
             self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._check(self._guard.reset(self._clock()), out)
             return
         method = path = authority = content_type = te = b""
         timeout_raw: bytes | None = None
-        encoding = b"identity"
+        encoding: bytes | None = None
+        accept = b""
         for name, value in event.headers or ():
             if name == b":method":
                 method = value
@@ -112,6 +233,8 @@ class ServerConnection(H2Base):
                 timeout_raw = value
             elif name == b"grpc-encoding":
                 encoding = value
+            elif name == b"grpc-accept-encoding":
+                accept = value
         if method != b"POST":
             self._http_error(sid, b"405", b"gRPC requires POST")
             return
@@ -125,10 +248,14 @@ class ServerConnection(H2Base):
         if te != b"trailers":
             self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
             return
-        if encoding != b"identity":
-            # grpc-accept-encoding is a reserved header, not metadata: add it raw.
-            error = Unimplemented(f"grpc-encoding {encoding.decode('latin-1')!r} is not supported")
-            self._reject(sid, error, [(b"grpc-accept-encoding", b"identity")])
+        request_encoding = None if encoding is None else encoding.decode("latin-1")
+        if request_encoding is not None and request_encoding not in codec.SUPPORTED:
+            # grpc-accept-encoding is in the response headers, as compression.md asks.
+            error = Unimplemented(
+                f"grpc-encoding {request_encoding!r} is not supported"
+                f" (supported: {codec.supported_list()})"
+            )
+            self._reject(sid, error)
             return
         try:
             timeout = parse_timeout(timeout_raw) if timeout_raw is not None else None
@@ -139,7 +266,15 @@ class ServerConnection(H2Base):
         except md.MetadataError as exc:
             self._reject(sid, Internal(str(exc)))
             return
-        self._streams[sid] = _Stream(MessageDecoder(self._max_receive))
+        decoder = MessageDecoder(self._max_receive)
+        if request_encoding is not None:
+            decoder.encoding = request_encoding
+        stream = self._streams[sid] = _Stream(decoder)
+        # Never compress with an encoding the client did not say it accepts.
+        compress = self._compression
+        if compress is not None and accept and compress in codec.parse_accept_encoding(accept):
+            stream.send_encoding = compress
+        self._fresh.add(sid)
         out.append(
             RequestReceived(
                 sid,
@@ -183,6 +318,7 @@ class ServerConnection(H2Base):
         """The request is broken: answer with ``error`` and stop the client sending."""
         stream = self._streams.pop(sid, None)
         self._out.pop(sid, None)
+        self._batches.pop(sid, None)
         headers = self._status_headers(
             error.status,
             error.message,
@@ -197,12 +333,10 @@ class ServerConnection(H2Base):
         self._stream_finished(sid)
         out.append(StreamAborted(sid, error))
 
-    def _reject(
-        self, sid: int, error: GrpcError, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def _reject(self, sid: int, error: GrpcError) -> None:
         headers = self._status_headers(error.status, error.message, (), trailers_only=True)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._h2.send_headers(sid, headers + (extra or []), end_stream=True)
+            self._h2.send_headers(sid, headers, end_stream=True)
         self._sent_end(sid)
 
     def _http_error(self, sid: int, status: bytes, text: bytes) -> None:
@@ -231,20 +365,84 @@ class ServerConnection(H2Base):
         if stream.headers_sent:
             return
         # Encode (and validate) first: invalid metadata must leave the stream untouched.
-        headers = _RESPONSE_HEADERS + md.encode(metadata) if metadata else _RESPONSE_HEADERS
+        base = self._encoded_headers if stream.send_encoding else _RESPONSE_HEADERS
+        headers = base + md.encode(metadata) if metadata else base
         stream.headers_sent = True
+        self._guard.wrote = True
         self._h2.send_headers(stream_id, headers)
 
-    def send_message(self, stream_id: int, data: bytes) -> None:
+    def send_message(
+        self, stream_id: int, data: bytes, *, compress: bool = True, batch: bool = False
+    ) -> None:
+        """Queue one response message; compressed when the stream's responses are (see the
+        class) unless ``compress`` is False (one message in the clear, e.g. against CRIME).
+
+        ``batch``: more messages are likely to follow at once (a streaming handler). Small
+        messages are then collected and handed to HTTP/2 together, up to a frame's worth, when
+        output is next taken (:meth:`output`, :meth:`data_to_send`) or the stream ends: one
+        DATA frame for many messages instead of one each. The caller must make sure output is
+        taken (the server's writer task); a batch holds less than one frame, so flow control's
+        back-pressure (:meth:`pending`) does not count it.
+        """
         stream = self._streams[stream_id]
         if not stream.headers_sent:
             self.send_headers(stream_id)
-        prefix = HEADER.pack(0, len(data))
+        if stream.send_encoding is not None and compress:
+            data = codec.compress(stream.send_encoding, data)
+            prefix = HEADER.pack(1, len(data))
+        else:
+            prefix = HEADER.pack(0, len(data))
+        batches = self._batches
+        self._guard.wrote = True
         if len(data) <= _COALESCE_LIMIT:
+            if batch:
+                pending = batches.get(stream_id)
+                if pending is None:
+                    pending = batches[stream_id] = bytearray(prefix)
+                else:
+                    pending += prefix
+                pending += data
+                if len(pending) >= self._h2.max_outbound_frame_size:
+                    self._flush_batch(stream_id)
+                return
+            if batches:
+                self._flush_batch(stream_id)
             self._queue(stream_id, prefix + data)
         else:
+            if batches:
+                self._flush_batch(stream_id)
             self._queue(stream_id, prefix)
             self._queue(stream_id, data, body=True)
+
+    def _flush_batch(self, stream_id: int) -> None:
+        pending = self._batches.pop(stream_id, None)
+        if pending is not None and not self.closed:
+            # The bytearray is never touched again: it can be sent without a copy.
+            self._queue(stream_id, memoryview(pending))
+
+    def _flush_batches(self) -> None:
+        for stream_id in list(self._batches):
+            try:
+                self._flush_batch(stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self._out.pop(stream_id, None)  # the stream went away under it
+
+    # wants_write() does not flush batches (it runs on every kick): a batching sender wakes
+    # the writer task itself, whose output() call flushes them; trailers flush their own.
+
+    def output(self) -> list[bytes | bytearray | memoryview]:
+        if self._batches:
+            self._flush_batches()
+        return super().output()
+
+    def data_to_send(self) -> bytes:
+        if self._batches:
+            self._flush_batches()
+        return super().data_to_send()
+
+    def close(self, error_code: int = 0, debug: bytes = b"") -> None:
+        self._batches.clear()
+        super().close(error_code, debug)
 
     def send_trailers(
         self,
@@ -259,6 +457,9 @@ class ServerConnection(H2Base):
         if stream is None or stream.ended:
             return
         stream.ended = True
+        if self._batches:
+            self._flush_batch(stream_id)
+        self._guard.wrote = True
         if not stream.headers_sent:
             stream.headers_sent = True
             headers = self._status_headers(status, message, metadata, trailers_only=True)
@@ -281,18 +482,25 @@ class ServerConnection(H2Base):
 
     def finish(self, stream_id: int) -> None:
         """The application is done with the stream (its RPC task ended)."""
+        if self._batches:
+            self._batches.pop(stream_id, None)  # trailers flushed it, unless the stream is gone
         if self._streams.pop(stream_id, None) is not None:
             self._inbound_finished(stream_id)
 
+    def discard_unsent(self, stream_id: int) -> int:
+        # A batch not yet handed to HTTP/2 is unsent too, and comes after everything queued.
+        batch = self._batches.pop(stream_id, None)
+        return (0 if batch is None else len(batch)) + super().discard_unsent(stream_id)
+
     def has_pending_output(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or bool(self._batches)
 
     @property
     def active_streams(self) -> int:
         return len(self._streams)
 
-    def start_shutdown(self) -> None:
+    def start_shutdown(self, debug: bytes = b"") -> None:
         """Graceful GOAWAY: streams opened so far finish; later ones are refused."""
         if self._goaway_sent is None:
             self._goaway_sent = self.highest_inbound_stream_id
-            self.send_goaway(self._goaway_sent)
+            self.send_goaway(self._goaway_sent, debug=debug)

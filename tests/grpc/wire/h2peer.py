@@ -115,6 +115,8 @@ class Link:
             to_ours = self.peer.take_output()
             if to_ours:
                 new += self.ours.receive_data(to_ours)
+                while getattr(self.ours, "input_pending", False):  # over one pass's frames
+                    new += self.ours.receive_data(b"")
             to_peer = self.ours.data_to_send()
             if to_peer:
                 self.wire_to_peer.append(to_peer)
@@ -134,8 +136,11 @@ def server_link(
     *,
     max_receive_message_size: int = 4 << 20,
     peer_window: int | None = None,
+    compression: str | None = None,
 ) -> Link:
-    server = ServerConnection(settings, max_receive_message_size=max_receive_message_size)
+    server = ServerConnection(
+        settings, max_receive_message_size=max_receive_message_size, compression=compression
+    )
     return Link(server, Peer(client_side=True, initial_window_size=peer_window))
 
 

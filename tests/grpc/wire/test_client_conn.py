@@ -9,6 +9,7 @@ import hyperframe.frame
 import pytest
 from h2peer import Link, client_link, grpc_frame, parse_frames
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire.client_conn import ClientConnection
 from prism.grpc.wire.events import (
     GoAwayReceived,
@@ -194,7 +195,7 @@ def test_client_connection_oversize_response_is_resource_exhausted() -> None:
     assert reset.error_code == h2.errors.ErrorCodes.CANCEL
 
 
-def test_client_connection_compressed_response_is_internal() -> None:
+def test_client_connection_compressed_flag_without_grpc_encoding_is_internal() -> None:
     link = client_link()
     sid = start(link)
     respond(link, sid, OK_HEADERS)
@@ -392,3 +393,97 @@ def test_client_connection_trailers_only_without_content_type_is_accepted() -> N
         end=True,
     )
     assert ended(link, sid) == ResponseEnded(sid, Status.UNIMPLEMENTED, "Method not found", [])
+
+
+# -- compression --------------------------------------------------------------------------------
+
+
+def test_client_connection_says_what_it_accepts_and_sends_no_encoding_by_default() -> None:
+    link = client_link()
+    sid = start(link)
+    ours(link).send_message(sid, b"abc", end=True)
+    link.pump()
+    headers = link.peer.headers(sid)
+    assert headers[b"grpc-accept-encoding"] == b"gzip,deflate,identity"
+    assert b"grpc-encoding" not in headers
+    assert link.peer.data(sid) == grpc_frame(b"abc")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_client_connection_compresses_requests(encoding: str) -> None:
+    link = client_link()
+    sid = start(link, compression=encoding)
+    body = b"request " * 400
+    ours(link).send_message(sid, body)
+    ours(link).send_message(sid, b"clear", compress=False, end=True)
+    link.pump()
+    assert link.peer.headers(sid)[b"grpc-encoding"] == encoding.encode()
+    data = link.peer.data(sid)
+    length = int.from_bytes(data[1:5], "big")
+    assert data[0] == 1
+    assert codec.decompress(encoding, data[5 : 5 + length], 1 << 20) == body
+    assert data[5 + length :] == grpc_frame(b"clear")
+
+
+def test_client_connection_identity_compression_sends_no_encoding() -> None:
+    link = client_link()
+    sid = start(link, compression="identity")
+    ours(link).send_message(sid, b"abc", end=True)
+    link.pump()
+    assert b"grpc-encoding" not in link.peer.headers(sid)
+    assert link.peer.data(sid) == grpc_frame(b"abc")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_client_connection_inflates_compressed_responses(encoding: str) -> None:
+    link = client_link()
+    sid = start(link)
+    respond(link, sid, [*OK_HEADERS, (b"grpc-encoding", encoding.encode())])
+    body = b"response " * 1000
+    link.peer.h2.send_data(sid, grpc_frame(codec.compress(encoding, body), flag=1))
+    link.peer.h2.send_data(sid, grpc_frame(b"plain"))
+    link.pump()
+    assert [e.message for e in link.of(MessageReceived)] == [body, b"plain"]
+
+
+def test_client_connection_unsupported_response_encoding_is_internal() -> None:
+    link = client_link()
+    sid = start(link)
+    respond(link, sid, [*OK_HEADERS, (b"grpc-encoding", b"snappy")])
+    event = ended(link, sid)
+    assert event.status is Status.INTERNAL
+    assert "'snappy'" in event.message
+    assert "gzip, deflate, identity" in event.message
+
+
+def test_client_connection_response_inflating_past_the_limit_is_resource_exhausted() -> None:
+    link = client_link(max_receive_message_size=1 << 16)
+    sid = start(link)
+    respond(link, sid, [*OK_HEADERS, (b"grpc-encoding", b"gzip")])
+    link.peer.h2.send_data(sid, grpc_frame(codec.compress("gzip", bytes(1 << 20)), flag=1))
+    link.pump()
+    assert ended(link, sid).status is Status.RESOURCE_EXHAUSTED
+    assert link.of(MessageReceived) == []
+
+
+def test_client_connection_unknown_request_compression_is_refused_before_sending() -> None:
+    link = client_link()
+    with pytest.raises(ValueError, match="br"):
+        ours(link).start_request("/pkg.Svc/M", compression="br")
+
+
+# -- header blocks larger than a frame (CONTINUATION) -------------------------------------------
+
+
+def test_client_connection_header_blocks_over_16_kib_both_ways() -> None:
+    link = client_link(Settings(max_header_list_size=128 << 10))
+    value = "".join(chr(33 + (i * 7919) % 94) for i in range(40_000)).replace(",", ";")
+    before = len(link.wire_to_peer)  # after the preface
+    sid = start(link, metadata=[("x-big", value)])
+    frames = parse_frames(b"".join(link.wire_to_peer[before:]))
+    assert [type(f).__name__ for f in frames].count("ContinuationFrame") >= 2
+    assert link.peer.headers(sid)[b"x-big"] == value.encode()
+    respond(link, sid, [*OK_HEADERS, (b"x-big", value.encode())])
+    respond(link, sid, [(b"grpc-status", b"0"), (b"x-big-trailer", value.encode())], end=True)
+    assert link.of(ResponseHeadersReceived) == [ResponseHeadersReceived(sid, [("x-big", value)])]
+    assert ended(link, sid) == ResponseEnded(sid, Status.OK, "", [("x-big-trailer", value)])

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import gzip
 import itertools
 import struct
+import zlib
 
 import pytest
 from hypothesis import given
@@ -116,7 +118,7 @@ def test_message_decoder_oversize_after_valid_messages_raises() -> None:
         decoder.receive_data(frame(b"ok") + frame(b"", length=5))
 
 
-def test_message_decoder_compressed_flag_is_internal() -> None:
+def test_message_decoder_compressed_flag_on_an_identity_stream_is_internal() -> None:
     with pytest.raises(Internal, match="compressed") as info:
         MessageDecoder(1024).receive_data(frame(b"abc", flag=1))
     assert info.value.status is Status.INTERNAL
@@ -160,3 +162,26 @@ def test_message_decoder_buffered_counts_held_back_bytes(payload: bytes, cut: in
     assert decoder.receive_data(encode_message(payload)[:cut]) == []
     assert decoder.buffered == cut
     assert decoder.partial == (cut > 0)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_message_decoder_inflates_flagged_messages_of_any_split(encoding: str) -> None:
+    big = bytes(range(256)) * 400
+    packed = zlib.compress(big) if encoding == "deflate" else gzip.compress(big)
+    data = (
+        frame(packed, flag=1)
+        + frame(b"raw")
+        + frame(gzip.compress(b"") if encoding == "gzip" else zlib.compress(b""), flag=1)
+    )
+    for cuts in ([], [3], [7, 9000], list(range(1, len(data), 4096))):
+        decoder = MessageDecoder(1 << 20, encoding)
+        out: list[bytes] = []
+        for part in split(data, cuts):
+            out += decoder.receive_data(part)
+        assert out == [big, b"raw", b""]
+
+
+def test_message_decoder_compressed_message_inflating_past_max_is_resource_exhausted() -> None:
+    decoder = MessageDecoder(1000, "gzip")
+    with pytest.raises(ResourceExhausted):
+        decoder.receive_data(frame(gzip.compress(b"a" * 1001), flag=1))

@@ -9,6 +9,7 @@ import hyperframe.frame
 import pytest
 from h2peer import Link, Peer, grpc_frame, parse_frames, request_headers, server_link
 
+from prism.grpc.wire import compression as codec
 from prism.grpc.wire.events import (
     GoAwayReceived,
     InputEnded,
@@ -162,11 +163,14 @@ def test_server_connection_pseudo_headers_anywhere_are_ignored() -> None:
 
 def test_server_connection_unsupported_grpc_encoding_is_unimplemented() -> None:
     link = server_link()
-    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    sid = open_stream(link, request_headers(grpc_encoding=b"br"))
     assert link.of(RequestReceived) == []
     headers = link.peer.headers(sid)
     assert status_of(headers) is Status.UNIMPLEMENTED
-    assert headers[b"grpc-accept-encoding"] == b"identity"
+    # compression.md: the reply names what is supported, in the message and the header.
+    assert b"'br'" in headers[b"grpc-message"]
+    assert b"gzip, deflate, identity" in headers[b"grpc-message"]
+    assert headers[b"grpc-accept-encoding"] == b"gzip,deflate,identity"
 
 
 def test_server_connection_identity_grpc_encoding_is_accepted() -> None:
@@ -197,7 +201,7 @@ def test_server_connection_reassembles_messages_across_frames() -> None:
     assert link.of(InputEnded) == [InputEnded(sid)]
 
 
-def test_server_connection_compressed_flag_is_internal() -> None:
+def test_server_connection_compressed_flag_without_grpc_encoding_is_internal() -> None:
     link = server_link()
     sid = open_stream(link)
     send(link, sid, grpc_frame(b"zz", flag=1))
@@ -328,7 +332,7 @@ def test_server_connection_half_open_streams_do_not_exhaust_max_concurrent_strea
 
 
 def test_server_connection_forgets_closed_streams() -> None:
-    # h2 drops closed streams only while counting open ones; we count rarely (see h2conn),
+    # h2 drops closed streams only while counting open ones; we count rarely (see h2streams),
     # but often enough that a long-lived connection holds few closed streams.
     link = server_link(Settings(max_concurrent_streams=1000))
     for _ in range(500):
@@ -423,6 +427,28 @@ def test_server_connection_discard_unsent_at_a_message_boundary_ends_at_once() -
     assert link.ours.discard_unsent(sid) == 9 * 1285
     _ended_early(link, sid)  # no WINDOW_UPDATE needed: the trailers go out now
     assert link.peer.data(sid) == grpc_frame(b"m" * 1280) * 51
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+    assert not link.ours.has_pending_output()
+
+
+def test_server_connection_discard_unsent_keeps_one_message_of_a_batch_begun() -> None:
+    # A streaming handler's small messages are batched into frame-sized chunks (13 of these
+    # per chunk): the window (65,535 bytes) ends inside the 66th message, in the middle of the
+    # sixth chunk. Only that message's rest is kept, not the rest of its chunk, and the batch
+    # not yet handed to HTTP/2 is dropped too.
+    link = server_link()
+    sid = open_stream(link)
+    for i in range(100):
+        link.ours.send_message(sid, bytes([i]) * 1000, batch=True)
+    link.pump()
+    assert len(link.peer.data(sid)) == 65535
+    for i in range(100, 103):  # batched, not yet taken as output
+        link.ours.send_message(sid, bytes([i]) * 1000, batch=True)
+    assert link.ours.discard_unsent(sid) == 103 * 1005 - 66 * 1005
+    assert link.ours.pending(sid) == 66 * 1005 - 65535
+    _ended_early(link, sid)
+    _open_windows(link, sid)
+    assert link.peer.data(sid) == b"".join(grpc_frame(bytes([i]) * 1000) for i in range(66))
     assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
     assert not link.ours.has_pending_output()
 
@@ -599,3 +625,197 @@ def test_server_connection_refuses_streams_over_the_limit_without_closing() -> N
     later = open_stream(link, request_headers(x_n=b"later"))
     [request] = [e for e in link.of(RequestReceived) if e.stream_id == later]
     assert request.metadata == [("x-n", "later")]
+
+
+# -- compression --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_server_connection_inflates_compressed_requests(encoding: str) -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(grpc_encoding=encoding.encode()))
+    body = b"hello " * 1000
+    send(link, sid, grpc_frame(codec.compress(encoding, body), flag=1) + grpc_frame(b"plain"))
+    # A message without the flag is not compressed, whatever the stream's encoding.
+    assert [e.message for e in link.of(MessageReceived)] == [body, b"plain"]
+
+
+def test_server_connection_corrupt_compressed_request_is_internal() -> None:
+    link = server_link()
+    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    send(link, sid, grpc_frame(b"not gzip at all", flag=1))
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.INTERNAL
+    assert status_of(link.peer.headers(sid)) is Status.INTERNAL
+
+
+def test_server_connection_compressed_request_inflating_past_the_limit_is_resource_exhausted() -> (
+    None
+):
+    link = server_link(max_receive_message_size=1 << 16)
+    sid = open_stream(link, request_headers(grpc_encoding=b"gzip"))
+    send(link, sid, grpc_frame(codec.compress("gzip", bytes(1 << 20)), flag=1))
+    [aborted] = link.of(StreamAborted)
+    assert aborted.error.status is Status.RESOURCE_EXHAUSTED
+    assert status_of(link.peer.headers(sid)) is Status.RESOURCE_EXHAUSTED
+    assert link.of(MessageReceived) == []
+
+
+def test_server_connection_every_response_says_what_it_accepts() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_message(sid, b"x")  # type: ignore[union-attr]
+    link.pump()
+    headers = link.peer.headers(sid)
+    assert headers[b"grpc-accept-encoding"] == b"gzip,deflate,identity"
+    assert b"grpc-encoding" not in headers
+
+
+def test_server_connection_compresses_responses_for_clients_that_accept_it() -> None:
+    link = server_link(compression="gzip")
+    sid = open_stream(link, request_headers(grpc_accept_encoding=b"identity, gzip"))
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    body = b"response " * 500
+    server.send_message(sid, body)
+    server.send_message(sid, b"in the clear", compress=False)
+    server.send_trailers(sid, Status.OK)
+    link.pump()
+    assert link.peer.headers(sid)[b"grpc-encoding"] == b"gzip"
+    data = link.peer.data(sid)
+    first_length = int.from_bytes(data[1:5], "big")
+    assert data[0] == 1
+    assert first_length < len(body) // 10
+    assert codec.decompress("gzip", data[5 : 5 + first_length], 1 << 20) == body
+    assert data[5 + first_length :] == grpc_frame(b"in the clear")
+
+
+@pytest.mark.parametrize("accepted", [None, b"identity", b"deflate", b""])
+def test_server_connection_never_compresses_with_an_encoding_the_client_did_not_accept(
+    accepted: bytes | None,
+) -> None:
+    link = server_link(compression="gzip")
+    extra = {} if accepted is None else {"grpc_accept_encoding": accepted}
+    sid = open_stream(link, request_headers(**extra))
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"response " * 500)
+    link.pump()
+    assert b"grpc-encoding" not in link.peer.headers(sid)
+    assert link.peer.data(sid) == grpc_frame(b"response " * 500)
+
+
+def test_server_connection_unknown_compression_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="br"):
+        ServerConnection(max_receive_message_size=1 << 20, compression="br")
+
+
+# -- batched messages ---------------------------------------------------------------------------
+
+
+def test_server_connection_batched_messages_share_data_frames_in_order() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    messages = [b"%04d" % i * 100 for i in range(100)]  # 400-byte messages
+    for message in messages:
+        server.send_message(sid, message, batch=True)
+    server.send_trailers(sid, Status.OK)  # what is still batched goes before the trailers
+    link.pump()
+    assert link.peer.data(sid) == b"".join(grpc_frame(m) for m in messages)
+    frames = link.peer.of(h2.events.DataReceived, sid)
+    assert len(frames) < len(messages) // 10  # ~40 messages per 16 KiB frame
+    assert max(len(f.data) for f in frames) <= 16384
+    assert status_of(link.peer.trailers(sid)) is Status.OK
+
+
+def test_server_connection_batched_messages_go_out_when_output_is_taken() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"one", batch=True)
+    assert server.has_pending_output()
+    link.pump()
+    assert link.peer.data(sid) == grpc_frame(b"one")
+    assert server.pending(sid) == 0
+    # An unbatched message after batched ones keeps the order.
+    server.send_message(sid, b"two", batch=True)
+    server.send_message(sid, b"three")
+    server.send_message(sid, b"x" * 100_000, batch=True)  # large: never batched
+    link.peer.h2.increment_flow_control_window(1 << 20)
+    link.peer.h2.increment_flow_control_window(1 << 20, stream_id=sid)
+    link.pump()
+    assert link.peer.data(sid) == b"".join(
+        grpc_frame(m) for m in (b"one", b"two", b"three", b"x" * 100_000)
+    )
+
+
+def test_server_connection_batched_messages_of_a_reset_stream_are_dropped() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    other = open_stream(link)
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_message(sid, b"lost", batch=True)
+    link.peer.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    server.send_message(other, b"kept", batch=True)
+    link.pump()  # must not raise on the reset stream's batch
+    assert link.peer.data(sid) == b""
+    assert link.peer.data(other) == grpc_frame(b"kept")
+    assert server.pending(sid) == 0
+
+
+# -- header blocks larger than a frame (CONTINUATION) -------------------------------------------
+
+
+def _big_value(size: int) -> bytes:
+    # Varied printable text: Huffman coding keeps it near its length.
+    return bytes(33 + (i * 7919) % 94 for i in range(size)).replace(b",", b";")
+
+
+def test_server_connection_header_blocks_over_16_kib_both_ways() -> None:
+    link = server_link(Settings(max_header_list_size=128 << 10))
+    value = _big_value(40_000)
+    link.peer.h2.send_headers(1, request_headers(x_big=value))
+    link.peer.h2.send_data(1, grpc_frame(b"q"), end_stream=True)
+    wire = link.peer.h2.data_to_send()
+    assert [type(f).__name__ for f in parse_frames(wire)].count("ContinuationFrame") >= 2
+    events = link.ours.receive_data(wire)
+    link.pump()
+    [request] = [e for e in events if isinstance(e, RequestReceived)]
+    assert dict(request.metadata)["x-big"] == value.decode()
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.send_headers(1, [("x-big", value.decode())])
+    server.send_message(1, b"r")
+    server.send_trailers(1, Status.OK, metadata=[("x-big-trailer", value.decode())])
+    link.pump()
+    frames = parse_frames(b"".join(link.wire_to_peer))
+    assert [type(f).__name__ for f in frames].count("ContinuationFrame") >= 4
+    assert link.peer.headers(1)[b"x-big"] == value
+    assert link.peer.trailers(1)[b"x-big-trailer"] == value
+    assert link.peer.trailers(1)[b"grpc-status"] == b"0"
+
+
+def test_server_connection_enforces_its_advertised_header_list_size() -> None:
+    link = server_link(Settings(max_header_list_size=16 << 10))
+    link.peer.h2.send_headers(1, request_headers(x_big=_big_value(20_000)))
+    with pytest.raises(h2.exceptions.ProtocolError, match="header"):
+        link.ours.receive_data(link.peer.h2.data_to_send())
+
+
+def test_server_connection_processes_a_large_batch_in_passes() -> None:
+    from prism.grpc.wire.server_conn import FRAMES_PER_PASS
+
+    link = server_link()
+    peer = link.peer.h2
+    for _ in range(FRAMES_PER_PASS + 50):
+        peer.increment_flow_control_window(1)  # frames no budget limits
+    server = link.ours
+    assert isinstance(server, ServerConnection)
+    server.receive_data(peer.data_to_send())
+    assert server.input_pending  # the rest waits for the next pass
+    server.receive_data(b"")
+    assert not server.input_pending

@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -109,15 +110,41 @@ class Echo:
         )
 
 
+def _credentials(tls: list[str]) -> grpc.ServerCredentials:
+    """`CERT KEY [CLIENT_CA]` files → server credentials (mTLS with a client CA)."""
+    cert, key, *ca = (Path(name).read_bytes() for name in tls)
+    root = ca[0] if ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=root, require_client_auth=root is not None
+    )
+
+
 async def main() -> None:
+    # `--compression gzip|deflate`: compress responses (for clients that accept it).
+    # `--tls CERT KEY [CLIENT_CA]`: TLS (mTLS with a client CA) instead of plaintext.
+    args = sys.argv[1:]
+    compression = None
+    tls: list[str] = []
+    while args:
+        if args[0] == "--compression":
+            codes = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+            compression, args = codes[args[1]], args[2:]
+        elif args[0] == "--tls":
+            tls, args = args[1:], []
+        else:
+            raise SystemExit(f"unknown argument {args[0]!r}")
     server = grpc.aio.server(
+        compression=compression,
         options=[
             ("grpc.max_receive_message_length", LIMIT),
             ("grpc.max_send_message_length", LIMIT),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers([Echo().handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        port = server.add_secure_port("127.0.0.1:0", _credentials(tls))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"PORT {port}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

@@ -1,7 +1,7 @@
 """The plugin's side of Prism's sidecar launch handshake, on asyncio and the standard library.
 
-Written from the protocol's description (the proxy's ``prism/hosting/handshake.py`` documents
-it), not imported from Prism, because that is the point of this plugin:
+Written from the protocol's description (``prism/plugin_protocol/handshake.py`` documents it),
+not imported from Prism, because that is the point of this plugin:
 
 - ``PRISM_PLUGIN_MAGIC_COOKIE`` must hold the fixed cookie, else the plugin was started by hand:
   say so and exit 1;

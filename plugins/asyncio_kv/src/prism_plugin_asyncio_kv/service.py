@@ -67,6 +67,8 @@ VERSION = "0.1.0"
 METRICS_OPERATION = "_prism.metrics"
 UNARY_OPERATIONS = ("get", "set", "delete")
 STREAM_OPERATIONS = ("multi_get",)
+# Capabilities (operation:feature, see the plugin guide): set honours ttl_ms; no etags.
+FEATURES = ("set:ttl",)
 DEFAULT_GRACE_SECONDS = 5.0
 _SHUTDOWN_METHOD = "/prism.plugin.v1.BackendPlugin/Shutdown"
 _CONFIG_TYPE = "prism.config.v1.ConfigDocument"
@@ -82,6 +84,14 @@ class OperationError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _no_etags(operation: str, field: str) -> OperationError:
+    # A request field this plugin does not implement is refused, never silently ignored.
+    return OperationError(
+        Status.UNIMPLEMENTED,
+        f"operation {operation!r} does not support {field} (no 'etag' feature)",
+    )
 
 
 class State(enum.Enum):
@@ -223,7 +233,7 @@ class KvService(BackendPluginBase):
         return InitializeResponse(
             success=True,
             plugin_version=VERSION,
-            supported_operations=[*UNARY_OPERATIONS, *STREAM_OPERATIONS],
+            supported_operations=[*UNARY_OPERATIONS, *STREAM_OPERATIONS, *FEATURES],
         )
 
     async def health_check(self, message: HealthCheckRequest) -> HealthCheckResponse:
@@ -364,6 +374,8 @@ class KvService(BackendPluginBase):
 
     def _set(self, params: SetRequest) -> SetResponse:
         self._check_key(params.key)
+        if params.if_match or params.if_absent:
+            raise _no_etags("set", "if_match/if_absent")
         if params.ttl_ms < 0:
             raise OperationError(Status.INVALID_ARGUMENT, "ttl_ms must not be negative")
         if self.max_keys and self._live(params.key) is None and self._count() >= self.max_keys:
@@ -376,6 +388,8 @@ class KvService(BackendPluginBase):
 
     def _delete(self, params: DeleteRequest) -> DeleteResponse:
         self._check_key(params.key)
+        if params.if_match:
+            raise _no_etags("delete", "if_match")
         deleted = self._live(params.key) is not None
         self._data.pop(params.key, None)
         return DeleteResponse(deleted=deleted)

@@ -11,10 +11,16 @@ from collections.abc import Mapping
 import trio
 
 from prism._proto.prism.data.v1 import (
+    DeleteManyRequest,
+    DeleteManyResponse,
     DeleteRequest,
     DeleteResponse,
     ExistsRequest,
     ExistsResponse,
+    ExpireRequest,
+    ExpireResponse,
+    GetManyRequest,
+    GetManyResponse,
     GetRequest,
     GetResponse,
     ListKeysRequest,
@@ -22,14 +28,19 @@ from prism._proto.prism.data.v1 import (
     Message,
     PublishRequest,
     PublishResponse,
+    SetManyRequest,
+    SetManyResponse,
     SetRequest,
     SetResponse,
     SubscribeRequest,
+    TransactRequest,
+    TransactResponse,
 )
 from prism.sdk import (
     BackendPlugin,
     HealthReport,
     InvalidArgument,
+    KeyValueLimits,
     NotFound,
     OperationContext,
     OperationStream,
@@ -40,7 +51,8 @@ from prism.sdk import (
 )
 from prism_plugin_memstore._proto.prism.plugins.memstore.v1 import MemstoreConfig
 from prism_plugin_memstore.broker import Broker
-from prism_plugin_memstore.store import KeyValueStore, StoreFull
+from prism_plugin_memstore.kv import KeyValue
+from prism_plugin_memstore.store import KeyValueStore
 
 __all__ = ["MemstorePlugin"]
 
@@ -48,12 +60,6 @@ DEFAULT_SWEEP_INTERVAL_MS = 1000
 DEFAULT_SUBSCRIBER_BUFFER = 1024
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
-
-
-def _key(key: str) -> str:
-    if not key:
-        raise InvalidArgument("key must not be empty")
-    return key
 
 
 def _non_negative(config: MemstoreConfig, *names: str) -> None:
@@ -71,8 +77,8 @@ class MemstorePlugin(BackendPlugin):
     def __init__(self) -> None:
         super().__init__()
         self._store = KeyValueStore()
+        self._kv = KeyValue(self._store, 0.0)
         self._broker = Broker(DEFAULT_SUBSCRIBER_BUFFER)
-        self._default_ttl = 0.0
 
     async def initialize(
         self, config: MemstoreConfig, credentials: Mapping[str, str], namespace: str
@@ -80,9 +86,14 @@ class MemstorePlugin(BackendPlugin):
         _non_negative(
             config, "max_keys", "default_ttl_ms", "sweep_interval_ms", "subscriber_buffer"
         )
+        self.kv_limits = KeyValueLimits.from_config(
+            max_key_bytes=config.max_key_bytes,
+            max_value_bytes=config.max_value_bytes,
+            max_batch=config.max_batch,
+        )
         self._store = KeyValueStore(config.max_keys)
+        self._kv = KeyValue(self._store, config.default_ttl_ms / 1000)
         self._broker = Broker(config.subscriber_buffer or DEFAULT_SUBSCRIBER_BUFFER)
-        self._default_ttl = config.default_ttl_ms / 1000
         interval = (config.sweep_interval_ms or DEFAULT_SWEEP_INTERVAL_MS) / 1000
         self.nursery.start_soon(self._sweep_forever, interval)
 
@@ -103,59 +114,74 @@ class MemstorePlugin(BackendPlugin):
         self._broker.close()
 
     # -- key-value -----------------------------------------------------------------------------
+    # The SDK has checked keys, values, shapes and features before a handler runs.
 
-    def _expires_at(self, ttl_ms: int, now: float) -> float | None:
-        if ttl_ms < 0:
-            raise InvalidArgument("ttl_ms must not be negative")
-        ttl = ttl_ms / 1000 if ttl_ms else self._default_ttl
-        return now + ttl if ttl else None
-
-    def _set(self, key: str, value: bytes, ttl_ms: int) -> None:
-        now = trio.current_time()
-        try:
-            self._store.set(_key(key), value, self._expires_at(ttl_ms, now), now)
-        except StoreFull:
-            raise ResourceExhausted(
-                f"memstore is full ({self._store.max_keys} keys): delete keys or raise max_keys"
-            ) from None
-
-    def _get(self, key: str, ctx: OperationContext) -> bytes | None:
-        value = self._store.get(_key(key), trio.current_time())
-        if value is None:
-            ctx.cache_miss()
-        else:
-            ctx.cache_hit()
-        return value
-
-    @operation("get", params=GetRequest, result=GetResponse)
+    @operation("get", params=GetRequest, result=GetResponse, features=("etag", "ttl"))
     async def get(self, params: GetRequest, ctx: OperationContext) -> GetResponse:
-        value = self._get(params.key, ctx)
-        if value is None:
-            return GetResponse(found=False)
-        return GetResponse(found=True, value=value)
+        result = self._kv.read(params.key, trio.current_time())
+        self._count(ctx, result.found)
+        return result
 
-    @operation("set", params=SetRequest, result=SetResponse)
+    @operation("set", params=SetRequest, result=SetResponse, features=("etag", "ttl"))
     async def set(self, params: SetRequest, ctx: OperationContext) -> SetResponse:
-        self._set(params.key, params.value, params.ttl_ms)
-        return SetResponse()
+        return SetResponse(etag=self._kv.write(params, trio.current_time()))
 
-    @operation("delete", params=DeleteRequest, result=DeleteResponse)
+    @operation("delete", params=DeleteRequest, result=DeleteResponse, features=("etag",))
     async def delete(self, params: DeleteRequest, ctx: OperationContext) -> DeleteResponse:
-        return DeleteResponse(deleted=self._store.delete(_key(params.key), trio.current_time()))
+        return DeleteResponse(deleted=self._kv.remove(params, trio.current_time()))
 
     @operation("exists", params=ExistsRequest, result=ExistsResponse)
     async def exists(self, params: ExistsRequest, ctx: OperationContext) -> ExistsResponse:
-        return ExistsResponse(exists=self._store.exists(_key(params.key), trio.current_time()))
+        return ExistsResponse(exists=self._store.exists(params.key, trio.current_time()))
+
+    @operation("expire", params=ExpireRequest, result=ExpireResponse)
+    async def expire(self, params: ExpireRequest, ctx: OperationContext) -> ExpireResponse:
+        now = trio.current_time()
+        expires_at = None if params.persist else now + params.ttl_ms / 1000
+        return ExpireResponse(found=self._store.expire(params.key, expires_at, now))
 
     @operation("list_keys", params=ListKeysRequest, result=ListKeysResponse)
     async def list_keys(self, params: ListKeysRequest, ctx: OperationContext) -> ListKeysResponse:
-        if params.limit < 0:
-            raise InvalidArgument("limit must not be negative")
         limit = min(params.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
         keys, truncated = self._store.list_keys(
             params.prefix, params.start_after, limit, trio.current_time()
         )
         return ListKeysResponse(keys=keys, truncated=truncated)
+
+    @operation("get_many", params=GetManyRequest, result=GetManyResponse, features=("etag", "ttl"))
+    async def get_many(self, params: GetManyRequest, ctx: OperationContext) -> GetManyResponse:
+        now = trio.current_time()
+        items = [self._kv.read(key, now) for key in params.keys]
+        for item in items:
+            self._count(ctx, item.found)
+        return GetManyResponse(items=items)
+
+    @operation("set_many", params=SetManyRequest, result=SetManyResponse, features=("etag", "ttl"))
+    async def set_many(self, params: SetManyRequest, ctx: OperationContext) -> SetManyResponse:
+        now = trio.current_time()
+        return SetManyResponse(results=[self._kv.item(item, now) for item in params.items])
+
+    @operation(
+        "delete_many", params=DeleteManyRequest, result=DeleteManyResponse, features=("etag",)
+    )
+    async def delete_many(
+        self, params: DeleteManyRequest, ctx: OperationContext
+    ) -> DeleteManyResponse:
+        now = trio.current_time()
+        return DeleteManyResponse(results=[self._kv.item(item, now) for item in params.items])
+
+    @operation(
+        "transact", params=TransactRequest, result=TransactResponse, features=("etag", "ttl")
+    )
+    async def transact(self, params: TransactRequest, ctx: OperationContext) -> TransactResponse:
+        return TransactResponse(results=self._kv.transact(params, trio.current_time()))
+
+    @staticmethod
+    def _count(ctx: OperationContext, found: bool) -> None:
+        if found:
+            ctx.cache_hit()
+        else:
+            ctx.cache_miss()
 
     # Raw bytes, no protobuf: the key (and optional "ttl_ms") travel in the request metadata.
 
@@ -166,22 +192,28 @@ class MemstorePlugin(BackendPlugin):
             ttl_ms = int(ttl)
         except ValueError:
             raise InvalidArgument(f"metadata 'ttl_ms' must be an integer, got {ttl!r}") from None
-        self._set(self._raw_key(ctx), params, ttl_ms)
+        if ttl_ms < 0:
+            raise InvalidArgument("ttl_ms must not be negative")
+        self.kv_limits.check_value(params)
+        self._kv.write(
+            SetRequest(key=self._raw_key(ctx), value=params, ttl_ms=ttl_ms), trio.current_time()
+        )
         return b""
 
     @operation("get_raw", params=bytes, result=bytes)
     async def get_raw(self, params: bytes, ctx: OperationContext) -> bytes:
         key = self._raw_key(ctx)
-        value = self._get(key, ctx)
+        value = self._store.get(key, trio.current_time())
+        self._count(ctx, value is not None)
         if value is None:
             raise NotFound(f"no key {key!r}")
         return value
 
-    @staticmethod
-    def _raw_key(ctx: OperationContext) -> str:
+    def _raw_key(self, ctx: OperationContext) -> str:
         key = ctx.metadata.get("key", "")
         if not key:
             raise InvalidArgument("metadata 'key' is required")
+        self.kv_limits.check_key(key, "metadata 'key'")
         return key
 
     # -- publish / subscribe -------------------------------------------------------------------

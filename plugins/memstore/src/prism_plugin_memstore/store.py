@@ -1,13 +1,18 @@
-"""The key-value map behind memstore: TTLs, a key limit, and keys kept in order for listing.
+"""The key-value map behind memstore: TTLs, versions (etags), a key limit, and keys kept in
+order for listing.
 
 Synchronous and clock-free: every call takes ``now`` (seconds on the plugin's clock, which is
-``trio.current_time()``), so the store is trivially testable and never blocks.
+``trio.current_time()``), so the store is trivially testable and never blocks — and a sequence
+of calls with no ``await`` between them is atomic, which is how the plugin makes conditional
+writes and transactions.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
+import secrets
 from dataclasses import dataclass
 
 __all__ = ["Entry", "KeyValueStore", "StoreFull"]
@@ -21,6 +26,11 @@ class StoreFull(Exception):
 class Entry:
     value: bytes
     expires_at: float | None  # on the plugin's clock; None = never
+    version: int  # unique per write within the store; its etag is str(version)
+
+    @property
+    def etag(self) -> str:
+        return str(self.version)
 
     def live(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at
@@ -30,8 +40,12 @@ class KeyValueStore:
     """Expired entries are invisible at once and removed lazily (on access, when the store is
     full, or by ``sweep``). ``max_keys`` 0 = unlimited."""
 
-    def __init__(self, max_keys: int = 0) -> None:
+    def __init__(self, max_keys: int = 0, first_version: int | None = None) -> None:
         self.max_keys = max_keys
+        # A random start: an etag a client kept from an earlier instance (memstore forgets
+        # everything on reload) does not match a value written by this one.
+        start = secrets.randbits(62) if first_version is None else first_version
+        self._versions = itertools.count(start + 1)
         self._entries: dict[str, Entry] = {}
         # All keys (live or not yet swept) in ascending order, for list_keys.
         self._sorted: list[str] = []
@@ -43,24 +57,51 @@ class KeyValueStore:
         """Keys held, including expired ones not yet swept."""
         return len(self._entries)
 
-    def get(self, key: str, now: float) -> bytes | None:
+    def entry(self, key: str, now: float) -> Entry | None:
+        """The live entry of ``key`` (never mutate it), or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         if not entry.live(now):
             self._remove(key)
             return None
-        return entry.value
+        return entry
 
-    def set(self, key: str, value: bytes, expires_at: float | None, now: float) -> None:
-        """Create or overwrite ``key``. Raises ``StoreFull`` when a new key does not fit."""
+    def get(self, key: str, now: float) -> bytes | None:
+        entry = self.entry(key, now)
+        return None if entry is None else entry.value
+
+    def has_room(self, new_keys: int, now: float) -> bool:
+        """Whether ``new_keys`` more keys fit (sweeping expired ones if they would not)."""
+        if not self.max_keys or len(self._entries) + new_keys <= self.max_keys:
+            return True
+        self.sweep(now)
+        return len(self._entries) + new_keys <= self.max_keys
+
+    def set(
+        self, key: str, value: bytes, expires_at: float | None, now: float, *, limit: bool = True
+    ) -> Entry:
+        """Create or overwrite ``key``; returns the new entry. Raises ``StoreFull`` when a new
+        key does not fit (``limit=False``: the caller has checked the room already)."""
         if key not in self._entries:
-            if self.max_keys and len(self._entries) >= self.max_keys:
-                self.sweep(now)
-            if self.max_keys and len(self._entries) >= self.max_keys:
+            if limit and not self.has_room(1, now):
                 raise StoreFull
             bisect.insort(self._sorted, key)
-        self._entries[key] = Entry(value, expires_at)
+        entry = self._entries[key] = Entry(value, expires_at, next(self._versions))
+        self._track_expiry(key, expires_at)
+        return entry
+
+    def expire(self, key: str, expires_at: float | None, now: float) -> bool:
+        """Give a live ``key`` a new expiry (None = never), keeping its value and version;
+        False when there is no live key."""
+        entry = self.entry(key, now)
+        if entry is None:
+            return False
+        entry.expires_at = expires_at
+        self._track_expiry(key, expires_at)
+        return True
+
+    def _track_expiry(self, key: str, expires_at: float | None) -> None:
         if expires_at is not None:
             heapq.heappush(self._expiries, (expires_at, key))
             if len(self._expiries) > 2 * len(self._entries) + 1024:

@@ -21,6 +21,13 @@ class ConfigDocument(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    base_dir: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The directory of the proxy's config file: relative paths in `values` are relative to it
+    (as every path in that file is). Empty when the config was not read from a file; then
+    relative paths are relative to the plugin's working directory.
+    """
+
 
 default_message_pool.register_message("prism.config.v1", "ConfigDocument", ConfigDocument)
 

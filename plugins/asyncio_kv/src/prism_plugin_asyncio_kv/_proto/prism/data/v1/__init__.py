@@ -4,16 +4,28 @@
 # This file has been @generated
 
 __all__ = (
+    "DeleteManyRequest",
+    "DeleteManyResponse",
     "DeleteRequest",
     "DeleteResponse",
     "ExistsRequest",
     "ExistsResponse",
+    "ExpireRequest",
+    "ExpireResponse",
+    "GetManyRequest",
+    "GetManyResponse",
     "GetRequest",
     "GetResponse",
+    "ItemResult",
     "ListKeysRequest",
     "ListKeysResponse",
+    "SetManyRequest",
+    "SetManyResponse",
     "SetRequest",
     "SetResponse",
+    "TransactOperation",
+    "TransactRequest",
+    "TransactResponse",
 )
 
 from dataclasses import dataclass
@@ -27,12 +39,41 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 
 @dataclass(eq=False, repr=False)
+class DeleteManyRequest(betterproto2.Message):
+    """
+    operation "delete_many"
+    """
+
+    items: "list[DeleteRequest]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("prism.data.v1", "DeleteManyRequest", DeleteManyRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteManyResponse(betterproto2.Message):
+    results: "list[ItemResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One per item, in request order.
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "DeleteManyResponse", DeleteManyResponse)
+
+
+@dataclass(eq=False, repr=False)
 class DeleteRequest(betterproto2.Message):
     """
     operation "delete"
     """
 
     key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    if_match: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Feature "etag": delete only if the key's live value has this etag; a mismatch, or no live
+    key, fails with ABORTED and deletes nothing. "" = unconditional.
+    """
 
 
 default_message_pool.register_message("prism.data.v1", "DeleteRequest", DeleteRequest)
@@ -70,6 +111,69 @@ default_message_pool.register_message("prism.data.v1", "ExistsResponse", ExistsR
 
 
 @dataclass(eq=False, repr=False)
+class ExpireRequest(betterproto2.Message):
+    """
+    operation "expire" (contract kv.ttl): change a live key's time to live, not its value.
+    """
+
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    ttl_ms: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    The new time to live in milliseconds from now (> 0); replaces the key's TTL, if any.
+    """
+
+    persist: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    Instead of ttl_ms: remove the key's TTL, so it no longer expires. Neither, or both:
+    INVALID_ARGUMENT.
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "ExpireRequest", ExpireRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ExpireResponse(betterproto2.Message):
+    found: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    False when there was no live key (nothing changed).
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "ExpireResponse", ExpireResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetManyRequest(betterproto2.Message):
+    """
+    Bulk operations (contract kv.bulk): many keys in one call, answered in request order. The
+    items are independent, not atomic (that is `transact`). A problem with the request itself (an
+    empty or oversized key or value, too many items, if_match with if_absent) fails the whole
+    call with INVALID_ARGUMENT before anything is written; a failed condition (if_match,
+    if_absent) fails only its own item, with code ABORTED.
+
+    operation "get_many"
+    """
+
+    keys: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("prism.data.v1", "GetManyRequest", GetManyRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetManyResponse(betterproto2.Message):
+    items: "list[GetResponse]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One per requested key, in request order.
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "GetManyResponse", GetManyResponse)
+
+
+@dataclass(eq=False, repr=False)
 class GetRequest(betterproto2.Message):
     """
     operation "get"
@@ -90,8 +194,49 @@ class GetResponse(betterproto2.Message):
 
     value: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
 
+    etag: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Feature "etag": the version of this value, opaque. Pass it as `if_match` to change or
+    delete exactly this value. Every write gives a new etag, even of the same bytes; empty when
+    not found.
+    """
+
+    ttl_remaining_ms: "int | None" = betterproto2.field(4, betterproto2.TYPE_INT64, optional=True)
+    """
+    Feature "ttl": milliseconds until the key expires (at least 1) when it has a time to live;
+    absent when it does not expire. Plugins whose backend cannot tell do not declare get's
+    "ttl" feature, and leave it absent.
+    """
+
 
 default_message_pool.register_message("prism.data.v1", "GetResponse", GetResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ItemResult(betterproto2.Message):
+    """
+    One item's outcome in set_many, delete_many and transact.
+    """
+
+    code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    A google.rpc.Code: 0 = OK; ABORTED (10) when the item's condition failed.
+    """
+
+    message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    etag: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    A set that succeeded: the etag written (feature "etag").
+    """
+
+    deleted: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    A delete that succeeded: true when a live key was removed.
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "ItemResult", ItemResult)
 
 
 @dataclass(eq=False, repr=False)
@@ -134,6 +279,29 @@ default_message_pool.register_message("prism.data.v1", "ListKeysResponse", ListK
 
 
 @dataclass(eq=False, repr=False)
+class SetManyRequest(betterproto2.Message):
+    """
+    operation "set_many"
+    """
+
+    items: "list[SetRequest]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("prism.data.v1", "SetManyRequest", SetManyRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SetManyResponse(betterproto2.Message):
+    results: "list[ItemResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One per item, in request order.
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "SetManyResponse", SetManyResponse)
+
+
+@dataclass(eq=False, repr=False)
 class SetRequest(betterproto2.Message):
     """
     operation "set": create or overwrite.
@@ -145,8 +313,20 @@ class SetRequest(betterproto2.Message):
 
     ttl_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
     """
-    Time to live in milliseconds; 0 = none (the backend's configured default applies, if any).
-    Negative values are rejected with INVALID_ARGUMENT.
+    Feature "ttl": time to live in milliseconds; 0 = none (the backend's configured default
+    applies, if any). Negative values are rejected with INVALID_ARGUMENT.
+    """
+
+    if_match: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Feature "etag": write only if the key's live value has this etag. A mismatch, or no live
+    key, fails with ABORTED and writes nothing. "" = unconditional.
+    """
+
+    if_absent: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    Feature "etag": write only if the key has no live value (first write wins); otherwise
+    ABORTED and nothing is written. Together with if_match: INVALID_ARGUMENT.
     """
 
 
@@ -155,7 +335,59 @@ default_message_pool.register_message("prism.data.v1", "SetRequest", SetRequest)
 
 @dataclass(eq=False, repr=False)
 class SetResponse(betterproto2.Message):
-    pass
+    etag: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Feature "etag": the etag of the value just written.
+    """
 
 
 default_message_pool.register_message("prism.data.v1", "SetResponse", SetResponse)
+
+
+@dataclass(eq=False, repr=False)
+class TransactOperation(betterproto2.Message):
+    """
+
+
+    Oneofs:
+        - operation: Exactly one; neither is INVALID_ARGUMENT.
+    """
+
+    set: "SetRequest | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True, group="operation"
+    )
+
+    delete: "DeleteRequest | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="operation"
+    )
+
+
+default_message_pool.register_message("prism.data.v1", "TransactOperation", TransactOperation)
+
+
+@dataclass(eq=False, repr=False)
+class TransactRequest(betterproto2.Message):
+    """
+    operation "transact" (contract kv.transact): sets and deletes applied in order, atomically —
+    all of them or none, and no other operation sees a part. If any operation's condition
+    (if_match, if_absent) fails, the call fails with ABORTED naming that operation's index and
+    nothing is written. A later operation sees the effect of earlier ones on the same key.
+    """
+
+    operations: "list[TransactOperation]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("prism.data.v1", "TransactRequest", TransactRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TransactResponse(betterproto2.Message):
+    results: "list[ItemResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One per operation, in order, all with code 0.
+    """
+
+
+default_message_pool.register_message("prism.data.v1", "TransactResponse", TransactResponse)

@@ -40,5 +40,22 @@ class MemstoreConfig(betterproto2.Message):
     with RESOURCE_EXHAUSTED. 0 = 1024.
     """
 
+    max_key_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
+    """
+    Limits (numbered from 10, apart from the fields above). A key (UTF-8 bytes) or value over its
+    limit, or a bulk / transact request with more items, is INVALID_ARGUMENT.
+    Longest key, in bytes; 0 = 1024.
+    """
+
+    max_value_bytes: "int" = betterproto2.field(11, betterproto2.TYPE_INT32)
+    """
+    Largest value, in bytes; 0 = 1048576 (1 MiB).
+    """
+
+    max_batch: "int" = betterproto2.field(12, betterproto2.TYPE_INT32)
+    """
+    Most items in one get_many, set_many, delete_many or transact; 0 = 1000.
+    """
+
 
 default_message_pool.register_message("prism.plugins.memstore.v1", "MemstoreConfig", MemstoreConfig)

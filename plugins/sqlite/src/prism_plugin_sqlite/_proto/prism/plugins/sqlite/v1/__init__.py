@@ -19,7 +19,8 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 class SqliteConfig(betterproto2.Message):
     path: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    Database file (created if missing; its directory must exist). Required.
+    Database file (created if missing, with its missing parent directories, mode 0700); a
+    relative path is relative to the proxy's config file. Required.
     """
 
     busy_timeout_ms: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -32,6 +33,29 @@ class SqliteConfig(betterproto2.Message):
     """
     How often expired rows are deleted, in milliseconds (they are invisible as soon as they
     expire either way); 0 = 60000.
+    """
+
+    max_key_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
+    """
+    Limits (numbered from 10, apart from the fields above). A key (UTF-8 bytes) or value over its
+    limit, or a bulk / transact request with more items, is INVALID_ARGUMENT.
+    Longest key, in bytes; 0 = 1024.
+    """
+
+    max_value_bytes: "int" = betterproto2.field(11, betterproto2.TYPE_INT32)
+    """
+    Largest value, in bytes; 0 = 1048576 (1 MiB).
+    """
+
+    max_batch: "int" = betterproto2.field(12, betterproto2.TYPE_INT32)
+    """
+    Most items in one get_many, set_many, delete_many or transact; 0 = 1000.
+    """
+
+    max_query_rows: "int" = betterproto2.field(13, betterproto2.TYPE_INT32)
+    """
+    Most rows one query (or one statement of a transaction) may return; more is
+    RESOURCE_EXHAUSTED (add a LIMIT). 0 = 10000.
     """
 
 

@@ -1,0 +1,3 @@
+"""The `backends` suite: real backends through the proxy beside their own clients (one module
+per backend: postgres.py; its load client postgres_client.py; the driver comparison
+postgres_drivers.py)."""

@@ -1,0 +1,1 @@
+"""``prism.admin.*``: see :mod:`prism.protos`."""

@@ -1,0 +1,1 @@
+"""``prism.config.*``: see :mod:`prism.protos`."""

@@ -1,0 +1,1 @@
+"""``prism.data.*``: see :mod:`prism.protos`."""

@@ -1,0 +1,1 @@
+"""``google.*``: see :mod:`prism.protos`."""

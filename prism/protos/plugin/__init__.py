@@ -1,0 +1,1 @@
+"""``prism.plugin.*``: see :mod:`prism.protos`."""

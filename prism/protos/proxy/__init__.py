@@ -1,0 +1,1 @@
+"""``prism.proxy.*``: see :mod:`prism.protos`."""

@@ -1,0 +1,520 @@
+"""Real backend servers for the acceptance suites, each a local process in a temporary
+directory on a free loopback port — what testcontainers would do, without Docker.
+
+Every backend offers the RFC's ``TestBackend`` surface: ``start()``, ``stop()``, ``reset()``,
+``connection`` (host, port, ...), ``credentials`` (the test user's), ``rotate_credentials()``
+(a new password; the old one stops working and the user's open connections are closed),
+``expire_credentials()`` (the user can no longer log in; its connections are closed), and
+``connections(name)`` — the server's own view of the connections a client opened (by client or
+application name) with the user each authenticated as, for the "every pooled connection
+authenticated" check. They are plain synchronous objects: pytest's session fixtures in
+``conftest.py`` start each at most once per run and stop it at the end, failures included.
+
+Start commands and readiness figures: ARCHITECTURE.md §5. ``scripts/system-deps`` installs the
+servers (redis-server, memcached, postgresql-15) when they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+READY_WITHIN = 60.0  # seconds; only catches a server that never comes up (busy CI machine)
+STOP_GRACE = 10.0
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class BackendFailed(RuntimeError):
+    """A server did not start (its log is in the message) or misbehaved."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_until(ready: Callable[[], T], process: subprocess.Popen[bytes], log: Path) -> T:
+    deadline = time.monotonic() + READY_WITHIN
+    while True:
+        if process.poll() is not None:
+            raise BackendFailed(f"exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            return ready()
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise BackendFailed(
+                    f"not ready after {READY_WITHIN} s ({exc!r}):\n{_tail(log)}"
+                ) from exc
+            time.sleep(0.02)
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def as_map(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password}
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password withheld)"
+
+
+@dataclass
+class ServerProcess:
+    """One server process and its temporary directory; ``stop`` is idempotent."""
+
+    name: str
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prism-acc-")))
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def log(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    def spawn(self, command: list[str], *, user: str | None = None) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.directory,
+                user=user,
+                start_new_session=True,  # a Ctrl-C of the test run reaches us, not the server
+            )
+        return self.process
+
+    stop_signal: signal.Signals = signal.SIGTERM
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(self.stop_signal)
+            try:
+                process.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class TestBackend:
+    """The RFC's TestBackend: see the module docstring."""
+
+    kind: str = ""
+    has_authentication: bool = False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def credentials(self) -> Credentials:
+        raise NotImplementedError(f"{self.kind} has no authentication")
+
+    def add_user(self, name: str) -> Credentials:
+        """Another user with the test user's rights (so a test can rotate or expire its own
+        credentials without disturbing the plugins other tests share)."""
+        raise NotImplementedError(f"{self.kind} has no authentication")
+
+    def rotate_credentials(self, user: str | None = None) -> Credentials:
+        raise NotImplementedError(f"{self.kind} has no authentication")
+
+    def expire_credentials(self, user: str | None = None) -> None:
+        raise NotImplementedError(f"{self.kind} has no authentication")
+
+    def connections(self, client_name: str) -> list[str]:
+        """The users the server says each connection named ``client_name`` authenticated as."""
+        raise NotImplementedError(f"{self.kind} has no authentication")
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+class RedisServer(TestBackend):
+    """``redis-server`` with ACLs: the default user (the fixture's admin connection) has a
+    random password, and the test user ``prism`` may do everything on every key."""
+
+    kind = "redis"
+    has_authentication = True
+    USER = "prism"
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("redis")
+        self.admin_password = secrets.token_hex(16)
+        self._credentials = Credentials(self.USER, secrets.token_hex(16))
+
+    def start(self) -> None:
+        import redis
+
+        self.server.port = free_port()
+        self.server.spawn(
+            [
+                "redis-server",
+                "--port",
+                str(self.server.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.server.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                self.admin_password,
+            ]
+        )
+        self.admin = redis.Redis(
+            host="127.0.0.1", port=self.server.port, password=self.admin_password
+        )
+        assert self.server.process is not None
+        _wait_until(self.admin.ping, self.server.process, self.server.log)
+        self._set_user(self.USER, self._credentials.password)
+
+    def _set_user(self, user: str, password: str) -> None:
+        self.admin.acl_setuser(
+            user,
+            enabled=True,
+            reset=True,
+            passwords=[f"+{password}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def reset(self) -> None:
+        self.admin.flushall()
+        self._set_user(self.USER, self._credentials.password)
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port}
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    def client(self, credentials: Credentials | None = None) -> Any:
+        """The backend's own client (redis-py), as the admin or as ``credentials``."""
+        import redis
+
+        if credentials is None:
+            return self.admin
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.server.port,
+            username=credentials.username,
+            password=credentials.password,
+        )
+
+    def _kill_user_connections(self, user: str) -> None:
+        self.admin.execute_command("CLIENT", "KILL", "USER", user)
+
+    def add_user(self, name: str) -> Credentials:
+        credentials = Credentials(name, secrets.token_hex(16))
+        self._set_user(name, credentials.password)
+        return credentials
+
+    def rotate_credentials(self, user: str | None = None) -> Credentials:
+        """A new password (Redis ACL ``resetpass``), and the user's connections closed: Redis
+        keeps connections that authenticated before."""
+        credentials = Credentials(user or self.USER, secrets.token_hex(16))
+        self._set_user(credentials.username, credentials.password)
+        if credentials.username == self.USER:
+            self._credentials = credentials
+        self._kill_user_connections(credentials.username)
+        return credentials
+
+    def expire_credentials(self, user: str | None = None) -> None:
+        self.admin.acl_setuser(user or self.USER, enabled=False)
+        self._kill_user_connections(user or self.USER)
+
+    def connections(self, client_name: str) -> list[str]:
+        return [
+            entry["user"] for entry in self.admin.client_list() if entry.get("name") == client_name
+        ]
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+class PostgresServer(TestBackend):
+    """PostgreSQL 15 with SCRAM-SHA-256 for every TCP connection: superuser ``postgres`` (the
+    fixture's admin connection) and the test role ``prism`` owning the database ``prism``. Run
+    as the system user ``postgres`` when the tests run as root (CI does): PostgreSQL refuses to
+    run as root."""
+
+    kind = "postgres"
+    has_authentication = True
+    USER = "prism"
+    DATABASE = "prism"
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("postgres")
+        self.server.stop_signal = signal.SIGINT  # "fast" shutdown: does not wait for clients
+        self.admin_password = secrets.token_hex(16)
+        self._credentials = Credentials(self.USER, secrets.token_hex(16))
+        self._run_as: str | None = None
+
+    def _prepare_directory(self) -> None:
+        if os.geteuid() == 0:
+            self._run_as = "postgres"
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.server.directory, entry.pw_uid, entry.pw_gid)
+        (self.server.directory / "pw").write_text(self.admin_password)
+        if self._run_as is not None:
+            entry = pwd.getpwnam(self._run_as)
+            os.chown(self.server.directory / "pw", entry.pw_uid, entry.pw_gid)
+
+    def start(self) -> None:
+        import psycopg
+
+        self._prepare_directory()
+        data = self.server.directory / "data"
+        initdb = subprocess.run(
+            [
+                str(POSTGRES_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={self.server.directory / 'pw'}",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            capture_output=True,
+            user=self._run_as,
+            cwd=self.server.directory,
+        )
+        if initdb.returncode != 0:
+            raise BackendFailed(f"initdb failed: {initdb.stderr.decode(errors='replace')}")
+        self.server.port = free_port()
+        self.server.spawn(
+            [
+                str(POSTGRES_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.server.port),
+                "-k",
+                str(self.server.directory),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            user=self._run_as,
+        )
+        assert self.server.process is not None
+
+        def connect() -> Any:
+            return psycopg.connect(self.dsn("postgres", self.admin_password), autocommit=True)
+
+        self.admin = _wait_until(connect, self.server.process, self.server.log)
+        self.admin.execute(f"CREATE ROLE {self.USER} LOGIN")
+        self._set_password(self.USER, self._credentials.password)
+        self.admin.execute(f"CREATE DATABASE {self.DATABASE} OWNER {self.USER}")
+
+    def dsn(self, user: str, password: str, database: str | None = None) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host="127.0.0.1",
+            port=self.server.port,
+            user=user,
+            password=password,
+            dbname=database or ("postgres" if user == "postgres" else self.DATABASE),
+            connect_timeout=10,
+        )
+
+    def client(self, credentials: Credentials | None = None) -> Any:
+        """The backend's own client (psycopg), as the superuser or as ``credentials``."""
+        import psycopg
+
+        if credentials is None:
+            return psycopg.connect(
+                self.dsn("postgres", self.admin_password, self.DATABASE), autocommit=True
+            )
+        return psycopg.connect(
+            self.dsn(credentials.username, credentials.password), autocommit=True
+        )
+
+    def stop(self) -> None:
+        admin = getattr(self, "admin", None)
+        if admin is not None:
+            admin.close()
+        self.server.stop()
+
+    def reset(self) -> None:
+        """Drop and recreate the test database; the test role gets back its current password
+        and its validity."""
+        self._terminate_sessions(self.USER)
+        self.admin.execute(f"DROP DATABASE IF EXISTS {self.DATABASE} WITH (FORCE)")
+        self._set_password(self.USER, self._credentials.password)
+        self.admin.execute(f"CREATE DATABASE {self.DATABASE} OWNER {self.USER}")
+
+    def _set_password(self, user: str, password: str) -> None:
+        from psycopg import sql
+
+        # DDL takes no bound parameters: the password is quoted as a literal client-side.
+        self.admin.execute(
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {} VALID UNTIL 'infinity'").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+
+    def _terminate_sessions(self, user: str) -> None:
+        self.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (user,)
+        )
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port, "database": self.DATABASE}
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    def add_user(self, name: str) -> Credentials:
+        from psycopg import sql
+
+        credentials = Credentials(name, secrets.token_hex(16))
+        self.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        self._set_password(name, credentials.password)
+        self.admin.execute(
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(self.USER), sql.Identifier(name))
+        )
+        return credentials
+
+    def rotate_credentials(self, user: str | None = None) -> Credentials:
+        """A new password, and the role's sessions terminated (PostgreSQL checks passwords only
+        when a session starts)."""
+        credentials = Credentials(user or self.USER, secrets.token_hex(16))
+        self._set_password(credentials.username, credentials.password)
+        if credentials.username == self.USER:
+            self._credentials = credentials
+        self._terminate_sessions(credentials.username)
+        return credentials
+
+    def expire_credentials(self, user: str | None = None) -> None:
+        from psycopg import sql
+
+        name = user or self.USER
+        self.admin.execute(
+            sql.SQL("ALTER ROLE {} VALID UNTIL '2000-01-01'").format(sql.Identifier(name))
+        )
+        self._terminate_sessions(name)
+
+    def connections(self, client_name: str) -> list[str]:
+        rows = self.admin.execute(
+            "SELECT usename FROM pg_stat_activity WHERE application_name = %s", (client_name,)
+        ).fetchall()
+        return [user for (user,) in rows]
+
+
+# -- Memcached --------------------------------------------------------------------------------
+
+
+class MemcachedServer(TestBackend):
+    """``memcached`` on TCP (UDP off), 64 MiB. No authentication: memcached's SASL and ASCII
+    auth file are optional and the memcached plugin does not use them."""
+
+    kind = "memcached"
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("memcached")
+
+    def start(self) -> None:
+        from pymemcache.client.base import Client
+
+        self.server.port = free_port()
+        command = [
+            "memcached",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            str(self.server.port),
+            "-U",
+            "0",
+            "-m",
+            "64",
+        ]
+        if os.geteuid() == 0:
+            command += ["-u", "nobody"]
+        self.server.spawn(command)
+        self.admin = Client(("127.0.0.1", self.server.port), connect_timeout=5, timeout=10)
+        assert self.server.process is not None
+        _wait_until(self.admin.version, self.server.process, self.server.log)
+
+    def client(self) -> Any:
+        return self.admin
+
+    def stop(self) -> None:
+        admin = getattr(self, "admin", None)
+        if admin is not None:
+            admin.close()
+        self.server.stop()
+
+    def reset(self) -> None:
+        self.admin.flush_all()
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port}
+
+
+BACKENDS: dict[str, type[TestBackend]] = {
+    "redis": RedisServer,
+    "postgres": PostgresServer,
+    "memcached": MemcachedServer,
+}

@@ -1,0 +1,150 @@
+"""The reusable authentication suite (RFC-008): for every target whose backend authenticates.
+
+Six checks, each on a user of its own (``TestBackend.add_user``) so rotating or expiring it
+disturbs no other test: valid credentials; invalid (UNAUTHENTICATED, the password never in the
+message); missing (INVALID_ARGUMENT); expired (a running instance's next call UNAUTHENTICATED,
+and so is a new Initialize); rotated (the old password fails with UNAUTHENTICATED, a new
+Initialize with the new one succeeds); a pool of 5 serving 10 concurrent operations, with the
+server confirming that every connection authenticated as the user.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import trio
+from backends import Credentials, TestBackend
+from kit import expect_status
+from targets import Target
+
+from prism._proto.prism.data.v1 import GetRequest, SetRequest
+from prism.grpc.wire.status import Status
+from prism.sdk.testing import PluginHarness
+
+
+def acceptance_cases(
+    metafunc: pytest.Metafunc, targets: list[Target]
+) -> tuple[str, list[Any], list[str]]:
+    chosen = [t for t in targets if t.auth is not None]
+    return (
+        "acceptance_label,target",
+        [((t.name, "auth"), t) for t in chosen],
+        [t.name for t in chosen],
+    )
+
+
+class Auth:
+    def __init__(self, env: Any, target: Target) -> None:
+        assert target.auth is not None
+        assert target.backend is not None
+        self.env = env
+        self.target = target
+        self.setup = target.auth
+        self.client_name = f"prism-auth-{uuid.uuid4().hex[:10]}"
+        self.backend: TestBackend
+
+    async def start(self) -> Credentials:
+        self.backend = await trio.to_thread.run_sync(self.env.backend, self.target.backend)
+        name = f"auth_{uuid.uuid4().hex[:10]}"
+        return await trio.to_thread.run_sync(self.backend.add_user, name)
+
+    def harness(self, credentials: dict[str, str], pool_size: int = 2) -> PluginHarness:
+        config = self.setup.config(self.env, pool_size, self.client_name)
+        return PluginHarness(self.target.factory, config=config, credentials=credentials)
+
+    async def server_side_users(self) -> list[str]:
+        return await trio.to_thread.run_sync(self.backend.connections, self.client_name)
+
+
+async def round_trip(h: PluginHarness, key: str) -> None:
+    await h.execute("set", SetRequest(key=key, value=b"authenticated"))
+    got = await h.execute("get", GetRequest(key=key))
+    assert got.value == b"authenticated"  # type: ignore[union-attr]
+
+
+async def expect_unauthenticated(h: PluginHarness, key: str) -> None:
+    with expect_status(Status.UNAUTHENTICATED):
+        await h.execute("get", GetRequest(key=key))
+
+
+async def expect_initialize_fails(auth: Auth, credentials: dict[str, str], status: Status) -> str:
+    with expect_status(status) as caught:
+        async with auth.harness(credentials):
+            pass
+    return caught[0].message
+
+
+async def test_auth_valid_credentials(
+    acceptance_label: tuple[str, str], target: Target, env: Any
+) -> None:
+    auth = Auth(env, target)
+    user = await auth.start()
+    async with auth.harness(user.as_map()) as h:
+        await round_trip(h, f"{auth.client_name}/valid")
+        users = await auth.server_side_users()
+        assert users, "the server sees no connection of the plugin"
+        assert set(users) == {user.username}
+
+
+async def test_auth_invalid_credentials(
+    acceptance_label: tuple[str, str], target: Target, env: Any
+) -> None:
+    auth = Auth(env, target)
+    user = await auth.start()
+    wrong = {"username": user.username, "password": "wrong-" + user.password}
+    message = await expect_initialize_fails(auth, wrong, Status.UNAUTHENTICATED)
+    assert wrong["password"] not in message
+    unknown = {"username": "nobody-" + user.username, "password": user.password}
+    message = await expect_initialize_fails(auth, unknown, Status.UNAUTHENTICATED)
+    assert user.password not in message
+
+
+async def test_auth_missing_credentials(
+    acceptance_label: tuple[str, str], target: Target, env: Any
+) -> None:
+    auth = Auth(env, target)
+    user = await auth.start()
+    message = await expect_initialize_fails(auth, {}, Status.INVALID_ARGUMENT)
+    assert "credential" in message
+    await expect_initialize_fails(auth, {"username": user.username}, Status.INVALID_ARGUMENT)
+
+
+async def test_auth_expired_credentials(
+    acceptance_label: tuple[str, str], target: Target, env: Any
+) -> None:
+    auth = Auth(env, target)
+    user = await auth.start()
+    async with auth.harness(user.as_map()) as h:
+        await round_trip(h, f"{auth.client_name}/before")
+        await trio.to_thread.run_sync(auth.backend.expire_credentials, user.username)
+        await expect_unauthenticated(h, f"{auth.client_name}/after")
+    await expect_initialize_fails(auth, user.as_map(), Status.UNAUTHENTICATED)
+
+
+async def test_auth_rotated_credentials(
+    acceptance_label: tuple[str, str], target: Target, env: Any
+) -> None:
+    auth = Auth(env, target)
+    old = await auth.start()
+    async with auth.harness(old.as_map()) as h:
+        await round_trip(h, f"{auth.client_name}/before")
+        new = await trio.to_thread.run_sync(auth.backend.rotate_credentials, old.username)
+        await expect_unauthenticated(h, f"{auth.client_name}/after")
+    async with auth.harness(new.as_map()) as h:  # re-Initialize with the new credentials
+        await round_trip(h, f"{auth.client_name}/rotated")
+    await expect_initialize_fails(auth, old.as_map(), Status.UNAUTHENTICATED)
+
+
+async def test_auth_pool_authenticates_every_connection(
+    acceptance_label: tuple[str, str], target: Target, env: Any
+) -> None:
+    auth = Auth(env, target)
+    user = await auth.start()
+    async with auth.harness(user.as_map(), pool_size=5) as h:
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(round_trip, h, f"{auth.client_name}/{i}")
+        users = await auth.server_side_users()
+        assert users == [user.username] * 5, f"the server sees {users}"

@@ -1,0 +1,156 @@
+"""The backend fixtures themselves, on instances of their own (the session's are shared):
+each server starts in a temporary directory on a free loopback port, answers its own client,
+resets, rotates and expires credentials as the auth suite needs, reports who each connection
+authenticated as, and leaves nothing behind when stopped."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from backends import BACKENDS, MemcachedServer, PostgresServer, RedisServer, TestBackend
+from targets import Target
+
+
+def acceptance_cases(
+    metafunc: pytest.Metafunc, targets: list[Target]
+) -> tuple[str, list[Any], list[str]]:
+    """The backends of the selected targets, and those named by --only (all without it)."""
+    only = set(metafunc.config.getoption("--only"))
+    kinds = (
+        {t.backend for t in targets if t.backend} | (only & set(BACKENDS))
+        if only
+        else set(BACKENDS)
+    )
+    wanted = getattr(metafunc.function, "kinds", tuple(BACKENDS))
+    chosen = [BACKENDS[k] for k in BACKENDS if k in kinds and k in wanted]
+    return "backend_class", chosen, [cls.kind for cls in chosen]
+
+
+@pytest.fixture
+def fresh(backend_class: type[TestBackend]) -> Iterator[TestBackend]:
+    backend = backend_class()
+    try:
+        backend.start()
+        yield backend
+    finally:
+        backend.stop()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_backend_starts_on_loopback_and_stops_leaving_nothing(fresh: TestBackend) -> None:
+    connection = fresh.connection
+    assert connection["host"] == "127.0.0.1"
+    assert listening(connection["port"])
+    server = fresh.server  # type: ignore[attr-defined]
+    directory, process = server.directory, server.process
+    assert directory.is_dir()
+    fresh.stop()
+    assert process.poll() is not None
+    assert not directory.exists()
+    assert not listening(connection["port"])
+    fresh.stop()  # idempotent
+
+
+def _write_and_read(backend: TestBackend) -> object:
+    if isinstance(backend, RedisServer):
+        client = backend.client(backend.credentials)
+        client.set("k", b"v")
+        return client.get("k")
+    if isinstance(backend, PostgresServer):
+        with backend.client(backend.credentials) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS t (v text)")
+            db.execute("INSERT INTO t VALUES ('v')")
+            return db.execute("SELECT v FROM t").fetchall()
+    assert isinstance(backend, MemcachedServer)
+    backend.client().set("k", b"v")
+    return backend.client().get("k")
+
+
+def _gone(backend: TestBackend) -> bool:
+    if isinstance(backend, RedisServer):
+        return backend.client(backend.credentials).get("k") is None
+    if isinstance(backend, PostgresServer):
+        with backend.client(backend.credentials) as db:
+            found = db.execute("SELECT count(*) FROM pg_tables WHERE tablename = 't'").fetchone()
+            return found == (0,)
+    assert isinstance(backend, MemcachedServer)
+    return backend.client().get("k") is None
+
+
+def test_backend_reset_forgets_everything(fresh: TestBackend) -> None:
+    assert _write_and_read(fresh) in (b"v", [("v",)])
+    fresh.reset()
+    assert _gone(fresh)
+    assert _write_and_read(fresh) in (b"v", [("v",)])  # usable again after the reset
+
+
+def test_backend_credentials_rotate_and_expire(backend_class: type[TestBackend]) -> None:
+    backend = backend_class()
+    try:
+        backend.start()
+        user = backend.add_user("rotating")
+        held = backend.client(user)  # type: ignore[attr-defined]
+        if isinstance(backend, RedisServer):
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            held = redis.Redis(**backend.connection, **user.as_map(), retry=Retry(NoBackoff(), 0))
+            held.client_setname("held")
+            assert backend.connections("held") == ["rotating"]
+        new = backend.rotate_credentials("rotating")
+        assert new.password != user.password
+        with pytest.raises(Exception, match=r"(?i)invalid|auth|password"):
+            _connect(backend, user)  # the old password no longer works
+        _connect(backend, new)
+        with pytest.raises(Exception):  # noqa: B017,PT011 - the old session was closed
+            _use(held)
+        backend.expire_credentials("rotating")
+        with pytest.raises(Exception, match=r"(?i)invalid|auth|password|disabled|expired"):
+            _connect(backend, new)
+        assert "withheld" in repr(new)
+        assert new.password not in repr(new)
+    finally:
+        backend.stop()
+
+
+def _connect(backend: TestBackend, credentials: object) -> None:
+    client = backend.client(credentials)  # type: ignore[attr-defined]
+    _use(client)
+    client.close()
+
+
+def _use(client: object) -> None:
+    if hasattr(client, "ping"):
+        client.ping()
+    else:
+        client.execute("SELECT 1")  # type: ignore[attr-defined]
+
+
+def test_backend_postgres_sees_each_connection_s_user(backend_class: type[TestBackend]) -> None:
+    backend = backend_class()
+    assert isinstance(backend, PostgresServer)
+    try:
+        backend.start()
+        import psycopg
+
+        user = backend.add_user("seen")
+        dsn = backend.dsn(user.username, user.password)
+        with (
+            psycopg.connect(dsn, application_name="probe-app"),
+            psycopg.connect(dsn, application_name="probe-app"),
+        ):
+            assert backend.connections("probe-app") == ["seen", "seen"]
+    finally:
+        backend.stop()
+
+
+test_backend_credentials_rotate_and_expire.kinds = ("redis", "postgres")  # type: ignore[attr-defined]
+test_backend_postgres_sees_each_connection_s_user.kinds = ("postgres",)  # type: ignore[attr-defined]
