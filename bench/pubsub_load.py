@@ -187,7 +187,7 @@ class H2loadSubscribers:
         self._streams_per_connection = math.ceil(plan["subscribers"] / plan["channels"])
         self.streams = self._streams_per_connection * plan["channels"]
         # Room for publishing to run late (it is closed-loop) and for the last deliveries.
-        self._duration = H2LOAD_SETTLE_S + 4 * duration_s + 15
+        self._duration = H2LOAD_SETTLE_S + 8 * duration_s + 15
         self._proc: subprocess.Popen[str] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="prism-bench-h2load-")
         self._started = 0.0
