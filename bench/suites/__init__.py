@@ -6,11 +6,11 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `register(...)` at import time and list the module in `SUITE_MODULES`. Shared pieces:
 `bench.procs` (server processes, their CPU time), `bench.h2load` (load generation),
 `bench.report` (medians, tables, the results file). Suites: `grpc` (grpc_stack.py), `plugins`
-(plugins.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse` (abuse.py), `proxy` (proxy.py:
-the whole proxy, stage by stage), `tracing` (tracing.py), `backends` (backends/: one module per
-backend), `backends-postgres` (bench/backends/postgres.py: PostgreSQL, with the driver
-comparison), `traffic` (traffic.py: a bystander under a flood, with and without a namespace's
-concurrency cap).
+(plugins.py), `pubsub` (pubsub.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse`
+(abuse.py), `proxy` (proxy.py: the whole proxy, stage by stage), `tracing` (tracing.py),
+`backends` (backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py:
+PostgreSQL, with the driver comparison), `traffic` (traffic.py: a bystander under a flood, with
+and without a namespace's concurrency cap).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Protocol
 SUITE_MODULES = (
     "bench.suites.grpc_stack",
     "bench.suites.plugins",
+    "bench.suites.pubsub",
     "bench.suites.wire",
     "bench.suites.protobuf",
     "bench.suites.abuse",

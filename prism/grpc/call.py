@@ -299,6 +299,14 @@ class ServerCall:
         self._headers_sent = True
         await self._connection.wait_writable(self.stream_id)
 
+    def discard_unsent(self) -> int:
+        """Drop the response messages flow control still holds back because the client has
+        not made room for them (all but the rest of one already partly sent); returns how many
+        bytes were dropped. For a handler about to end the call with an error the client should
+        see at once rather than after reading everything queued, such as a subscriber cut off
+        for falling behind: the trailers then follow right behind what was kept."""
+        return self._connection.conn.discard_unsent(self.stream_id)
+
     def _send(self, action: Callable[[], None]) -> None:
         try:
             action()

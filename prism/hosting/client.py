@@ -2,7 +2,8 @@
 
 The proxy side speaks bytes for Execute and ExecuteStream: a client's request is forwarded as
 it came (see protos/prism/proxy/v1/proxy.proto), so nothing is decoded on the way to a sidecar
-or remote plugin. The in-process client decodes once, because the plugin wants typed objects.
+or remote plugin. The in-process client has the plugin read the envelopes (once, with
+``prism.protowire``), because the plugin wants typed objects.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from prism._proto.prism.plugin.v1 import (
     PluginMetrics,
     ShutdownRequest,
     ShutdownResponse,
-    StreamRequest,
-    StreamResponse,
 )
 from prism.grpc.channel import Channel
 from prism.grpc.client_call import ClientCall
-from prism.grpc.service import decode
-from prism.grpc.wire.status import GrpcError
+from prism.grpc.wire.status import GrpcError, Status
 from prism.plugin_protocol import (
     DESCRIBE_OPERATION,
     METRICS_OPERATION,
@@ -100,14 +98,7 @@ class InProcessClient(PluginClient):
         return await self.instance.execute_encoded(request)
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
-        async def typed_receive() -> StreamRequest | None:
-            data = await receive()
-            return None if data is None else decode(StreamRequest, data)
-
-        async def typed_send(response: StreamResponse) -> None:
-            await send(bytes(response))
-
-        await self.instance.execute_stream(typed_receive, typed_send)
+        await self.instance.execute_stream_encoded(receive, send)
 
     async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
         return await self.instance.shutdown(
@@ -163,6 +154,12 @@ class GrpcClient(PluginClient):
         ):
             nursery.start_soon(_pump_requests, receive, call)
             async for response in call:
+                if call.status == Status.RESOURCE_EXHAUSTED:
+                    # The plugin cut the stream (a subscriber that fell behind): its status is
+                    # in, and the results still queued here would only delay it.
+                    raise GrpcError.for_status(
+                        call.status, call.status_message, call.trailing_metadata
+                    )
                 await send(response)
             nursery.cancel_scope.cancel()
 

@@ -440,6 +440,11 @@ class Pipeline:
                 status = Status.OK
             except GrpcError as exc:
                 status = exc.status
+                if status == Status.RESOURCE_EXHAUSTED:
+                    # The plugin cut the stream (a subscriber that fell behind): what flow
+                    # control still holds back for this client goes, so the status reaches it
+                    # at once instead of after the backlog it is about.
+                    call.discard_unsent()
                 raise
             except trio.Cancelled:
                 status = _cancelled_status(call)

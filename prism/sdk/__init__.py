@@ -44,6 +44,7 @@ from prism.sdk.plugin import (
     operation,
     stream_operation,
 )
+from prism.sdk.shared import SharedResult
 from prism.sdk.typed import pack, type_url, unpack
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "PermissionDenied",
     "PluginInstance",
     "ResourceExhausted",
+    "SharedResult",
     "State",
     "Status",
     "Unauthenticated",

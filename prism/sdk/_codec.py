@@ -16,11 +16,13 @@ from prism._proto.google.protobuf import Any
 from prism._proto.prism.plugin.v1 import ExecuteResponse, StreamResponse
 from prism.grpc.wire.status import Internal, InvalidArgument
 from prism.sdk.plugin import OperationSpec, Payload
+from prism.sdk.shared import SharedResult
 from prism.sdk.typed import pack, type_name, unpack
 
 __all__ = [
     "check_payload",
     "check_result",
+    "check_stream_result",
     "decode",
     "decode_params",
     "encode_result",
@@ -85,6 +87,19 @@ def check_result(spec: OperationSpec, result: object) -> Payload:
         return cast(Payload, result)
     raise Internal(
         f"operation {spec.name!r} returned {_payload_name(result)}, "
+        f"but declares {spec.kind(spec.result)}"
+    )
+
+
+def check_stream_result(spec: OperationSpec, result: object) -> Payload | SharedResult:
+    """``check_result`` for what a stream handler sends: a result, or a ``SharedResult`` of
+    one (checked by its value)."""
+    value = result.value if isinstance(result, SharedResult) else result
+    if type(value) is spec.result:
+        assert isinstance(result, bytes | betterproto2.Message | SharedResult)
+        return result
+    raise Internal(
+        f"operation {spec.name!r} sent {_payload_name(value)}, "
         f"but declares {spec.kind(spec.result)}"
     )
 

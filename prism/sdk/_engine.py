@@ -43,12 +43,15 @@ from prism.sdk.plugin import (
     OperationStream,
     Payload,
 )
+from prism.sdk.shared import SharedResult
 from prism.sdk.typed import type_name, type_url
 
-__all__ = ["CALLER_CANCEL", "Engine", "Receive", "Send", "State"]
+__all__ = ["CALLER_CANCEL", "Engine", "Outbound", "Receive", "Send", "State"]
 
 T = TypeVar("T")
 Send = Callable[[Payload], Awaitable[None]]
+#: What a stream's results go to: checked results, shared or not.
+Outbound = Callable[[Payload | SharedResult], Awaitable[None]]
 Receive = Callable[[], Awaitable[Payload | None]]
 
 
@@ -269,7 +272,7 @@ class Engine:
         async def no_more() -> None:
             return None
 
-        def bind(spec: OperationSpec) -> tuple[Payload, Send, Receive]:
+        def bind(spec: OperationSpec) -> tuple[Payload, Outbound, Receive]:
             source = receive or no_more
 
             async def inbound() -> Payload | None:
@@ -278,7 +281,10 @@ class Engine:
                     return None
                 return _codec.check_payload(spec, request, spec.inbound, "request")
 
-            return _codec.check_payload(spec, params, spec.params, "params"), send, inbound
+            def outbound(result: Payload | SharedResult) -> Awaitable[None]:
+                return send(result.value if isinstance(result, SharedResult) else result)
+
+            return _codec.check_payload(spec, params, spec.params, "params"), outbound, inbound
 
         await self._run_stream(operation, metadata or {}, bind)
 
@@ -286,7 +292,7 @@ class Engine:
         self,
         operation: str,
         metadata: Mapping[str, str],
-        bind: Callable[[OperationSpec], tuple[Payload, Send, Receive]],
+        bind: Callable[[OperationSpec], tuple[Payload, Outbound, Receive]],
     ) -> None:
         outcome = "cancelled"
         try:
@@ -294,8 +300,16 @@ class Engine:
             params, send, receive = bind(spec)
             half_closed = trio.Event()
 
-            async def checked_send(result: Payload) -> None:
-                await send(self._checked(_codec.check_result, spec, result))
+            expected = spec.result
+
+            def checked_send(result: Payload | SharedResult) -> Awaitable[None]:
+                # Runs once per result and stream, so it is lean: the check inline, and the
+                # send's own awaitable handed back instead of a coroutine of ours around it
+                # (each layer is an object per send and a frame every resumption goes through).
+                value = result.value if isinstance(result, SharedResult) else result
+                if type(value) is not expected:
+                    self._checked(_codec.check_stream_result, spec, result)  # raises Internal
+                return send(result)
 
             async def after_half_close() -> None:
                 await half_closed.wait()
@@ -341,8 +355,8 @@ class Engine:
         return spec
 
     def _checked(
-        self, check: Callable[[OperationSpec, object], Payload], spec: OperationSpec, value: object
-    ) -> Payload:
+        self, check: Callable[[OperationSpec, object], T], spec: OperationSpec, value: object
+    ) -> T:
         try:
             return check(spec, value)
         except GrpcError as exc:

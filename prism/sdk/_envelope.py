@@ -11,11 +11,15 @@ checks both directions).
 ``ExecuteRequest``: operation (1), ``params`` oneof: typed_params (2, an ``Any``: type_url 1,
 value 2) or raw_params (3); metadata (4, map entries: key 1, value 2). Fields the plugin protocol
 does not define (the proxy API's namespace, 15) are skipped, as a decoder skips them.
+``StreamRequest`` has the same first three fields and no metadata; ``StreamResponse``:
+``result`` oneof typed_result (1) or raw_result (2), is_final (3).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import betterproto2
 
 from prism import protowire
 from prism._proto.google.protobuf import Any
@@ -25,7 +29,15 @@ from prism.sdk import _fastcodec
 from prism.sdk.plugin import Payload
 from prism.sdk.typed import type_url
 
-__all__ = ["ExecuteEnvelope", "execute_error", "execute_result", "read_execute"]
+__all__ = [
+    "STREAM_FINAL",
+    "ExecuteEnvelope",
+    "execute_error",
+    "execute_result",
+    "read_execute",
+    "read_stream_request",
+    "stream_result",
+]
 
 
 @dataclass(slots=True)
@@ -41,6 +53,16 @@ class ExecuteEnvelope:
 def read_execute(data: bytes) -> ExecuteEnvelope:
     """An encoded ``ExecuteRequest``; raises ``InvalidArgument`` for what protobuf's reference
     parser rejects. A field with another wire type than its own is unknown, as upb has it."""
+    return _read_request(data, metadata=True)
+
+
+def read_stream_request(data: bytes) -> ExecuteEnvelope:
+    """An encoded ``StreamRequest`` (``metadata`` stays empty), read as ``read_execute``
+    reads an ``ExecuteRequest``."""
+    return _read_request(data, metadata=False)
+
+
+def _read_request(data: bytes, *, metadata: bool) -> ExecuteEnvelope:
     envelope = ExecuteEnvelope()
     for number, value in protowire.fields(data):
         if type(value) is not bytes:
@@ -57,7 +79,7 @@ def read_execute(data: bytes) -> ExecuteEnvelope:
         elif number == 3:
             envelope.params = value
             envelope.params_field = "raw_params"
-        elif number == 4:
+        elif number == 4 and metadata:
             entry = _read_entry(value)
             if entry is not None:
                 envelope.metadata[entry[0]] = entry[1]
@@ -106,21 +128,45 @@ _varint = _fastcodec.varint
 _URL_FIELDS: dict[type, bytes] = {}
 
 
+def _url_field(cls: type) -> bytes:
+    url = _URL_FIELDS.get(cls)
+    if url is None:
+        url = _URL_FIELDS[cls] = protowire.length_delimited(1, type_url(cls).encode())
+    return url
+
+
+def _any_bytes(message: betterproto2.Message) -> bytes:
+    """``pack(message)``, encoded."""
+    body = _fastcodec.encode(message)
+    url = _url_field(type(message))
+    if not body:
+        return url
+    return b"".join((url, _ANY_VALUE, _varint(len(body)), body))
+
+
 def execute_result(result: Payload) -> bytes:
     """``ExecuteResponse(success=True, typed_result=pack(result))``, or ``raw_result`` for
     bytes, encoded (in one join: no intermediate copies of the result)."""
     if isinstance(result, bytes):
         return b"".join((_SUCCESS_RAW, _varint(len(result)), result))
     body = _fastcodec.encode(result)
-    cls = type(result)
-    url = _URL_FIELDS.get(cls)
-    if url is None:
-        url = _URL_FIELDS[cls] = protowire.length_delimited(1, type_url(cls).encode())
+    url = _url_field(type(result))
     if not body:
         return b"".join((_SUCCESS_TYPED, _varint(len(url)), url))
     size = _varint(len(body))
     any_length = len(url) + 1 + len(size) + len(body)
     return b"".join((_SUCCESS_TYPED, _varint(any_length), url, _ANY_VALUE, size, body))
+
+
+#: ``StreamResponse(is_final=True)``, encoded: the end of a stream that succeeded.
+STREAM_FINAL = protowire.varint_field(3, 1)
+
+
+def stream_result(result: Payload) -> bytes:
+    """``StreamResponse(typed_result=pack(result))``, or ``raw_result`` for bytes, encoded."""
+    if isinstance(result, bytes):
+        return protowire.length_delimited(2, result)
+    return protowire.length_delimited(1, _any_bytes(result))
 
 
 def execute_error(error: GrpcError) -> bytes:

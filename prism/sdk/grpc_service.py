@@ -31,10 +31,8 @@ from prism._proto.prism.plugin.v1 import (
     InitializeResponse,
     ShutdownRequest,
     ShutdownResponse,
-    StreamRequest,
-    StreamResponse,
 )
-from prism.grpc.wire.status import Unavailable
+from prism.grpc.wire.status import GrpcError, Status, Unavailable
 from prism.plugin_protocol import SERVICE_NAME, SESSION_DETAIL, SESSION_METADATA
 from prism.sdk import _envelope
 from prism.sdk.instance import PluginInstance, State, open_plugin
@@ -77,9 +75,9 @@ class BackendPluginService(pg.Service):
     async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
         return await self.instance.execute_encoded(request)
 
-    @pg.stream_stream("ExecuteStream", StreamRequest, StreamResponse)
+    @pg.stream_stream("ExecuteStream", bytes, bytes)
     async def execute_stream(self, call: pg.ServerCall) -> None:
-        await self.instance.execute_stream(call.receive_message, call.send_message)
+        await serve_stream(self.instance, call)
 
     @pg.unary_unary("Shutdown", ShutdownRequest, ShutdownResponse)
     async def shutdown(self, request: ShutdownRequest, call: pg.ServerCall) -> ShutdownResponse:
@@ -87,6 +85,19 @@ class BackendPluginService(pg.Service):
             return await self.instance.shutdown(request)
         finally:
             self.shut_down.set()
+
+
+async def serve_stream(instance: PluginInstance, call: pg.ServerCall) -> None:
+    """One ExecuteStream on ``instance``, bytes in and out (shared results are sent as they
+    were encoded once). A stream the plugin ends with RESOURCE_EXHAUSTED (a subscriber cut off
+    for falling behind) ends at once: results still held back by flow control are dropped, so
+    the status does not wait behind the very backlog it is about."""
+    try:
+        await instance.execute_stream_encoded(call.receive_message, call.send_message)
+    except GrpcError as exc:
+        if exc.status == Status.RESOURCE_EXHAUSTED:
+            call.discard_unsent()
+        raise
 
 
 @dataclass(eq=False)
@@ -217,14 +228,14 @@ class SessionPluginService(pg.Service):
             session.active -= 1
             session.last_used = trio.current_time()
 
-    @pg.stream_stream("ExecuteStream", StreamRequest, StreamResponse)
+    @pg.stream_stream("ExecuteStream", bytes, bytes)
     async def execute_stream(self, call: pg.ServerCall) -> None:
         session = self._lookup(call)
         if session is None:
             raise Unavailable("no plugin instance for this session (not initialized, or closed)")
         session.active += 1
         try:
-            await session.instance.execute_stream(call.receive_message, call.send_message)
+            await serve_stream(session.instance, call)
         finally:
             session.active -= 1
             session.last_used = trio.current_time()

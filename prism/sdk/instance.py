@@ -5,8 +5,10 @@ yields a ``PluginInstance``, which offers each call twice:
 
 - on the RFC's messages, for hosts that speak the protocol (sidecar / remote servers, and the
   proxy when it forwards bytes): ``initialize``, ``health_check``, ``execute``,
-  ``execute_stream``, ``shutdown``. Operation errors come back in ``ExecuteResponse``
-  (``success=False``, ``error``, ``error_code`` = the gRPC status); they are never raised.
+  ``execute_stream``, ``shutdown`` (``execute_encoded`` and ``execute_stream_encoded`` take and
+  give the encoded messages, without decoding the envelopes). Operation errors come back in
+  ``ExecuteResponse`` (``success=False``, ``error``, ``error_code`` = the gRPC status); they are
+  never raised.
   ``InitializeResponse`` / ``ShutdownResponse`` have no code field, so their ``error`` reads
   ``"<STATUS_NAME>: <message>"`` (``errors.error_from_text`` parses it back).
 - typed, for in-process hosting, without serialization: ``setup``, ``health``, ``call``,
@@ -42,10 +44,11 @@ from prism._proto.prism.plugin.v1 import (
 from prism.grpc.wire.status import GrpcError, InvalidArgument
 from prism.plugin_protocol import DESCRIBE_OPERATION, METRICS_OPERATION
 from prism.sdk import _codec, _envelope
-from prism.sdk._engine import CALLER_CANCEL, Engine, Receive, Send, State
+from prism.sdk._engine import CALLER_CANCEL, Engine, Outbound, Receive, State
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.config import config_dir_from_any, config_from_any
 from prism.sdk.plugin import BackendPlugin, OperationSpec, Payload
+from prism.sdk.shared import SharedResult
 from prism.sdk.typed import pack
 
 __all__ = ["CALLER_CANCEL", "METRICS_OPERATION", "PluginInstance", "State", "open_plugin"]
@@ -172,24 +175,63 @@ class PluginInstance(Engine):
         if first is None:
             raise InvalidArgument("the stream ended before its first request")
 
-        def bind(spec: OperationSpec) -> tuple[Payload, Send, Receive]:
+        def bind(spec: OperationSpec) -> tuple[Payload, Outbound, Receive]:
             async def inbound() -> Payload | None:
                 request = await receive()
                 if request is None:
                     return None
-                if request.operation not in ("", spec.name):
-                    raise InvalidArgument(
-                        f"stream of operation {spec.name!r} got a request for {request.operation!r}"
-                    )
+                _check_operation(spec, request.operation)
                 return _codec.decode(spec, request, spec.inbound, "request")
 
-            async def outbound(result: Payload) -> None:
-                await send(_codec.encode_stream_result(result))
+            async def outbound(result: Payload | SharedResult) -> None:
+                value = result.value if isinstance(result, SharedResult) else result
+                await send(_codec.encode_stream_result(value))
 
             return _codec.decode(spec, first, spec.params, "params"), outbound, inbound
 
         await self._run_stream(first.operation, metadata or {}, bind)
         await send(StreamResponse(is_final=True))
+
+    async def execute_stream_encoded(
+        self,
+        receive: Callable[[], Awaitable[bytes | None]],
+        send: Callable[[bytes], Awaitable[None]],
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """``execute_stream`` on encoded messages (what sidecar, remote and in-process hosts
+        forward): ``StreamRequest`` bytes in, ``StreamResponse`` bytes out, neither envelope
+        decoded or encoded through betterproto2 (see ``_envelope``). A ``SharedResult`` goes
+        out as the bytes it encoded once for every stream that sends it. A malformed request
+        raises ``InvalidArgument``; otherwise as ``execute_stream``."""
+        data = await receive()
+        if data is None:
+            raise InvalidArgument("the stream ended before its first request")
+        first = _envelope.read_stream_request(data)
+
+        def bind(spec: OperationSpec) -> tuple[Payload, Outbound, Receive]:
+            async def inbound() -> Payload | None:
+                data = await receive()
+                if data is None:
+                    return None
+                request = _envelope.read_stream_request(data)
+                _check_operation(spec, request.operation)
+                return _codec.decode_params(
+                    spec, request.params_field, request.params, spec.inbound, "request"
+                )
+
+            def outbound(result: Payload | SharedResult) -> Awaitable[None]:
+                # Not a coroutine of its own: the send's awaitable goes back (see _run_stream).
+                if isinstance(result, SharedResult):
+                    return send(result.stream_response())
+                return send(_envelope.stream_result(result))
+
+            params = _codec.decode_params(
+                spec, first.params_field, first.params, spec.params, "params"
+            )
+            return params, outbound, inbound
+
+        await self._run_stream(first.operation, metadata or {}, bind)
+        await send(_envelope.STREAM_FINAL)
 
     async def shutdown(self, request: ShutdownRequest) -> ShutdownResponse:
         """``Shutdown`` on the RFC's messages (``grace_period_ms`` 0 = the plugin's default); see
@@ -200,3 +242,9 @@ class PluginInstance(Engine):
         except GrpcError as exc:
             return ShutdownResponse(success=False, error=str(exc))
         return ShutdownResponse(success=True)
+
+
+def _check_operation(spec: OperationSpec, operation: str) -> None:
+    """A stream's later requests may leave ``operation`` empty, or repeat the stream's."""
+    if operation not in ("", spec.name):
+        raise InvalidArgument(f"stream of operation {spec.name!r} got a request for {operation!r}")

@@ -41,6 +41,8 @@ from prism.sdk.typed import type_name, type_url
 if TYPE_CHECKING:
     import trio
 
+    from prism.sdk.shared import SharedResult
+
 __all__ = [
     "RESERVED_PREFIX",
     "BackendPlugin",
@@ -217,17 +219,20 @@ class OperationStream(OperationContext):
         metadata: Mapping[str, str],
         namespace: str,
         metrics: Metrics,
-        send: Callable[[Payload], Awaitable[None]],
+        send: Callable[[Payload | SharedResult], Awaitable[None]],
         receive: Callable[[], Awaitable[Payload | None]],
     ) -> None:
         super().__init__(operation, metadata, namespace, metrics)
         self._send = send
         self._receive = receive
 
-    async def send(self, result: Payload) -> None:
-        """Send one result. Waits while the client is not reading (flow control);
-        cancellation abandons the send."""
-        await self._send(result)
+    def send(self, result: Payload | SharedResult) -> Awaitable[None]:
+        """Send one result (``await stream.send(result)``): a value of the declared result
+        type, or a ``SharedResult`` of one (the same result sent on many streams, encoded once:
+        see ``prism.sdk.shared``). Waits while the client is not reading (flow control);
+        cancellation abandons the send. (A plain function returning the transport's awaitable:
+        no coroutine of its own per result.)"""
+        return self._send(result)
 
     async def receive(self) -> Payload | None:
         """The client's next request (of the declared ``inbound`` type), or ``None`` once the

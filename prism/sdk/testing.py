@@ -12,7 +12,8 @@ async with PluginHarness(MemstorePlugin, config=MemstoreConfig(max_keys=10)) as 
 
 By default every call goes through the RFC's messages exactly as a sidecar would see them: the
 request is packed into an ``Any``, encoded to bytes and decoded again, handled, and the response
-likewise, so a message that does not survive serialization fails the test. ``typed=True`` uses
+likewise (streams take the sidecar's own path, ``execute_stream_encoded``: bytes both ways), so
+a message that does not survive serialization fails the test. ``typed=True`` uses
 the in-process path (``PluginInstance.call``) instead. Errors are raised as the ``GrpcError``
 subclass of the status the plugin reported.
 """
@@ -265,7 +266,7 @@ class HarnessStream:
                     )
                     self.final = True
                 else:
-                    await self._harness.instance.execute_stream(
+                    await self._harness.instance.execute_stream_encoded(
                         self._receive_request, self._send_response, self._metadata
                     )
             except GrpcError as exc:
@@ -277,17 +278,17 @@ class HarnessStream:
         except trio.EndOfChannel:
             return None
 
-    async def _receive_request(self) -> StreamRequest | None:
+    async def _receive_request(self) -> bytes | None:
         if not self._first_sent:
             self._first_sent = True
-            return roundtrip(_stream_request(self._operation, self._params))
+            return bytes(_stream_request(self._operation, self._params))
         params = await self._next_params()
         if params is None:
             return None
-        return roundtrip(_stream_request("", params))
+        return bytes(_stream_request("", params))
 
-    async def _send_response(self, response: StreamResponse) -> None:
-        response = roundtrip(response)
+    async def _send_response(self, data: bytes) -> None:
+        response = StreamResponse.parse(data)
         if response.is_final:
             self.final = True
         elif response.raw_result is not None:

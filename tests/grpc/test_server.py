@@ -58,6 +58,14 @@ class Behaviour(pg.Service):
         self.finished.set()
         return b"finished " + request
 
+    @pg.unary_stream("Backlog", bytes, bytes)
+    async def backlog(self, request: bytes, call: pg.ServerCall) -> None:
+        """200 messages the client has no room for yet, then an error that must not wait."""
+        for _ in range(200):
+            await call.send_message(b"b" * 1280)
+        self.sent = call.discard_unsent()
+        raise pg.ResourceExhausted("cut off")
+
     @pg.unary_stream("Flood", bytes, bytes)
     async def flood(self, request: bytes, call: pg.ServerCall) -> None:
         chunk = b"f" * (1 << 20)
@@ -199,6 +207,21 @@ async def test_server_peer_that_stops_reading_blocks_the_handler_not_memory() ->
         await client.flush()
         with trio.fail_after(2):
             await service.cancelled.wait()
+
+
+async def test_server_discard_unsent_lets_the_status_past_a_client_that_stops_reading() -> None:
+    service = Behaviour()
+    async with serving(service) as (_, target), RawClient.connect(target) as client:
+        # The raw client never sends WINDOW_UPDATE: 51 of these 1,285-byte frames fill its
+        # 65,535-byte window exactly, the other 149 wait in the server.
+        sid = await client.call("/test.Behaviour/Backlog", b"")
+        with trio.fail_after(10):  # catches a hang, not a speed
+            await client.until(lambda: bool(client.of(h2.events.TrailersReceived, sid)))
+        [trailers] = client.of(h2.events.TrailersReceived, sid)
+        assert dict(trailers.headers)[b"grpc-status"] == b"%d" % pg.Status.RESOURCE_EXHAUSTED
+        data = b"".join(e.data for e in client.of(h2.events.DataReceived, sid))
+        assert data == grpc_frame(b"b" * 1280) * 51
+        assert service.sent == 149 * 1285
 
 
 # -- graceful shutdown --------------------------------------------------------------------------

@@ -223,6 +223,76 @@ async def test_frontdoor_stream_refuses_a_bad_first_request(
         await run()
 
 
+async def read_until_error(stream: pg.ClientCall) -> tuple[int, GrpcError]:
+    """How many messages came before the stream's error, and the error."""
+    received = 0
+    try:
+        async for _ in stream:
+            received += 1
+    except GrpcError as exc:
+        return received, exc
+    raise AssertionError(f"the stream ended with OK after {received} messages")
+
+
+class CuttingRoute:
+    """Streams 8 KiB results until the test cuts it off, then ends with RESOURCE_EXHAUSTED, as
+    a pub/sub plugin does with a subscriber that fell behind."""
+
+    SIZE = 8 << 10
+
+    def __init__(self, enough: int) -> None:
+        self.sent = 0
+        self.enough = enough
+        self.reached = trio.Event()  # `enough` results are queued or gone
+        self.cut = trio.CancelScope()
+
+    async def execute(self, request: bytes) -> bytes:
+        raise AssertionError("unused")
+
+    async def execute_stream(
+        self,
+        receive: Callable[[], Awaitable[bytes | None]],
+        send: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        with self.cut:
+            while True:
+                await send(bytes(StreamResponse(raw_result=b"r" * self.SIZE)))
+                self.sent += 1
+                if self.sent == self.enough:
+                    self.reached.set()
+        raise pg.ResourceExhausted("fell behind and was cut off")
+
+
+async def test_frontdoor_stream_cut_with_resource_exhausted_drops_what_is_queued(
+    nursery: trio.Nursery,
+) -> None:
+    window = 65535
+    router = FakeRouter()
+    # 1 MiB of results, ~16 times what the client's windows take: the proxy holds the rest
+    # back (and blocks the route only beyond that).
+    route = CuttingRoute(enough=(1 << 20) // CuttingRoute.SIZE)
+    router.routes["ps"] = route  # type: ignore[assignment]
+    server = pg.Server([DataProxyService(router)])
+    host, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
+    options = pg.ChannelOptions(initial_window_size=window, connection_window_size=window)
+    with trio.fail_after(60):  # catches a hang, not a speed
+        async with (
+            pg.open_channel(f"{host}:{port}", options=options) as channel,
+            channel.stream(EXECUTE_STREAM, StreamResponse) as stream,
+        ):
+            await stream.send_message(StreamRequest(namespace="ps", operation="subscribe"))
+            await route.reached.wait()  # the client has not read anything yet
+            route.cut.cancel()
+            received, error = await read_until_error(stream)
+    assert isinstance(error, pg.ResourceExhausted)
+    assert error.message == "fell behind and was cut off"
+    # What the client took in before its flow control stopped the proxy (prism's client keeps
+    # acknowledging while less than a window waits to be read: 2-3 windows all told) and the
+    # rest of one message; not the ~110 messages more the proxy held back.
+    assert received <= 3 * window // CuttingRoute.SIZE + 1
+    assert route.sent >= route.enough
+
+
 @pytest.mark.parametrize("operation", [METRICS_OPERATION, "_prism.anything"])
 async def test_frontdoor_refuses_reserved_operations_before_routing(
     door: tuple[FakeRouter, pg.Channel], operation: str

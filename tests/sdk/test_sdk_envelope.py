@@ -1,4 +1,5 @@
-"""The Execute envelopes without betterproto2 read and write what betterproto2 does."""
+"""The Execute and stream envelopes without betterproto2 read and write what betterproto2
+does."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from hypothesis import strategies as st
 from upb_oracle import core_oracle, wire_bytes
 
 from prism._proto.google.protobuf import Any
-from prism._proto.prism.data.v1 import GetResponse
-from prism._proto.prism.plugin.v1 import ExecuteRequest, ExecuteResponse
+from prism._proto.prism.data.v1 import GetResponse, Message
+from prism._proto.prism.plugin.v1 import (
+    ExecuteRequest,
+    ExecuteResponse,
+    StreamRequest,
+    StreamResponse,
+)
 from prism._proto.prism.proxy.v1 import ExecuteRequest as ProxyExecuteRequest
+from prism._proto.prism.proxy.v1 import StreamRequest as ProxyStreamRequest
 from prism.grpc.wire.status import GrpcError, InvalidArgument, NotFound, Status
 from prism.sdk import _envelope
 
@@ -152,3 +159,48 @@ def test_execute_result_typed_is_betterprotos_encoding(found: bool, value: bytes
 def test_execute_error_is_betterprotos_encoding(error: GrpcError) -> None:
     expected = ExecuteResponse(success=False, error=error.message, error_code=int(error.status))
     assert _envelope.execute_error(error) == bytes(expected)
+
+
+@st.composite
+def stream_requests(draw: st.DrawFn) -> StreamRequest:
+    request = StreamRequest(operation=draw(texts))
+    params = draw(st.sampled_from(["none", "typed", "raw"]))
+    if params == "typed":
+        request.typed_params = Any(type_url=draw(texts), value=draw(st.binary(max_size=100)))
+    elif params == "raw":
+        request.raw_params = draw(st.binary(max_size=100))
+    return request
+
+
+@given(stream_requests(), texts)
+def test_read_stream_request_matches_betterproto(request: StreamRequest, namespace: str) -> None:
+    # As the proxy forwards it: the proxy API's StreamRequest, namespace (15) included.
+    forwarded = ProxyStreamRequest.parse(bytes(request))
+    forwarded.namespace = namespace
+    envelope = _envelope.read_stream_request(bytes(forwarded))
+    field, value = betterproto2.which_one_of(request, "params")
+    assert (envelope.operation, envelope.params_field) == (request.operation, field)
+    if isinstance(value, Any):
+        assert isinstance(envelope.params, Any)
+        assert (envelope.params.type_url, envelope.params.value) == (value.type_url, value.value)
+    else:
+        assert envelope.params == value
+    assert envelope.metadata == {}
+
+
+@given(st.binary(max_size=100))
+def test_stream_result_raw_is_betterprotos_encoding(raw: bytes) -> None:
+    assert _envelope.stream_result(raw) == bytes(StreamResponse(raw_result=raw))
+
+
+@given(texts, st.binary(max_size=2000), st.integers(min_value=0, max_value=1 << 62))
+def test_stream_result_typed_is_betterprotos_encoding(
+    topic: str, payload: bytes, sequence: int
+) -> None:
+    message = Message(topic=topic, payload=payload, sequence=sequence)
+    packed = Any(type_url="type.googleapis.com/prism.data.v1.Message", value=bytes(message))
+    assert _envelope.stream_result(message) == bytes(StreamResponse(typed_result=packed))
+
+
+def test_stream_final_is_betterprotos_encoding() -> None:
+    assert bytes(StreamResponse(is_final=True)) == _envelope.STREAM_FINAL

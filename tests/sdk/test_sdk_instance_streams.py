@@ -1,4 +1,5 @@
-"""prism.sdk.instance: ExecuteStream on the RFC's messages and on the typed path."""
+"""prism.sdk.instance: ExecuteStream on the RFC's messages, on their bytes, and on the typed
+path."""
 
 from __future__ import annotations
 
@@ -31,6 +32,34 @@ async def widget() -> AsyncIterator[PluginInstance]:
         yield instance
 
 
+Receive = Callable[[], Awaitable[StreamRequest | None]]
+Run = Callable[[Receive, "Sink"], Awaitable[None]]
+
+
+def runner(instance: PluginInstance, path: str) -> Run:
+    """``execute_stream`` on messages, or ``execute_stream_encoded`` on their bytes (what the
+    sidecar's server and the in-process host use), behind one signature."""
+    if path == "messages":
+        return instance.execute_stream
+
+    async def encoded(receive: Receive, sink: Sink) -> None:
+        async def receive_bytes() -> bytes | None:
+            request = await receive()
+            return None if request is None else bytes(request)
+
+        async def send_bytes(data: bytes) -> None:
+            await sink(StreamResponse.parse(data))
+
+        await instance.execute_stream_encoded(receive_bytes, send_bytes)
+
+    return encoded
+
+
+@pytest.fixture(params=["messages", "encoded"])
+def run(request: pytest.FixtureRequest, widget: PluginInstance) -> Run:
+    return runner(widget, request.param)
+
+
 def source(*requests: StreamRequest) -> Callable[[], Awaitable[StreamRequest | None]]:
     """A client that sends ``requests`` and then half-closes."""
     pending = list(requests)
@@ -57,89 +86,84 @@ def publish(payload: bytes) -> StreamRequest:
     return StreamRequest(typed_params=pack(PublishRequest(topic="ignored", payload=payload)))
 
 
-async def test_stream_handles_further_requests_and_ends_with_is_final(
-    widget: PluginInstance,
-) -> None:
+async def test_stream_handles_further_requests_and_ends_with_is_final(run: Run) -> None:
     sink = Sink()
     opening = StreamRequest(operation="chat", typed_params=pack(SubscribeRequest(topic="t")))
-    await widget.execute_stream(source(opening, publish(b"a"), publish(b"b")), sink)
+    await run(source(opening, publish(b"a"), publish(b"b")), sink)
     assert [(m.payload, m.sequence) for m in sink.messages()] == [(b"a", 1), (b"b", 2), (b"bye", 3)]
     assert sink.responses[-1] == StreamResponse(is_final=True)
     assert all(not r.is_final for r in sink.responses[:-1])
 
 
-async def test_stream_raw_results(widget: PluginInstance) -> None:
+async def test_stream_raw_results(run: Run) -> None:
     sink = Sink()
-    await widget.execute_stream(source(StreamRequest(operation="count", raw_params=b"2")), sink)
+    await run(source(StreamRequest(operation="count", raw_params=b"2")), sink)
     assert [r.raw_result for r in sink.responses] == [b"0", b"1", None]
 
 
-async def test_stream_error_is_raised_for_the_call_status(widget: PluginInstance) -> None:
+async def test_stream_error_is_raised_for_the_call_status(run: Run) -> None:
     sink = Sink()
     opening = StreamRequest(operation="chat", typed_params=pack(SubscribeRequest(topic="t")))
     with pytest.raises(InvalidArgument, match="asked to fail"):
-        await widget.execute_stream(source(opening, publish(b"fail"), publish(b"never")), sink)
+        await run(source(opening, publish(b"fail"), publish(b"never")), sink)
     assert [m.payload for m in sink.messages()] == [b"fail"]
     assert not any(r.is_final for r in sink.responses)
 
 
-async def test_stream_without_requests_is_invalid_argument(widget: PluginInstance) -> None:
+async def test_stream_without_requests_is_invalid_argument(run: Run) -> None:
     with pytest.raises(InvalidArgument, match="before its first request"):
-        await widget.execute_stream(source(), Sink())
+        await run(source(), Sink())
 
 
-async def test_stream_further_request_of_wrong_type_is_invalid_argument(
-    widget: PluginInstance,
-) -> None:
+async def test_stream_further_request_of_wrong_type_is_invalid_argument(run: Run) -> None:
     opening = StreamRequest(operation="chat", typed_params=pack(SubscribeRequest(topic="t")))
     wrong = StreamRequest(typed_params=pack(GetRequest(key="k")))
     with pytest.raises(InvalidArgument, match=r"request: expected prism\.data\.v1\.PublishRequest"):
-        await widget.execute_stream(source(opening, wrong), Sink())
+        await run(source(opening, wrong), Sink())
 
 
 async def test_stream_further_request_naming_another_operation_is_invalid_argument(
-    widget: PluginInstance,
+    run: Run,
 ) -> None:
     opening = StreamRequest(operation="chat", typed_params=pack(SubscribeRequest(topic="t")))
     other = StreamRequest(operation="get", typed_params=pack(PublishRequest()))
     with pytest.raises(InvalidArgument, match="got a request for 'get'"):
-        await widget.execute_stream(source(opening, other), Sink())
+        await run(source(opening, other), Sink())
 
 
-async def test_stream_operation_without_inbound_rejects_further_requests(
-    widget: PluginInstance,
-) -> None:
+async def test_stream_operation_without_inbound_rejects_further_requests(run: Run) -> None:
     opening = StreamRequest(operation="wait_for_close", raw_params=b"")
     with pytest.raises(InvalidArgument, match="takes no requests after the first"):
-        await widget.execute_stream(source(opening, StreamRequest(raw_params=b"x")), Sink())
+        await run(source(opening, StreamRequest(raw_params=b"x")), Sink())
 
 
-async def test_stream_operation_without_inbound_sees_half_close(widget: PluginInstance) -> None:
+async def test_stream_operation_without_inbound_sees_half_close(run: Run) -> None:
     sink = Sink()
-    await widget.execute_stream(source(StreamRequest(operation="wait_for_close")), sink)
+    await run(source(StreamRequest(operation="wait_for_close")), sink)
     assert [r.raw_result for r in sink.responses] == [b"client closed", None]
 
 
-async def test_stream_unknown_and_unary_operations_are_unimplemented(
-    widget: PluginInstance,
-) -> None:
+async def test_stream_unknown_and_unary_operations_are_unimplemented(run: Run) -> None:
     with pytest.raises(Unimplemented, match="'nope'"):
-        await widget.execute_stream(source(StreamRequest(operation="nope")), Sink())
+        await run(source(StreamRequest(operation="nope")), Sink())
     with pytest.raises(Unimplemented, match="called by Execute"):
-        await widget.execute_stream(source(StreamRequest(operation="echo_raw")), Sink())
+        await run(source(StreamRequest(operation="echo_raw")), Sink())
 
 
-async def test_stream_before_initialize_is_failed_precondition() -> None:
+@pytest.mark.parametrize("path", ["messages", "encoded"])
+async def test_stream_before_initialize_is_failed_precondition(path: str) -> None:
     async with open_plugin(WidgetPlugin()) as instance:
         with pytest.raises(FailedPrecondition):
-            await instance.execute_stream(source(StreamRequest(operation="count")), Sink())
+            await runner(instance, path)(source(StreamRequest(operation="count")), Sink())
 
 
-async def test_stream_counts_once_in_metrics_without_latency(widget: PluginInstance) -> None:
+async def test_stream_counts_once_in_metrics_without_latency(
+    widget: PluginInstance, run: Run
+) -> None:
     widget.metrics()
-    await widget.execute_stream(source(StreamRequest(operation="count", raw_params=b"5")), Sink())
+    await run(source(StreamRequest(operation="count", raw_params=b"5")), Sink())
     with pytest.raises(GrpcError):
-        await widget.execute_stream(source(StreamRequest(operation="nope")), Sink())
+        await run(source(StreamRequest(operation="nope")), Sink())
     metrics = widget.metrics()
     assert (metrics.requests_total, metrics.requests_failed, metrics.latency_ms) == (2, 1, 0.0)
 
@@ -174,7 +198,9 @@ async def test_stream_typed_path_checks_types(widget: PluginInstance) -> None:
         await widget.call_stream("chat", SubscribeRequest(), send, receive)
 
 
-async def test_stream_cancelled_by_the_client_ends_quietly(widget: PluginInstance) -> None:
+async def test_stream_cancelled_by_the_client_ends_quietly(
+    widget: PluginInstance, run: Run
+) -> None:
     gate = trio.Event()
 
     async def never_closes() -> StreamRequest | None:
@@ -192,6 +218,19 @@ async def test_stream_cancelled_by_the_client_ends_quietly(widget: PluginInstanc
 
     widget.metrics()
     with trio.move_on_after(0.01) as scope:
-        await widget.execute_stream(receive, Sink())
+        await run(receive, Sink())
     assert scope.cancelled_caught
     assert widget.metrics().requests_failed == 0
+
+
+async def test_stream_encoded_malformed_request_is_invalid_argument(
+    widget: PluginInstance,
+) -> None:
+    async def receive() -> bytes | None:
+        return b"\x0a\x05ab"  # operation: 5 bytes announced, 2 there
+
+    async def send(data: bytes) -> None:
+        raise AssertionError("nothing to send")
+
+    with pytest.raises(InvalidArgument, match="malformed protobuf"):
+        await widget.execute_stream_encoded(receive, send)

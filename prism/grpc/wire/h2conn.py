@@ -57,15 +57,24 @@ class _H2(SendFastPaths, ReceiveFastPaths):
 
 
 class _Outbound:
-    """Bytes queued on one stream, and the trailers (or END_STREAM) that must follow them."""
+    """Bytes queued on one stream, and the trailers (or END_STREAM) that must follow them.
 
-    __slots__ = ("chunks", "end", "size", "trailers")
+    Each chunk is whole messages (prefix and payload; several when small ones were batched),
+    or the prefix or the payload of a large one (``bodies`` holds those payloads, in order), or
+    the rest of a chunk a frame took part of. ``started`` says whether the head chunk
+    continues a message that has begun to go out: what :meth:`H2Base.discard_unsent` must keep
+    so the peer never sees half a message.
+    """
+
+    __slots__ = ("bodies", "chunks", "end", "size", "started", "trailers")
 
     def __init__(self) -> None:
         self.chunks: collections.deque[memoryview] = collections.deque()
         self.size = 0
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.end = False
+        self.started = False
+        self.bodies: collections.deque[memoryview] | None = None
 
 
 def new_h2(client_side: bool, max_header_list_size: int | None = None) -> _H2:
@@ -151,14 +160,24 @@ class H2Base:
         out = self._out.get(stream_id)
         return out.size if out is not None else 0
 
-    def _queue(self, stream_id: int, data: bytes | memoryview, *, end: bool = False) -> None:
-        """Queue ``data``; with ``end``, END_STREAM follows it (on its last DATA frame)."""
+    def _queue(
+        self, stream_id: int, data: bytes | memoryview, *, end: bool = False, body: bool = False
+    ) -> None:
+        """Queue ``data``; with ``end``, END_STREAM follows it (on its last DATA frame). ``body``:
+        ``data`` is the payload of the message whose prefix was queued just before it."""
         out = self._out.get(stream_id)
         if out is None:
             out = self._out[stream_id] = _Outbound()
         if data:
-            out.chunks.append(memoryview(data))
-            out.size += len(data)
+            view = memoryview(data)
+            if body:
+                if out.bodies is None:
+                    out.bodies = collections.deque()
+                out.bodies.append(view)
+                if not out.chunks:
+                    out.started = True  # its prefix has gone out already
+            out.chunks.append(view)
+            out.size += len(view)
         if end:
             out.trailers = None
             out.end = True
@@ -180,11 +199,22 @@ class H2Base:
                 return
             head = out.chunks[0]
             n = min(window, h2c.max_outbound_frame_size, len(head))
+            bodies = out.bodies
             if n == len(head):
                 out.chunks.popleft()
                 chunk = head
+                if not bodies:
+                    out.started = False
+                elif head is bodies[0]:
+                    bodies.popleft()
+                    out.started = False
+                else:  # after a large message's prefix, its payload has begun
+                    out.started = bool(out.chunks) and out.chunks[0] is bodies[0]
             else:
                 chunk, out.chunks[0] = head[:n], head[n:]
+                out.started = True
+                if bodies and head is bodies[0]:
+                    bodies[0] = out.chunks[0]
             out.size -= n
             last = out.end and not out.chunks and out.trailers is None
             h2c.send_data(stream_id, chunk, end_stream=last)
@@ -199,6 +229,35 @@ class H2Base:
             else:
                 h2c.end_stream(stream_id)
             self._sent_end(stream_id)
+
+    def discard_unsent(self, stream_id: int) -> int:
+        """Drop the messages queued on ``stream_id`` that flow control has held back, except
+        the rest of one that has begun to go out (the peer must never see half a message);
+        returns how many bytes were dropped. Trailers or END_STREAM queued behind them stay,
+        and follow what is kept."""
+        out = self._out.get(stream_id)
+        if out is None or not out.chunks:
+            return 0
+        chunks, bodies = out.chunks, out.bodies
+        keep = 0
+        if out.started:
+            keep = 1
+            if bodies and len(chunks) > 1 and chunks[0] is not bodies[0] and chunks[1] is bodies[0]:
+                keep = 2  # a frame took part of a large message's prefix: keep its payload too
+        kept = [chunks[i] for i in range(keep)]
+        if keep == 1 and not (bodies and chunks[0] is bodies[0]):
+            # The head holds whole messages (several, when a streaming handler's small ones
+            # were batched into one frame's worth): keep only the rest of the one begun.
+            kept = [rest] if (rest := _rest_of_message(kept[0])) else []
+            out.started = bool(kept)
+        size = sum(len(chunk) for chunk in kept)
+        dropped = out.size - size
+        out.chunks = collections.deque(kept)
+        out.size = size
+        if bodies:
+            out.bodies = collections.deque(b for b in bodies if any(b is c for c in kept))
+        self._flush(stream_id, out)
+        return dropped
 
     def _sent_end(self, stream_id: int) -> None:
         """END_STREAM went out on ``stream_id``; subclasses may close the stream fully."""
@@ -308,3 +367,16 @@ class H2Base:
     @property
     def highest_inbound_stream_id(self) -> int:
         return int(self._h2.highest_inbound_stream_id)
+
+
+def _rest_of_message(head: memoryview) -> memoryview:
+    """``head``, the unsent tail of a chunk of whole gRPC messages (its ``obj``), cut at the end
+    of the message the sent part stopped in (empty when it stopped between two)."""
+    whole = head.obj
+    if not isinstance(whole, bytes | bytearray) or len(whole) < len(head):
+        return head  # not a chunk queued whole: keep it all rather than guess
+    sent = len(whole) - len(head)
+    end = 0
+    while end < sent:
+        end += 5 + int.from_bytes(whole[end + 1 : end + 5], "big")
+    return head[: end - sent]

@@ -513,7 +513,7 @@ class ServerConnection(H2Base):
             if batches:
                 self._flush_batch(stream_id)
             self._queue(stream_id, prefix)
-            self._queue(stream_id, data)
+            self._queue(stream_id, data, body=True)
 
     def _flush_batch(self, stream_id: int) -> None:
         pending = self._batches.pop(stream_id, None)
@@ -587,6 +587,11 @@ class ServerConnection(H2Base):
             self._batches.pop(stream_id, None)  # trailers flushed it, unless the stream is gone
         if self._streams.pop(stream_id, None) is not None:
             self._inbound_finished(stream_id)
+
+    def discard_unsent(self, stream_id: int) -> int:
+        # A batch not yet handed to HTTP/2 is unsent too, and comes after everything queued.
+        batch = self._batches.pop(stream_id, None)
+        return (0 if batch is None else len(batch)) + super().discard_unsent(stream_id)
 
     def has_pending_output(self) -> bool:
         return bool(self._out) or bool(self._batches)

@@ -111,7 +111,7 @@ class BrokenPubsub(MemstorePlugin):
     async def subscribe(self, params: SubscribeRequest, stream: OperationStream) -> None:
         with self._broker.subscribe(params.topic) as subscription:
             count = 0
-            async for message in subscription.inbox:
+            while (message := await subscription.next()) is not None:
                 count += 1
                 if count % 2:
                     await stream.send(message)

@@ -394,6 +394,98 @@ def test_server_connection_trailers_wait_behind_queued_data() -> None:
     assert not link.ours.has_pending_output()
 
 
+def _ended_early(link: Link, sid: int) -> None:
+    link.ours.send_trailers(sid, Status.RESOURCE_EXHAUSTED, "cut")
+    link.ours.finish(sid)
+    link.pump()
+
+
+def _open_windows(link: Link, sid: int) -> None:
+    link.peer.h2.increment_flow_control_window(1 << 24)
+    link.peer.h2.increment_flow_control_window(1 << 24, stream_id=sid)
+    link.pump()
+
+
+def test_server_connection_discard_unsent_keeps_the_rest_of_a_message_begun() -> None:
+    link = server_link()  # 65,535-byte windows: 65 messages of 1,005 bytes and part of one
+    sid = open_stream(link)
+    for i in range(100):
+        link.ours.send_message(sid, bytes([i]) * 1000)
+    link.pump()
+    assert len(link.peer.data(sid)) == 65535
+    assert link.ours.discard_unsent(sid) == 100 * 1005 - 66 * 1005
+    assert link.ours.pending(sid) == 66 * 1005 - 65535
+    _ended_early(link, sid)
+    assert link.peer.of(h2.events.TrailersReceived, sid) == []  # behind the 66th's rest
+    _open_windows(link, sid)
+    assert link.peer.data(sid) == b"".join(grpc_frame(bytes([i]) * 1000) for i in range(66))
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+    assert not link.ours.has_pending_output()
+
+
+def test_server_connection_discard_unsent_at_a_message_boundary_ends_at_once() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    for _ in range(60):  # 51 of these 1,285-byte frames fill 65,535 bytes exactly
+        link.ours.send_message(sid, b"m" * 1280)
+    link.pump()
+    assert link.ours.discard_unsent(sid) == 9 * 1285
+    _ended_early(link, sid)  # no WINDOW_UPDATE needed: the trailers go out now
+    assert link.peer.data(sid) == grpc_frame(b"m" * 1280) * 51
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+    assert not link.ours.has_pending_output()
+
+
+def test_server_connection_discard_unsent_keeps_one_message_of_a_batch_begun() -> None:
+    # A streaming handler's small messages are batched into frame-sized chunks (13 of these
+    # per chunk): the window (65,535 bytes) ends inside the 66th message, in the middle of the
+    # sixth chunk. Only that message's rest is kept, not the rest of its chunk, and the batch
+    # not yet handed to HTTP/2 is dropped too.
+    link = server_link()
+    sid = open_stream(link)
+    for i in range(100):
+        link.ours.send_message(sid, bytes([i]) * 1000, batch=True)
+    link.pump()
+    assert len(link.peer.data(sid)) == 65535
+    for i in range(100, 103):  # batched, not yet taken as output
+        link.ours.send_message(sid, bytes([i]) * 1000, batch=True)
+    assert link.ours.discard_unsent(sid) == 103 * 1005 - 66 * 1005
+    assert link.ours.pending(sid) == 66 * 1005 - 65535
+    _ended_early(link, sid)
+    _open_windows(link, sid)
+    assert link.peer.data(sid) == b"".join(grpc_frame(bytes([i]) * 1000) for i in range(66))
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+    assert not link.ours.has_pending_output()
+
+
+@pytest.mark.parametrize("window", [3, 5, 70_000])
+def test_server_connection_discard_unsent_keeps_a_large_message_begun(window: int) -> None:
+    # Large messages queue their prefix and payload apart: the window ends inside the prefix
+    # (3), right after it (5), or inside the payload (70,000).
+    link = server_link(peer_window=window)
+    sid = open_stream(link)
+    first, second = b"a" * 100_000, b"b" * 100_000
+    link.ours.send_message(sid, first)
+    link.ours.send_message(sid, second)
+    link.pump()
+    assert link.ours.discard_unsent(sid) == len(second) + 5
+    _ended_early(link, sid)
+    _open_windows(link, sid)
+    assert link.peer.data(sid) == grpc_frame(first)
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+
+
+def test_server_connection_discard_unsent_with_nothing_queued_drops_nothing() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    link.ours.send_message(sid, b"x" * 10)
+    link.pump()
+    assert link.ours.discard_unsent(sid) == 0
+    _ended_early(link, sid)
+    assert link.peer.data(sid) == grpc_frame(b"x" * 10)
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+
+
 def test_server_connection_respects_peer_max_frame_size() -> None:
     link = server_link()
     sid = open_stream(link)

@@ -1,38 +1,84 @@
 """Topic fan-out for memstore's publish/subscribe.
 
-Publishing never waits: each subscriber has a bounded buffer, and a subscriber whose buffer is
-full when a message arrives is disconnected (its stream ends with RESOURCE_EXHAUSTED after the
-messages already buffered). A slow reader therefore never slows the publisher or the other
-subscribers, and never loses a message silently — the same policy as Redis's pub/sub output
-buffer limit. Messages published while nobody is subscribed to their topic go nowhere.
+Publishing never waits, and its cost does not depend on what subscribers do: each published
+message becomes one ``SharedResult`` (encoded once, on first use, for every subscriber), and is
+appended to each subscriber's bounded queue (waking the subscriber if it waits). A subscriber
+whose queue is full when a message arrives is cut off at once: its queue is dropped, the send it
+may be blocked in (a client that does not read) is cancelled, and its stream ends with
+RESOURCE_EXHAUSTED. A slow reader therefore never slows the publisher or the other subscribers,
+never loses a message silently, and stops costing anything the moment it is cut — the same
+policy as Redis's pub/sub output buffer limit. Messages published while nobody is subscribed to
+their topic go nowhere.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import trio
 
 from prism._proto.prism.data.v1 import Message
+from prism.sdk import SharedResult
 
 __all__ = ["Broker", "Subscription"]
 
 
-@dataclass(eq=False)
 class Subscription:
-    topic: str
-    inbox: trio.MemoryReceiveChannel[Message]
-    _outbox: trio.MemorySendChannel[Message]
-    #: Why the broker ended the subscription: None (still on), "overflow" or "closed".
-    ended: str | None = None
+    """One subscriber's messages: those published since it began, at most the broker's buffer
+    of them waiting (plus the one being sent)."""
+
+    __slots__ = ("_queue", "_scope", "_waiter", "ended", "topic")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        #: Why the broker ended the subscription: None (still on), "overflow", "closed" or
+        #: "left".
+        self.ended: str | None = None
+        self._queue: collections.deque[SharedResult] = collections.deque()
+        # The subscriber's task while it waits in `next`. Parked and woken with Trio's
+        # low-level calls rather than an Event per wait: one publish wakes every subscriber,
+        # and an Event (with its parking lot) costs several times as much per wake-up.
+        self._waiter: trio.lowlevel.Task | None = None
+        self._scope = trio.CancelScope()
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting to be taken."""
+        return len(self._queue)
+
+    async def next(self) -> SharedResult | None:
+        """The next message, waiting for one; None once the subscription has ended and nothing
+        is left (a closed broker lets the queue drain; a cut-off subscriber has none left). Not
+        a checkpoint when a message is waiting: the send that follows is one."""
+        queue = self._queue
+        while not queue:
+            if self.ended is not None:
+                await trio.lowlevel.checkpoint()
+                return None
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        return queue.popleft()
+
+    def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._waiter = None  # cancelled while waiting: nobody may reschedule it any more
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
 
-@dataclass
 class _Topic:
-    subscribers: set[Subscription] = field(default_factory=set)
-    sequence: int = 0
+    __slots__ = ("sequence", "subscribers")
+
+    def __init__(self) -> None:
+        # A dict, not a set: publishing visits subscribers in the order they came.
+        self.subscribers: dict[Subscription, None] = {}
+        self.sequence = 0
 
 
 class Broker:
@@ -52,39 +98,48 @@ class Broker:
         return sum(len(topic.subscribers) for topic in self._topics.values())
 
     def publish(self, topic: str, payload: bytes, headers: Mapping[str, str]) -> int:
-        """Deliver to the topic's current subscribers; returns the message's sequence number
-        (0 when nobody was subscribed)."""
+        """Queue the message for the topic's current subscribers, cutting off those whose queue
+        is full; returns its sequence number (0 when nobody was subscribed). Never waits."""
         state = self._topics.get(topic)
         if state is None:
             return 0
         state.sequence += 1
-        # One message object for all subscribers: it is never mutated after this point.
-        message = Message(
-            topic=topic, payload=payload, headers=dict(headers), sequence=state.sequence
+        # One message, and one encoding of it, for every subscriber: never mutated from here.
+        shared = SharedResult(
+            Message(topic=topic, payload=payload, headers=dict(headers), sequence=state.sequence)
         )
-        for subscription in list(state.subscribers):
-            try:
-                subscription._outbox.send_nowait(message)
-            except trio.WouldBlock:
-                self._end(subscription, "overflow")
+        limit = self.buffer
+        full: list[Subscription] = []
+        for subscription in state.subscribers:
+            queue = subscription._queue
+            if len(queue) >= limit:
+                full.append(subscription)
+                continue
+            queue.append(shared)
+            if subscription._waiter is not None:
+                subscription._wake()
+        for subscription in full:
+            self._end(subscription, "overflow")
         return state.sequence
 
     @contextmanager
     def subscribe(self, topic: str) -> Iterator[Subscription]:
-        """A subscription for the duration of the block. Raises ``RuntimeError`` once closed."""
+        """A subscription for the duration of the block. The block is cancelled when the
+        subscriber is cut off for falling behind (``ended == "overflow"`` then); a closed broker
+        only ends the subscription (``next`` returns None once the queue is drained). Raises
+        ``RuntimeError`` once the broker is closed."""
         if self._closed:
             raise RuntimeError("broker closed")
-        outbox, inbox = trio.open_memory_channel[Message](self.buffer)
-        subscription = Subscription(topic, inbox, outbox)
-        self._topics.setdefault(topic, _Topic()).subscribers.add(subscription)
+        subscription = Subscription(topic)
+        self._topics.setdefault(topic, _Topic()).subscribers[subscription] = None
         try:
-            yield subscription
+            with subscription._scope:
+                yield subscription
         finally:
             self._end(subscription, subscription.ended or "left")
-            inbox.close()
 
     def close(self) -> None:
-        """End every subscription (their inboxes drain, then end) and refuse new ones."""
+        """End every subscription (their queues drain, then end) and refuse new ones."""
         self._closed = True
         for state in list(self._topics.values()):
             for subscription in list(state.subscribers):
@@ -95,7 +150,12 @@ class Broker:
         if state is None or subscription not in state.subscribers:
             return
         subscription.ended = reason
-        subscription._outbox.close()
-        state.subscribers.discard(subscription)
+        del state.subscribers[subscription]
         if not state.subscribers:
             del self._topics[subscription.topic]
+        if reason == "overflow":
+            # Cut off at once: what it had not taken is dropped, and a send blocked on a client
+            # that does not read is abandoned, instead of delivering the backlog first.
+            subscription._queue.clear()
+            subscription._scope.cancel()
+        subscription._wake()

@@ -234,7 +234,7 @@ class MemstorePlugin(BackendPlugin):
         try:
             with self._broker.subscribe(params.topic) as subscription:
                 self.metrics.connections_active = self._broker.subscribers
-                async for message in subscription.inbox:
+                while (message := await subscription.next()) is not None:
                     await stream.send(message)
         finally:
             self.metrics.connections_active = self._broker.subscribers
