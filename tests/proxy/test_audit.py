@@ -6,6 +6,7 @@ is searched for the token, the metadata value and the payload the calls carried.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import stat
@@ -96,8 +97,11 @@ def check_records(records: list[dict[str, Any]]) -> None:
         assert record["time"].endswith("Z")
         assert record["latency_ms"] >= 0
         assert record["peer"].startswith("127.0.0.1:")
-        # No tracer is configured yet (prism/proxy/tracing.py): no trace id to record.
-        assert record["trace_id"] is None
+        # The tracing stage (on by default) started a W3C trace for each call.
+        assert re.fullmatch(r"[0-9a-f]{32}", record["trace_id"])
+        assert record["trace_id"] != "0" * 32
+    # One trace per call (none of these calls sent a traceparent).
+    assert len({r["trace_id"] for r in records}) == len(records)
 
 
 async def test_audit_file_has_one_record_per_call_and_no_secrets(tmp_path: Path) -> None:
