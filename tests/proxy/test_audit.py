@@ -6,9 +6,9 @@ is searched for the token, the metadata value and the payload the calls carried.
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any

@@ -125,7 +125,8 @@ class NamespaceStatus(betterproto2.Message):
         8, betterproto2.TYPE_MESSAGE, optional=True
     )
     """
-    The plugin's answer to the proxy's latest periodic health check; unset before the first one.
+    The plugin's latest health answer: to the check that follows Initialize, then to each
+    periodic one; unset while the instance has none.
     """
 
     metrics: "__plugin__v1__.PluginMetrics | None" = betterproto2.field(
