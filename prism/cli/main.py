@@ -7,7 +7,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -367,25 +367,35 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def _serve(config: ProxyConfig, path: Path | None = None) -> None:
-    async with trio.open_nursery() as nursery:
-        proxy: Proxy = await nursery.start(Proxy(config, config_path=path).run)
-        # What startup made (modules, plugins, config) lives as long as the process: frozen,
-        # it is no longer scanned by every later garbage collection. On pub/sub fan-out that
-        # was ~20% of the proxy's CPU per delivery (docs/benchmarks.md, "pubsub").
-        gc.collect()
-        gc.freeze()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    nursery.start_soon(_reload_config, proxy)
-                    continue
-                log.info(
-                    "%s: shutting down (grace %.0f s)",
-                    signal.Signals(signum).name,
-                    config.shutdown_grace,
-                )
-                await proxy.stop()
-                return
+    # SIGHUP's receiver is in place before the proxy starts: a SIGHUP that arrives while it
+    # starts would otherwise end the process (the signal's default action). It is handled
+    # once the proxy runs. SIGINT and SIGTERM keep their default until then: they stop a start.
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async with trio.open_nursery() as nursery:
+            proxy: Proxy = await nursery.start(Proxy(config, config_path=path).run)
+            # What startup made (modules, plugins, config) lives as long as the process:
+            # frozen, it is no longer scanned by every later garbage collection. On pub/sub
+            # fan-out that was ~20% of the proxy's CPU per delivery (docs/benchmarks.md).
+            gc.collect()
+            gc.freeze()
+            nursery.start_soon(_reload_on_sighup, hangups, proxy, nursery)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info(
+                        "%s: shutting down (grace %.0f s)",
+                        signal.Signals(signum).name,
+                        config.shutdown_grace,
+                    )
+                    await proxy.stop()
+                    nursery.cancel_scope.cancel()  # the SIGHUP task: nothing left to reload
+                    return
+
+
+async def _reload_on_sighup(
+    hangups: AsyncIterator[int], proxy: Proxy, nursery: trio.Nursery
+) -> None:
+    async for _ in hangups:
+        nursery.start_soon(_reload_config, proxy)
 
 
 async def _reload_config(proxy: Proxy) -> None:
