@@ -44,6 +44,9 @@ TEST_DEPS = [
     "opentelemetry-api>=1.30,<2",
     "opentelemetry-sdk>=1.30,<2",
     "opentelemetry-exporter-otlp-proto-http>=1.30,<2",
+    # deploy/k8s/ is validated offline against the official schemas it ships (strict mode):
+    # pinned, since a release brings new schemas (tests/deploy/test_k8s_manifests.py).
+    "kubernetes-validate==1.37.0",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.
