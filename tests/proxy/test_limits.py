@@ -115,6 +115,10 @@ async def test_limits_cancellation_while_queued_leaves_no_permit_behind(
         for _ in range(3):
             with pytest.raises(DeadlineExceeded):
                 await work(running, timeout=1)
+        # The server's side of each call has its own deadline, from the moment the call arrived:
+        # it may leave the queue a little after the client gave up. Wait for that, so the waiter
+        # counted below is the quitter's and not the last timed-out call's.
+        await until(lambda: not limiter.unary.waiters)
         async with trio.open_nursery() as quitter:
             quitter.start_soon(work, running)
             await until(lambda: len(limiter.unary.waiters) == 1)
