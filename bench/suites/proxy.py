@@ -22,8 +22,11 @@ proxy with py-spy during one extra run and prints where its time goes.
 
 A case is one :class:`Case` in :data:`CASES`: its name, what it turns on, and a function of
 the run's scratch directory returning the config sections to add (top level and on the
-namespace) and the request headers h2load sends (a bearer token, say). Adding a stage's case
-is one entry (see docs/benchmarks.md, "proxy").
+namespace) and the request headers h2load sends (a bearer token, say). The stage cases are
+cumulative, in the request path's order (:func:`add_stage`: each adds its layer to those of
+the cases before it): metrics (tracing off), +auth, +authz, +ratelimit, +concurrency, +audit,
++tracing, the last with every stage on (``all_stages``: the "≥ 1.5x grpclib" verdict is read
+on it). Adding a stage's case is one entry (see docs/benchmarks.md, "proxy").
 """
 
 from __future__ import annotations
@@ -103,35 +106,63 @@ add_case(
         call_stages=False,
     )
 )
-add_case(
-    Case(
-        "metrics",
-        "+ metrics (requests, latency, in flight by namespace/operation/status): `prism serve` "
-        "with every stage main has today",
-    )
-)
 
 
-def _auth_setup(tmp: Path) -> CaseSetup:
-    """Bearer JWT (ES256) verified with a PEM public key; every request carries one token."""
-    import jwt
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in (nested mappings merged, anything else replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = tmp / "jwt-public.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+
+#: Each stage's case adds its layer to those of the cases before it (a layer: the run's
+#: scratch directory and the setup so far → the setup with the stage on).
+Layer = Callable[[Path, CaseSetup], CaseSetup]
+_LAYERS: list[Layer] = []
+
+
+def add_stage(
+    name: str,
+    description: str,
+    layer: Layer,
+    *,
+    unsupported: Callable[[Path], str | None] = lambda root: None,
+    all_stages: bool = False,
+) -> Case:
+    """A case with every earlier stage case's layers and ``layer`` on top of them."""
+    layers = (*_LAYERS, layer)
+    _LAYERS.append(layer)
+    earlier = [c.unsupported for c in CASES.values() if c.call_stages]
+
+    def setup(tmp: Path) -> CaseSetup:
+        result = CaseSetup()
+        for each in layers:
+            result = each(tmp, result)
+        return result
+
+    def why_not(root: Path) -> str | None:
+        for check in (*earlier, unsupported):
+            why = check(root)
+            if why is not None:
+                return why
+        return None
+
+    return add_case(Case(name, description, setup, all_stages=all_stages, unsupported=why_not))
+
+
+def _layer(config: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> Layer:
+    def layer(tmp: Path, setup: CaseSetup) -> CaseSetup:
+        return CaseSetup(
+            _merge(setup.config, config or {}),
+            _merge(setup.namespace, namespace or {}),
+            setup.headers,
         )
-    )
-    token = jwt.encode(
-        {"iss": "bench", "aud": "prism", "sub": "bench-client", "exp": 4_000_000_000},
-        key,
-        algorithm="ES256",
-    )
-    auth = {"jwt": {"issuer": "bench", "audience": "prism", "keys": [str(public)]}}
-    return CaseSetup(config={"auth": auth}, headers=(f"authorization: Bearer {token}",))
+
+    return layer
 
 
 def _needs(module: str, stage: str) -> Callable[[Path], str | None]:
@@ -147,13 +178,105 @@ def _needs(module: str, stage: str) -> Callable[[Path], str | None]:
     return unsupported
 
 
-add_case(
-    Case(
-        "auth",
-        "+ authentication: a bearer JWT (ES256, PEM key) verified on every call",
-        _auth_setup,
-        unsupported=_needs("authn", "authentication stage"),
+add_stage(
+    "metrics",
+    "+ the call-level stages with metrics (requests, latency, in flight by "
+    "namespace/operation/status), tracing off (its case is the last)",
+    _layer({"tracing": {"enabled": False}}),
+    unsupported=_needs("tracing", "tracing stage (tracing.enabled)"),
+)
+
+
+#: The bearer token's subject; the authz case's rule names it.
+SUBJECT = "bench-client"
+
+
+def _auth_layer(tmp: Path, setup: CaseSetup) -> CaseSetup:
+    """Bearer JWT (ES256) verified with a PEM public key; every request carries one token."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    # A file per case: every case's setup is made before any proxy starts.
+    fd, name = tempfile.mkstemp(prefix="jwt-public-", suffix=".pem", dir=tmp)
+    with os.fdopen(fd, "wb") as public:
+        public.write(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    token = jwt.encode(
+        {"iss": "bench", "aud": "prism", "sub": SUBJECT, "exp": 4_000_000_000},
+        key,
+        algorithm="ES256",
     )
+    auth = {"jwt": {"issuer": "bench", "audience": "prism", "keys": [name]}}
+    return CaseSetup(
+        _merge(setup.config, {"auth": auth}),
+        setup.namespace,
+        (*setup.headers, f"authorization: Bearer {token}"),
+    )
+
+
+add_stage(
+    "auth",
+    "+ authentication: a bearer JWT (ES256, PEM key) on every call",
+    _auth_layer,
+    unsupported=_needs("authn", "authentication stage"),
+)
+add_stage(
+    "authz",
+    f"+ authorization: no anonymous callers, one access rule (subject {SUBJECT!r}, "
+    "operations get and set)",
+    _layer(
+        namespace={
+            "access": {
+                "anonymous": False,
+                "rules": [{"subject": SUBJECT, "operations": ["get", "set"]}],
+            }
+        }
+    ),
+    unsupported=_needs("authz", "authorization stage"),
+)
+add_stage(
+    "ratelimit",
+    "+ rate limits: the namespace's bucket and one per caller, 1M calls/s (never refused)",
+    _layer(
+        namespace={
+            "traffic": {
+                "rate_limit": {"rate": 1_000_000, "burst": 1_000_000},
+                "caller_rate_limit": {"rate": 1_000_000, "burst": 1_000_000},
+            }
+        }
+    ),
+    unsupported=_needs("ratelimit", "rate limit stage"),
+)
+add_stage(
+    "concurrency",
+    "+ concurrency limit: 1,000 calls in flight, a queue of 100 (h2load keeps 64 in flight)",
+    _layer(namespace={"traffic": {"concurrency": {"max_in_flight": 1000, "max_queue": 100}}}),
+    unsupported=_needs("limits", "concurrency limit stage"),
+)
+
+
+def _audit_layer(tmp: Path, setup: CaseSetup) -> CaseSetup:
+    fd, name = tempfile.mkstemp(prefix="audit-", suffix=".log", dir=tmp)
+    os.close(fd)
+    return _layer({"audit": {"enabled": True, "file": name}})(tmp, setup)
+
+
+add_stage(
+    "audit",
+    "+ audit: one JSON record per call, to a file",
+    _audit_layer,
+    unsupported=_needs("audit", "audit log"),
+)
+add_stage(
+    "tracing",
+    "+ tracing: W3C trace context (a new trace per call, passed to the plugin): every stage on",
+    _layer({"tracing": {"enabled": True}}),
+    all_stages=True,
 )
 
 
