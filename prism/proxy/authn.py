@@ -133,15 +133,21 @@ class JwtVerifier:
         self.verified = VerifiedTokens(cache_size)
         self._clock = clock
 
+    def remembered(self, token: str) -> Identity | None:
+        """The identity of a token verified before and valid now (no coroutine: the path of
+        every call after a client's first); None when it must be verified; AuthFailure when
+        it was verified but its ``exp`` (or ``nbf``) says no now."""
+        known = self.verified.get(token, self._clock(), self.keys.generation)
+        if known is None or isinstance(known, Identity):
+            return known
+        raise AuthFailure(known, "remembered token")  # its exp/nbf are known: no new check
+
     async def verify(self, token: str) -> Identity:
         """The identity the token gives (its subject, claims and scopes; no SANs);
         AuthFailure with the reason otherwise."""
-        keys = self.keys
-        known = self.verified.get(token, self._clock(), keys.generation)
-        if isinstance(known, Identity):
+        known = self.remembered(token)
+        if known is not None:
             return known
-        if known is not None:  # verified before, not valid now: its exp/nbf are known
-            raise AuthFailure(known, "remembered token")
         claims, generation = await self._decode(token)
         named = claims.get(self.config.subject_claim)
         if not isinstance(named, str) or not named:
@@ -289,7 +295,8 @@ class Authentication:
             if len(values) > 1:
                 raise AuthFailure("malformed", "more than one authorization entry")
             if values:
-                identity = await self.jwt.verify(_bearer(values[0]))
+                token = _bearer(values[0])
+                identity = self.jwt.remembered(token) or await self.jwt.verify(token)
                 return dataclasses.replace(identity, sans=sans) if sans else identity
         if cert:
             name = certificate_subject(cert, sans, self._identity_order)
