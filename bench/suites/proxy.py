@@ -434,6 +434,48 @@ def plugin_path(root: Path | None, quick: bool) -> dict[str, Any]:
     return result
 
 
+def stage_path(root: Path | None, names: list[str], quick: bool) -> dict[str, Any] | None:
+    """bench.stage_path (the cases' stages and plugin without the gRPC stack) in a process of
+    its own, with `prism` from `root`'s tree, else this one; None when that tree cannot run
+    it (a tree from before assembly.build_pipeline)."""
+    first = [str(root), *map(str, sorted(root.glob("plugins/*/src")))] if root else []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(ROOT), env.get("PYTHONPATH")]))
+    calls = ["--calls", "1000", "--rounds", "3"] if quick else ["--calls", "5000", "--rounds", "7"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.stage_path", *calls, "--cases", ",".join(names)],
+        stdout=subprocess.PIPE, text=True, cwd=root or ROOT, env=env, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        log(f"bench.stage_path failed for {root or 'this tree'} (exit status {proc.returncode})")
+        return None
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def stage_path_table(stages: dict[str, dict[str, Any] | None]) -> str:
+    """The stages alone: CPU µs per call of each case and what it adds over the one before."""
+    parts = []
+    for tree, result in stages.items():
+        if result is None:
+            continue
+        rows, previous = [], None
+        for name, m in result["cases"].items():
+            us = m["us_per_call"]
+            added = "-" if previous is None else f"{us - previous:+,.1f}"
+            rows.append([name, f"{us:,.1f}", f"{m['us_per_call_min']:,.1f}", added])
+            previous = us
+        parts.append(
+            f"### the stages alone{f' ({tree})' if tree else ''} (bench.stage_path: "
+            "CallStages.before + Pipeline.unary with the in-process plugin + CallStages.after, "
+            f"no gRPC stack; {result['calls']} calls a round, the cases interleaved)\n\n"
+            + report.markdown_table(
+                ["case", "CPU µs/call (median)", "min", "added over the case above"], rows
+            )
+        )
+    return "\n\n".join(parts)
+
+
 def path_table(paths: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
     base = paths.get(BASELINE)
@@ -794,6 +836,7 @@ class ProxySuite:
             for _ in range(1 if args.quick else 3):  # alternately, so both see the same noise
                 for tree, root in trees:
                     paths[tree].append(plugin_path(root, args.quick))
+            stages = {tree: stage_path(root, names, args.quick) for tree, root in trees}
         medians = {t.name: summarize([r for r in runs if r.target == t.name]) for t in targets}
         data.update(
             calibration=calibration,
@@ -808,6 +851,9 @@ class ProxySuite:
         )
         data["plugin_path"] = paths
         parts.append(path_table(paths))
+        data["stage_path"] = stages
+        if any(result is not None for result in stages.values()):
+            parts.append(stage_path_table(stages))
         for tree, _ in trees:
             parts.append(stage_table(targets, medians, tree))
             parts.append("\n".join(verdicts(targets, medians, tree)))
