@@ -478,11 +478,11 @@ def stage_path_table(stages: dict[str, dict[str, Any] | None]) -> str:
 
 def path_table(paths: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
-    base = paths.get(BASELINE)
+    base = next((runs for tree, runs in paths.items() if tree), None)  # the --baseline tree's
     for tree, runs in paths.items():
         us = report.median(r["us_per_call"] for r in runs)
         versus = "-"
-        if base is not None and tree != BASELINE:
+        if base is not None and tree == "":
             versus = report.fmt_ratio(us / report.median(r["us_per_call"] for r in base))
         rows.append(
             [
@@ -693,6 +693,12 @@ class ProxySuite:
             "e.g. `git archive main | tar -x -C DIR`), in the same rounds",
         )
         parser.add_argument(
+            "--baseline-label",
+            default=BASELINE,
+            metavar="NAME",
+            help=f"what the tables call --baseline's tree (default {BASELINE!r})",
+        )
+        parser.add_argument(
             "--duration", type=float, help="seconds per run (default 10, --quick 2)"
         )
         parser.add_argument(
@@ -777,7 +783,7 @@ class ProxySuite:
             ]  # fmt: skip
             trees: list[tuple[str, Path | None]] = [("", None)]
             if baseline is not None:
-                trees.append((BASELINE, baseline))
+                trees.append((args.baseline_label, baseline))
             for tree, root in trees:
                 for name in names:
                     case = CASES[name]
