@@ -22,8 +22,11 @@ proxy with py-spy during one extra run and prints where its time goes.
 
 A case is one :class:`Case` in :data:`CASES`: its name, what it turns on, and a function of
 the run's scratch directory returning the config sections to add (top level and on the
-namespace) and the request headers h2load sends (a bearer token, say). Adding a stage's case
-is one entry (see docs/benchmarks.md, "proxy").
+namespace) and the request headers h2load sends (a bearer token, say). The stage cases are
+cumulative, in the request path's order (:func:`add_stage`: each adds its layer to those of
+the cases before it): metrics (tracing off), +auth, +authz, +ratelimit, +concurrency, +audit,
++tracing, the last with every stage on (``all_stages``: the "≥ 1.5x grpclib" verdict is read
+on it). Adding a stage's case is one entry (see docs/benchmarks.md, "proxy").
 """
 
 from __future__ import annotations
@@ -103,35 +106,63 @@ add_case(
         call_stages=False,
     )
 )
-add_case(
-    Case(
-        "metrics",
-        "+ metrics (requests, latency, in flight by namespace/operation/status): `prism serve` "
-        "with every stage main has today",
-    )
-)
 
 
-def _auth_setup(tmp: Path) -> CaseSetup:
-    """Bearer JWT (ES256) verified with a PEM public key; every request carries one token."""
-    import jwt
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in (nested mappings merged, anything else replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = tmp / "jwt-public.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+
+#: Each stage's case adds its layer to those of the cases before it (a layer: the run's
+#: scratch directory and the setup so far → the setup with the stage on).
+Layer = Callable[[Path, CaseSetup], CaseSetup]
+_LAYERS: list[Layer] = []
+
+
+def add_stage(
+    name: str,
+    description: str,
+    layer: Layer,
+    *,
+    unsupported: Callable[[Path], str | None] = lambda root: None,
+    all_stages: bool = False,
+) -> Case:
+    """A case with every earlier stage case's layers and ``layer`` on top of them."""
+    layers = (*_LAYERS, layer)
+    _LAYERS.append(layer)
+    earlier = [c.unsupported for c in CASES.values() if c.call_stages]
+
+    def setup(tmp: Path) -> CaseSetup:
+        result = CaseSetup()
+        for each in layers:
+            result = each(tmp, result)
+        return result
+
+    def why_not(root: Path) -> str | None:
+        for check in (*earlier, unsupported):
+            why = check(root)
+            if why is not None:
+                return why
+        return None
+
+    return add_case(Case(name, description, setup, all_stages=all_stages, unsupported=why_not))
+
+
+def _layer(config: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> Layer:
+    def layer(tmp: Path, setup: CaseSetup) -> CaseSetup:
+        return CaseSetup(
+            _merge(setup.config, config or {}),
+            _merge(setup.namespace, namespace or {}),
+            setup.headers,
         )
-    )
-    token = jwt.encode(
-        {"iss": "bench", "aud": "prism", "sub": "bench-client", "exp": 4_000_000_000},
-        key,
-        algorithm="ES256",
-    )
-    auth = {"jwt": {"issuer": "bench", "audience": "prism", "keys": [str(public)]}}
-    return CaseSetup(config={"auth": auth}, headers=(f"authorization: Bearer {token}",))
+
+    return layer
 
 
 def _needs(module: str, stage: str) -> Callable[[Path], str | None]:
@@ -147,13 +178,105 @@ def _needs(module: str, stage: str) -> Callable[[Path], str | None]:
     return unsupported
 
 
-add_case(
-    Case(
-        "auth",
-        "+ authentication: a bearer JWT (ES256, PEM key) verified on every call",
-        _auth_setup,
-        unsupported=_needs("authn", "authentication stage"),
+add_stage(
+    "metrics",
+    "+ the call-level stages with metrics (requests, latency, in flight by "
+    "namespace/operation/status), tracing off (its case is the last)",
+    _layer({"tracing": {"enabled": False}}),
+    unsupported=_needs("tracing", "tracing stage (tracing.enabled)"),
+)
+
+
+#: The bearer token's subject; the authz case's rule names it.
+SUBJECT = "bench-client"
+
+
+def _auth_layer(tmp: Path, setup: CaseSetup) -> CaseSetup:
+    """Bearer JWT (ES256) verified with a PEM public key; every request carries one token."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    # A file per case: every case's setup is made before any proxy starts.
+    fd, name = tempfile.mkstemp(prefix="jwt-public-", suffix=".pem", dir=tmp)
+    with os.fdopen(fd, "wb") as public:
+        public.write(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    token = jwt.encode(
+        {"iss": "bench", "aud": "prism", "sub": SUBJECT, "exp": 4_000_000_000},
+        key,
+        algorithm="ES256",
     )
+    auth = {"jwt": {"issuer": "bench", "audience": "prism", "keys": [name]}}
+    return CaseSetup(
+        _merge(setup.config, {"auth": auth}),
+        setup.namespace,
+        (*setup.headers, f"authorization: Bearer {token}"),
+    )
+
+
+add_stage(
+    "auth",
+    "+ authentication: a bearer JWT (ES256, PEM key) on every call",
+    _auth_layer,
+    unsupported=_needs("authn", "authentication stage"),
+)
+add_stage(
+    "authz",
+    f"+ authorization: no anonymous callers, one access rule (subject {SUBJECT!r}, "
+    "operations get and set)",
+    _layer(
+        namespace={
+            "access": {
+                "anonymous": False,
+                "rules": [{"subject": SUBJECT, "operations": ["get", "set"]}],
+            }
+        }
+    ),
+    unsupported=_needs("authz", "authorization stage"),
+)
+add_stage(
+    "ratelimit",
+    "+ rate limits: the namespace's bucket and one per caller, 1M calls/s (never refused)",
+    _layer(
+        namespace={
+            "traffic": {
+                "rate_limit": {"rate": 1_000_000, "burst": 1_000_000},
+                "caller_rate_limit": {"rate": 1_000_000, "burst": 1_000_000},
+            }
+        }
+    ),
+    unsupported=_needs("ratelimit", "rate limit stage"),
+)
+add_stage(
+    "concurrency",
+    "+ concurrency limit: 1,000 calls in flight, a queue of 100 (h2load keeps 64 in flight)",
+    _layer(namespace={"traffic": {"concurrency": {"max_in_flight": 1000, "max_queue": 100}}}),
+    unsupported=_needs("limits", "concurrency limit stage"),
+)
+
+
+def _audit_layer(tmp: Path, setup: CaseSetup) -> CaseSetup:
+    fd, name = tempfile.mkstemp(prefix="audit-", suffix=".log", dir=tmp)
+    os.close(fd)
+    return _layer({"audit": {"enabled": True, "file": name}})(tmp, setup)
+
+
+add_stage(
+    "audit",
+    "+ audit: one JSON record per call, to a file",
+    _audit_layer,
+    unsupported=_needs("audit", "audit log"),
+)
+add_stage(
+    "tracing",
+    "+ tracing: W3C trace context (a new trace per call, passed to the plugin): every stage on",
+    _layer({"tracing": {"enabled": True}}),
+    all_stages=True,
 )
 
 
@@ -311,13 +434,55 @@ def plugin_path(root: Path | None, quick: bool) -> dict[str, Any]:
     return result
 
 
+def stage_path(root: Path | None, names: list[str], quick: bool) -> dict[str, Any] | None:
+    """bench.stage_path (the cases' stages and plugin without the gRPC stack) in a process of
+    its own, with `prism` from `root`'s tree, else this one; None when that tree cannot run
+    it (a tree from before assembly.build_pipeline)."""
+    first = [str(root), *map(str, sorted(root.glob("plugins/*/src")))] if root else []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, str(ROOT), env.get("PYTHONPATH")]))
+    calls = ["--calls", "1000", "--rounds", "3"] if quick else ["--calls", "5000", "--rounds", "7"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.stage_path", *calls, "--cases", ",".join(names)],
+        stdout=subprocess.PIPE, text=True, cwd=root or ROOT, env=env, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        log(f"bench.stage_path failed for {root or 'this tree'} (exit status {proc.returncode})")
+        return None
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def stage_path_table(stages: dict[str, dict[str, Any] | None]) -> str:
+    """The stages alone: CPU µs per call of each case and what it adds over the one before."""
+    parts = []
+    for tree, result in stages.items():
+        if result is None:
+            continue
+        rows, previous = [], None
+        for name, m in result["cases"].items():
+            us = m["us_per_call"]
+            added = "-" if previous is None else f"{us - previous:+,.1f}"
+            rows.append([name, f"{us:,.1f}", f"{m['us_per_call_min']:,.1f}", added])
+            previous = us
+        parts.append(
+            f"### the stages alone{f' ({tree})' if tree else ''} (bench.stage_path: "
+            "CallStages.before + Pipeline.unary with the in-process plugin + CallStages.after, "
+            f"no gRPC stack; {result['calls']} calls a round, the cases interleaved)\n\n"
+            + report.markdown_table(
+                ["case", "CPU µs/call (median)", "min", "added over the case above"], rows
+            )
+        )
+    return "\n\n".join(parts)
+
+
 def path_table(paths: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
-    base = paths.get(BASELINE)
+    base = next((runs for tree, runs in paths.items() if tree), None)  # the --baseline tree's
     for tree, runs in paths.items():
         us = report.median(r["us_per_call"] for r in runs)
         versus = "-"
-        if base is not None and tree != BASELINE:
+        if base is not None and tree == "":
             versus = report.fmt_ratio(us / report.median(r["us_per_call"] for r in base))
         rows.append(
             [
@@ -528,6 +693,12 @@ class ProxySuite:
             "e.g. `git archive main | tar -x -C DIR`), in the same rounds",
         )
         parser.add_argument(
+            "--baseline-label",
+            default=BASELINE,
+            metavar="NAME",
+            help=f"what the tables call --baseline's tree (default {BASELINE!r})",
+        )
+        parser.add_argument(
             "--duration", type=float, help="seconds per run (default 10, --quick 2)"
         )
         parser.add_argument(
@@ -612,7 +783,7 @@ class ProxySuite:
             ]  # fmt: skip
             trees: list[tuple[str, Path | None]] = [("", None)]
             if baseline is not None:
-                trees.append((BASELINE, baseline))
+                trees.append((args.baseline_label, baseline))
             for tree, root in trees:
                 for name in names:
                     case = CASES[name]
@@ -671,6 +842,7 @@ class ProxySuite:
             for _ in range(1 if args.quick else 3):  # alternately, so both see the same noise
                 for tree, root in trees:
                     paths[tree].append(plugin_path(root, args.quick))
+            stages = {tree: stage_path(root, names, args.quick) for tree, root in trees}
         medians = {t.name: summarize([r for r in runs if r.target == t.name]) for t in targets}
         data.update(
             calibration=calibration,
@@ -685,6 +857,9 @@ class ProxySuite:
         )
         data["plugin_path"] = paths
         parts.append(path_table(paths))
+        data["stage_path"] = stages
+        if any(result is not None for result in stages.values()):
+            parts.append(stage_path_table(stages))
         for tree, _ in trees:
             parts.append(stage_table(targets, medians, tree))
             parts.append("\n".join(verdicts(targets, medians, tree)))

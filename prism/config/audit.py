@@ -18,5 +18,5 @@ class AuditConfig(Model):
     """Append the records to this file (created 0600; an existing file keeps its mode and is
     appended to). None: the records go to the "prism.audit" logger, at INFO."""
     flush_interval: Seconds = 1.0
-    """Seconds between flushes of the file's buffer (records are also flushed when the buffer
-    fills and when the proxy stops): how much a crash may lose."""
+    """Seconds between writes of the queued records to the file (they are also written once
+    1,024 wait, and when the proxy stops): how much a crash may lose."""

@@ -27,9 +27,12 @@ do; it brings JWE and more that a proxy verifying signatures does not need.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -40,6 +43,7 @@ from prism.grpc.wire.status import Unauthenticated
 from prism.proxy.jwks import Keys
 from prism.proxy.pipeline import Authenticator, NoAuthentication
 from prism.proxy.request import ANONYMOUS, Identity, RequestInfo
+from prism.proxy.tokencache import VerifiedTokens
 
 if TYPE_CHECKING:
     from prism.config import ProxyConfig
@@ -54,8 +58,8 @@ log = logging.getLogger("prism.proxy.authn")
 GENERIC = "missing or invalid credentials"
 #: Longest ``authorization`` value read (a JWT from a real issuer is one to two KiB).
 MAX_TOKEN_BYTES = 8192
-#: Verified tokens remembered (per key-set generation), so a client sending the same token on
-#: every call pays for its signature check once.
+#: Verified tokens remembered (prism/proxy/tokencache.py: per key-set generation, until their
+#: exp), so a client sending the same token on every call pays for its signature check once.
 CACHE_SIZE = 4096
 #: Refusals logged per reason per LOG_WINDOW seconds: a client sending bad tokens in a loop
 #: must not flood the log. Beyond that they are still counted in metrics, and the next line
@@ -107,35 +111,57 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
 
 
 class JwtVerifier:
-    """Bearer tokens of one ``auth.jwt`` section → (subject, claims, scopes)."""
+    """Bearer tokens of one ``auth.jwt`` section → the caller's identity.
 
-    def __init__(self, config: JwtConfig) -> None:
+    Tokens that passed every check are remembered (:mod:`prism.proxy.tokencache`): a token
+    seen before is checked against the clock (``exp``, ``nbf``) and the key set's generation
+    only. ``clock``: wall-clock seconds, what those checks read (``time.time``; tests give
+    their own to move past a token's ``exp``)."""
+
+    def __init__(
+        self,
+        config: JwtConfig,
+        *,
+        cache_size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.keys = Keys(config)
         self._algorithms = frozenset(config.algorithms)
         self._audience = list(config.audience)
         self._options: Any = {"require": ["exp", "iss", "aud"]}
-        # token -> (subject, claims, scopes, not_before, expires, generation)
-        self._cache: dict[str, tuple[str, dict[str, Any], frozenset[str], float, float, int]] = {}
+        self.verified = VerifiedTokens(cache_size)
+        self._clock = clock
 
-    async def verify(self, token: str) -> tuple[str, dict[str, Any], frozenset[str]]:
-        """The token's subject, claims and scopes; AuthFailure with the reason otherwise."""
-        cached = self._cache.get(token)
-        if cached is not None:
-            subject, claims, scopes, not_before, expires, generation = cached
-            now = time.time()
-            if generation == self.keys.generation and not_before <= now < expires:
-                return subject, claims, scopes
-            del self._cache[token]
-        claims = await self._decode(token)
+    def remembered(self, token: str) -> Identity | None:
+        """The identity of a token verified before and valid now (no coroutine: the path of
+        every call after a client's first); None when it must be verified; AuthFailure when
+        it was verified but its ``exp`` (or ``nbf``) says no now."""
+        known = self.verified.get(token, self._clock(), self.keys.generation)
+        if known is None or isinstance(known, Identity):
+            return known
+        raise AuthFailure(known, "remembered token")  # its exp/nbf are known: no new check
+
+    async def verify(self, token: str) -> Identity:
+        """The identity the token gives (its subject, claims and scopes; no SANs);
+        AuthFailure with the reason otherwise."""
+        known = self.remembered(token)
+        if known is not None:
+            return known
+        claims, generation = await self._decode(token)
         named = claims.get(self.config.subject_claim)
         if not isinstance(named, str) or not named:
             raise AuthFailure("missing_claim", f"no string {self.config.subject_claim!r} claim")
-        scopes = scopes_of(claims)
-        self._remember(token, named, claims, scopes)
-        return named, claims, scopes
+        identity = Identity(named, "jwt", claims=MappingProxyType(claims), scopes=scopes_of(claims))
+        leeway = self.config.leeway
+        expires = claims["exp"] + leeway  # required, and a number: PyJWT checked it
+        nbf = claims.get("nbf")
+        not_before = nbf - leeway if isinstance(nbf, int | float) else -math.inf
+        self.verified.put(token, identity, not_before, float(expires), generation)
+        return identity
 
-    async def _decode(self, token: str) -> dict[str, Any]:
+    async def _decode(self, token: str) -> tuple[dict[str, Any], int]:
+        """The verified claims, and the generation of the key set that verified them."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -147,8 +173,10 @@ class JwtVerifier:
         if kid is not None and not isinstance(kid, str):
             raise AuthFailure("malformed", "kid is not a string")
         keys = self.keys
+        generation = keys.generation
         candidates = keys.keyset.candidates(kid, alg)
         if kid is not None and not keys.keyset.knows(kid) and await keys.refetch():
+            generation = keys.generation
             candidates = keys.keyset.candidates(kid, alg)
         if not candidates:
             shown = repr(kid[:64]) if kid is not None else "none"
@@ -169,20 +197,8 @@ class JwtVerifier:
                 continue  # another key of the same kind may have signed it
             except (jwt.PyJWTError, ValueError, TypeError) as exc:
                 raise AuthFailure(_reason(exc), type(exc).__name__) from None
-            return claims
+            return claims, generation
         raise AuthFailure("bad_signature")
-
-    def _remember(
-        self, token: str, subject: str, claims: dict[str, Any], scopes: frozenset[str]
-    ) -> None:
-        leeway = self.config.leeway
-        expires = claims["exp"] + leeway  # required, and a number: PyJWT checked it
-        nbf = claims.get("nbf")
-        not_before = nbf - leeway if isinstance(nbf, int | float) else -float("inf")
-        cache = self._cache
-        if len(cache) >= CACHE_SIZE:
-            del cache[next(iter(cache))]  # the oldest
-        cache[token] = (subject, claims, scopes, not_before, float(expires), self.keys.generation)
 
 
 def certificate_sans(cert: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
@@ -279,8 +295,9 @@ class Authentication:
             if len(values) > 1:
                 raise AuthFailure("malformed", "more than one authorization entry")
             if values:
-                subject, claims, scopes = await self.jwt.verify(_bearer(values[0]))
-                return Identity(subject, "jwt", claims=claims, scopes=scopes, sans=sans)
+                token = _bearer(values[0])
+                identity = self.jwt.remembered(token) or await self.jwt.verify(token)
+                return dataclasses.replace(identity, sans=sans) if sans else identity
         if cert:
             name = certificate_subject(cert, sans, self._identity_order)
             if name is None:

@@ -131,7 +131,10 @@ class NamespaceAuthorizer:
         rules = self.rules
         if not rules:
             return True
-        return any(rule.allows(identity, operation) for rule in rules)
+        for rule in rules:  # noqa: SIM110 (a loop, not any(generator): on every call)
+            if rule.allows(identity, operation):
+                return True
+        return False
 
     def admits(self, identity: Identity) -> bool:
         """Whether ``identity`` may call at least one operation here (what discovery shows)."""

@@ -45,9 +45,13 @@ class Identity:
 ANONYMOUS = Identity("anonymous", "anonymous")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TraceContext:
-    """W3C trace context of one call (``traceparent``: version-trace_id-parent_id-flags)."""
+    """W3C trace context of one call (``traceparent``: version-trace_id-parent_id-flags).
+
+    Made once per call by the tracing stage and never changed after (treat it as frozen: it is
+    not declared so because a frozen dataclass's ``__init__`` costs ~2.3 µs, a plain one's
+    ~0.5 µs, on every call)."""
 
     trace_id: str  # 32 lower-case hex digits
     #: The proxy's own span for this call: the parent of what it calls (plugins).

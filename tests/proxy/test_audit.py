@@ -23,9 +23,11 @@ from prism import grpc as pg
 from prism._proto.prism.data.v1 import SetRequest
 from prism._proto.prism.proxy.v1 import ExecuteRequest, ExecuteResponse
 from prism.config.audit import AuditConfig
+from prism.grpc.interceptor import CallOutcome
+from prism.grpc.transport import PeerInfo
 from prism.grpc.wire.status import NotFound, PermissionDenied, Status
-from prism.proxy.audit import AuditLog
-from prism.proxy.request import Identity
+from prism.proxy.audit import MAX_QUEUE, WAKE_AT, AuditLog
+from prism.proxy.request import Identity, RequestInfo
 from prism.sdk.typed import pack
 
 TOKEN = "eyJhbGciOiJFUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl"
@@ -175,3 +177,68 @@ def test_audit_record_admin_by_name_and_cut_names(caplog: pytest.LogCaptureFixtu
     )
     assert second["target"] == "x" * 200 + "…"
     assert (second["subject"], second["status"]) == (None, "PERMISSION_DENIED")
+
+
+def call_info(namespace: str, subject: str | None) -> tuple[RequestInfo, CallOutcome]:
+    info = RequestInfo(PeerInfo('127.0.0.1:5"0', "tcp"), 0.0)
+    info.namespace, info.operation = namespace, "get"
+    if subject is not None:
+        info.identity = Identity(subject, "jwt")
+    return info, CallOutcome(Status.NOT_FOUND, "no such key", 0.0004567)
+
+
+def test_audit_file_record_is_json_whatever_the_names(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    odd = 'k"v\\\nü\u2028\x00'
+    audit.record(*call_info(odd, subject='"}, "admin": true'))
+    audit.record(*call_info("kv", subject=None))
+    audit.close()
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first.pop("time"))
+    assert first == {
+        "kind": "call",
+        "namespace": odd,
+        "operation": "get",
+        "stream": False,
+        "subject": '"}, "admin": true',
+        "source": "jwt",
+        "status": "NOT_FOUND",
+        "latency_ms": 0.457,
+        "trace_id": None,
+        "peer": '127.0.0.1:5"0',
+    }
+    assert (second["subject"], second["source"], second["namespace"]) == (None, None, "kv")
+
+
+def test_audit_file_queue_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)  # no writer task: nothing drains the queue
+    info, outcome = call_info("kv", "alice")
+    for _ in range(MAX_QUEUE + 5):
+        audit.record(info, outcome)
+    audit.record_admin("reload", "kv", "ops", Status.OK)
+    assert audit.dropped == 6
+    audit.close()
+    assert path.read_text().count("\n") == MAX_QUEUE
+    audit.record(info, outcome)  # after close: dropped, not raised
+    assert audit.dropped == 7
+
+
+async def test_audit_file_writer_wakes_for_a_long_queue(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, flush_interval=3600)
+    info, outcome = call_info("kv", "alice")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(audit.run)
+        for _ in range(WAKE_AT - 1):
+            audit.record(info, outcome)
+        await trio.testing.wait_all_tasks_blocked()
+        assert path.read_text() == ""  # waiting for the interval
+        audit.record(info, outcome)
+        await trio.testing.wait_all_tasks_blocked()
+        assert path.read_text().count("\n") == WAKE_AT  # written without waiting an hour
+        assert trio.current_time() < 3600
+        nursery.cancel_scope.cancel()

@@ -39,7 +39,7 @@ from prism._proto.prism.proxy.v1 import ExecuteRequest
 from prism.config import ConfigError
 from prism.config.auth import AuthConfig, JwtConfig, MtlsConfig
 from prism.proxy.app import Proxy
-from prism.proxy.authn import GENERIC, LOG_BURST, LOG_WINDOW
+from prism.proxy.authn import GENERIC, LOG_BURST, LOG_WINDOW, AuthFailure, JwtVerifier
 from prism.sdk.typed import pack
 
 SPIFFE = "spiffe://example.org/ns/prod/sa/orders"
@@ -441,3 +441,91 @@ def test_authn_config_errors_name_the_field(fields: dict[str, Any], error: str) 
     with pytest.raises(ConfigError) as raised:
         JwtConfig(**settings)
     assert error in str(raised.value)
+
+
+# -- the verified-token cache (prism/proxy/tokencache.py) as the verifier uses it -------------
+
+
+class Clock:
+    """Wall-clock seconds the verifier's cache checks read; PyJWT reads the real clock."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cached_verifier(tmp_path: Path, signer: Signer, clock: Clock) -> JwtVerifier:
+    pem = signer.public_pem(tmp_path / "key.pem")
+    return JwtVerifier(
+        JwtConfig(issuer=ISSUER, audience=AUDIENCE, keys=(pem,), leeway=30), clock=clock
+    )
+
+
+async def test_authn_cache_remembers_a_verified_token_once(tmp_path: Path) -> None:
+    signer = ec_signer(kid=None)
+    verifier = cached_verifier(tmp_path, signer, Clock())
+    token = signer.token()
+    first = await verifier.verify(token)
+    assert first.subject == "alice"
+    assert await verifier.verify(token) is first  # the remembered identity, not verified again
+    assert len(verifier.verified) == 1
+
+
+async def test_authn_cache_expired_token_is_refused_even_when_remembered(tmp_path: Path) -> None:
+    signer = ec_signer(kid=None)
+    clock = Clock()
+    verifier = cached_verifier(tmp_path, signer, clock)
+    exp = int(clock.now) + 60
+    token = signer.token(exp=exp)
+    assert (await verifier.verify(token)).subject == "alice"
+    clock.now = exp + 29.5  # within the leeway: still good
+    assert (await verifier.verify(token)).subject == "alice"
+    clock.now = exp + 30  # the token's exp plus the leeway: never accepted from here on
+    for _ in range(2):
+        with pytest.raises(AuthFailure) as refused:
+            await verifier.verify(token)
+        assert refused.value.reason == "expired"
+
+
+async def test_authn_cache_not_yet_valid_token_is_refused_when_the_clock_goes_back(
+    tmp_path: Path,
+) -> None:
+    signer = ec_signer(kid=None)
+    clock = Clock()
+    verifier = cached_verifier(tmp_path, signer, clock)
+    nbf = int(clock.now) - 10
+    token = signer.token(nbf=nbf)
+    await verifier.verify(token)
+    clock.now = nbf - 31  # before nbf minus the leeway
+    with pytest.raises(AuthFailure) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "not_yet_valid"
+
+
+async def test_authn_cache_bad_tokens_are_never_remembered(tmp_path: Path) -> None:
+    signer, other = ec_signer(kid=None), ec_signer(kid=None)
+    verifier = cached_verifier(tmp_path, signer, Clock())
+    good = signer.token()
+    # The good token's header and claims under another key's signature.
+    head, claims, _ = good.split(".")
+    bad_signature = f"{head}.{claims}.{other.token().split('.')[2]}"
+    bad = {
+        "bad_signature": bad_signature,
+        "expired": signer.token(exp=int(time.time()) - 120),
+        "missing_claim": signer.token(sub=None),
+        "issuer": signer.token(iss="https://evil.test"),
+    }
+    for _ in range(2):  # refused the second time too: nothing was remembered
+        for reason, token in bad.items():
+            with pytest.raises(AuthFailure) as refused:
+                await verifier.verify(token)
+            assert refused.value.reason == reason
+    assert len(verifier.verified) == 0
+    # A remembered good token does not vouch for a forged one with its header and claims.
+    await verifier.verify(good)
+    with pytest.raises(AuthFailure) as refused:
+        await verifier.verify(bad_signature)
+    assert refused.value.reason == "bad_signature"
+    assert len(verifier.verified) == 1

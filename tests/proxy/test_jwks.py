@@ -34,6 +34,7 @@ from authn_testkit import (
 
 import prism.client
 from prism.config.auth import AuthConfig, JwtConfig
+from prism.proxy.authn import AuthFailure, JwtVerifier
 from prism.proxy.jwks import max_age, parse_jwks
 
 
@@ -284,3 +285,49 @@ def test_jwks_parse_skips_symmetric_and_encryption_keys() -> None:
         "not a key",
     ]
     assert [key.kid for key in parse_jwks(document)] == ["sig"]
+
+
+async def refreshed(verifier: JwtVerifier, clock: trio.testing.MockClock) -> None:
+    """Past the key set's max-age, until the background refresh has brought the new set (it
+    logs "JWKS from ..." once the set is in place)."""
+    generation = verifier.keys.generation
+    logged = trio.Event()
+    handler = OnRecord(logged, "JWKS from")
+    logger = logging.getLogger("prism.proxy.authn")
+    logger.addHandler(handler)
+    try:
+        clock.jump(121)
+        with trio.fail_after(30):  # a hang guard only
+            await logged.wait()
+    finally:
+        logger.removeHandler(handler)
+    assert verifier.keys.generation == generation + 1
+
+
+async def test_jwks_rotation_invalidates_remembered_tokens(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="prism.proxy.authn")
+    k1, k2 = ec_signer("k1"), ec_signer("k2")
+    server = JwksServer(jwks(k1), cache_control="max-age=120")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        verifier = JwtVerifier(JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=server.url))
+        await nursery.start(verifier.keys.run)
+        token = k1.token()
+        remembered = await verifier.verify(token)
+        assert await verifier.verify(token) is remembered
+        assert len(verifier.verified) == 1
+        server.document = jwks(k2)  # k1 revoked
+        await refreshed(verifier, clock)
+        with pytest.raises(AuthFailure) as refused:
+            await verifier.verify(token)
+        assert refused.value.reason == "unknown_kid"
+        assert len(verifier.verified) == 0
+        # Rotated back in, the token is verified again (not taken from before).
+        server.document = jwks(k1, k2)
+        await refreshed(verifier, clock)
+        again = await verifier.verify(token)
+        assert again is not remembered
+        assert again.subject == "alice"
+        nursery.cancel_scope.cancel()
