@@ -4,9 +4,10 @@
 proxy has its warm standby (two sidecar children), the serving one (the older) is SIGKILLed;
 recovery = from the kill to the end of the first successful call that *started* after it.
 Kills are 11 s apart (past the restart backoff's reset, so each is an isolated crash, which a
-sidecar restarts at once on its standby: SIDECAR_RESTART_BACKOFF). A caller whose call fails waits 10 ms before its next, as a retry
-policy would. Repeated; reported as p50/min/max against ARCHITECTURE.md §7 (≤ 0.3 s p50 under
-32 callers).
+sidecar restarts at once on its standby: SIDECAR_RESTART_BACKOFF). A caller whose call fails
+waits 10 ms before its next, as a retry policy would. Repeated; reported as p50/min/max
+against ARCHITECTURE.md §7 (≤ 0.3 s p50 under 32 callers), beside the proxy's own downtime
+(`downtimes`, from its log).
 
 `run_remote`: the remote plugin service is stopped under the same load, left down long enough
 for the proxy's reconnect backoff to reach its cap, and started again on the same port;

@@ -17,6 +17,7 @@ Nothing of the plugin runs: no handler, no hook, no I/O.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +38,8 @@ from prism.grpc import protocheck
 from prism.grpc.service import Service
 from prism.sdk import _fastcodec
 from prism.sdk.plugin import BackendPlugin
+
+log = logging.getLogger("prism.sdk.warmup")
 
 #: Messages the SDK reads and writes itself (the envelopes travel as bytes over gRPC).
 _PROTOCOL = (
@@ -82,10 +85,16 @@ def message_types(
 def warm_up(plugin_type: type[BackendPlugin], services: Iterable[Service] = ()) -> int:
     """Encode and decode an empty message of every type :func:`message_types` finds, through
     the codecs the process uses (betterproto2, protocheck, the SDK's fast codec). Returns how
-    many types it warmed."""
+    many types it warmed (one that fails is skipped: it is only not warm)."""
     types = message_types(plugin_type, services)
+    warmed = 0
     for cls in types:
-        data = bytes(cls())
-        cls.parse(protocheck.check(cls, data))
-        _fastcodec.decode(cls, _fastcodec.encode(cls.parse(data)))
-    return len(types)
+        try:
+            data = bytes(cls())
+            cls.parse(protocheck.check(cls, data))
+            _fastcodec.decode(cls, _fastcodec.encode(cls.parse(data)))
+        except Exception as exc:  # a warm-up must never stop a plugin from serving
+            log.debug("warm-up of %s skipped: %r", cls.__name__, exc)
+            continue
+        warmed += 1
+    return warmed

@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
+import betterproto2
 import trio
 from sdk_plugins import WidgetConfig, WidgetPlugin
 
@@ -31,6 +33,7 @@ from prism.hosting.client import GrpcClient
 from prism.sdk._warmup import message_types, warm_up
 from prism.sdk.grpc_service import BackendPluginService
 from prism.sdk.instance import open_plugin
+from prism.sdk.plugin import BackendPlugin
 from prism.sdk.typed import pack
 
 HERE = Path(__file__).resolve().parent  # sdk_plugins, for the child
@@ -62,6 +65,27 @@ async def test_warmup_message_types_cover_protocol_config_operations_and_nested(
         ListValue,
     }
     assert expected <= found
+
+
+@dataclass(eq=False, repr=False)
+class UnencodableConfig(betterproto2.Message):
+    path: str = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    def __bytes__(self) -> bytes:
+        raise RuntimeError("this message cannot be encoded")
+
+
+class UnwarmablePlugin(BackendPlugin):
+    name = "unwarmable"
+    config_type = UnencodableConfig
+
+
+def test_warmup_skips_a_type_that_fails_and_warms_the_rest() -> None:
+    found = message_types(UnwarmablePlugin)
+    assert UnencodableConfig in found
+
+    # Not warm is all it is: a warm-up never stops a plugin from serving.
+    assert warm_up(UnwarmablePlugin) == len(found) - 1
 
 
 CHILD = textwrap.dedent(
