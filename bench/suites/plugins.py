@@ -474,7 +474,9 @@ class PluginsSuite:
                     kills = args.kills or (3 if args.quick else 10)
                     log(f"recovery: {kills} SIGKILLs of the sidecar under load")
                     this = trees[0]
-                    recovery = plugin_recovery.run(this.address, this.proxy.pid, child_pids, kills)
+                    recovery = plugin_recovery.run(
+                        this.address, this.proxy.pid, child_pids, kills, this.proxy.log_path
+                    )
                     data["recovery"] = recovery
                     parts.append(plugin_recovery.table(recovery))
                     this.proxy.check_alive()

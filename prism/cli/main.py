@@ -422,6 +422,7 @@ async def _serve_plugin(args: argparse.Namespace) -> None:
                 listen=args.listen,
                 ssl_context=ctx,
                 max_message_size=args.max_message_size,
+                freeze_gc=True,
                 task_status=task_status,
             )
         )

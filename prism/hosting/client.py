@@ -37,6 +37,7 @@ from prism.sdk.instance import PluginInstance
 from prism.sdk.typed import unpack
 
 SERVICE = f"/{SERVICE_NAME}/"
+_EXECUTE = SERVICE + "Execute"  # the hot path's method path, built once
 ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 
@@ -143,7 +144,7 @@ class GrpcClient(PluginClient):
 
     async def execute(self, request: bytes) -> bytes:
         response: bytes = await self.channel.unary_unary(
-            SERVICE + "Execute", request, bytes, metadata=self.metadata
+            _EXECUTE, request, bytes, metadata=self.metadata
         )
         return response
 

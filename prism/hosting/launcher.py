@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             handshake_version=version,
             watch_stdin=True,
             max_message_size=plugin_max_message_size(),
+            freeze_gc=True,
         )
     )
 

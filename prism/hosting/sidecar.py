@@ -4,7 +4,10 @@ reached over gRPC on a private Unix socket.
 Each instance keeps a **warm standby**: a second process, launched ahead of need, that has
 imported the plugin, bound its socket and printed its handshake, and waits for Initialize.
 A crash (or an UNHEALTHY answer) is followed by Initialize on the standby rather than a cold
-start (most of which is Python importing the plugin), and a new standby is launched behind it::
+start (most of which is Python importing the plugin), and a new standby is launched behind it.
+The standby has also warmed itself up (:mod:`prism.sdk._warmup`) before its handshake, and the
+first restart after a stable run does not wait (``SIDECAR_RESTART_BACKOFF``: a crash loop
+still backs off from its second crash)::
 
     SidecarModel.run ── nursery
        ├─ StandbyPool.run: launch → handshake → wait to be taken (or die: launch another)
@@ -37,7 +40,13 @@ from prism.hosting.isolation import ResourceLimits
 from prism.hosting.loader import artifact_path, resolve
 from prism.hosting.model import HostSettings, describe_plugin, initialize, watch
 from prism.hosting.process import PluginProcess, PluginSpec
-from prism.hosting.supervisor import RESTART_BACKOFF, Backoff, PluginFailed, supervise
+from prism.hosting.supervisor import (
+    RESTART_BACKOFF,
+    SIDECAR_RESTART_BACKOFF,
+    Backoff,
+    PluginFailed,
+    supervise,
+)
 from prism.hosting.verify import PluginRefused, verify_artifact
 from prism.plugin_protocol.handshake import ENV_MAX_MESSAGE_SIZE, Handshake, PluginStartError
 
@@ -239,6 +248,7 @@ class SidecarModel:
                     self.instance,
                     what=describe_plugin(self.ns),
                     startup_timeout=self.ns.plugin.startup_timeout,
+                    backoff=SIDECAR_RESTART_BACKOFF,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()

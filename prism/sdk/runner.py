@@ -15,6 +15,7 @@ A long-lived service: each proxy gets a plugin instance of its own (a session, s
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import ssl
@@ -28,6 +29,7 @@ from prism import logsetup
 from prism.grpc.health import Health, HealthState
 from prism.grpc.transport import split_host_port
 from prism.plugin_protocol.handshake import DEFAULT_MAX_MESSAGE_SIZE, handshake_line, watch_parent
+from prism.sdk._warmup import warm_up
 from prism.sdk.grpc_service import (
     DEFAULT_SESSION_IDLE_TIMEOUT,
     BackendPluginService,
@@ -49,6 +51,7 @@ async def serve_plugin(
     watch_stdin: bool = False,
     session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    freeze_gc: bool = False,
     task_status: trio.TaskStatus[tuple[str, int] | str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a plugin until SIGTERM/SIGINT, the parent goes away (``watch_stdin``) or
@@ -66,6 +69,14 @@ async def serve_plugin(
 
     ``max_message_size`` bounds messages in both directions; it must be at least the proxy's
     (a sidecar gets it in ``PRISM_PLUGIN_MAX_MESSAGE_SIZE``), or large values fail at this hop.
+
+    Before the handshake (or reporting started) the process is warmed up
+    (:func:`prism.sdk._warmup.warm_up`: every message type it will meet is encoded and decoded
+    once), so that the first calls, a warm standby's Initialize after a crash above all, do not
+    pay for it. ``freeze_gc``: then also ``gc.collect()`` and ``gc.freeze()``, so that later
+    collections no longer scan what start-up made (the modules, the plugin, the server), as
+    ``prism serve`` does for the proxy. Process-wide, so only for a process of its own: the
+    sidecar launcher and ``prism plugin serve`` set it.
     """
     options = pg.ServerOptions(
         max_receive_message_size=max_message_size, max_send_message_size=max_message_size
@@ -77,9 +88,11 @@ async def serve_plugin(
         instance_plugin = plugin if isinstance(plugin, BackendPlugin) else plugin()
         async with open_plugin(instance_plugin) as instance:
             service = BackendPluginService(instance)
-            server = pg.Server([service, Health(HealthState())], options)
+            services = [service, Health(HealthState())]
+            server = pg.Server(services, options)
             async with trio.open_nursery() as nursery:
                 address: tuple[str, int] | str = await nursery.start(server.serve_unix, unix_socket)
+                _ready(type(instance_plugin), services, freeze_gc)
                 if handshake_version is not None:
                     print(handshake_line(unix_socket, handshake_version), flush=True)
                 task_status.started(address)
@@ -98,13 +111,15 @@ async def serve_plugin(
     async with trio.open_nursery() as sessions:
         remote = SessionPluginService(_factory(plugin), sessions, idle_timeout=session_idle_timeout)
         health = HealthState()
-        server = pg.Server([remote, Health(health)], options)
+        services = [remote, Health(health)]
+        server = pg.Server(services, options)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(
                 lambda task_status: server.serve_tcp(
                     host, port, ssl_context=ssl_context, task_status=task_status
                 )
             )
+            _ready(_plugin_type(plugin), services, freeze_gc)
             task_status.started(address)
             stop = trio.Event()
             nursery.start_soon(_set_on_signal, stop)
@@ -121,6 +136,23 @@ async def serve_plugin(
             await server.shutdown(grace=grace)
             nursery.cancel_scope.cancel()
         sessions.cancel_scope.cancel()  # each session's instance shuts down gracefully
+
+
+def _ready(plugin_type: type[BackendPlugin], services: list[pg.Service], freeze_gc: bool) -> None:
+    warm_up(plugin_type, services)
+    if freeze_gc:
+        gc.collect()
+        gc.freeze()
+
+
+def _plugin_type(plugin: BackendPlugin | Callable[[], BackendPlugin]) -> type[BackendPlugin]:
+    """The plugin's class, for the warm-up (the base class for a factory that is no class: the
+    protocol's messages are warmed all the same)."""
+    if isinstance(plugin, BackendPlugin):
+        return type(plugin)
+    if isinstance(plugin, type) and issubclass(plugin, BackendPlugin):
+        return plugin
+    return BackendPlugin
 
 
 def _factory(plugin: BackendPlugin | Callable[[], BackendPlugin]) -> Callable[[], BackendPlugin]:

@@ -13,6 +13,7 @@ import trio.testing
 from prism.hosting.client import PluginClient
 from prism.hosting.instance import Instance, NoEvents
 from prism.hosting.supervisor import (
+    SIDECAR_RESTART_BACKOFF,
     Backoff,
     BackoffPolicy,
     PluginFailed,
@@ -43,6 +44,16 @@ def test_backoff_starts_over_after_stable_run() -> None:
 
     assert backoff.next_delay(ran_for=10.0) == pytest.approx(0.1)
     assert backoff.next_delay(ran_for=0.0) == pytest.approx(0.2)
+
+
+def test_backoff_first_at_once_restarts_at_once_then_backs_off() -> None:
+    backoff = Backoff(BackoffPolicy(initial=0.1, maximum=0.4, first_at_once=True))
+
+    delays = [backoff.next_delay(ran_for=0.5) for _ in range(5)]
+
+    assert delays == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.4])  # a crash loop still backs off
+    assert backoff.next_delay(ran_for=10.0) == 0.0  # after a stable run: at once again
+    assert backoff.next_delay(ran_for=0.0) == pytest.approx(0.1)
 
 
 class Client(PluginClient):
@@ -103,6 +114,27 @@ def changes(instance: Instance) -> list[tuple[bool, str]]:
     return seen
 
 
+async def restart_gaps(script: Script, backoff: BackoffPolicy, run_for: float) -> list[float]:
+    """Supervise ``script`` for ``run_for`` seconds; the time from each failure to the next
+    attempt's start."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: supervise(
+                script.attempt,
+                script.instance,
+                what="kv",
+                startup_timeout=5,
+                backoff=backoff,
+                task_status=task_status,
+            )
+        )
+        await trio.sleep(run_for)
+        nursery.cancel_scope.cancel()
+    return [
+        start - failed for failed, start in zip(script.failures_at, script.starts[1:], strict=False)
+    ]
+
+
 async def test_supervise_restarts_with_backoff_after_each_failure(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -110,22 +142,7 @@ async def test_supervise_restarts_with_backoff_after_each_failure(
     instance = Instance("kv", "sidecar", 1, events=events)
     seen = changes(instance)
     script = Script(instance, [1.0, 1.0, 1.0, None])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: supervise(
-                script.attempt,
-                instance,
-                what="kv",
-                startup_timeout=5,
-                backoff=POLICY,
-                task_status=task_status,
-            )
-        )
-        await trio.sleep(20)
-        nursery.cancel_scope.cancel()
-    gaps = [
-        start - failed for failed, start in zip(script.failures_at, script.starts[1:], strict=False)
-    ]
+    gaps = await restart_gaps(script, POLICY, run_for=20)
     assert gaps == pytest.approx([0.1, 0.2, 0.4])
     assert instance.restarts == 3
     assert events.restarted == ["kv", "kv", "kv"]  # the host's events heard of each
@@ -136,6 +153,18 @@ async def test_supervise_restarts_with_backoff_after_each_failure(
         (True, "attempt 1 crashed"),
         (False, "attempt 2 crashed"),
     ]
+    assert instance.available
+
+
+async def test_supervise_sidecar_backoff_restarts_an_isolated_crash_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    instance = Instance("kv", "sidecar", 1)
+    # Crashes after a stable run (past reset_after), then a crash loop, then serving.
+    script = Script(instance, [20.0, 1.0, 1.0, None])
+    gaps = await restart_gaps(script, SIDECAR_RESTART_BACKOFF, run_for=40)
+    assert gaps == pytest.approx([0.0, 0.1, 0.2])
+    assert instance.restarts == 3
     assert instance.available
 
 
