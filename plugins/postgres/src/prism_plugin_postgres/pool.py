@@ -105,6 +105,18 @@ async def _addresses(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(entry[4][0]) for entry in found))
 
 
+async def _take(slots: trio.Semaphore) -> None:
+    """``slots.acquire()`` without a trip through the scheduler when a slot is free: Trio's
+    ``acquire`` yields even then (a whole scheduling pass per call, tens of µs here; see
+    docs/benchmarks.md, the backends suite). Still a cancellation point; the call's own socket
+    wait is its yield. Waits (FIFO) while none is free; cancelled while waiting, takes none."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        slots.acquire_nowait()
+    except trio.WouldBlock:
+        await slots.acquire()
+
+
 class Pool:
     def __init__(
         self,
@@ -181,7 +193,8 @@ class Pool:
     async def connection(self) -> AsyncIterator[Lease]:
         """A connection for one call (``lease.run(...)`` as many batches as the call needs).
         Waits (FIFO) while all are busy; cancellation while waiting takes none."""
-        async with self._slots:
+        await _take(self._slots)
+        try:
             if self._closed:
                 raise Unavailable("the plugin is shutting down")
             connection = None
@@ -199,6 +212,8 @@ class Pool:
                     self._idle.append(lease.connection)
                 else:
                     self._release_closed(lease.connection)
+        finally:
+            self._slots.release()
 
     def discard(self, connection: PgConnection) -> None:
         """Close a connection ``connect()`` gave that is not the pool's (the listener's)."""
