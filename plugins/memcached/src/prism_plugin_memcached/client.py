@@ -21,6 +21,7 @@ from prism.sdk import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    slots,
 )
 from prism_plugin_memcached.meta import ProtocolError, Reader, Reply
 
@@ -151,18 +152,6 @@ async def connect(endpoint: Endpoint) -> Connection:
     raise Unavailable(f"memcached at {endpoint.address} cannot be reached: {reason}")
 
 
-async def _take(slots: trio.Semaphore) -> None:
-    """``slots.acquire()`` without a trip through the scheduler when a slot is free: Trio's
-    ``acquire`` yields even then (a whole scheduling pass per call, tens of µs here; see
-    docs/benchmarks.md, the backends suite). Still a cancellation point; the call's own socket
-    wait is its yield. Waits (FIFO) while none is free; cancelled while waiting, takes none."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        slots.acquire_nowait()
-    except trio.WouldBlock:
-        await slots.acquire()
-
-
 class Pool:
     """``size`` connections lent to one caller at a time (``fill`` opens them all); a
     connection the server closed is replaced on its next use, one whose command failed midway
@@ -195,7 +184,7 @@ class Pool:
             self._discard(self._idle.popleft())
 
     async def _acquire(self) -> tuple[Connection, bool]:
-        await _take(self._slots)
+        await slots.take(self._slots)
         try:
             while self._idle:
                 connection = self._idle.popleft()

@@ -22,7 +22,7 @@ import trio
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from prism.sdk import GrpcError, Metrics, Unavailable
+from prism.sdk import GrpcError, Metrics, Unavailable, slots
 from prism_plugin_postgres.connection import PgConnection, Statement
 from prism_plugin_postgres.errors import ConnectionLost, connect_error, is_retryable_loss
 
@@ -105,18 +105,6 @@ async def _addresses(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(entry[4][0]) for entry in found))
 
 
-async def _take(slots: trio.Semaphore) -> None:
-    """``slots.acquire()`` without a trip through the scheduler when a slot is free: Trio's
-    ``acquire`` yields even then (a whole scheduling pass per call, tens of µs here; see
-    docs/benchmarks.md, the backends suite). Still a cancellation point; the call's own socket
-    wait is its yield. Waits (FIFO) while none is free; cancelled while waiting, takes none."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        slots.acquire_nowait()
-    except trio.WouldBlock:
-        await slots.acquire()
-
-
 class Pool:
     def __init__(
         self,
@@ -193,7 +181,7 @@ class Pool:
     async def connection(self) -> AsyncIterator[Lease]:
         """A connection for one call (``lease.run(...)`` as many batches as the call needs).
         Waits (FIFO) while all are busy; cancellation while waiting takes none."""
-        await _take(self._slots)
+        await slots.take(self._slots)
         try:
             if self._closed:
                 raise Unavailable("the plugin is shutting down")

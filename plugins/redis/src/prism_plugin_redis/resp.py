@@ -34,6 +34,7 @@ from prism.sdk import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    slots,
 )
 
 __all__ = ["Connection", "ConnectionLost", "Endpoint", "Pool", "encode", "reply_error"]
@@ -265,18 +266,6 @@ async def _connect(endpoint: Endpoint) -> socket.socket:
     raise Unavailable(f"Redis at {endpoint.address} cannot be reached: {reason}")
 
 
-async def _take(slots: trio.Semaphore) -> None:
-    """``slots.acquire()`` without a trip through the scheduler when a slot is free: Trio's
-    ``acquire`` yields even then (a whole scheduling pass per call, tens of µs here; see
-    docs/benchmarks.md, the backends suite). Still a cancellation point; the call's own socket
-    wait is its yield. Waits (FIFO) while none is free; cancelled while waiting, takes none."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        slots.acquire_nowait()
-    except trio.WouldBlock:
-        await slots.acquire()
-
-
 class Pool:
     """``size`` connections to one server, lent to one caller at a time; an operation waits
     while all are busy. ``fill`` opens them all (Initialize does, so bad credentials fail
@@ -312,7 +301,7 @@ class Pool:
 
     async def _acquire(self) -> tuple[Connection, bool]:
         """A connection and whether it was reused (idle) rather than just opened."""
-        await _take(self._slots)
+        await slots.take(self._slots)
         try:
             while self._idle:
                 connection = self._idle.popleft()
