@@ -142,7 +142,9 @@ def run_proxy(plan: dict[str, Any]) -> dict[str, float]:
             params, op = GetRequest(key=key(i)), "get"
         return bytes(ExecuteRequest(namespace=namespace, operation=op, typed_params=pack(params)))
 
-    requests = [request(i) for i in range(KEY_COUNT)]
+    # Few distinct 100-key requests, so that each one's first (decoded) response is a small
+    # share of the calls: the rest are checked by size.
+    requests = [request(i) for i in range(10 if batch else KEY_COUNT)]
 
     async def main() -> dict[str, float]:
         async with grpc.aio.insecure_channel(
@@ -153,11 +155,11 @@ def run_proxy(plan: dict[str, Any]) -> dict[str, float]:
             sizes: dict[int, int] = {}
 
             async def call(i: int) -> None:
-                raw = await execute(requests[i % KEY_COUNT])  # errors are the call's status
+                raw = await execute(requests[i % len(requests)])  # errors are the call's status
                 # Each request's first response is decoded and checked; later ones by size, as
                 # the direct path reads no values either (decoding a 100-item GetManyResponse
                 # with betterproto2 took ~2 ms of this client's CPU, more than the proxy's).
-                if sizes.get(i % KEY_COUNT) == len(raw):
+                if sizes.get(i % len(requests)) == len(raw):
                     return
                 response = ExecuteResponse.parse(raw)
                 if batch:
@@ -166,7 +168,7 @@ def run_proxy(plan: dict[str, Any]) -> dict[str, float]:
                     assert all(item.found for item in items)
                 else:
                     assert unpack(response.typed_result, GetResponse).found
-                sizes[i % KEY_COUNT] = len(raw)
+                sizes[i % len(requests)] = len(raw)
 
             return await load(call, plan)
 
