@@ -10,6 +10,7 @@ they wait, as an application's threads would).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import statistics
@@ -220,7 +221,11 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     calibration = calibrate()
     log(f"calibration: {calibration}")
-    with grpc.insecure_channel(plan["address"], options=CHANNEL_OPTIONS) as channel:
+    baseline_plan = plan.get("baseline")
+    with contextlib.ExitStack() as stack:
+        channel = stack.enter_context(
+            grpc.insecure_channel(plan["address"], options=CHANNEL_OPTIONS)
+        )
         proxy = Proxy(channel)
         proxy.seed(FLOOR, [key(i) for i in range(KEYS)], data)
         targets: list[tuple[str, str, Call, Pids]] = []
@@ -228,6 +233,16 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
         directs: list[Direct] = []
         floor_pids: Pids = {"proxy": [plan["proxy_pid"]], "backend": []}
         targets.append((FLOOR, "in_process", proxy.get_call(FLOOR, data), floor_pids))
+        baseline: Proxy | None = None
+        if baseline_plan is not None:  # another tree's proxy, in-process namespaces only
+            baseline = Proxy(
+                stack.enter_context(
+                    grpc.insecure_channel(baseline_plan["address"], options=CHANNEL_OPTIONS)
+                )
+            )
+            baseline.seed(FLOOR, [key(i) for i in range(KEYS)], data)
+            base_floor: Pids = {"proxy": [baseline_plan["pid"]], "backend": []}
+            targets.append((FLOOR, "baseline", baseline.get_call(FLOOR, data), base_floor))
         for entry in plan["backends"]:
             backend = BACKENDS[entry["name"]]
             namespaces: dict[str, str] = entry["namespaces"]  # mode → namespace
@@ -248,6 +263,13 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
                 targets.append((backend.name, mode, proxy.get_call(namespace, data), pids))
                 bulk_targets.append(
                     (backend.name, mode, proxy.bulk_call(namespace, bulk, data), pids)
+                )
+            if baseline is not None:  # the same server, table and key prefix: seeded above
+                pids = {"proxy": [baseline_plan["pid"]], "backend": server}
+                seeded = namespaces["in_process"]
+                targets.append((backend.name, "baseline", baseline.get_call(seeded, data), pids))
+                bulk_targets.append(
+                    (backend.name, "baseline", baseline.bulk_call(seeded, bulk, data), pids)
                 )
         for _, _, call, _ in targets:
             timed(call, plan["warmup"], 1)

@@ -8,7 +8,8 @@ document: per-call latency percentiles, throughput and its own CPU time per call
   own prepared `SELECT ... WHERE key = $1` (and `key = ANY($1)` for `get_many`), no proxy, no
   SDK;
 - `proxy`: the proxy's front door over gRPC (grpcio's asyncio client, requests serialized up
-  front), `get` / `get_many` on one namespace.
+  front), `get` / `get_many` on one namespace; each request's first response is decoded and
+  checked, the later ones by size.
 
 `concurrency` tasks share the calls; every call picks keys from the populated set.
 """
@@ -141,7 +142,9 @@ def run_proxy(plan: dict[str, Any]) -> dict[str, float]:
             params, op = GetRequest(key=key(i)), "get"
         return bytes(ExecuteRequest(namespace=namespace, operation=op, typed_params=pack(params)))
 
-    requests = [request(i) for i in range(KEY_COUNT)]
+    # Few distinct 100-key requests, so that each one's first (decoded) response is a small
+    # share of the calls: the rest are checked by size.
+    requests = [request(i) for i in range(10 if batch else KEY_COUNT)]
 
     async def main() -> dict[str, float]:
         async with grpc.aio.insecure_channel(
@@ -149,15 +152,23 @@ def run_proxy(plan: dict[str, Any]) -> dict[str, float]:
         ) as channel:
             execute = channel.unary_unary("/prism.proxy.v1.DataProxy/Execute")
 
+            sizes: dict[int, int] = {}
+
             async def call(i: int) -> None:
-                raw = await execute(requests[i % KEY_COUNT])
-                response = ExecuteResponse.parse(raw)  # errors are the call's status
+                raw = await execute(requests[i % len(requests)])  # errors are the call's status
+                # Each request's first response is decoded and checked; later ones by size, as
+                # the direct path reads no values either (decoding a 100-item GetManyResponse
+                # with betterproto2 took ~2 ms of this client's CPU, more than the proxy's).
+                if sizes.get(i % len(requests)) == len(raw):
+                    return
+                response = ExecuteResponse.parse(raw)
                 if batch:
                     items = unpack(response.typed_result, GetManyResponse).items
                     assert len(items) == batch
                     assert all(item.found for item in items)
                 else:
                     assert unpack(response.typed_result, GetResponse).found
+                sizes[i % len(requests)] = len(raw)
 
             return await load(call, plan)
 

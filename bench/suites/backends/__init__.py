@@ -16,6 +16,10 @@ Targets (ARCHITECTURE.md §7): in-process added p50 ≤ 0.3 ms over the backend'
 get_many ≤ 2x the direct multi-get. The report also gives the same-run calibration (a fixed
 pure-Python loop) and each path's added p50 over memstore in-process, which is the plugin's
 share of it.
+
+`--baseline DIR` also starts a second proxy from another tree (an export of another commit:
+its `prism` and `plugins/*/src` first on PYTHONPATH) with the same backends in-process and its
+own memstore, measured in the same rounds as path "baseline": before and after in one run.
 """
 
 from __future__ import annotations
@@ -45,8 +49,13 @@ BACKEND_MODULES = (
 )
 TARGET_ADDED_P50_US = 300.0
 TARGET_BULK_RATIO = 2.0
-MODES = ("direct", "in_process", "sidecar")
-LABELS = {"direct": "direct", "in_process": "in-process", "sidecar": "sidecar"}
+MODES = ("direct", "in_process", "sidecar", "baseline")
+LABELS = {
+    "direct": "direct",
+    "in_process": "in-process",
+    "sidecar": "sidecar",
+    "baseline": "in-process (baseline)",
+}
 PACKAGES = ("grpcio", "trio", "h2", "betterproto2", "prism-proxy", "hiredis")
 
 
@@ -119,6 +128,14 @@ def load_backends() -> dict[str, Backend]:
     return BACKENDS
 
 
+def _tree_commit(root: Path) -> str:
+    """A checkout's commit, or an export's (`git archive` has none: its COMMIT file's)."""
+    from bench.suites.plugins import _git_commit
+
+    marker = root / "COMMIT"
+    return _git_commit(root) or (marker.read_text().strip() if marker.is_file() else "unknown")
+
+
 def log(message: str) -> None:
     print(f"[bench backends] {message}", file=sys.stderr, flush=True)
 
@@ -163,10 +180,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             values = [r["cpu_us_per_call"][who] for r in group]
             entry[f"{who}_cpu_us"] = None if None in values else report.median(values)
         for base_mode, name in (("direct", "added"), ("floor", "over_floor")):
+            floor_mode = "baseline" if mode == "baseline" else "in_process"
             base_key = (
                 (part, backend, "direct", threads)
                 if base_mode == "direct"
-                else ("get", "memstore", "in_process", threads)
+                else ("get", "memstore", floor_mode, threads)
             )
             base = {r["round"]: r for r in groups.get(base_key, [])}
             if mode == "direct" or not base or backend == "memstore":
@@ -195,18 +213,19 @@ def tables(medians: dict[str, Any], backends: list[Backend], concurrency: list[i
               "server CPU µs/call", "target"]  # fmt: skip
     rows = []
     for threads in concurrency:
-        floor = medians.get(f"get/memstore/in_process/{threads}")
-        if floor is not None:
-            rows.append(["(proxy floor)", "memstore in-process", str(threads),
-                         f"{_us(floor['p50_us'])}", _us(floor["p99_us"]), _us(floor["per_s"]),
-                         "-", "-", _us(floor["proxy_cpu_us"]), "-", "-"])  # fmt: skip
+        for floor_mode in ("in_process", "baseline"):
+            floor = medians.get(f"get/memstore/{floor_mode}/{threads}")
+            if floor is not None:
+                rows.append(["(proxy floor)", f"memstore {LABELS[floor_mode]}", str(threads),
+                             f"{_us(floor['p50_us'])}", _us(floor["p99_us"]), _us(floor["per_s"]),
+                             "-", "-", _us(floor["proxy_cpu_us"]), "-", "-"])  # fmt: skip
         for backend in backends:
             for mode in MODES:
                 m = medians.get(f"get/{backend.name}/{mode}/{threads}")
                 if m is None:
                     continue
                 target = "-"
-                if mode == "in_process" and threads == 1:
+                if mode in ("in_process", "baseline") and threads == 1:
                     ok = m["added_p50_us"] <= TARGET_ADDED_P50_US
                     target = f"≤ {TARGET_ADDED_P50_US:.0f}: {'PASS' if ok else '**FAIL**'}"
                 path = backend.direct_label if mode == "direct" else LABELS[mode]
@@ -255,6 +274,12 @@ class BackendsSuite:
         parser.add_argument("--bulk-calls", type=int, help="get_many per target (default 300)")
         parser.add_argument("--concurrency", default="1,32", help="callers (default 1,32)")
         parser.add_argument("--value-size", type=int, default=100, help="bytes (default 100)")
+        parser.add_argument(
+            "--baseline",
+            type=Path,
+            help="another tree (an export of another commit): its proxy and plugins in-process "
+            "in the same rounds, as path 'baseline'",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         known = load_backends()
@@ -266,6 +291,11 @@ class BackendsSuite:
             if importlib.util.find_spec(module) is None:
                 raise BenchError(f"{module} is not installed (use `nox -s bench`)")
         backends = [known[n] for n in names]
+        baseline_root: Path | None = None
+        if args.baseline is not None:
+            baseline_root = args.baseline.resolve()
+            if not (baseline_root / "prism" / "cli" / "main.py").is_file():
+                raise BenchError(f"--baseline {baseline_root}: no prism/cli/main.py there")
         concurrency = [int(c) for c in args.concurrency.split(",")]
         repeat = args.repeat or (1 if args.quick else 3)
         calls = args.calls or (200 if args.quick else 2000)
@@ -276,7 +306,9 @@ class BackendsSuite:
         env = report.environment(
             (*PACKAGES, *(p for b in backends for p in b.packages)),
             {"repeat": repeat, "calls": calls, "bulk_calls": bulk_calls,
-             "concurrency": concurrency, "value_size": args.value_size},
+             "concurrency": concurrency, "value_size": args.value_size,
+             "baseline": str(baseline_root) if baseline_root else None,
+             "baseline_commit": _tree_commit(baseline_root) if baseline_root else None},
         )  # fmt: skip
         data: dict[str, Any] = {"suite": self.name, "environment": env}
         running: dict[str, Running] = {}
@@ -288,6 +320,15 @@ class BackendsSuite:
             proxy = PrismProcess(
                 "proxy", lambda port: ["serve", "--config", str(config_path)], logs / "proxy.log"
             )
+            base_config = tmp / "baseline.yaml"
+            baseline = None
+            if baseline_root is not None:
+                baseline = PrismProcess(
+                    "baseline-proxy",
+                    lambda port: ["serve", "--config", str(base_config)],
+                    logs / "baseline-proxy.log",
+                    root=baseline_root,
+                )
             try:
                 for backend in backends:
                     running[backend.name] = backend.start(tmp)
@@ -307,6 +348,17 @@ class BackendsSuite:
                 }
                 config_path.write_text(json.dumps(config, indent=2) + "\n")
                 proxy.start(timeout_s=60)
+                if baseline is not None:
+                    (tmp / "base-run").mkdir(mode=0o700)
+                    in_process = [n for n in namespaces if not n["name"].endswith("-sidecar")]
+                    base = {
+                        **config,
+                        "listen": f"127.0.0.1:{baseline.port}",
+                        "runtime_dir": str(tmp / "base-run"),
+                        "namespaces": in_process,
+                    }
+                    base_config.write_text(json.dumps(base, indent=2) + "\n")
+                    baseline.start(timeout_s=60)
                 plan = {
                     "address": f"{proxy.host}:{proxy.port}",
                     "proxy_pid": proxy.pid,
@@ -317,6 +369,9 @@ class BackendsSuite:
                     "bulk_keys": 100,
                     "concurrency": concurrency,
                     "value_size": args.value_size,
+                    "baseline": None
+                    if baseline is None
+                    else {"address": f"{baseline.host}:{baseline.port}", "pid": baseline.pid},
                     "backends": [
                         {
                             "name": name,
@@ -331,8 +386,12 @@ class BackendsSuite:
                 log(f"proxy pid {proxy.pid}; {repeat} round(s); logs in {logs}")
                 result = self._client(plan)
                 proxy.check_alive()
+                if baseline is not None:
+                    baseline.check_alive()
             finally:
                 proxy.stop()
+                if baseline is not None:
+                    baseline.stop()
                 for run in running.values():
                     run.stop()
         medians = summarize(result["rows"])
@@ -346,6 +405,11 @@ class BackendsSuite:
             f"{repeat} round(s); {env['date_utc']}; commit {env['git_commit']}; {env['cpus']} "
             f"CPUs ({env['cpu_model']}); client, proxy, sidecars and servers on one machine; "
             f"`{' '.join(env['command'])}`."
+            + (
+                f" Baseline: {baseline_root} ({_tree_commit(baseline_root)})."
+                if baseline_root
+                else ""
+            )
         )
         path = report.write_results(args.results_dir, f"backends-{stamp}", data, markdown)
         print(markdown)

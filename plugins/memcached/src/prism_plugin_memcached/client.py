@@ -21,6 +21,7 @@ from prism.sdk import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    slots,
 )
 from prism_plugin_memcached.meta import ProtocolError, Reader, Reply
 
@@ -183,7 +184,7 @@ class Pool:
             self._discard(self._idle.popleft())
 
     async def _acquire(self) -> tuple[Connection, bool]:
-        await self._slots.acquire()
+        await slots.take(self._slots)
         try:
             while self._idle:
                 connection = self._idle.popleft()

@@ -22,7 +22,7 @@ import trio
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from prism.sdk import GrpcError, Metrics, Unavailable
+from prism.sdk import GrpcError, Metrics, Unavailable, slots
 from prism_plugin_postgres.connection import PgConnection, Statement
 from prism_plugin_postgres.errors import ConnectionLost, connect_error, is_retryable_loss
 
@@ -181,7 +181,8 @@ class Pool:
     async def connection(self) -> AsyncIterator[Lease]:
         """A connection for one call (``lease.run(...)`` as many batches as the call needs).
         Waits (FIFO) while all are busy; cancellation while waiting takes none."""
-        async with self._slots:
+        await slots.take(self._slots)
+        try:
             if self._closed:
                 raise Unavailable("the plugin is shutting down")
             connection = None
@@ -199,6 +200,8 @@ class Pool:
                     self._idle.append(lease.connection)
                 else:
                     self._release_closed(lease.connection)
+        finally:
+            self._slots.release()
 
     def discard(self, connection: PgConnection) -> None:
         """Close a connection ``connect()`` gave that is not the pool's (the listener's)."""

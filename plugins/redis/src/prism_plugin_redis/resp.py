@@ -34,6 +34,7 @@ from prism.sdk import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    slots,
 )
 
 __all__ = ["Connection", "ConnectionLost", "Endpoint", "Pool", "encode", "reply_error"]
@@ -300,7 +301,7 @@ class Pool:
 
     async def _acquire(self) -> tuple[Connection, bool]:
         """A connection and whether it was reused (idle) rather than just opened."""
-        await self._slots.acquire()
+        await slots.take(self._slots)
         try:
             while self._idle:
                 connection = self._idle.popleft()
