@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -116,7 +117,12 @@ class Proxy:
         Shutdown, each within its ``drain_grace``)."""
         host, port = split_host_port(self.config.listen)
         tls = self.config.tls
-        ssl_context = server_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None
+        ssl_context = None
+        if tls is not None:
+            ssl_context = server_ssl_context(tls.cert, tls.key, tls.client_ca)
+            if tls.client_ca is not None and not self.config.auth.mtls.required:
+                # Asked for and verified when sent; a client without one still connects.
+                ssl_context.verify_mode = ssl.CERT_OPTIONAL
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)

@@ -42,10 +42,11 @@ def pki(tmp_path: Path) -> Pki:
 
 @asynccontextmanager
 async def access_proxy(
-    tmp_path: Path, pki: Pki, jwks_url: str, *, mtls: MtlsConfig | None = None
+    tmp_path: Path, pki: Pki, jwks_url: str, *, mtls: MtlsConfig | None = None, **open_ns: bool
 ) -> AsyncIterator[tuple[str, Path]]:
     """A proxy over TLS with client certificates (verified against ``pki``'s CA), bearer JWTs
-    from ``jwks_url`` and :data:`RULES`; yields its address and its audit file."""
+    from ``jwks_url`` and :data:`RULES`, plus a namespace admitting anonymous callers for each
+    ``open_ns`` name; yields its address and its audit file."""
     audit = tmp_path / "audit.jsonl"
     config = ProxyConfig(
         listen="127.0.0.1:0",
@@ -57,9 +58,15 @@ async def access_proxy(
         ),
         audit=AuditConfig(enabled=True, file=audit),
         shutdown_grace=2.0,
-        namespaces=tuple(
-            NamespaceConfig(name, PluginConfig("memstore"), access={"rules": rules})
-            for name, rules in RULES.items()
+        namespaces=(
+            *(
+                NamespaceConfig(name, PluginConfig("memstore"), access={"rules": rules})
+                for name, rules in RULES.items()
+            ),
+            *(
+                NamespaceConfig(name, PluginConfig("memstore"), access={"anonymous": True})
+                for name in open_ns
+            ),
         ),
     )
     async with trio.open_nursery() as nursery:
@@ -141,3 +148,61 @@ async def test_app_access_jwt_and_certificate_identities_through_rules_and_audit
     for secret in (token, stranger, token.split(".")[2]):
         assert secret not in caplog.text
         assert secret not in audit.read_text()
+
+
+async def test_app_access_optional_certificate_lets_token_and_anonymous_callers_connect(
+    tmp_path: Path, pki: Pki
+) -> None:
+    signer = ec_signer()
+    server = JwksServer(jwks(signer))
+    workload = pki.client_custom("workload", uris=(SPIFFE,), cn="orders")
+    (tmp_path / "other").mkdir()
+    stranger = make_pki(tmp_path / "other").client("stranger", "stranger.internal")
+    optional = MtlsConfig(required=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        async with access_proxy(tmp_path, pki, server.url, mtls=optional, public=True) as (
+            target,
+            audit,
+        ):
+            # Without a certificate: the token is the identity...
+            await calls(target, ca=pki.ca_file, token=signer.token(sub="alice"))
+            # ... a certificate still is one when sent ...
+            await calls(target, ca=pki.ca_file, cert=workload)
+            with trio.fail_after(30):
+                async with prism.client.connect(target, ca=pki.ca_file) as client:
+                    # ... and with neither, the caller is anonymous: only "public" admits it.
+                    await client.keyvalue("public").set("k", b"v")
+                    with pytest.raises(prism.client.PermissionDenied) as denied:
+                        await client.keyvalue("orders").get("k")
+                    assert denied.value.message == "caller may not call 'get' on namespace 'orders'"
+                # A certificate from another CA is still refused in the handshake.
+                with pytest.raises(prism.client.Unavailable):
+                    async with prism.client.connect(
+                        target, ca=pki.ca_file, cert=stranger
+                    ) as client:
+                        await client.keyvalue("public").get("k")
+        nursery.cancel_scope.cancel()
+    subjects = [(r["subject"], r["namespace"], r["status"]) for r in records(audit)]
+    assert subjects[:2] == [("alice", "orders", "OK")] * 2
+    assert subjects[4:6] == [(SPIFFE, "orders", "OK")] * 2
+    assert subjects[8:] == [
+        ("anonymous", "public", "OK"),
+        ("anonymous", "orders", "PERMISSION_DENIED"),
+    ]
+
+
+async def test_app_access_optional_certificate_without_anonymous_namespaces_is_unauthenticated(
+    tmp_path: Path, pki: Pki
+) -> None:
+    server = JwksServer(jwks(ec_signer()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        optional = MtlsConfig(required=False)
+        async with access_proxy(tmp_path, pki, server.url, mtls=optional) as (target, _):
+            with trio.fail_after(30):
+                async with prism.client.connect(target, ca=pki.ca_file) as client:
+                    with pytest.raises(prism.client.Unauthenticated) as refused:
+                        await client.keyvalue("orders").get("k")
+            assert refused.value.message == GENERIC
+        nursery.cancel_scope.cancel()
