@@ -93,6 +93,8 @@ class Proxy:
         self.admin_address: tuple[str, int] | None = None
         self.admin_socket: str | None = None
         self._scope: trio.CancelScope | None = None
+        #: Where tasks started while the proxy runs live (a reloaded authenticator's).
+        self.nursery: trio.Nursery | None = None
 
     def _namespace_status(self, namespace: str, serving: bool) -> None:
         status = ServingStatus.SERVING if serving else ServingStatus.NOT_SERVING
@@ -125,6 +127,7 @@ class Proxy:
                 ssl_context.verify_mode = ssl.CERT_OPTIONAL
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 await nursery.start(self.host.run)
                 await nursery.start(self.pipeline.run)  # stages' background work, if any
                 self.address = await _listen(
