@@ -30,6 +30,8 @@ from prism.proxy.admin_http import FRONT_DOOR_SERVICE, admin_routes
 from prism.proxy.adminauth import AdminAuth, AdminAuthInterceptor
 from prism.proxy.adminport import AdminPort, admin_ssl_context
 from prism.proxy.assembly import build_pipeline
+from prism.proxy.audit import AuditLog
+from prism.proxy.auditdrops import AuditDrops
 from prism.proxy.configreload import ConfigReloader, ReloadResult
 from prism.proxy.frontdoor import DataProxyService
 from prism.proxy.http import HttpServer
@@ -59,6 +61,10 @@ class Proxy:
         self.metrics = ProxyMetrics()
         self.host = PluginHost(config, on_status=self._namespace_status, events=self.metrics)
         self.pipeline = build_pipeline(config, self.host, self.metrics)
+        audit = self.pipeline.audit
+        self.audit_drops = (
+            AuditDrops(audit, self.metrics.registry) if isinstance(audit, AuditLog) else None
+        )
         self.server = pg.Server(
             [DataProxyService(self.host, self.pipeline), Health(self.health)],
             pg.ServerOptions(
@@ -130,6 +136,8 @@ class Proxy:
                 self.nursery = nursery
                 await nursery.start(self.host.run)
                 await nursery.start(self.pipeline.run)  # stages' background work, if any
+                if self.audit_drops is not None:
+                    await nursery.start(self.audit_drops.run)
                 self.address = await _listen(
                     nursery,
                     partial(self.server.serve_tcp, host, port, ssl_context=ssl_context),
