@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 import trio
-from host_testkit import EXECUTE, REPO, proxy_config, request
+from host_testkit import EXECUTE, EXECUTE_STREAM, REPO, proxy_config, request
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from prism import grpc as pg
-from prism._proto.prism.proxy.v1 import ExecuteResponse
+from prism._proto.prism.proxy.v1 import ExecuteResponse, StreamRequest, StreamResponse
 from prism.config import NamespaceConfig, PluginConfig, ProxyConfig
+from prism.config.audit import AuditConfig
 from prism.config.auth import AccessConfig
 from prism.config.tracing import TracingConfig
 from prism.proxy.app import Proxy
@@ -77,6 +78,24 @@ async def plugin_metadata(
             EXECUTE, request("trace", "meta", b"hello", body), ExecuteResponse, metadata=headers
         )
     seen: dict[str, str] = json.loads(response.raw_result)
+    return seen
+
+
+async def stream_metadata(
+    channel: pg.Channel,
+    headers: Sequence[tuple[str, str]] = (),
+    body: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """What the plugin's stream operation was given in its metadata map."""
+    first = StreamRequest(
+        namespace="trace", operation="meta_stream", raw_params=b"hello", metadata=body or {}
+    )
+    with trio.fail_after(30):
+        async with channel.stream(EXECUTE_STREAM, StreamResponse, metadata=headers) as stream:
+            await stream.send_message(first)
+            await stream.end()
+            replies = [reply async for reply in stream]
+    seen: dict[str, str] = json.loads(replies[0].raw_result)
     return seen
 
 
@@ -199,6 +218,33 @@ async def test_tracer_disabled_passes_no_trace_context() -> None:
     async with serving(config) as channel:
         seen = await plugin_metadata(channel, [("traceparent", CLIENT_PARENT)], {"user": "u1"})
     assert seen == {"user": "u1"}
+
+
+@pytest.mark.parametrize("mode", ["in_process", "sidecar"])
+async def test_tracer_passes_the_clients_trace_to_a_stream(
+    mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    audit = tmp_path / "audit.jsonl"
+    config = proxy_config(traced(mode), audit=AuditConfig(enabled=True, file=audit))
+    async with serving(config) as channel:
+        seen = await stream_metadata(
+            channel,
+            [("traceparent", CLIENT_PARENT), ("tracestate", "congo=t61rcWkgMzE")],
+            {"traceparent": "00-forged", "user": "u1"},
+        )
+        started = await stream_metadata(channel)
+    trace_id, span_id, flags = parent_of(seen)
+    assert (trace_id, flags) == (CLIENT_TRACE, 1)
+    assert span_id != CLIENT_SPAN  # the proxy's own span is the plugin's parent
+    assert (seen["tracestate"], seen["user"]) == ("congo=t61rcWkgMzE", "u1")
+    new_trace = parent_of(started)[0]  # no traceparent: the proxy started a trace
+    assert new_trace not in (CLIENT_TRACE, "0" * 32)
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["operation"], r["stream"], r["trace_id"]) for r in records] == [
+        ("meta_stream", True, CLIENT_TRACE),
+        ("meta_stream", True, new_trace),
+    ]
 
 
 # -- OpenTelemetry spans ------------------------------------------------------------------------
