@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from prism.config import NamespaceConfig, PluginConfig, ProxyConfig
 from prism.config.audit import AuditConfig
 from prism.config.auth import AccessConfig
 from prism.config.tracing import TracingConfig
+from prism.grpc.wire.status import Status
 from prism.proxy.app import Proxy
 from prism.proxy.tracing import (
     ExportingTracer,
@@ -245,6 +247,51 @@ async def test_tracer_passes_the_clients_trace_to_a_stream(
         ("meta_stream", True, CLIENT_TRACE),
         ("meta_stream", True, new_trace),
     ]
+
+
+class BuggyStage:
+    """A rate limiter with a bug: the proxy's own code failing, not a plugin's."""
+
+    def check(self, info: object) -> None:
+        raise ZeroDivisionError("a bug in the proxy")
+
+
+@pytest.mark.parametrize("where", ["proxy", "in_process", "sidecar"])
+@pytest.mark.parametrize("sent", [True, False], ids=["traceparent", "no-traceparent"])
+async def test_tracer_internal_error_is_reported_under_the_calls_trace_id(
+    where: str,
+    sent: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    audit = tmp_path / "audit.jsonl"
+    mode = "in_process" if where == "proxy" else where
+    config = proxy_config(traced(mode), audit=AuditConfig(enabled=True, file=audit))
+    headers = [("traceparent", CLIENT_PARENT)] if sent else []
+    async with trio.open_nursery() as nursery:
+        proxy = Proxy(config)
+        await nursery.start(proxy.run)
+        if where == "proxy":
+            proxy.pipeline.namespaces["trace"].rate_limiter = BuggyStage()
+        assert proxy.address is not None
+        async with pg.open_channel(f"{proxy.address[0]}:{proxy.address[1]}") as channel:
+            with trio.fail_after(30), pytest.raises(pg.GrpcError) as failed:
+                await channel.unary_unary(
+                    EXECUTE, request("trace", "crash", b""), ExecuteResponse, metadata=headers
+                )
+        nursery.cancel_scope.cancel()
+    [record] = [json.loads(line) for line in audit.read_text().splitlines()]
+    trace_id = record["trace_id"]
+    if sent:
+        assert trace_id == CLIENT_TRACE
+    assert failed.value.status == Status.UNKNOWN
+    assert failed.value.message.endswith(f"(trace id {trace_id})")
+    assert "bug" not in failed.value.message  # what went wrong is in the log only
+    if where != "sidecar":  # a sidecar's lines reach the proxy's log through its stderr
+        [line] = [r for r in caplog.records if f"trace id {trace_id}" in r.getMessage()]
+        assert line.levelno == logging.ERROR
 
 
 # -- OpenTelemetry spans ------------------------------------------------------------------------

@@ -23,6 +23,11 @@ class MetadataEcho(BackendPlugin):
         log.warning("asked: %s", params.decode())
         return json.dumps(dict(ctx.metadata)).encode()
 
+    @operation("crash", params=bytes, result=bytes)
+    async def crash(self, params: bytes, ctx: OperationContext) -> bytes:
+        """A bug in the plugin."""
+        raise RuntimeError("the plugin has a bug")
+
     @stream_operation("meta_stream", params=bytes, result=bytes)
     async def meta_stream(self, params: bytes, stream: OperationStream) -> None:
         """The stream's metadata map as JSON, in one message; logs like ``meta``."""
