@@ -19,8 +19,9 @@ class MetadataEcho(BackendPlugin):
 
     @operation("meta", params=bytes, result=bytes)
     async def meta(self, params: bytes, ctx: OperationContext) -> bytes:
-        """The request's metadata map as JSON; logs ``params`` (as text) at WARNING."""
+        """The request's metadata map as JSON; logs ``params`` (as text) at WARNING and DEBUG."""
         log.warning("asked: %s", params.decode())
+        log.debug("details: %s", params.decode())
         return json.dumps(dict(ctx.metadata)).encode()
 
     @operation("crash", params=bytes, result=bytes)
