@@ -53,9 +53,17 @@ class Proxy:
     """A running proxy. ``address`` is where the front door listens; ``admin_address`` and
     ``admin_socket`` where the admin port does (None when not configured). ``metrics``: its
     Prometheus metrics (its own registry); ``pipeline``: the front door's request stages.
-    ``config_path``: the file ``config`` was read from, which :meth:`reload_config` re-reads."""
+    ``config_path``: the file ``config`` was read from, which :meth:`reload_config` re-reads;
+    ``overrides``: what was changed in it after reading (``prism serve --listen``...), applied
+    to each re-read file too."""
 
-    def __init__(self, config: ProxyConfig, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        config_path: Path | None = None,
+        overrides: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    ) -> None:
         self.config = config
         self.health = HealthState()
         self.metrics = ProxyMetrics()
@@ -80,7 +88,7 @@ class Proxy:
         self.admin_server: pg.Server | None = None
         self.admin_port: AdminPort | None = None
         self.admin_auth: AdminAuth | None = None
-        self.reloader = ConfigReloader(self, config_path)
+        self.reloader = ConfigReloader(self, config_path, overrides)
         if config.admin.enabled:
             if config.admin.listen is not None:
                 check_admin_listen(config.admin.listen)  # also for configs built in code

@@ -20,7 +20,9 @@ top-level field (listeners, TLS, admin, the other call-level stages' sections, l
 security) is bound into sockets and stages built at start: a change to one keeps the old
 value, and the reload answers ``restart required for FIELD`` (the proxy does not refuse the
 whole reload for it: the namespace changes in the same file still apply). ``admin.token``'s
-secret is read again, so rotating it needs no restart.
+secret is read again, so rotating it needs no restart. Fields ``prism serve``'s options
+override (``--listen``, ``--admin``, ``--log-level``, ``--log-format``) are overridden in the
+file read again too: they keep the command line's value and are no change.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,9 +95,17 @@ def _secrets_digest(config: ProxyConfig, ns: NamespaceConfig) -> str | None:
 class ConfigReloader:
     """The running configuration's revision and the reload of its file (module docstring)."""
 
-    def __init__(self, proxy: Proxy, path: Path | None) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        path: Path | None,
+        overrides: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    ) -> None:
         self.proxy = proxy
         self.path = path
+        #: Applied to each file read (``prism serve``'s options): an overridden field keeps
+        #: its override, and does not read as a change that needs a restart.
+        self.overrides = overrides
         config = proxy.config
         data = None
         if path is not None:
@@ -140,6 +151,11 @@ class ConfigReloader:
             )
         async with self._lock:
             new, data = await trio.to_thread.run_sync(_read, path)
+            if self.overrides is not None:
+                try:
+                    new = self.overrides(new)
+                except ConfigError as exc:
+                    raise ConfigRejected(list(exc.errors)) from None
             return await self._apply(new, revision_of(data))
 
     async def _apply(self, new: ProxyConfig, revision: str) -> ReloadResult:
