@@ -22,12 +22,6 @@ from prism.proxy.auditdrops import LOG_INTERVAL, METRIC
 FULL = Path("/dev/full")
 
 
-@pytest.fixture
-def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
-    mock_clock.rate = 1.0
-    return mock_clock
-
-
 async def dropped(http: httpx.AsyncClient) -> float | None:
     reply = await http.get("/metrics")
     assert reply.status_code == 200

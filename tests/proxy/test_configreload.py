@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,22 @@ import pytest
 import trio
 import trio.testing
 import yaml
-from authn_testkit import AUDIENCE, ISSUER, JwksServer, Recorder, Running, ec_signer, jwks
+from authn_testkit import (
+    AUDIENCE,
+    ISSUER,
+    JwksServer,
+    Recorder,
+    Running,
+    Signer,
+    ec_signer,
+    jwks,
+)
 from authn_testkit import round_trip as call
 
 import prism.client
 from prism.config import load_config
 from prism.proxy.app import Proxy
 from prism.proxy.configreload import ConfigRejected
-
-
-@pytest.fixture
-def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
-    mock_clock.rate = 1.0
-    return mock_clock
 
 
 def write(path: Path, jwt: dict[str, Any], *, anonymous: bool = False) -> None:
@@ -86,36 +90,45 @@ async def test_configreload_new_jwks_url_is_fetched_and_its_keys_accepted(
         servers.cancel_scope.cancel()
 
 
-async def test_configreload_unreadable_key_file_rejects_and_the_old_keys_keep_serving(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class PemSetup:
+    """A signer, its public key as a PEM file in ``auth.jwt.keys``, and the config file."""
+
+    signer: Signer
+    key: Path
+    path: Path
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> PemSetup:
     signer = ec_signer(None)
-    key = signer.public_pem(tmp_path / "key.pem")
-    path = tmp_path / "prism.yaml"
-    write(path, {"keys": [str(key)]})
-    async with running(path) as proxy:
-        assert await call(proxy.target, token=signer.token()) == b"v"
+    setup = PemSetup(signer, signer.public_pem(tmp_path / "key.pem"), tmp_path / "prism.yaml")
+    write(setup.path, {"keys": [str(setup.key)]})
+    return setup
+
+
+async def test_configreload_unreadable_key_file_rejects_and_the_old_keys_keep_serving(
+    tmp_path: Path, pem: PemSetup
+) -> None:
+    async with running(pem.path) as proxy:
+        assert await call(proxy.target, token=pem.signer.token()) == b"v"
         broken = tmp_path / "broken.pem"
         broken.write_text("not a key")
-        write(path, {"keys": [str(broken)]})
+        write(pem.path, {"keys": [str(broken)]})
         with pytest.raises(ConfigRejected) as rejected:
             await proxy.proxy.reload_config()
         assert "auth.jwt.keys[0]" in rejected.value.message
-        assert await call(proxy.target, token=signer.token()) == b"v"
+        assert await call(proxy.target, token=pem.signer.token()) == b"v"
 
 
 async def test_configreload_namespace_admitting_anonymous_callers_admits_them(
-    tmp_path: Path,
+    pem: PemSetup,
 ) -> None:
-    signer = ec_signer(None)
-    key = signer.public_pem(tmp_path / "key.pem")
-    path = tmp_path / "prism.yaml"
-    write(path, {"keys": [str(key)]})
-    async with running(path) as proxy:
+    async with running(pem.path) as proxy:
         with pytest.raises(prism.client.Unauthenticated):
             await call(proxy.target)
-        write(path, {"keys": [str(key)]}, anonymous=True)
+        write(pem.path, {"keys": [str(pem.key)]}, anonymous=True)
         result = await proxy.proxy.reload_config()
         assert result.reloaded == ["kv"]
         assert await call(proxy.target) == b"v"
-        assert await call(proxy.target, token=signer.token()) == b"v"
+        assert await call(proxy.target, token=pem.signer.token()) == b"v"
