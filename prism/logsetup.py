@@ -44,6 +44,7 @@ __all__ = [
     "TextFormatter",
     "TraceparentFields",
     "configure",
+    "current_trace_id",
     "parse_plugin_line",
 ]
 
@@ -84,6 +85,16 @@ class TraceparentFields:
 
 
 LOG_CONTEXT: ContextVar[LogContext | None] = ContextVar("prism.log_context", default=None)
+
+
+def current_trace_id() -> str | None:
+    """The W3C trace id of the call this task serves (its :data:`LOG_CONTEXT`), if any: the id
+    an internal error is reported under, so the client's message and the log lines share it."""
+    context = LOG_CONTEXT.get()
+    if context is None:
+        return None
+    return context.log_fields().get("trace_id") or None
+
 
 # Every attribute a plain LogRecord has: anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -7,7 +7,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -253,20 +253,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     logsetup.configure(log_format or "auto", log_level or "info")
     try:
         if args.command == "serve":
+            overrides = partial(_serve_overrides, args, log_format, log_level)
             config = load_config(args.config) if args.config else default_config(args.data_dir)
             # The command line wins over the file; the file over the defaults.
-            logsetup.configure(
-                log_format or config.logging.format, log_level or config.logging.level
-            )
-            if args.listen:
-                config = config.replace(listen=args.listen)
-            if args.admin:
-                # --admin moves the listener; who may call stays as the file says.
-                override = admin_from_target(args.admin).replace(
-                    token=config.admin.token, anonymous_read=config.admin.anonymous_read
-                )
-                config = config.replace(admin=override)
-            trio.run(_serve, config, args.config)
+            config = overrides(config)
+            logsetup.configure(config.logging.format, config.logging.level)
+            trio.run(_serve, config, args.config, overrides)
         elif args.command == "config":
             _config_tool(args)
         elif args.plugin_command in (
@@ -366,13 +358,40 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(config: ProxyConfig, path: Path | None = None) -> None:
+def _serve_overrides(
+    args: argparse.Namespace, log_format: str | None, log_level: str | None, config: ProxyConfig
+) -> ProxyConfig:
+    """``config`` with what ``prism serve``'s options override (also applied to the file a
+    config reload reads, so an overridden field never reads as changed)."""
+    if log_format or log_level:
+        config = config.replace(
+            logging=config.logging.replace(
+                format=log_format or config.logging.format, level=log_level or config.logging.level
+            )
+        )
+    if args.listen:
+        config = config.replace(listen=args.listen)
+    if args.admin:
+        # --admin moves the listener; who may call stays as the file says.
+        override = admin_from_target(args.admin).replace(
+            token=config.admin.token, anonymous_read=config.admin.anonymous_read
+        )
+        config = config.replace(admin=override)
+    return config
+
+
+async def _serve(
+    config: ProxyConfig,
+    path: Path | None = None,
+    overrides: Callable[[ProxyConfig], ProxyConfig] | None = None,
+) -> None:
     # SIGHUP's receiver is in place before the proxy starts: a SIGHUP that arrives while it
     # starts would otherwise end the process (the signal's default action). It is handled
     # once the proxy runs. SIGINT and SIGTERM keep their default until then: they stop a start.
     with trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async with trio.open_nursery() as nursery:
-            proxy: Proxy = await nursery.start(Proxy(config, config_path=path).run)
+            proxy = Proxy(config, config_path=path, overrides=overrides)
+            await nursery.start(proxy.run)
             # What startup made (modules, plugins, config) lives as long as the process:
             # frozen, it is no longer scanned by every later garbage collection. On pub/sub
             # fan-out that was ~20% of the proxy's CPU per delivery (docs/benchmarks.md).

@@ -64,6 +64,11 @@ class MtlsConfig(Model):
     """Where the caller's subject comes from, first match wins: the certificate's SAN URIs
     (``uri``), DNS names (``dns``), e-mail addresses (``email``), IP addresses (``ip``), or
     its subject common name (``cn``). A certificate with none of them is refused."""
+    required: Flag = True
+    """Every connection must present a client certificate signed by ``tls.client_ca`` (the
+    TLS handshake refuses one without). ``false``: a certificate is asked for and verified
+    when the client has one, and a client without one still connects; its calls then need a
+    bearer JWT (``auth.jwt``) or a namespace that admits anonymous callers."""
 
     @field_validator("identity")
     @classmethod

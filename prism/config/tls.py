@@ -12,14 +12,15 @@ __all__ = ["RemoteTlsConfig", "TlsConfig"]
 
 class TlsConfig(Model):
     """Server TLS for the front door (ALPN h2). ``client_ca`` turns on mTLS (client certs
-    required)."""
+    required unless ``auth.mtls.required`` is false)."""
 
     cert: ConfigPath
     """Server certificate chain (PEM)."""
     key: ConfigPath
     """Server private key (PEM)."""
     client_ca: ConfigPath | None = None
-    """CA for client certificates; when set, clients must present one (mTLS)."""
+    """CA for client certificates; when set, clients must present one (mTLS), or may
+    (``auth.mtls.required: false``)."""
 
 
 class RemoteTlsConfig(Model):

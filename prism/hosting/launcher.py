@@ -25,6 +25,7 @@ from prism.plugin_protocol.handshake import (
     SUPPORTED_PROTOCOL_VERSIONS,
     check_magic_cookie,
     negotiate_protocol_version,
+    plugin_log_level,
     plugin_max_message_size,
     plugin_socket_path,
 )
@@ -50,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     check_magic_cookie()
-    # JSON lines on stderr, which the proxy parses into records of its own (prism.logsetup).
-    logsetup.configure("json", "info")
+    # JSON lines on stderr, which the proxy parses into records of its own (prism.logsetup),
+    # from the level the proxy logs them at.
+    logsetup.configure("json", plugin_log_level())
     try:
         policy = VerifyPolicy.from_config(
             require_signature=args.require_signature,

@@ -48,7 +48,13 @@ from prism.hosting.supervisor import (
     supervise,
 )
 from prism.hosting.verify import PluginRefused, verify_artifact
-from prism.plugin_protocol.handshake import ENV_MAX_MESSAGE_SIZE, Handshake, PluginStartError
+from prism.plugin_protocol.handshake import (
+    ENV_LOG_LEVEL,
+    ENV_MAX_MESSAGE_SIZE,
+    Handshake,
+    PluginStartError,
+    log_level_name,
+)
 
 log = logging.getLogger("prism.hosting")
 
@@ -210,6 +216,11 @@ class SidecarModel:
             env={
                 **self.ns.plugin.env,
                 ENV_MAX_MESSAGE_SIZE: str(self.settings.config.max_message_size),
+                # What the proxy logs the forwarded records at (its logging: the config's
+                # level, `--log-level`, or an embedding application's own setup).
+                ENV_LOG_LEVEL: log_level_name(
+                    logging.getLogger(f"prism.plugin.{self.ns.name}").getEffectiveLevel()
+                ),
             },
             inherit_env=self.ns.plugin.inherit_env,
             limits=ResourceLimits(

@@ -39,6 +39,7 @@ means the proxy is gone (:func:`watch_parent`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -57,6 +58,10 @@ ENV_MAGIC_COOKIE = "PRISM_PLUGIN_MAGIC_COOKIE"
 ENV_PROTOCOL_VERSIONS = "PRISM_PLUGIN_PROTOCOL_VERSIONS"
 ENV_SOCKET = "PRISM_PLUGIN_SOCKET"
 ENV_MAX_MESSAGE_SIZE = "PRISM_PLUGIN_MAX_MESSAGE_SIZE"
+#: The lowest level the proxy logs a sidecar's records at (``DEBUG`` ... ``CRITICAL``): the
+#: sidecar need not write lines the proxy would drop, nor hold back ones it would keep.
+ENV_LOG_LEVEL = "PRISM_PLUGIN_LOG_LEVEL"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: The proxy's default ``max_message_size`` (16 MiB), for both directions of every hop.
 DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
 # Fixed and public on purpose (see the module docstring): a UX check, not authentication.
@@ -205,6 +210,21 @@ def plugin_max_message_size(environ: Mapping[str, str] | None = None) -> int:
     if value.isdigit() and len(value) <= 10 and int(value) > 0:
         return int(value)
     return DEFAULT_MAX_MESSAGE_SIZE
+
+
+def log_level_name(level: int) -> str:
+    """The standard level name at or below ``level`` (what :data:`ENV_LOG_LEVEL` carries)."""
+    for name in reversed(_LOG_LEVELS):
+        if level >= logging.getLevelName(name):
+            return name
+    return "DEBUG"
+
+
+def plugin_log_level(environ: Mapping[str, str] | None = None) -> str:
+    """The level the proxy asked a sidecar to log from (``PRISM_PLUGIN_LOG_LEVEL``), lower
+    case; ``info`` when it asked none or named no standard level."""
+    value = _environ(environ).get(ENV_LOG_LEVEL, "").strip().upper()
+    return value.lower() if value in _LOG_LEVELS else "info"
 
 
 def offered_protocol_versions(environ: Mapping[str, str] | None = None) -> tuple[int, ...]:

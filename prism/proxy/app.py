@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,8 @@ from prism.proxy.admin_http import FRONT_DOOR_SERVICE, admin_routes
 from prism.proxy.adminauth import AdminAuth, AdminAuthInterceptor
 from prism.proxy.adminport import AdminPort, admin_ssl_context
 from prism.proxy.assembly import build_pipeline
+from prism.proxy.audit import AuditLog
+from prism.proxy.auditdrops import AuditDrops
 from prism.proxy.configreload import ConfigReloader, ReloadResult
 from prism.proxy.frontdoor import DataProxyService
 from prism.proxy.http import HttpServer
@@ -50,14 +53,26 @@ class Proxy:
     """A running proxy. ``address`` is where the front door listens; ``admin_address`` and
     ``admin_socket`` where the admin port does (None when not configured). ``metrics``: its
     Prometheus metrics (its own registry); ``pipeline``: the front door's request stages.
-    ``config_path``: the file ``config`` was read from, which :meth:`reload_config` re-reads."""
+    ``config_path``: the file ``config`` was read from, which :meth:`reload_config` re-reads;
+    ``overrides``: what was changed in it after reading (``prism serve --listen``...), applied
+    to each re-read file too."""
 
-    def __init__(self, config: ProxyConfig, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        config_path: Path | None = None,
+        overrides: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    ) -> None:
         self.config = config
         self.health = HealthState()
         self.metrics = ProxyMetrics()
         self.host = PluginHost(config, on_status=self._namespace_status, events=self.metrics)
         self.pipeline = build_pipeline(config, self.host, self.metrics)
+        audit = self.pipeline.audit
+        self.audit_drops = (
+            AuditDrops(audit, self.metrics.registry) if isinstance(audit, AuditLog) else None
+        )
         self.server = pg.Server(
             [DataProxyService(self.host, self.pipeline), Health(self.health)],
             pg.ServerOptions(
@@ -73,7 +88,7 @@ class Proxy:
         self.admin_server: pg.Server | None = None
         self.admin_port: AdminPort | None = None
         self.admin_auth: AdminAuth | None = None
-        self.reloader = ConfigReloader(self, config_path)
+        self.reloader = ConfigReloader(self, config_path, overrides)
         if config.admin.enabled:
             if config.admin.listen is not None:
                 check_admin_listen(config.admin.listen)  # also for configs built in code
@@ -92,6 +107,8 @@ class Proxy:
         self.admin_address: tuple[str, int] | None = None
         self.admin_socket: str | None = None
         self._scope: trio.CancelScope | None = None
+        #: Where tasks started while the proxy runs live (a reloaded authenticator's).
+        self.nursery: trio.Nursery | None = None
 
     def _namespace_status(self, namespace: str, serving: bool) -> None:
         status = ServingStatus.SERVING if serving else ServingStatus.NOT_SERVING
@@ -116,11 +133,19 @@ class Proxy:
         Shutdown, each within its ``drain_grace``)."""
         host, port = split_host_port(self.config.listen)
         tls = self.config.tls
-        ssl_context = server_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None
+        ssl_context = None
+        if tls is not None:
+            ssl_context = server_ssl_context(tls.cert, tls.key, tls.client_ca)
+            if tls.client_ca is not None and not self.config.auth.mtls.required:
+                # Asked for and verified when sent; a client without one still connects.
+                ssl_context.verify_mode = ssl.CERT_OPTIONAL
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 await nursery.start(self.host.run)
                 await nursery.start(self.pipeline.run)  # stages' background work, if any
+                if self.audit_drops is not None:
+                    await nursery.start(self.audit_drops.run)
                 self.address = await _listen(
                     nursery,
                     partial(self.server.serve_tcp, host, port, ssl_context=ssl_context),

@@ -269,6 +269,11 @@ class Authentication:
             return
         await self.jwt.keys.run(task_status=task_status)
 
+    def stop(self) -> None:
+        """End :meth:`run`: a config reload replaced this authenticator."""
+        if self.jwt is not None:
+            self.jwt.keys.stop()
+
     async def authenticate(self, call: ServerCall, info: RequestInfo) -> Identity:
         try:
             return await self._identify(call, info)

@@ -10,12 +10,19 @@ through hot reload (the old instance serves until the new one is healthy), an un
 left alone. A new instance that fails to start leaves that namespace as it was (and is
 reported); the others are applied.
 
-Only ``namespaces``, ``secrets`` and ``shutdown_grace`` change live. Every other top-level
-field (listeners, TLS, admin, the call-level stages' sections, limits, plugin security) is
-bound into sockets and stages built at start: a change to one keeps the old value, and the
-reload answers ``restart required for FIELD`` (the proxy does not refuse the whole reload
-for it: the namespace changes in the same file still apply). ``admin.token``'s secret is
-read again, so rotating it needs no restart.
+The authentication stage is rebuilt when ``auth`` changes (or whether some namespace admits
+anonymous callers does): the new one's JWKS URL is fetched first, then calls go to it and the
+old one's background refresh stops (:func:`replace_authenticator`). ``auth.mtls.required`` is
+bound into the TLS listener: changing it needs a restart.
+
+Only ``namespaces``, ``secrets``, ``shutdown_grace`` and ``auth`` change live. Every other
+top-level field (listeners, TLS, admin, the other call-level stages' sections, limits, plugin
+security) is bound into sockets and stages built at start: a change to one keeps the old
+value, and the reload answers ``restart required for FIELD`` (the proxy does not refuse the
+whole reload for it: the namespace changes in the same file still apply). ``admin.token``'s
+secret is read again, so rotating it needs no restart. Fields ``prism serve``'s options
+override (``--listen``, ``--admin``, ``--log-level``, ``--log-format``) are overridden in the
+file read again too: they keep the command line's value and are no change.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +42,8 @@ from prism.config import ConfigError, NamespaceConfig, ProxyConfig, load_config
 from prism.config.admin import resolve_admin_token
 from prism.grpc.wire.status import FailedPrecondition
 from prism.hosting.host import PluginStartFailed
+from prism.proxy.authn import build_authenticator
+from prism.proxy.pipeline import Authenticator
 
 if TYPE_CHECKING:
     from prism.proxy.app import Proxy
@@ -42,7 +52,7 @@ __all__ = ["LIVE_FIELDS", "ConfigRejected", "ConfigReloader", "ReloadResult", "r
 
 log = logging.getLogger("prism.proxy")
 
-LIVE_FIELDS = frozenset({"namespaces", "secrets", "shutdown_grace"})
+LIVE_FIELDS = frozenset({"namespaces", "secrets", "shutdown_grace", "auth"})
 
 
 def revision_of(data: bytes) -> str:
@@ -85,9 +95,17 @@ def _secrets_digest(config: ProxyConfig, ns: NamespaceConfig) -> str | None:
 class ConfigReloader:
     """The running configuration's revision and the reload of its file (module docstring)."""
 
-    def __init__(self, proxy: Proxy, path: Path | None) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        path: Path | None,
+        overrides: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    ) -> None:
         self.proxy = proxy
         self.path = path
+        #: Applied to each file read (``prism serve``'s options): an overridden field keeps
+        #: its override, and does not read as a change that needs a restart.
+        self.overrides = overrides
         config = proxy.config
         data = None
         if path is not None:
@@ -133,6 +151,11 @@ class ConfigReloader:
             )
         async with self._lock:
             new, data = await trio.to_thread.run_sync(_read, path)
+            if self.overrides is not None:
+                try:
+                    new = self.overrides(new)
+                except ConfigError as exc:
+                    raise ConfigRejected(list(exc.errors)) from None
             return await self._apply(new, revision_of(data))
 
     async def _apply(self, new: ProxyConfig, revision: str) -> ReloadResult:
@@ -144,13 +167,25 @@ class ConfigReloader:
             for name in type(old).model_fields
             if name not in LIVE_FIELDS and getattr(old, name) != getattr(new, name)
         ]
+        auth = new.auth
+        if auth.mtls.required != old.auth.mtls.required:  # bound into the TLS listener
+            result.restart_required.append("restart required for auth.mtls.required")
         try:
+            auth = auth.replace(mtls=auth.mtls.replace(required=old.auth.mtls.required))
             token = resolve_admin_token(old.admin, new.secrets)  # admin itself is not live
             effective = old.replace(
-                namespaces=new.namespaces, secrets=new.secrets, shutdown_grace=new.shutdown_grace
+                namespaces=new.namespaces,
+                secrets=new.secrets,
+                shutdown_grace=new.shutdown_grace,
+                auth=auth,
             )
+            authenticator = None
+            if old.auth != auth or _anonymous(old) != _anonymous(effective):
+                authenticator = build_authenticator(effective, proxy.metrics)  # reads key files
         except ConfigError as exc:
             raise ConfigRejected(list(exc.errors)) from None
+        if authenticator is not None:
+            await replace_authenticator(proxy, authenticator)
         proxy.host.set_config(effective)
         if proxy.admin_auth is not None:
             proxy.admin_auth.token = token
@@ -232,6 +267,23 @@ class ConfigReloader:
             "".join(f"; {item} (keeping the old value)" for item in result.restart_required),
         )
         return result
+
+
+def _anonymous(config: ProxyConfig) -> bool:
+    return any(ns.access.anonymous for ns in config.namespaces)
+
+
+async def replace_authenticator(proxy: Proxy, authenticator: Authenticator) -> None:
+    """Start ``authenticator``'s background work in the proxy's nursery (a JWKS URL: returns
+    once its first fetch is over), send calls to it, then stop the old one's. Cancellation
+    before the switch leaves the old one in place."""
+    run = getattr(authenticator, "run", None)
+    if run is not None and proxy.nursery is not None:
+        await proxy.nursery.start(run)
+    old, proxy.pipeline.authenticator = proxy.pipeline.authenticator, authenticator
+    stop = getattr(old, "stop", None)
+    if stop is not None:
+        stop()
 
 
 def _read(path: Path) -> tuple[ProxyConfig, bytes]:

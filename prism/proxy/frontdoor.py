@@ -3,9 +3,18 @@
 What happens to a call, stage by stage, is in :mod:`prism.proxy.pipeline`; what the front
 door reads of a request (namespace and operation, never the payload) in
 :mod:`prism.proxy.envelope`.
+
+An exception that is no status (a bug) ends the call with UNKNOWN, ``internal error in METHOD
+(trace id ID)``, and is logged with its traceback under the same id: the call's W3C trace id
+(the one in its audit record and its other log lines), so the id a client reports is the one
+to grep for. A plugin's bug is reported by the SDK under that id too (it gets the trace id in
+``traceparent``).
 """
 
 from __future__ import annotations
+
+import logging
+import uuid
 
 from prism import grpc as pg
 from prism._proto.prism.proxy.v1 import (
@@ -14,11 +23,30 @@ from prism._proto.prism.proxy.v1 import (
     ListAccessibleNamespacesRequest,
     ListAccessibleNamespacesResponse,
 )
+from prism.grpc.wire.status import GrpcError, Unknown
+from prism.logsetup import current_trace_id
 from prism.proxy import discovery
 from prism.proxy.envelope import check_response
 from prism.proxy.pipeline import Pipeline, Route, Router
+from prism.proxy.request import REQUEST, RequestInfo
 
-__all__ = ["DataProxyService", "Route", "Router", "check_response"]
+__all__ = ["DataProxyService", "Route", "Router", "check_response", "internal_error"]
+
+log = logging.getLogger("prism.proxy")
+
+
+def internal_error(exc: Exception, call: pg.ServerCall) -> GrpcError | None:
+    """The UNKNOWN error a bug ends ``call`` with, logged under the call's trace id; None when
+    ``exc`` holds a status (the server's own boundary reports it, and any bug beside it)."""
+    if isinstance(exc, GrpcError):
+        return None
+    if isinstance(exc, ExceptionGroup) and exc.subgroup(GrpcError) is not None:
+        return None
+    info = call.state.get(REQUEST)
+    trace = info.trace if isinstance(info, RequestInfo) else None
+    trace_id = trace.trace_id if trace is not None else current_trace_id() or uuid.uuid4().hex
+    log.error("%s failed (trace id %s)", call.method, trace_id, exc_info=exc)
+    return Unknown(f"internal error in {call.method} (trace id {trace_id})")
 
 
 class DataProxyService(pg.Service):
@@ -33,11 +61,23 @@ class DataProxyService(pg.Service):
 
     @pg.unary_unary("Execute", bytes, bytes)
     async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
-        return await self.pipeline.unary(call, request)
+        try:
+            return await self.pipeline.unary(call, request)
+        except Exception as exc:
+            error = internal_error(exc, call)
+            if error is None:
+                raise
+            raise error from None
 
     @pg.stream_stream("ExecuteStream", bytes, bytes)
     async def execute_stream(self, call: pg.ServerCall) -> None:
-        await self.pipeline.stream(call)
+        try:
+            await self.pipeline.stream(call)
+        except Exception as exc:
+            error = internal_error(exc, call)
+            if error is None:
+                raise
+            raise error from None
 
     @pg.unary_unary("DescribeNamespace", DescribeNamespaceRequest, DescribeNamespaceResponse)
     async def describe_namespace(

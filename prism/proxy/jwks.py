@@ -208,26 +208,34 @@ class Keys:
         self._done = trio.Event()
         self._running = False
         self._fetching = False
+        self._stop = trio.CancelScope()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fetch ``jwks_url`` now (``started`` once that attempt is over, whether it worked:
         a JWKS outage must not keep the proxy from serving certificate callers), then keep it
-        fresh. Returns at once without a URL."""
+        fresh until cancelled or :meth:`stop`. Returns at once without a URL."""
         if self.url is None:
             task_status.started()
             return
         self._running = True
         try:
-            await self._attempt()
-            task_status.started()
-            while True:
-                with trio.move_on_at(self._next_refresh):
-                    await self._wake.wait()
+            with self._stop:
                 await self._attempt()
-                # A wake-up that came while fetching was answered by this fetch.
-                self._wake = trio.Event()
+                task_status.started()
+                while True:
+                    with trio.move_on_at(self._next_refresh):
+                        await self._wake.wait()
+                    await self._attempt()
+                    # A wake-up that came while fetching was answered by this fetch.
+                    self._wake = trio.Event()
         finally:
             self._running = False
+            self._done.set()  # a call waiting for a refetch gets the keys held
+
+    def stop(self) -> None:
+        """End :meth:`run` (its fetches and refreshes): a config reload replaced this key set.
+        Tokens are still verified with the keys held."""
+        self._stop.cancel()
 
     async def refetch(self) -> bool:
         """For a token whose ``kid`` no key has: fetch the JWKS again now and wait for it,

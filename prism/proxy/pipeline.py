@@ -123,11 +123,10 @@ class Tracer(Protocol):
         ...
 
     def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
-        """The request bytes the plugin gets: the same bytes, or, for an ExecuteRequest
-        (``info.stream`` False), with the trace context added to its ``metadata`` map (field
-        4: a map entry appended to the bytes is merged by the decoder, so nothing has to be
-        decoded). A stream's first request comes here too; StreamRequest has no metadata
-        field yet. Must not raise."""
+        """The request bytes the plugin gets: the same bytes, or with the trace context
+        added to their ``metadata`` map (field 4 of ExecuteRequest and StreamRequest: a map
+        entry appended to the bytes is merged by the decoder, so nothing has to be decoded).
+        A stream's first request comes here. Must not raise."""
         ...
 
     def end(self, info: RequestInfo, outcome: CallOutcome) -> None:

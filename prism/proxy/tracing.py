@@ -8,11 +8,11 @@ Per DataProxy call (:class:`W3CTracer`, the pipeline's :class:`~prism.proxy.pipe
   says); a new trace when there is none. The proxy's call is a span of its own: a new span id,
   whose parent is the client's. The result goes in ``RequestInfo.trace`` (the audit record
   reads it there) and the call's log records get its trace id (:mod:`prism.logsetup`).
-- ``outgoing``: an Execute request reaches its plugin with ``traceparent`` (the client's trace
-  id, the proxy's span id) and ``tracestate`` in its ``metadata`` map, appended to the request
-  bytes (protobuf merges a map entry that comes later, and the last value of a key wins, so a
-  client cannot pass a traceparent of its own making past the proxy). ExecuteStream's requests
-  have no metadata field: streams get none.
+- ``outgoing``: an Execute request, and an ExecuteStream's first request, reach the plugin
+  with ``traceparent`` (the client's trace id, the proxy's span id) and ``tracestate`` in
+  their ``metadata`` map (field 4 of both messages), appended to the request bytes (protobuf
+  merges a map entry that comes later, and the last value of a key wins, so a client cannot
+  pass a traceparent of its own making past the proxy).
 - ``end``: the span, if OpenTelemetry is on, ends with the call's status.
 
 With ``tracing.otlp_endpoint`` set, :class:`OtelSpans` (``pip install prism-proxy[otel]``)
@@ -229,7 +229,7 @@ class W3CTracer:
 
     def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
         trace = info.trace
-        if trace is None or info.stream:
+        if trace is None:
             return request
         extra = _TRACEPARENT_ENTRY + format_traceparent(trace).encode()
         if trace.tracestate:

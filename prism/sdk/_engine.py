@@ -295,6 +295,9 @@ class Engine:
         bind: Callable[[OperationSpec], tuple[Payload, Outbound, Receive]],
     ) -> None:
         outcome = "cancelled"
+        traced = None  # as in _run_unary: a sidecar's log records get the proxy's trace id
+        if metadata and LOG_CONTEXT.get() is None and "traceparent" in metadata:
+            traced = LOG_CONTEXT.set(TraceparentFields(metadata["traceparent"]))
         try:
             spec = self._admit(operation, streaming=True)
             params, send, receive = bind(spec)
@@ -337,6 +340,8 @@ class Engine:
         finally:
             # A stream counts once, when it ends; its duration is no latency (see metrics.py).
             self.plugin.metrics.record_request(failed=outcome == "failed", latency_ns=None)
+            if traced is not None:
+                LOG_CONTEXT.reset(traced)
 
     # -- shared --------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ checks both directions).
 ``ExecuteRequest``: operation (1), ``params`` oneof: typed_params (2, an ``Any``: type_url 1,
 value 2) or raw_params (3); metadata (4, map entries: key 1, value 2). Fields the plugin protocol
 does not define (the proxy API's namespace, 15) are skipped, as a decoder skips them.
-``StreamRequest`` has the same first three fields and no metadata; ``StreamResponse``:
+``StreamRequest`` has the same four fields (its metadata is read from a stream's first
+request only: the trace context the proxy adds); ``StreamResponse``:
 ``result`` oneof typed_result (1) or raw_result (2), is_final (3).
 """
 
@@ -56,10 +57,11 @@ def read_execute(data: bytes) -> ExecuteEnvelope:
     return _read_request(data, metadata=True)
 
 
-def read_stream_request(data: bytes) -> ExecuteEnvelope:
-    """An encoded ``StreamRequest`` (``metadata`` stays empty), read as ``read_execute``
-    reads an ``ExecuteRequest``."""
-    return _read_request(data, metadata=False)
+def read_stream_request(data: bytes, *, metadata: bool = False) -> ExecuteEnvelope:
+    """An encoded ``StreamRequest``, read as ``read_execute`` reads an ``ExecuteRequest``;
+    its ``metadata`` only with ``metadata=True`` (a stream's first request: later ones'
+    metadata means nothing, and is not spent time on)."""
+    return _read_request(data, metadata=metadata)
 
 
 def _read_request(data: bytes, *, metadata: bool) -> ExecuteEnvelope:

@@ -37,6 +37,7 @@ from prism.grpc.wire.status import (
     Unimplemented,
     Unknown,
 )
+from prism.logsetup import current_trace_id
 
 __all__ = [
     "Aborted",
@@ -96,7 +97,8 @@ class Redactor:
 
 
 def new_trace_id() -> str:
-    return uuid.uuid4().hex
+    """The call's W3C trace id (the proxy passes it in ``traceparent``), else a new id."""
+    return current_trace_id() or uuid.uuid4().hex
 
 
 def format_frames(exc: BaseException) -> str:

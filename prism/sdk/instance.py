@@ -189,7 +189,7 @@ class PluginInstance(Engine):
 
             return _codec.decode(spec, first, spec.params, "params"), outbound, inbound
 
-        await self._run_stream(first.operation, metadata or {}, bind)
+        await self._run_stream(first.operation, _merged(first.metadata, metadata), bind)
         await send(StreamResponse(is_final=True))
 
     async def execute_stream_encoded(
@@ -206,7 +206,7 @@ class PluginInstance(Engine):
         data = await receive()
         if data is None:
             raise InvalidArgument("the stream ended before its first request")
-        first = _envelope.read_stream_request(data)
+        first = _envelope.read_stream_request(data, metadata=True)
 
         def bind(spec: OperationSpec) -> tuple[Payload, Outbound, Receive]:
             async def inbound() -> Payload | None:
@@ -230,7 +230,7 @@ class PluginInstance(Engine):
             )
             return params, outbound, inbound
 
-        await self._run_stream(first.operation, metadata or {}, bind)
+        await self._run_stream(first.operation, _merged(first.metadata, metadata), bind)
         await send(_envelope.STREAM_FINAL)
 
     async def shutdown(self, request: ShutdownRequest) -> ShutdownResponse:
@@ -248,3 +248,10 @@ def _check_operation(spec: OperationSpec, operation: str) -> None:
     """A stream's later requests may leave ``operation`` empty, or repeat the stream's."""
     if operation not in ("", spec.name):
         raise InvalidArgument(f"stream of operation {spec.name!r} got a request for {operation!r}")
+
+
+def _merged(sent: Mapping[str, str], given: Mapping[str, str] | None) -> Mapping[str, str]:
+    """A stream's metadata: its first request's map, and what the host passed (which wins)."""
+    if not given:
+        return sent
+    return {**sent, **given} if sent else given

@@ -28,7 +28,12 @@ from prism import grpc as pg
 from prism import logsetup
 from prism.grpc.health import Health, HealthState
 from prism.grpc.transport import split_host_port
-from prism.plugin_protocol.handshake import DEFAULT_MAX_MESSAGE_SIZE, handshake_line, watch_parent
+from prism.plugin_protocol.handshake import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    handshake_line,
+    plugin_log_level,
+    watch_parent,
+)
 from prism.sdk._warmup import warm_up
 from prism.sdk.grpc_service import (
     DEFAULT_SESSION_IDLE_TIMEOUT,
@@ -64,8 +69,8 @@ async def serve_plugin(
     instance down gracefully.
 
     A sidecar (``handshake_version`` given: the proxy launched it) logs JSON lines on stderr,
-    which the proxy forwards with the namespace and plugin as fields, unless the process has
-    set up logging already.
+    from the level the proxy runs at (``PRISM_PLUGIN_LOG_LEVEL``), which the proxy forwards
+    with the namespace and plugin as fields, unless the process has set up logging already.
 
     ``max_message_size`` bounds messages in both directions; it must be at least the proxy's
     (a sidecar gets it in ``PRISM_PLUGIN_MAX_MESSAGE_SIZE``), or large values fail at this hop.
@@ -84,7 +89,7 @@ async def serve_plugin(
     if unix_socket is not None:
         if handshake_version is not None and not logging.getLogger().handlers:
             # Launched by the proxy, which reads JSON lines from our stderr (prism.logsetup).
-            logsetup.configure("json", "info")
+            logsetup.configure("json", plugin_log_level())  # the proxy's level
         instance_plugin = plugin if isinstance(plugin, BackendPlugin) else plugin()
         async with open_plugin(instance_plugin) as instance:
             service = BackendPluginService(instance)

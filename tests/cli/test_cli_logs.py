@@ -82,6 +82,13 @@ def test_cli_serve_logs_json_lines_on_a_pipe_with_each_calls_fields(
     assert (side["namespace"], side["plugin"], side["plugin_stream"]) == ("side", PLUGIN, "stderr")
     assert side["trace_id"] == TRACE
     assert isinstance(side["plugin_pid"], int)
+    # At the proxy's level: the sidecar's DEBUG records arrive too (--log-level debug).
+    (detail,) = [r for r in found if r["message"] == "details: from the sidecar"]
+    assert (detail["level"], detail["logger"], detail["trace_id"]) == (
+        "DEBUG",
+        "prism.plugin.side",
+        TRACE,
+    )
 
     # In-process, the plugin's record is written in the call's own context.
     (local,) = [r for r in found if r["message"] == "asked: in process"]

@@ -327,6 +327,47 @@ def test_plugin_sign_rejects_a_key_that_is_not_an_ed25519_private_key(tmp_path: 
     assert not (tmp_path / "plugin.py.sig").exists()
 
 
+def test_config_reload_keeps_what_prism_serve_options_override(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    socket = short_dir / "admin.sock"
+    admin = f"unix:{socket}"
+    path = tmp_path / "prism.yaml"
+
+    def write(**top: object) -> None:
+        doc = {
+            "listen": "127.0.0.1:0",
+            "admin": {"listen": "127.0.0.1:0"},
+            "logging": {"level": "warning"},
+            "namespaces": [
+                {"name": "kv", "plugin": {"name": "memstore"}, "access": {"anonymous": True}}
+            ],
+            **top,
+        }
+        path.write_text(yaml.safe_dump(doc))
+
+    def reload() -> list[str]:
+        reloaded = prism("config", "reload", "--admin", admin)
+        assert reloaded.returncode == 0, reloaded.stderr
+        return reloaded.stdout.splitlines()[1:]
+
+    write()
+    args = ("--config", str(path), "--listen", "127.0.0.1:0", "--admin", admin)
+    log = tmp_path / "serve.log"
+    with serving(*args, "--log-level", "info", log=log):
+        # The file as it was: the overridden listen, admin and logging are no change.
+        assert reload() == ["unchanged: kv"]
+        # The file's own values of overridden fields change: the command line still wins.
+        write(listen="127.0.0.1:1", admin={"listen": "127.0.0.1:2"}, logging={"level": "error"})
+        assert reload() == ["unchanged: kv"]
+        # A field no option overrides still needs a restart.
+        write(max_message_size=1 << 20)
+        assert reload() == [
+            "unchanged: kv",
+            "restart required for max_message_size (the old value stays in force)",
+        ]
+
+
 def test_config_reload_on_sighup_and_by_prism_config_reload(
     tmp_path: Path, short_dir: Path
 ) -> None:

@@ -323,8 +323,8 @@ HANDSHAKE_VARS = {
     "PRISM_PLUGIN_SOCKET",
     "PRISM_PLUGIN_PROTOCOL_VERSIONS",
 }
-#: Set by the sidecar model beside the handshake: the proxy's max_message_size.
-MODEL_VARS = {"PRISM_PLUGIN_MAX_MESSAGE_SIZE"}
+#: Set by the sidecar model beside the handshake: the proxy's max_message_size and log level.
+MODEL_VARS = {"PRISM_PLUGIN_MAX_MESSAGE_SIZE", "PRISM_PLUGIN_LOG_LEVEL"}
 
 
 def _environ(pid: int) -> dict[str, str]:

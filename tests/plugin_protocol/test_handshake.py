@@ -17,8 +17,10 @@ from prism.plugin_protocol.handshake import (
     HandshakeError,
     check_magic_cookie,
     handshake_line,
+    log_level_name,
     negotiate_protocol_version,
     parse_handshake,
+    plugin_log_level,
 )
 
 SOCKET = "/tmp/prism-fake-x1/plugin-1.sock"
@@ -182,3 +184,19 @@ async def test_watch_parent_returns_when_proxy_end_of_stdin_closes() -> None:
         finally:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("level", "name"), [(10, "DEBUG"), (15, "DEBUG"), (20, "INFO"), (35, "WARNING"), (1, "DEBUG")]
+)
+def test_log_level_name_is_the_standard_level_at_or_below(level: int, name: str) -> None:
+    assert log_level_name(level) == name
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [("DEBUG", "debug"), (" warning ", "warning"), ("", "info"), ("verbose", "info")],
+)
+def test_plugin_log_level_reads_the_proxys_level(value: str, level: str) -> None:
+    assert plugin_log_level({"PRISM_PLUGIN_LOG_LEVEL": value}) == level
+    assert plugin_log_level({}) == "info"

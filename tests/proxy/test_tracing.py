@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,16 +17,18 @@ from typing import Any
 
 import pytest
 import trio
-from host_testkit import EXECUTE, REPO, proxy_config, request
+from host_testkit import EXECUTE, EXECUTE_STREAM, REPO, proxy_config, request
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from prism import grpc as pg
-from prism._proto.prism.proxy.v1 import ExecuteResponse
+from prism._proto.prism.proxy.v1 import ExecuteResponse, StreamRequest, StreamResponse
 from prism.config import NamespaceConfig, PluginConfig, ProxyConfig
+from prism.config.audit import AuditConfig
 from prism.config.auth import AccessConfig
 from prism.config.tracing import TracingConfig
+from prism.grpc.wire.status import Status
 from prism.proxy.app import Proxy
 from prism.proxy.tracing import (
     ExportingTracer,
@@ -77,6 +80,24 @@ async def plugin_metadata(
             EXECUTE, request("trace", "meta", b"hello", body), ExecuteResponse, metadata=headers
         )
     seen: dict[str, str] = json.loads(response.raw_result)
+    return seen
+
+
+async def stream_metadata(
+    channel: pg.Channel,
+    headers: Sequence[tuple[str, str]] = (),
+    body: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """What the plugin's stream operation was given in its metadata map."""
+    first = StreamRequest(
+        namespace="trace", operation="meta_stream", raw_params=b"hello", metadata=body or {}
+    )
+    with trio.fail_after(30):
+        async with channel.stream(EXECUTE_STREAM, StreamResponse, metadata=headers) as stream:
+            await stream.send_message(first)
+            await stream.end()
+            replies = [reply async for reply in stream]
+    seen: dict[str, str] = json.loads(replies[0].raw_result)
     return seen
 
 
@@ -199,6 +220,78 @@ async def test_tracer_disabled_passes_no_trace_context() -> None:
     async with serving(config) as channel:
         seen = await plugin_metadata(channel, [("traceparent", CLIENT_PARENT)], {"user": "u1"})
     assert seen == {"user": "u1"}
+
+
+@pytest.mark.parametrize("mode", ["in_process", "sidecar"])
+async def test_tracer_passes_the_clients_trace_to_a_stream(
+    mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    audit = tmp_path / "audit.jsonl"
+    config = proxy_config(traced(mode), audit=AuditConfig(enabled=True, file=audit))
+    async with serving(config) as channel:
+        seen = await stream_metadata(
+            channel,
+            [("traceparent", CLIENT_PARENT), ("tracestate", "congo=t61rcWkgMzE")],
+            {"traceparent": "00-forged", "user": "u1"},
+        )
+        started = await stream_metadata(channel)
+    trace_id, span_id, flags = parent_of(seen)
+    assert (trace_id, flags) == (CLIENT_TRACE, 1)
+    assert span_id != CLIENT_SPAN  # the proxy's own span is the plugin's parent
+    assert (seen["tracestate"], seen["user"]) == ("congo=t61rcWkgMzE", "u1")
+    new_trace = parent_of(started)[0]  # no traceparent: the proxy started a trace
+    assert new_trace not in (CLIENT_TRACE, "0" * 32)
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["operation"], r["stream"], r["trace_id"]) for r in records] == [
+        ("meta_stream", True, CLIENT_TRACE),
+        ("meta_stream", True, new_trace),
+    ]
+
+
+class BuggyStage:
+    """A rate limiter with a bug: the proxy's own code failing, not a plugin's."""
+
+    def check(self, info: object) -> None:
+        raise ZeroDivisionError("a bug in the proxy")
+
+
+@pytest.mark.parametrize("where", ["proxy", "in_process", "sidecar"])
+@pytest.mark.parametrize("sent", [True, False], ids=["traceparent", "no-traceparent"])
+async def test_tracer_internal_error_is_reported_under_the_calls_trace_id(
+    where: str,
+    sent: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    audit = tmp_path / "audit.jsonl"
+    mode = "in_process" if where == "proxy" else where
+    config = proxy_config(traced(mode), audit=AuditConfig(enabled=True, file=audit))
+    headers = [("traceparent", CLIENT_PARENT)] if sent else []
+    async with trio.open_nursery() as nursery:
+        proxy = Proxy(config)
+        await nursery.start(proxy.run)
+        if where == "proxy":
+            proxy.pipeline.namespaces["trace"].rate_limiter = BuggyStage()
+        assert proxy.address is not None
+        async with pg.open_channel(f"{proxy.address[0]}:{proxy.address[1]}") as channel:
+            with trio.fail_after(30), pytest.raises(pg.GrpcError) as failed:
+                await channel.unary_unary(
+                    EXECUTE, request("trace", "crash", b""), ExecuteResponse, metadata=headers
+                )
+        nursery.cancel_scope.cancel()
+    [record] = [json.loads(line) for line in audit.read_text().splitlines()]
+    trace_id = record["trace_id"]
+    if sent:
+        assert trace_id == CLIENT_TRACE
+    assert failed.value.status == Status.UNKNOWN
+    assert failed.value.message.endswith(f"(trace id {trace_id})")
+    assert "bug" not in failed.value.message  # what went wrong is in the log only
+    if where != "sidecar":  # a sidecar's lines reach the proxy's log through its stderr
+        [line] = [r for r in caplog.records if f"trace id {trace_id}" in r.getMessage()]
+        assert line.levelno == logging.ERROR
 
 
 # -- OpenTelemetry spans ------------------------------------------------------------------------

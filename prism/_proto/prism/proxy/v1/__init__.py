@@ -189,6 +189,15 @@ class StreamRequest(betterproto2.Message):
         3, betterproto2.TYPE_BYTES, optional=True, group="params"
     )
 
+    metadata: "dict[str, str]" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    Read from a stream's first request only, as ExecuteRequest's (trace context, ...).
+    """
+
     namespace: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
 
 

@@ -361,6 +361,16 @@ class StreamRequest(betterproto2.Message):
         3, betterproto2.TYPE_BYTES, optional=True, group="params"
     )
 
+    metadata: "dict[str, str]" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    Request metadata, as ExecuteRequest's (trace context, ...); read from a stream's first
+    request only. Not in RFC-008's message: a plugin that does not know it skips it.
+    """
+
 
 default_message_pool.register_message("prism.plugin.v1", "StreamRequest", StreamRequest)
 
