@@ -214,9 +214,7 @@ class AuditLog:
         except OSError as exc:
             self.dropped += self._pending
             # DEBUG: prism.proxy.auditdrops reports losses at WARNING, at most once a minute.
-            log.debug(
-                "audit log %s: %d records lost (%s)", self.path, self._pending, exc.strerror
-            )
+            log.debug("audit log %s: %d records lost (%s)", self.path, self._pending, exc.strerror)
         self._pending = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
