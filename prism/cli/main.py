@@ -18,6 +18,7 @@ from prism import grpc as pg
 from prism import logsetup
 from prism.cli import admin, install, keys
 from prism.cli import config as config_cli
+from prism.cli import fleet as fleet_cli
 from prism.config import (
     ConfigError,
     ProxyConfig,
@@ -25,6 +26,7 @@ from prism.config import (
     default_config,
     load_config,
 )
+from prism.fleet.source import EtcdConfigSource
 from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
 from prism.hosting.loader import load_plugin_class
@@ -64,7 +66,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the proxy", parents=[common])
     serve.add_argument(
-        "--config", type=Path, help="YAML config (default: embedded memstore + sqlite namespaces)"
+        "--config",
+        help="YAML config file, or etcd://HOST:PORT/PREFIX to read (and watch) the fleet's "
+        "config in etcd (default: embedded memstore + sqlite namespaces)",
+    )
+    serve.add_argument(
+        "--config-cache",
+        type=Path,
+        help="with --config etcd://...: where the last good config is cached (0600), to start "
+        f"from while etcd is down (default: DATA_DIR/{fleet_cli.CACHE_NAME})",
     )
     serve.add_argument("--listen", help="host:port for the front door (overrides the config)")
     serve.add_argument(
@@ -92,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    fleet_cli.add_push_parser(config)
     creload = config.add_parser(
         "reload", help="make a running proxy re-read its config file (as SIGHUP does)"
     )
@@ -253,7 +264,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logsetup.configure(log_format or "auto", log_level or "info")
     try:
         if args.command == "serve":
-            config = load_config(args.config) if args.config else default_config(args.data_dir)
+            path, source = None, None
+            if args.config and args.config.startswith("etcd://"):
+                config, source = fleet_cli.open_source(
+                    args.config, args.config_cache, args.data_dir
+                )
+            elif args.config:
+                path = Path(args.config)
+                config = load_config(path)
+            else:
+                config = default_config(args.data_dir)
             # The command line wins over the file; the file over the defaults.
             logsetup.configure(
                 log_format or config.logging.format, log_level or config.logging.level
@@ -266,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     token=config.admin.token, anonymous_read=config.admin.anonymous_read
                 )
                 config = config.replace(admin=override)
-            trio.run(_serve, config, args.config)
+            trio.run(_serve, config, path, source)
         elif args.command == "config":
             _config_tool(args)
         elif args.plugin_command in (
@@ -311,6 +331,8 @@ def _config_tool(args: argparse.Namespace) -> None:
     if args.config_command == "schema":
         sys.stdout.write(config_cli.schema())
         return
+    if args.config_command == "push":
+        raise SystemExit(fleet_cli.push_command(args))
     if args.config_command == "reload":
         try:
             target = _admin_of(args)
@@ -366,13 +388,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(config: ProxyConfig, path: Path | None = None) -> None:
+async def _serve(
+    config: ProxyConfig, path: Path | None = None, source: EtcdConfigSource | None = None
+) -> None:
     # SIGHUP's receiver is in place before the proxy starts: a SIGHUP that arrives while it
     # starts would otherwise end the process (the signal's default action). It is handled
     # once the proxy runs. SIGINT and SIGTERM keep their default until then: they stop a start.
     with trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async with trio.open_nursery() as nursery:
             proxy: Proxy = await nursery.start(Proxy(config, config_path=path).run)
+            if source is not None:  # config from etcd: its watch
+                await nursery.start(source.run, proxy)
             # What startup made (modules, plugins, config) lives as long as the process:
             # frozen, it is no longer scanned by every later garbage collection. On pub/sub
             # fan-out that was ~20% of the proxy's CPU per delivery (docs/benchmarks.md).

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,9 +105,15 @@ class ConfigReloader:
         self.restart_required: list[str] = []
         self._secrets = {ns.name: _secrets_digest(config, ns) for ns in config.namespaces}
         self._lock = trio.Lock()
+        # A config source other than a file (etcd: prism.fleet.source) sets these: what the
+        # admin API shows as the config's path, and what a reload (SIGHUP, admin) re-reads.
+        self.source: str | None = None
+        self.reread: Callable[[], Awaitable[ReloadResult]] | None = None
 
     @property
     def path_text(self) -> str:
+        if self.source is not None:
+            return self.source
         return "" if self.path is None else str(self.path)
 
     async def reload_response(self) -> ReloadConfigResponse:
@@ -127,12 +134,21 @@ class ConfigReloader:
         FailedPrecondition when the proxy has no file. Reloads run one after the other.
         Cancellation stops the reload where it is: namespaces already switched stay switched."""
         path = self.path
+        if path is None and self.reread is not None:
+            return await self.reread()
         if path is None:
             raise FailedPrecondition(
                 "the proxy's configuration was not read from a file: there is nothing to re-read"
             )
         async with self._lock:
             new, data = await trio.to_thread.run_sync(_read, path)
+            return await self._apply(new, revision_of(data))
+
+    async def apply(self, new: ProxyConfig, data: bytes) -> ReloadResult:
+        """Apply a configuration another source read and validated (etcd:
+        :mod:`prism.fleet.source`) as a reload applies the file's; ``data``: its text, which
+        the revision is computed from. Runs after any reload in progress."""
+        async with self._lock:
             return await self._apply(new, revision_of(data))
 
     async def _apply(self, new: ProxyConfig, revision: str) -> ReloadResult:
