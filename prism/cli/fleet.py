@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -11,10 +12,18 @@ import trio
 
 from prism.config import ConfigError, ProxyConfig
 from prism.etcd import EtcdClient, EtcdError, EtcdTarget, parse_target
-from prism.fleet.push import PushConflict, push
+from prism.fleet.members import Member, list_members
+from prism.fleet.push import PushConflict, current_revision, push
 from prism.fleet.source import EtcdConfigSource, read_initial
 
-__all__ = ["CACHE_NAME", "add_push_parser", "open_source", "push_command"]
+__all__ = [
+    "CACHE_NAME",
+    "add_fleet_parser",
+    "add_push_parser",
+    "fleet_command",
+    "open_source",
+    "push_command",
+]
 
 CACHE_NAME = "etcd-config-cache.json"
 ETCD_HELP = "the fleet's etcd and key prefix: etcd://HOST:PORT/PREFIX (the config is PREFIX/config)"
@@ -82,3 +91,72 @@ def push_command(args: argparse.Namespace) -> int:
         print(f"prism: etcd at {target.endpoint} did not answer", file=sys.stderr)
         return 1
     return 0
+
+
+def add_fleet_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    fleet = sub.add_parser("fleet", help="the fleet of proxies on etcd", parents=[common])
+    commands = fleet.add_subparsers(dest="fleet_command", required=True)
+    status = commands.add_parser(
+        "status", help="the proxies registered in etcd and the config revision each runs"
+    )
+    status.add_argument("--etcd", required=True, help=ETCD_HELP)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def fleet_command(args: argparse.Namespace) -> int:
+    """``prism fleet status``: exit 0 with the table (or JSON), 1 when etcd cannot be read."""
+    try:
+        target = _target(args.etcd)
+
+        async def run() -> tuple[int, list[Member | str]]:
+            async with EtcdClient(target.endpoint) as client:
+                revision, _ = await current_revision(client, target)
+                return revision, await list_members(client, target)
+
+        revision, members = trio.run(run)
+    except ConfigError as exc:
+        print(f"prism: {exc}", file=sys.stderr)
+        return 1
+    except EtcdError as exc:
+        print(f"prism: {exc}", file=sys.stderr)
+        return 1
+    except trio.TooSlowError:
+        print(f"prism: etcd at {target.endpoint} did not answer", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "config_key": target.config_key,
+                    "config_revision": revision,
+                    "members": [m.to_json() for m in members if isinstance(m, Member)],
+                    "unreadable": [m for m in members if isinstance(m, str)],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(*status_lines(target, revision, members), sep="\n")
+    return 0
+
+
+def status_lines(target: EtcdTarget, revision: int, members: list[Member | str]) -> list[str]:
+    head = f"config: etcd key {target.config_key} at revision {revision or '- (none)'}"
+    if not members:
+        return [head, "no proxy is registered"]
+    rows = [("ID", "ADDRESS", "VERSION", "CONFIG", "LAST ERROR")]
+    for m in members:
+        if isinstance(m, str):
+            rows.append((m, "?", "?", "?", "unreadable record"))
+            continue
+        config = str(m.config_revision) + ("" if m.config_revision == revision else " (behind)")
+        rows.append((m.id, m.address, m.version, config, m.last_error or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [head]
+    for row in rows:
+        lines.append(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[4]
+        )
+    return lines

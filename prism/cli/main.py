@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     _admin_options(creload, None)
     creload.add_argument("--json", action="store_true", help="machine-readable output")
 
+    fleet_cli.add_fleet_parser(sub, common)
     plugin = sub.add_parser("plugin", help="plugin tools", parents=[common]).add_subparsers(
         dest="plugin_command", required=True
     )
@@ -289,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             trio.run(_serve, config, path, source)
         elif args.command == "config":
             _config_tool(args)
+        elif args.command == "fleet":
+            raise SystemExit(fleet_cli.fleet_command(args))
         elif args.plugin_command in (
             "list",
             "status",

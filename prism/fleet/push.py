@@ -11,7 +11,8 @@ import trio
 
 from prism.config import ConfigError
 from prism.etcd import Compare, EtcdClient, EtcdTarget, Put
-from prism.fleet.source import READ_DEADLINE, validate
+from prism.fleet.limits import READ_DEADLINE
+from prism.fleet.source import validate
 
 __all__ = ["PushConflict", "Pushed", "current_revision", "push"]
 

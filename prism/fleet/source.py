@@ -12,9 +12,10 @@ is rejected and logged, and the running configuration keeps serving. Several cha
 watch response are applied as one (the last). A watch that breaks resumes from the last
 revision seen + 1, so no change is missed and none is applied twice; a compacted revision
 triggers a full re-read. While etcd is unreachable the proxy keeps serving and retries with
-capped exponential backoff (:data:`BACKOFF_MIN` doubling up to :data:`BACKOFF_MAX`). Deleting
+capped exponential backoff (:mod:`prism.fleet.limits`: 0.1 s doubling up to 5 s). Deleting
 the key is logged and changes nothing. A reload (SIGHUP, ``prism config reload``, the admin
-API) re-reads the key and applies it again (secrets are read again: rotation).
+API) re-reads the key and applies it again (secrets are read again: rotation). The proxy also
+registers itself in the fleet's membership (:mod:`prism.fleet.members`).
 
 Relative paths in the document are taken from the proxy's working directory.
 """
@@ -35,21 +36,16 @@ from prism.config.admin import resolve_admin_token
 from prism.config.load import load_config_text
 from prism.etcd import EtcdClient, EtcdError, EtcdTarget, EtcdUnavailable, KeyValue, WatchCompacted
 from prism.fleet.cache import CachedConfig, read_cache, write_cache
+from prism.fleet.limits import BACKOFF_MAX, BACKOFF_MIN, READ_DEADLINE
+from prism.fleet.members import Membership, member_id
 from prism.proxy.configreload import ConfigRejected, ReloadResult, revision_of
 
 if TYPE_CHECKING:
     from prism.proxy.app import Proxy
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "EtcdConfigSource", "Initial", "read_initial"]
+__all__ = ["EtcdConfigSource", "Initial", "read_initial", "validate"]
 
 log = logging.getLogger("prism.fleet")
-
-#: Seconds before the first retry after etcd could not be reached; doubled per failure.
-BACKOFF_MIN = 0.1
-#: The longest wait between two attempts to reach etcd.
-BACKOFF_MAX = 5.0
-#: Longest wait for one read from etcd (a watch waits for as long as it takes).
-READ_DEADLINE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +116,11 @@ class EtcdConfigSource:
     (None once one is); ``etcd_error``: why etcd cannot be watched right now (None when it
     can)."""
 
-    def __init__(self, target: EtcdTarget, cache: Path, initial: Initial) -> None:
+    def __init__(
+        self, target: EtcdTarget, cache: Path, initial: Initial, *, register: bool = True
+    ) -> None:
         self.target = target
+        self.register = register
         self.cache = cache
         self.applied_revision = initial.mod_revision
         self.last_error: str | None = None
@@ -154,11 +153,20 @@ class EtcdConfigSource:
             f"etcd://{self.target.endpoint.split('://', 1)[1]}{self.target.config_key}"
         )
         reloader.revision = revision_of(self._initial.data)
-        async with EtcdClient(self.target.endpoint) as client:
+        async with EtcdClient(self.target.endpoint) as client, trio.open_nursery() as nursery:
             self._client = client
             reloader.reread = partial(self.reread, proxy)
+            if self.register:
+                address = "{}:{}".format(*proxy.address) if proxy.address else ""
+                membership = Membership(
+                    self.target, member_id(proxy.address), address, self._member_state, self.changed
+                )
+                await nursery.start(membership.run)
             task_status.started(self)
             await self._watch(client, proxy)
+
+    def _member_state(self) -> tuple[int, str | None]:
+        return self.applied_revision, self.last_error
 
     async def _watch(self, client: EtcdClient, proxy: Proxy) -> None:
         key = self.target.config_key
@@ -254,12 +262,12 @@ class EtcdConfigSource:
             self.last_error = f"revision {kv.mod_revision} rejected: " + "; ".join(errors)
             self._notify()
             raise ConfigRejected(errors) from None
-        self.applied_revision = kv.mod_revision
-        self.last_error = "; ".join(f"failed {item}" for item in result.failed) or None
-        self._notify()
         entry = CachedConfig(self.target.config_key, kv.mod_revision, kv.value)
         try:
             await trio.to_thread.run_sync(write_cache, self.cache, entry)
         except OSError as exc:
             log.warning("cannot write the config cache %s: %s", self.cache, exc.strerror)
+        self.applied_revision = kv.mod_revision
+        self.last_error = "; ".join(f"failed {item}" for item in result.failed) or None
+        self._notify()
         return result

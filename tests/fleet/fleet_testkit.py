@@ -31,7 +31,13 @@ def ns(name: str, **plugin: Any) -> dict[str, Any]:
 
 
 def document(*namespaces: dict[str, Any], **top: Any) -> bytes:
-    doc = {"listen": "127.0.0.1:0", "shutdown_grace": 1.0, "namespaces": list(namespaces), **top}
+    doc = {
+        "listen": "127.0.0.1:0",
+        "admin": {"enabled": False},
+        "shutdown_grace": 1.0,
+        "namespaces": list(namespaces),
+        **top,
+    }
     return json.dumps(doc).encode()
 
 

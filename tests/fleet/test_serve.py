@@ -3,6 +3,7 @@ processes, a real etcd, real calls through the front door."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -93,7 +94,7 @@ async def test_serve_from_etcd_push_changes_and_start_from_cache(
 
     port = free_port()
     address = f"127.0.0.1:{port}"
-    with trio.fail_after(120):
+    with trio.fail_after(180):
         async with serving(tmp_path, target, port):
             await serves(address, "kv")
             second = tmp_path / "second.json"
@@ -108,6 +109,15 @@ async def test_serve_from_etcd_push_changes_and_start_from_cache(
             assert stale.returncode == 1
             assert "another push came first; nothing was written" in stale.stderr.decode()
             await serves(address, "more")
+            listed = await prism("fleet", "status", "--etcd", url(target))
+            assert listed.returncode == 0, listed.stderr
+            assert f"127.0.0.1:{port}" in listed.stdout.decode()
+        # Killed (SIGKILL: no clean stop), its record vanishes with its lease.
+        while True:
+            listed = await prism("fleet", "status", "--etcd", url(target), "--json")
+            if json.loads(listed.stdout)["members"] == []:
+                break
+            await trio.sleep(0.5)
 
         # etcd down: a proxy starts from its cache and serves.
         await trio.to_thread.run_sync(etcd.kill)
