@@ -26,6 +26,7 @@ from prism.config import (
     default_config,
     load_config,
 )
+from prism.etcd import is_etcd_url
 from prism.fleet.source import EtcdConfigSource
 from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
@@ -266,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "serve":
             path, source = None, None
-            if args.config and args.config.startswith("etcd://"):
+            if args.config and is_etcd_url(args.config):
                 config, source = fleet_cli.open_source(
                     args.config, args.config_cache, args.data_dir
                 )

@@ -33,7 +33,8 @@ class EtcdTarget:
 
 
 def is_etcd_url(text: str) -> bool:
-    return text.startswith("etcd://")
+    """Whether ``text`` names etcd (``etcd://``, ``http://``, ``https://``) rather than a file."""
+    return text.split("://", 1)[0] in _SCHEMES and "://" in text
 
 
 def parse_target(text: str) -> EtcdTarget:
