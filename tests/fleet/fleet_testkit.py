@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,14 @@ _prefixes = itertools.count()
 def new_target(endpoint: str) -> EtcdTarget:
     """A key prefix no other test uses (the etcd server is shared by the module)."""
     return parse_target(endpoint.replace("http://", "etcd://") + f"/fleet-test/{next(_prefixes)}")
+
+
+def unreachable(target: EtcdTarget) -> EtcdTarget:
+    """``target``'s prefix on a port where no etcd listens (etcd down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return parse_target(f"etcd://127.0.0.1:{port}{target.prefix}")
 
 
 def ns(name: str, **plugin: Any) -> dict[str, Any]:

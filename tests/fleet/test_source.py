@@ -9,12 +9,22 @@ import httpx
 import pytest
 import trio
 import trio.lowlevel
-from etcd_server import EtcdServer, free_port
-from fleet_testkit import document, get, new_target, ns, running, running_from, set_, wait_for
+from etcd_server import EtcdServer
+from fleet_testkit import (
+    document,
+    get,
+    new_target,
+    ns,
+    running,
+    running_from,
+    set_,
+    unreachable,
+    wait_for,
+)
 
 from prism import grpc as pg
 from prism.config import ConfigError
-from prism.etcd import EtcdClient, parse_target
+from prism.etcd import EtcdClient
 from prism.fleet.cache import read_cache
 from prism.fleet.source import read_initial
 from prism.proxy.configreload import ConfigRejected, revision_of
@@ -59,7 +69,7 @@ async def test_read_initial_starts_from_the_cache_when_etcd_is_down(
     await put(etcd, target.config_key, document(ns("cached")))
     cache = tmp_path / "cache.json"
     first = await read_initial(target, cache)
-    down = parse_target(f"etcd://127.0.0.1:{free_port()}{target.prefix}")
+    down = unreachable(target)
     initial = await read_initial(down, cache)
     assert initial.from_cache
     assert [n.name for n in initial.config.namespaces] == ["cached"]
@@ -177,7 +187,7 @@ async def test_source_rereads_after_compaction(etcd: EtcdServer, tmp_path: Path)
             f"{etcd.endpoint}/v3/kv/compaction", json={"revision": str(latest)}
         )
         assert answer.status_code == 200
-    down = parse_target(f"etcd://127.0.0.1:{free_port()}{target.prefix}")
+    down = unreachable(target)
     initial = await read_initial(down, cache)
     assert initial.from_cache
     async with running_from(target, cache, initial) as (proxy, source, _):
