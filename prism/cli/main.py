@@ -18,6 +18,7 @@ from prism import grpc as pg
 from prism import logsetup
 from prism.cli import admin, install, keys
 from prism.cli import config as config_cli
+from prism.cli import fleet as fleet_cli
 from prism.config import (
     ConfigError,
     ProxyConfig,
@@ -25,6 +26,8 @@ from prism.config import (
     default_config,
     load_config,
 )
+from prism.etcd import is_etcd_url
+from prism.fleet.source import EtcdConfigSource
 from prism.grpc.transport import server_ssl_context
 from prism.hosting.host import PluginStartFailed
 from prism.hosting.loader import load_plugin_class
@@ -64,7 +67,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the proxy", parents=[common])
     serve.add_argument(
-        "--config", type=Path, help="YAML config (default: embedded memstore + sqlite namespaces)"
+        "--config",
+        help="YAML config file, or etcd://HOST:PORT/PREFIX to read (and watch) the fleet's "
+        "config in etcd (default: embedded memstore + sqlite namespaces)",
+    )
+    serve.add_argument(
+        "--config-cache",
+        type=Path,
+        help="with --config etcd://...: where the last good config is cached (0600), to start "
+        f"from while etcd is down (default: DATA_DIR/{fleet_cli.CACHE_NAME})",
     )
     serve.add_argument("--listen", help="host:port for the front door (overrides the config)")
     serve.add_argument(
@@ -92,12 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     config.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    fleet_cli.add_push_parser(config)
     creload = config.add_parser(
         "reload", help="make a running proxy re-read its config file (as SIGHUP does)"
     )
     _admin_options(creload, None)
     creload.add_argument("--json", action="store_true", help="machine-readable output")
 
+    fleet_cli.add_fleet_parser(sub, common)
     plugin = sub.add_parser("plugin", help="plugin tools", parents=[common]).add_subparsers(
         dest="plugin_command", required=True
     )
@@ -254,13 +267,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "serve":
             overrides = partial(_serve_overrides, args, log_format, log_level)
-            config = load_config(args.config) if args.config else default_config(args.data_dir)
+            path, source = None, None
+            if args.config and is_etcd_url(args.config):
+                config, source = fleet_cli.open_source(
+                    args.config, args.config_cache, args.data_dir
+                )
+            elif args.config:
+                path = Path(args.config)
+                config = load_config(path)
+            else:
+                config = default_config(args.data_dir)
             # The command line wins over the file; the file over the defaults.
             config = overrides(config)
             logsetup.configure(config.logging.format, config.logging.level)
-            trio.run(_serve, config, args.config, overrides)
+            trio.run(_serve, config, path, overrides, source)
         elif args.command == "config":
             _config_tool(args)
+        elif args.command == "fleet":
+            raise SystemExit(fleet_cli.fleet_command(args))
         elif args.plugin_command in (
             "list",
             "status",
@@ -303,6 +327,8 @@ def _config_tool(args: argparse.Namespace) -> None:
     if args.config_command == "schema":
         sys.stdout.write(config_cli.schema())
         return
+    if args.config_command == "push":
+        raise SystemExit(fleet_cli.push_command(args))
     if args.config_command == "reload":
         try:
             target = _admin_of(args)
@@ -384,6 +410,7 @@ async def _serve(
     config: ProxyConfig,
     path: Path | None = None,
     overrides: Callable[[ProxyConfig], ProxyConfig] | None = None,
+    source: EtcdConfigSource | None = None,
 ) -> None:
     # SIGHUP's receiver is in place before the proxy starts: a SIGHUP that arrives while it
     # starts would otherwise end the process (the signal's default action). It is handled
@@ -392,6 +419,8 @@ async def _serve(
         async with trio.open_nursery() as nursery:
             proxy = Proxy(config, config_path=path, overrides=overrides)
             await nursery.start(proxy.run)
+            if source is not None:  # config from etcd: its watch
+                await nursery.start(source.run, proxy)
             # What startup made (modules, plugins, config) lives as long as the process:
             # frozen, it is no longer scanned by every later garbage collection. On pub/sub
             # fan-out that was ~20% of the proxy's CPU per delivery (docs/benchmarks.md).

@@ -16,7 +16,7 @@ from prism.config.namespace import NamespaceConfig
 from prism.config.plugin import PluginConfig
 from prism.config.proxy import ProxyConfig
 
-__all__ = ["default_config", "json_schema", "load_config", "parse_config"]
+__all__ = ["default_config", "json_schema", "load_config", "load_config_text", "parse_config"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -65,16 +65,23 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"cannot read config {path}: not UTF-8 text") from None
+    return load_config_text(text, source=str(path), base=Path(path).absolute().parent)
+
+
+def load_config_text(text: str, *, source: str, base: Path | None) -> ProxyConfig:
+    """A config document's text (YAML, or JSON, which YAML reads), validated as
+    :func:`load_config` validates a file. ``source`` names it in errors (a path, an etcd key);
+    ``base``: the directory relative paths are joined onto."""
     try:
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         # One line, and not PyYAML's quote of the offending line (it may hold a credential).
         mark = exc.problem_mark
         where = "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
-        raise ConfigError(f"{path} is not valid YAML{where}: {exc.problem}") from None
+        raise ConfigError(f"{source} is not valid YAML{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {type(exc).__name__}") from None
-    config = parse_config({} if raw is None else raw, base=Path(path).absolute().parent)
+        raise ConfigError(f"{source} is not valid YAML: {type(exc).__name__}") from None
+    config = parse_config({} if raw is None else raw, base=base)
     config.all_credentials()
     return config
 

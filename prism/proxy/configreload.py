@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,9 +122,15 @@ class ConfigReloader:
         self.restart_required: list[str] = []
         self._secrets = {ns.name: _secrets_digest(config, ns) for ns in config.namespaces}
         self._lock = trio.Lock()
+        # A config source other than a file (etcd: prism.fleet.source) sets these: what the
+        # admin API shows as the config's path, and what a reload (SIGHUP, admin) re-reads.
+        self.source: str | None = None
+        self.reread: Callable[[], Awaitable[ReloadResult]] | None = None
 
     @property
     def path_text(self) -> str:
+        if self.source is not None:
+            return self.source
         return "" if self.path is None else str(self.path)
 
     async def reload_response(self) -> ReloadConfigResponse:
@@ -145,6 +151,8 @@ class ConfigReloader:
         FailedPrecondition when the proxy has no file. Reloads run one after the other.
         Cancellation stops the reload where it is: namespaces already switched stay switched."""
         path = self.path
+        if path is None and self.reread is not None:
+            return await self.reread()
         if path is None:
             raise FailedPrecondition(
                 "the proxy's configuration was not read from a file: there is nothing to re-read"
@@ -156,6 +164,18 @@ class ConfigReloader:
                     new = self.overrides(new)
                 except ConfigError as exc:
                     raise ConfigRejected(list(exc.errors)) from None
+            return await self._apply(new, revision_of(data))
+
+    async def apply(self, new: ProxyConfig, data: bytes) -> ReloadResult:
+        """Apply a configuration another source read and validated (etcd:
+        :mod:`prism.fleet.source`) as a reload applies the file's; ``data``: its text, which
+        the revision is computed from. Runs after any reload in progress."""
+        if self.overrides is not None:
+            try:
+                new = self.overrides(new)
+            except ConfigError as exc:
+                raise ConfigRejected(list(exc.errors)) from None
+        async with self._lock:
             return await self._apply(new, revision_of(data))
 
     async def _apply(self, new: ProxyConfig, revision: str) -> ReloadResult:
