@@ -33,8 +33,9 @@ from prism.grpc.wire.status import (
 
 if TYPE_CHECKING:
     from prism.grpc.call import ServerCall
+    from prism.grpc.call_handles import StreamCall, UnaryCall
     from prism.grpc.channel import Channel, ChannelOptions, open_channel
-    from prism.grpc.client_call import ClientCall, StreamCall, UnaryCall
+    from prism.grpc.client_call import ClientCall
     from prism.grpc.interceptor import CallKey, CallOutcome, CallState, ServerInterceptor
     from prism.grpc.server import Server, ServerCounters, ServerOptions
     from prism.grpc.service import (
@@ -53,8 +54,8 @@ _LAZY = {
     "Channel": "channel",
     "ChannelOptions": "channel",
     "ClientCall": "client_call",
-    "StreamCall": "client_call",
-    "UnaryCall": "client_call",
+    "StreamCall": "call_handles",
+    "UnaryCall": "call_handles",
     "open_channel": "channel",
     "CallKey": "interceptor",
     "CallOutcome": "interceptor",

@@ -14,7 +14,8 @@ import h2.exceptions
 import trio
 
 from prism.grpc import transport
-from prism.grpc.client_call import ClientCall, Requests, StreamCall, UnaryCall
+from prism.grpc.call_handles import StreamCall, UnaryCall
+from prism.grpc.client_call import ClientCall, Requests
 from prism.grpc.wire.client_conn import ClientConnection
 from prism.grpc.wire.compression import check_encoding
 from prism.grpc.wire.events import (

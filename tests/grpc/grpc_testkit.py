@@ -45,6 +45,30 @@ class Echo(pg.Service):
             await call.send_message(message.upper())
 
 
+class Parked(pg.Service):
+    """Handlers that send one message (or read nothing) and then wait until cancelled."""
+
+    name = "test.Parked"
+
+    def __init__(self) -> None:
+        self.cancelled = trio.Event()
+
+    @pg.unary_stream("One", bytes, bytes)
+    async def one(self, request: bytes, call: pg.ServerCall) -> None:
+        await call.send_message(b"first")
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+    @pg.stream_unary("Deaf", bytes, bytes)
+    async def deaf(self, call: pg.ServerCall) -> bytes:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+
 @asynccontextmanager
 async def serving(
     *services: pg.Service,

@@ -74,10 +74,16 @@ class Sender(RawClient):
         await self.until(lambda: len(self.of(h2.events.PingAckReceived)) > acks)
 
 
+def _stream_window_updates(client: RawClient, sid: int) -> int:
+    """What the server's WINDOW_UPDATEs for ``sid`` gave back, in all."""
+    return sum(e.delta for e in client.of(h2.events.WindowUpdated, sid))
+
+
 async def test_server_call_slow_handler_bounds_what_the_client_may_send() -> None:
-    # The handler stops reading after one message: the server acknowledges what it buffers
-    # only up to one window, so the client can have at most two windows out (what the
-    # server holds, and what is in flight), however long it keeps trying.
+    # The handler stops reading after one message. The server reopens the stream's window
+    # only for what the handler took, so what it holds for the handler (what the client
+    # sent, less what the handler took) stays within one window, however long the client
+    # keeps trying; and the WINDOW_UPDATEs give back no more than the handler took.
     service = Sink()
     window = 64 << 10
     options = pg.ServerOptions(
@@ -94,7 +100,11 @@ async def test_server_call_slow_handler_bounds_what_the_client_may_send() -> Non
                 sent += more
                 await client.sync()
         assert service.taken == 1
-        assert window < sent * FRAMED <= 2 * window + FRAMED
+        assert _stream_window_updates(client, sid) <= service.taken * FRAMED
+        # The client stopped with less than a message's room left (one message taken, its
+        # bytes below h2's threshold for a WINDOW_UPDATE): the server holds the rest.
+        buffered = (sent - service.taken) * FRAMED
+        assert window - 2 * FRAMED < buffered <= window
 
         # The handler reads again: the window reopens and the rest goes through.
         service.go.set()
@@ -112,6 +122,48 @@ async def test_server_call_slow_handler_bounds_what_the_client_may_send() -> Non
         assert client.trailers(sid)[b"grpc-status"] == b"0"
         response = b"".join(e.data for e in client.of(h2.events.DataReceived, sid))
         assert response[5:] == b"%d" % sent
+
+
+async def test_server_call_large_messages_pass_a_small_window() -> None:
+    # Messages four times the stream's window: their parts are acknowledged as they come
+    # (the handler cannot take a message before it is whole), or the call would stall.
+    class Sizes(pg.Service):
+        name = "test.Sizes"
+
+        @pg.stream_unary("Sizes", bytes, bytes)
+        async def sizes(self, call: pg.ServerCall) -> bytes:
+            return b",".join([b"%d" % len(m) async for m in call])
+
+    window = 64 << 10
+    options = pg.ServerOptions(initial_window_size=window, keepalive_min_time=0)
+    async with (
+        serving(Sizes(), options=options) as (_, target),
+        pg.open_channel(target) as channel,
+    ):
+        with trio.fail_after(30):
+            answer = await channel.stream_unary("/test.Sizes/Sizes", [bytes(4 * window)] * 3, bytes)
+    assert answer == b",".join([b"%d" % (4 * window)] * 3)
+
+
+async def test_server_call_burst_of_small_messages_arrives_whole_and_in_order() -> None:
+    # 5,000 small messages written at once (many per read, reads that end inside frames):
+    # each reaches the handler once, in the order sent.
+    count = 5000
+    async with serving() as (_, target), RawClient.connect(target) as client:
+        with trio.fail_after(20):  # the server's SETTINGS: its 1 MiB window
+            await client.until(lambda: client.h2.remote_settings.initial_window_size > 65535)
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, request_headers("/test.Echo/Client"))
+        messages = [b"%d," % i for i in range(count)]
+        for message in messages:
+            client.h2.send_data(sid, grpc_frame(message))
+        client.h2.end_stream(sid)
+        await client.flush()
+        with trio.fail_after(20):
+            await client.until(lambda: client.ended(sid))
+    assert client.trailers(sid)[b"grpc-status"] == b"0"
+    response = b"".join(e.data for e in client.of(h2.events.DataReceived, sid))
+    assert response[5:] == b"".join(messages)
 
 
 async def test_server_call_buffered_messages_still_let_other_tasks_run() -> None:

@@ -12,57 +12,10 @@ import h2.events
 import h2.exceptions
 import pytest
 import trio
-from grpc_testkit import serving
+from grpc_testkit import Parked, serving
 
 from prism import grpc as pg
 from prism.grpc.health import HealthCheckResponse, ServingStatus
-
-
-class Parked(pg.Service):
-    """Handlers that send one message (or read nothing) and then wait until cancelled."""
-
-    name = "test.Parked"
-
-    def __init__(self) -> None:
-        self.cancelled = trio.Event()
-
-    @pg.unary_stream("One", bytes, bytes)
-    async def one(self, request: bytes, call: pg.ServerCall) -> None:
-        await call.send_message(b"first")
-        try:
-            await trio.sleep_forever()
-        finally:
-            self.cancelled.set()
-
-    @pg.stream_unary("Deaf", bytes, bytes)
-    async def deaf(self, call: pg.ServerCall) -> bytes:
-        try:
-            await trio.sleep_forever()
-        finally:
-            self.cancelled.set()
-
-
-async def test_stream_call_cancel_from_another_task_ends_its_loop() -> None:
-    service = Parked()
-    async with serving(service) as (_, target), pg.open_channel(target) as channel:
-        call = channel.unary_stream("/test.Parked/One", b"", bytes)
-        got: list[bytes] = []
-        first = trio.Event()
-
-        async def consume() -> None:
-            async for message in call:
-                got.append(message)
-                first.set()
-
-        with trio.fail_after(30):  # a hang guard only
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                await first.wait()
-                await trio.testing.wait_all_tasks_blocked()  # the loop waits for more
-                call.cancel()
-            await service.cancelled.wait()  # the RST_STREAM reached the server
-        assert got == [b"first"]
-        assert call.status is pg.Status.CANCELLED
 
 
 async def test_client_call_close_from_another_task_wakes_a_waiting_receiver() -> None:

@@ -378,6 +378,6 @@ async def test_server_connection_state_stays_bounded_over_many_calls() -> None:
         assert not conn.calls
         assert not conn.conn._streams
         assert not conn.conn._out
-        assert not conn.conn._unacked
+        assert not conn.conn._held
         assert not conn.conn._queued
         assert len(conn.conn._h2.decoder.header_table.dynamic_entries) < 100

@@ -103,17 +103,20 @@ class H2Base:
         self._h2.keep_closed_streams(max(MIN_CLOSED_STREAMS, 2 * settings.max_concurrent_streams))
         self._out: dict[int, _Outbound] = {}
         self._extra = bytearray()
-        # Inbound flow control: bytes received but not yet acknowledged, and bytes of complete
-        # messages handed out but not yet consumed, per stream. Acknowledging only while the
-        # consumer keeps up bounds what a fast sender can make us buffer.
-        self._unacked: dict[int, int] = {}
+        # Inbound flow control, per stream: bytes of complete messages handed out but not yet
+        # consumed, and how many of their flow-controlled bytes are withheld until they are.
+        # The peer's window reopens only as the consumer takes messages, so what a fast sender
+        # can make us buffer stays within one window (and messages larger than the window,
+        # whose earlier parts are acknowledged as they come, or they could never complete).
         self._queued: dict[int, int] = {}
-        # While a receive_data call runs (the server's): streams whose acknowledgement is
-        # decided once the whole read is processed, and bytes to give back unconditionally
-        # (streams finished or gone). One decision per stream per read makes the
-        # WINDOW_UPDATEs independent of how the read's frames were grouped (h2's merged
-        # DATA frames or the fast path's runs) and costs one acknowledgement, not one per
-        # frame. None: acknowledge at once.
+        self._held: dict[int, int] = {}
+        # Per stream, during a read: [flow-controlled bytes, message bytes] received in it.
+        self._in_read: dict[int, list[int]] = {}
+        # While a receive_data call runs (the server's): bytes to give back per stream once
+        # the whole read is processed (streams finished or gone, parts of messages not yet
+        # complete). One acknowledgement per stream per read makes the WINDOW_UPDATEs
+        # independent of how the read's frames were grouped (h2's merged DATA frames or the
+        # fast path's runs) and costs one call, not one per frame. None: acknowledge at once.
         self._acks: dict[int, int] | None = None
         self.goaway_received: int | None = None  # the peer's last_stream_id, once it sent GOAWAY
         self.closed = False
@@ -299,22 +302,38 @@ class H2Base:
             self._h2.reset_stream(stream_id, error_code=error_code)
 
     def _received(self, stream_id: int, flow_controlled: int, message_bytes: int) -> None:
-        unacked = self._unacked.get(stream_id, 0) + flow_controlled
-        queued = self._queued[stream_id] = self._queued.get(stream_id, 0) + message_bytes
-        acks = self._acks
-        if acks is not None:
-            self._unacked[stream_id] = unacked
-            if stream_id not in acks:
-                acks[stream_id] = 0
-        elif unacked and queued <= self.settings.initial_window_size:
-            self._unacked[stream_id] = 0
-            if not self.closed:
-                self._h2.acknowledge_data(unacked, stream_id)
+        """``flow_controlled`` bytes arrived on ``stream_id``, completing messages of
+        ``message_bytes`` (5 + length each) for the consumer. During a read (the server's
+        receive_data) the stream's sums are settled once, at its end (see ``_acks``)."""
+        if self._acks is None:
+            self._withhold(stream_id, flow_controlled, message_bytes)
+            return
+        read = self._in_read.get(stream_id)
+        if read is None:
+            self._in_read[stream_id] = [flow_controlled, message_bytes]
+            if stream_id not in self._acks:
+                self._acks[stream_id] = 0
         else:
-            self._unacked[stream_id] = unacked
+            read[0] += flow_controlled
+            read[1] += message_bytes
+
+    def _withhold(self, stream_id: int, flow_controlled: int, message_bytes: int) -> None:
+        """Up to ``message_bytes`` of ``flow_controlled`` are withheld until :meth:`consumed`
+        reports those messages taken; the rest (the beginning of a message not yet complete,
+        padding) is acknowledged now. Withheld bytes never exceed queued ones, so a consumer
+        that has taken every message has had every byte acknowledged: a sender cannot stall
+        on a window we keep shut while nothing is left to consume."""
+        held = flow_controlled if flow_controlled < message_bytes else message_bytes
+        if message_bytes:
+            self._queued[stream_id] = self._queued.get(stream_id, 0) + message_bytes
+            if held:
+                self._held[stream_id] = self._held.get(stream_id, 0) + held
+        if flow_controlled > held:
+            self._give_back(stream_id, flow_controlled - held)
 
     def _give_back(self, stream_id: int, size: int) -> None:
-        """Acknowledge ``size`` bytes nobody will consume (a stream finished or gone)."""
+        """Acknowledge ``size`` bytes nobody will consume (a stream finished or gone, or the
+        part of a message still incomplete)."""
         acks = self._acks
         if acks is not None:
             acks[stream_id] = acks.get(stream_id, 0) + size
@@ -322,35 +341,34 @@ class H2Base:
             self._h2.acknowledge_data(size, stream_id)
 
     def _acknowledge_read(self) -> None:
-        """End of a read: acknowledge what :meth:`_received` and :meth:`_give_back` held,
-        in the order the streams first appeared in it."""
+        """End of a read: settle each stream's received bytes (:meth:`_withhold`) and
+        acknowledge what is given back, in the order the streams first appeared in it."""
         acks = self._acks
+        in_read = self._in_read
+        if in_read:
+            for stream_id, (flow, message_bytes) in in_read.items():
+                self._withhold(stream_id, flow, message_bytes)  # adds to acks[stream_id]
+            in_read.clear()
         self._acks = None
         if not acks or self.closed:
             return
-        window = self.settings.initial_window_size
-        unacked_of, queued_of = self._unacked, self._queued
         for stream_id, give in acks.items():
-            unacked = unacked_of.get(stream_id)
-            if unacked and queued_of.get(stream_id, 0) <= window:
-                unacked_of[stream_id] = 0
-                give += unacked
             if give:
                 self._h2.acknowledge_data(give, stream_id)
 
     def consumed(self, stream_id: int, size: int) -> None:
-        """The application took ``size`` bytes of messages off ``stream_id``."""
+        """The application took ``size`` bytes of messages off ``stream_id``: the bytes
+        withheld for them are acknowledged (the peer's window reopens by as much)."""
         queued = self._queued.get(stream_id)
-        if queued is not None:
-            self._queued[stream_id] = queued - size
-            self._maybe_acknowledge(stream_id)
-
-    def _maybe_acknowledge(self, stream_id: int) -> None:
-        unacked = self._unacked.get(stream_id, 0)
-        if unacked and self._queued.get(stream_id, 0) <= self.settings.initial_window_size:
-            self._unacked[stream_id] = 0
+        if queued is None:
+            return
+        self._queued[stream_id] = queued - size
+        held = self._held.get(stream_id, 0)
+        if held:
+            release = size if size < held else held
+            self._held[stream_id] = held - release
             if not self.closed:
-                self._h2.acknowledge_data(unacked, stream_id)
+                self._h2.acknowledge_data(release, stream_id)
 
     def _stream_finished(self, stream_id: int) -> None:
         """Forget a stream entirely (reset, or both directions done)."""
@@ -360,9 +378,12 @@ class H2Base:
     def _inbound_finished(self, stream_id: int) -> None:
         """No more data will arrive: unacknowledged bytes go back to the connection window."""
         self._queued.pop(stream_id, None)
-        unacked = self._unacked.pop(stream_id, 0)
-        if unacked:
-            self._give_back(stream_id, unacked)
+        held = self._held.pop(stream_id, 0)
+        read = self._in_read.pop(stream_id, None) if self._in_read else None
+        if read is not None:
+            held += read[0]
+        if held:
+            self._give_back(stream_id, held)
 
     @property
     def highest_inbound_stream_id(self) -> int:

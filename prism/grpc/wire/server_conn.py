@@ -1,8 +1,9 @@
 """The server side of one gRPC connection, sans-IO.
 
 ``receive_data(bytes) -> [events]``; verbs ``send_headers``, ``send_message``,
-``send_trailers``; then ``data_to_send()``. Requests the transport must refuse (wrong method,
-content type, malformed headers) are answered here and never become events.
+``send_trailers`` (:mod:`~prism.grpc.wire.server_responses`); then ``data_to_send()``.
+Requests the transport must refuse (wrong method, content type, malformed headers: see
+:mod:`~prism.grpc.wire.grpc_request`) are answered here and never become events.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import h2.errors
 import h2.events
 import h2.exceptions
-from h2.stream import StreamState
 
 from prism.grpc.wire import compression as codec
-from prism.grpc.wire import metadata as md
 from prism.grpc.wire.events import (
     Event,
     FloodDetected,
@@ -32,40 +30,20 @@ from prism.grpc.wire.events import (
 )
 from prism.grpc.wire.flood import FloodGuard, FloodLimits
 from prism.grpc.wire.framing import HEADER, MessageDecoder
-from prism.grpc.wire.h2conn import _H2, H2Base, Settings
+from prism.grpc.wire.grpc_request import NotGrpc, parse_request
+from prism.grpc.wire.h2conn import _H2, Settings
 from prism.grpc.wire.h2frames import FrameReader
+from prism.grpc.wire.server_responses import ServerResponses, ServerStream
 from prism.grpc.wire.status import (
     Cancelled,
     GrpcError,
     Internal,
-    InvalidArgument,
-    Status,
-    Unimplemented,
-    encode_grpc_message,
 )
-from prism.grpc.wire.timeout import InvalidTimeout, parse_timeout
 
-_RESPONSE_HEADERS = [
-    (b":status", b"200"),
-    (b"content-type", b"application/grpc"),
-    # What we accept, on every response (compression.md: a server tells its clients).
-    (b"grpc-accept-encoding", codec.ACCEPT_ENCODING),
-]
-# Small messages are copied behind their 5-byte prefix so each becomes a single DATA frame.
-_COALESCE_LIMIT = 1 << 16
 # Frames one receive_data call processes at most (see FrameReader.budget): ~1-3 ms of work at
 # worst (100 streams opened and reset). A read of requests from h2load's or grpcio's 16-100
 # streams fits in one pass; merged DATA frames count as one.
 FRAMES_PER_PASS = 200
-
-
-@dataclass(slots=True)
-class _Stream:
-    decoder: MessageDecoder
-    headers_sent: bool = False
-    ended: bool = False  # trailers queued
-    # The encoding responses are compressed with (None: identity), chosen at request time.
-    send_encoding: str | None = None
 
 
 def _rest_of_frame(buffered: bytearray, available: int) -> int:
@@ -77,7 +55,7 @@ def _rest_of_frame(buffered: bytearray, available: int) -> int:
     return need if 0 < need <= available else 0
 
 
-class ServerConnection(H2Base):
+class ServerConnection(ServerResponses):
     """The server side of one connection.
 
     ``flood``: the budgets of :class:`~prism.grpc.wire.flood.FloodGuard`, read on ``clock``
@@ -97,21 +75,9 @@ class ServerConnection(H2Base):
         flood: FloodLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(client_side=False, settings=settings or Settings())
-        codec.check_encoding(compression)
+        super().__init__(settings or Settings(), compression, FloodGuard(flood or FloodLimits()))
         self._max_receive = max_receive_message_size
-        # Small messages of a stream sent with batch=True, not queued for sending yet: they go
-        # out as few DATA frames, joined when output is taken (see send_message).
-        self._batches: dict[int, bytearray] = {}
-        self._compression = None if compression == codec.IDENTITY else compression
-        self._encoded_headers = (
-            [*_RESPONSE_HEADERS, (b"grpc-encoding", self._compression.encode())]
-            if self._compression
-            else _RESPONSE_HEADERS
-        )
-        self._streams: dict[int, _Stream] = {}
         self._goaway_sent: int | None = None
-        self._guard = FloodGuard(flood or FloodLimits())
         self._clock = clock
         self._refused = 0  # h2's count of streams refused (over the limit), as last seen
         #: The client's preface and first SETTINGS frame have arrived.
@@ -238,7 +204,7 @@ class ServerConnection(H2Base):
         outcome as :meth:`_on_data` for each, with one report per stream."""
         streams = self._streams
         sid = flow = size = 0
-        stream: _Stream | None = None
+        stream: ServerStream | None = None
         messages: list[bytes] = []
         for frame_sid, start, end in runs:
             if frame_sid != sid:
@@ -261,7 +227,7 @@ class ServerConnection(H2Base):
     def _data_done(
         self,
         sid: int,
-        stream: _Stream | None,
+        stream: ServerStream | None,
         flow: int,
         size: int,
         messages: list[bytes],
@@ -313,75 +279,26 @@ class ServerConnection(H2Base):
             self.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             self._check(self._guard.reset(self._clock()), out)
             return
-        method = path = authority = content_type = te = b""
-        timeout_raw: bytes | None = None
-        encoding: bytes | None = None
-        accept = b""
-        for name, value in event.headers or ():
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority" or name == b"host":
-                authority = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"te":
-                te = value
-            elif name == b"grpc-timeout":
-                timeout_raw = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name == b"grpc-accept-encoding":
-                accept = value
-        if method != b"POST":
-            self._http_error(sid, b"405", b"gRPC requires POST")
-            return
-        if not content_type.startswith(b"application/grpc"):
-            self._http_error(sid, b"415", b"content-type must be application/grpc")
-            return
-        if not path.startswith(b"/"):
-            # h2's header validation is off (see h2conn): we check what we rely on ourselves.
-            self._reject(sid, Internal("malformed request: missing or invalid :path"))
-            return
-        if te != b"trailers":
-            self._reject(sid, Internal('missing "te: trailers" header: not a gRPC client?'))
-            return
-        request_encoding = None if encoding is None else encoding.decode("latin-1")
-        if request_encoding is not None and request_encoding not in codec.SUPPORTED:
-            # grpc-accept-encoding is in the response headers, as compression.md asks.
-            error = Unimplemented(
-                f"grpc-encoding {request_encoding!r} is not supported"
-                f" (supported: {codec.supported_list()})"
-            )
-            self._reject(sid, error)
-            return
         try:
-            timeout = parse_timeout(timeout_raw) if timeout_raw is not None else None
-            metadata = md.decode(event.headers or ())
-        except InvalidTimeout as exc:
-            self._reject(sid, InvalidArgument(str(exc)))
+            request = parse_request(event.headers or ())
+        except NotGrpc as exc:
+            self._http_error(sid, exc.status, exc.text)
             return
-        except md.MetadataError as exc:
-            self._reject(sid, Internal(str(exc)))
+        except GrpcError as exc:
+            self._reject(sid, exc)
             return
+        request_encoding, accept = request.encoding, request.accept_encoding
         decoder = MessageDecoder(self._max_receive)
         if request_encoding is not None:
             decoder.encoding = request_encoding
-        stream = self._streams[sid] = _Stream(decoder)
+        stream = self._streams[sid] = ServerStream(decoder)
         # Never compress with an encoding the client did not say it accepts.
         compress = self._compression
         if compress is not None and accept and compress in codec.parse_accept_encoding(accept):
             stream.send_encoding = compress
         self._fresh.add(sid)
         out.append(
-            RequestReceived(
-                sid,
-                path.decode("utf-8", "replace"),
-                metadata,
-                timeout,
-                authority.decode("latin-1"),
-            )
+            RequestReceived(sid, request.path, request.metadata, request.timeout, request.authority)
         )
 
     def _on_data(self, event: h2.events.DataReceived, out: list[Event]) -> None:
@@ -450,151 +367,12 @@ class ServerConnection(H2Base):
             return
         self._sent_end(sid)
 
-    def _sent_end(self, stream_id: int) -> None:
-        # The response is complete but the client is still sending (it was answered early, or
-        # refused): RST_STREAM(NO_ERROR) tells it to stop (RFC 9113 §8.1), as grpc-go does.
-        # Otherwise the half-closed stream would count against max_concurrent_streams forever.
-        stream = self._h2.streams.get(stream_id)
-        if stream is not None and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL:
-            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-
-    # -- output -----------------------------------------------------------------------------
-
-    def send_headers(self, stream_id: int, metadata: md.MetadataLike = ()) -> None:
-        stream = self._streams[stream_id]
-        if stream.headers_sent:
-            return
-        # Encode (and validate) first: invalid metadata must leave the stream untouched.
-        base = self._encoded_headers if stream.send_encoding else _RESPONSE_HEADERS
-        headers = base + md.encode(metadata) if metadata else base
-        stream.headers_sent = True
-        self._guard.wrote = True
-        self._h2.send_headers(stream_id, headers)
-
-    def send_message(
-        self, stream_id: int, data: bytes, *, compress: bool = True, batch: bool = False
-    ) -> None:
-        """Queue one response message; compressed when the stream's responses are (see the
-        class) unless ``compress`` is False (one message in the clear, e.g. against CRIME).
-
-        ``batch``: more messages are likely to follow at once (a streaming handler). Small
-        messages are then collected and handed to HTTP/2 together, up to a frame's worth, when
-        output is next taken (:meth:`output`, :meth:`data_to_send`) or the stream ends: one
-        DATA frame for many messages instead of one each. The caller must make sure output is
-        taken (the server's writer task); a batch holds less than one frame, so flow control's
-        back-pressure (:meth:`pending`) does not count it.
-        """
-        stream = self._streams[stream_id]
-        if not stream.headers_sent:
-            self.send_headers(stream_id)
-        if stream.send_encoding is not None and compress:
-            data = codec.compress(stream.send_encoding, data)
-            prefix = HEADER.pack(1, len(data))
-        else:
-            prefix = HEADER.pack(0, len(data))
-        batches = self._batches
-        self._guard.wrote = True
-        if len(data) <= _COALESCE_LIMIT:
-            if batch:
-                pending = batches.get(stream_id)
-                if pending is None:
-                    pending = batches[stream_id] = bytearray(prefix)
-                else:
-                    pending += prefix
-                pending += data
-                if len(pending) >= self._h2.max_outbound_frame_size:
-                    self._flush_batch(stream_id)
-                return
-            if batches:
-                self._flush_batch(stream_id)
-            self._queue(stream_id, prefix + data)
-        else:
-            if batches:
-                self._flush_batch(stream_id)
-            self._queue(stream_id, prefix)
-            self._queue(stream_id, data, body=True)
-
-    def _flush_batch(self, stream_id: int) -> None:
-        pending = self._batches.pop(stream_id, None)
-        if pending is not None and not self.closed:
-            # The bytearray is never touched again: it can be sent without a copy.
-            self._queue(stream_id, memoryview(pending))
-
-    def _flush_batches(self) -> None:
-        for stream_id in list(self._batches):
-            try:
-                self._flush_batch(stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                self._out.pop(stream_id, None)  # the stream went away under it
-
-    # wants_write() does not flush batches (it runs on every kick): a batching sender wakes
-    # the writer task itself, whose output() call flushes them; trailers flush their own.
-
-    def output(self) -> list[bytes | bytearray | memoryview]:
-        if self._batches:
-            self._flush_batches()
-        return super().output()
-
-    def data_to_send(self) -> bytes:
-        if self._batches:
-            self._flush_batches()
-        return super().data_to_send()
-
-    def close(self, error_code: int = 0, debug: bytes = b"") -> None:
-        self._batches.clear()
-        super().close(error_code, debug)
-
-    def send_trailers(
-        self,
-        stream_id: int,
-        status: Status,
-        message: str = "",
-        metadata: md.MetadataLike = (),
-    ) -> None:
-        """End the RPC. Trailers-only when no headers went out yet; otherwise trailers follow
-        whatever data is still queued behind flow control."""
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.ended:
-            return
-        stream.ended = True
-        if self._batches:
-            self._flush_batch(stream_id)
-        self._guard.wrote = True
-        if not stream.headers_sent:
-            stream.headers_sent = True
-            headers = self._status_headers(status, message, metadata, trailers_only=True)
-            self._h2.send_headers(stream_id, headers, end_stream=True)
-            self._sent_end(stream_id)
-        else:
-            self._queue_end(stream_id, self._status_headers(status, message, metadata))
-
-    @staticmethod
-    def _status_headers(
-        status: Status, message: str, metadata: md.MetadataLike, *, trailers_only: bool = False
-    ) -> list[tuple[bytes, bytes]]:
-        headers = list(_RESPONSE_HEADERS) if trailers_only else []
-        headers.append((b"grpc-status", b"%d" % status))
-        if message:
-            headers.append((b"grpc-message", encode_grpc_message(message).encode("ascii")))
-        if metadata:
-            headers.extend(md.encode(metadata))
-        return headers
-
     def finish(self, stream_id: int) -> None:
         """The application is done with the stream (its RPC task ended)."""
         if self._batches:
             self._batches.pop(stream_id, None)  # trailers flushed it, unless the stream is gone
         if self._streams.pop(stream_id, None) is not None:
             self._inbound_finished(stream_id)
-
-    def discard_unsent(self, stream_id: int) -> int:
-        # A batch not yet handed to HTTP/2 is unsent too, and comes after everything queued.
-        batch = self._batches.pop(stream_id, None)
-        return (0 if batch is None else len(batch)) + super().discard_unsent(stream_id)
-
-    def has_pending_output(self) -> bool:
-        return bool(self._out) or bool(self._batches)
 
     @property
     def active_streams(self) -> int:

@@ -103,7 +103,7 @@ class _Twin:
             mine, its = stream._inbound_window_manager, other._inbound_window_manager
             assert mine.current_window_size == its.current_window_size
             assert mine._bytes_processed == its._bytes_processed
-        assert self.fast._unacked == self.slow._unacked
+        assert self.fast._held == self.slow._held
         assert self.fast._queued == self.slow._queued
 
 
