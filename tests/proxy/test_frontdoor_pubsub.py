@@ -68,7 +68,7 @@ SUBSCRIBE = StreamRequest(
 # 1 MiB (128 messages) and memstore's 16 (155 in all came through before the cut-off existed).
 # Through a sidecar the status also waits behind what the proxy itself holds for this client,
 # by construction at most its 1 MiB of output and two 1 MiB windows of its channel to the
-# sidecar (139-261 came through here; 527 before the cut-off existed). Why: the sidecar drops
+# sidecar (139-220 came through here; 527 before the cut-off existed). Why: the sidecar drops
 # its 1 MiB backlog at the cut but must keep the rest of the one message it had begun (~8 KiB),
 # which needs stream window; the proxy's channel grants window only once what it holds on that
 # stream falls to one window, i.e. after the stalled client has read about a window (~128
