@@ -65,7 +65,8 @@ def namespace_of(mode: str) -> str:
     return {"in_process": "inproc", "sidecar": "sidecar"}[mode]
 
 
-def proxy_config(port: int, modes: list[str], buffer: int, runtime_dir: Path) -> str:
+def proxy_config(port: int, modes: list[str], memstore: dict[str, int], runtime_dir: Path) -> str:
+    """`memstore`: memstore's config fields that are set (0 = its default)."""
     namespaces = []
     for mode in modes:
         namespace: dict[str, Any] = {
@@ -73,8 +74,8 @@ def proxy_config(port: int, modes: list[str], buffer: int, runtime_dir: Path) ->
             "plugin": {"name": "memstore", "mode": mode},
             "access": {"anonymous": True},  # the subscribers and publisher send no credentials
         }
-        if buffer:
-            namespace["config"] = {"subscriber_buffer": buffer}
+        if config := {field: value for field, value in memstore.items() if value}:
+            namespace["config"] = config
         namespaces.append(namespace)
     config = {
         "listen": f"127.0.0.1:{port}",
@@ -84,6 +85,13 @@ def proxy_config(port: int, modes: list[str], buffer: int, runtime_dir: Path) ->
         "namespaces": namespaces,
     }
     return json.dumps(config, indent=2) + "\n"
+
+
+def _has_delivery_interval(tree: Path) -> bool:
+    """Whether another tree's memstore knows `delivery_interval_ms` (a baseline from before it
+    would refuse the field)."""
+    proto = tree / "plugins/memstore/protos/prism/plugins/memstore/v1/config.proto"
+    return proto.is_file() and "delivery_interval_ms" in proto.read_text()
 
 
 def calibrate(calls: int = 3000, rounds: int = 5) -> float:
@@ -178,11 +186,24 @@ class PubsubSuite:
             "--buffer", type=int, default=0, help="memstore subscriber_buffer (0: its default)"
         )
         parser.add_argument(
+            "--delivery-interval-ms",
+            type=int,
+            default=0,
+            help="memstore delivery_interval_ms (0: its default, at once)",
+        )
+        parser.add_argument(
             "--client",
             choices=CLIENTS,
             default="grpcio",
             help="subscribers: grpcio asyncio (default) or h2load (C, HTTP/2 only: see "
             "bench/pubsub_load.py)",
+        )
+        parser.add_argument(
+            "--baseline",
+            type=Path,
+            metavar="TREE",
+            help="also run another source tree's proxy and memstore (e.g. `git archive main | "
+            "tar -x -C TREE`), round for round beside this one: before/after in one run",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -222,6 +243,7 @@ class PubsubSuite:
                 "duration_s": duration,
                 "payload_size": args.payload_size,
                 "subscriber_buffer": args.buffer or "default (1024)",
+                "delivery_interval_ms": args.delivery_interval_ms,
                 "subscriber_client": (
                     H2loadSubscribers if args.client == "h2load" else GrpcioSubscribers
                 ).name,
@@ -229,33 +251,63 @@ class PubsubSuite:
                 "calibration_wire_us_per_call": calibration_us,
             },
         )
+        trees: list[tuple[str, Path | None]] = [("", None)]
+        if args.baseline is not None:
+            tree = args.baseline.resolve()
+            if not (tree / "prism" / "cli" / "main.py").is_file():
+                raise BenchError(f"--baseline {tree}: no prism/cli/main.py there")
+            trees.append((" @baseline", tree))
+            env["baseline_tree"] = str(tree)
+        labels = [mode + suffix for mode in modes for suffix, _ in trees]
         rounds: list[Round] = []
         with tempfile.TemporaryDirectory(prefix="prism-bench-") as tmp_name:
             tmp = Path(tmp_name)
-            runtime = tmp / "run"
-            runtime.mkdir(mode=0o700)
-            config_path = tmp / "prism.yaml"
-            proxy = PrismProcess(
-                "proxy", lambda port: ["serve", "--config", str(config_path)], logs / "proxy.log"
-            )
-            config_path.write_text(proxy_config(proxy.port, modes, args.buffer, runtime))
-            shutil.copy(config_path, logs / "prism.yaml")
+            proxies: list[tuple[str, PrismProcess, int | None]] = []
             try:
-                proxy.start(timeout_s=60)
-                plugin_pid = sidecar_pid(proxy.pid) if "sidecar" in modes else None
-                address = f"{proxy.host}:{proxy.port}"
-                log(f"proxy pid {proxy.pid} on {address}; {repeat} round(s) of {duration:g} s")
+                for index, (suffix, root) in enumerate(trees):
+                    runtime = tmp / f"run{index}"
+                    runtime.mkdir(mode=0o700)
+                    config_path = tmp / f"prism{index}.yaml"
+                    proxy = PrismProcess(
+                        "proxy" + suffix.replace(" @", "-"),
+                        lambda port, path=config_path: ["serve", "--config", str(path)],
+                        logs / f"proxy{suffix.replace(' @', '-')}.log",
+                        root,
+                    )
+                    memstore = {"subscriber_buffer": args.buffer}
+                    if root is None or _has_delivery_interval(root):
+                        memstore["delivery_interval_ms"] = args.delivery_interval_ms
+                    config_path.write_text(proxy_config(proxy.port, modes, memstore, runtime))
+                    shutil.copy(config_path, logs / config_path.name)
+                    proxy.start(timeout_s=60)
+                    plugin_pid = sidecar_pid(proxy.pid) if "sidecar" in modes else None
+                    proxies.append((suffix, proxy, plugin_pid))
+                    log(
+                        f"proxy{suffix} pid {proxy.pid} on {proxy.host}:{proxy.port}"
+                        + (f" (from {root})" if root else "")
+                    )
+                log(f"{repeat} round(s) of {duration:g} s")
                 for round_no in range(repeat):
                     for mode in modes:
-                        pids = (proxy.pid, plugin_pid if mode == "sidecar" else None)
-                        result = self._round(
-                            args, mode, round_no, address, pids, duration, channels, logs
-                        )
-                        rounds.append(result)
-                        proxy.check_alive()
+                        for suffix, proxy, plugin_pid in proxies:
+                            pids = (proxy.pid, plugin_pid if mode == "sidecar" else None)
+                            address = f"{proxy.host}:{proxy.port}"
+                            result = self._round(
+                                args,
+                                (mode, mode + suffix),
+                                round_no,
+                                address,
+                                pids,
+                                duration,
+                                channels,
+                                logs,
+                            )
+                            rounds.append(result)
+                            proxy.check_alive()
             finally:
-                proxy.stop()
-        summary = summarize(rounds, modes)
+                for _, proxy, _ in proxies:
+                    proxy.stop()
+        summary = summarize(rounds, labels)
         markdown = table(summary, args, duration, channels, calibration_us, env)
         data = {
             "suite": self.name,
@@ -271,7 +323,7 @@ class PubsubSuite:
     def _round(
         self,
         args: argparse.Namespace,
-        mode: str,
+        modes: tuple[str, str],
         round_no: int,
         address: str,
         pids: tuple[int, int | None],
@@ -280,6 +332,7 @@ class PubsubSuite:
         logs: Path,
     ) -> Round:
         proxy_pid, plugin_pid = pids
+        mode, label = modes  # the plugin's mode; how the results name it (with the tree)
         namespace = namespace_of(mode)
         plan = {
             "address": address,
@@ -289,7 +342,7 @@ class PubsubSuite:
             "channels": channels,
             "payload_size": args.payload_size,
         }
-        log_path = logs / f"subscribers-{args.client}-{mode}-{round_no}.log"
+        log_path = logs / f"subscribers-{args.client}-{label.replace(' @', '-')}-{round_no}.log"
         subscribers: GrpcioSubscribers | H2loadSubscribers
         if args.client == "h2load":
             subscribers = H2loadSubscribers(plan, log_path, duration)
@@ -312,7 +365,7 @@ class PubsubSuite:
             publisher.close()
             subscribers.close()
         run = Round(
-            mode=mode,
+            mode=label,
             round=round_no,
             subscribers=args.subscribers,
             channels=channels,
@@ -335,7 +388,7 @@ class PubsubSuite:
             ended=got.ended,
         )
         log(
-            f"round {round_no + 1} {mode}: published {run.published / run.publish_s:,.0f}/s, "
+            f"round {round_no + 1} {label}: published {run.published / run.publish_s:,.0f}/s, "
             f"{run.deliveries_per_s:,.0f} deliveries/s "
             f"({run.deliveries / max(1, run.expected):.1%} of expected), "
             f"{run.cpu_us_per_delivery:.1f} µs CPU/delivery, publish p50 "

@@ -68,7 +68,14 @@ SUBSCRIBE = StreamRequest(
 # 1 MiB (128 messages) and memstore's 16 (155 in all came through before the cut-off existed).
 # Through a sidecar the status also waits behind what the proxy itself holds for this client,
 # by construction at most its 1 MiB of output and two 1 MiB windows of its channel to the
-# sidecar (~260-300 came through here; 527 before the cut-off existed).
+# sidecar (139-220 came through here; 527 before the cut-off existed). Why: the sidecar drops
+# its 1 MiB backlog at the cut but must keep the rest of the one message it had begun (~8 KiB),
+# which needs stream window; the proxy's channel grants window only once what it holds on that
+# stream falls to one window, i.e. after the stalled client has read about a window (~128
+# messages) through the front door. A proxy relay that takes more off the channel into a
+# bounded queue of its own only moves that stall one queue further (tried: a 1 MiB queue, 261
+# after the cut). Prompt needs the sidecar to end the stream without that rest (RST_STREAM
+# ENHANCE_YOUR_CALM, which prism's client reads as RESOURCE_EXHAUSTED): a prism.grpc call API.
 AFTER_CUT = {
     "in_process": 3 * WINDOW // SIZE + 1,
     "sidecar": ((3 << 20) + 3 * WINDOW) // SIZE + 2,

@@ -82,6 +82,52 @@ async def test_memstore_slow_subscriber_is_cut_off_at_once_with_resource_exhaust
         assert (await h.health()).details["subscribers"] == "1"
 
 
+async def test_memstore_delivery_interval_holds_messages_until_the_interval_has_passed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    config = MemstoreConfig(delivery_interval_ms=1000)
+    async with (
+        PluginHarness(MemstorePlugin, config=config) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        # Publishing is answered at once (the clock is Trio's MockClock: virtual time)...
+        first = trio.current_time()
+        sequences = [await publish(h, "t", b"m") for _ in range(3)]
+        assert sequences == [1, 2, 3]
+        # ...and what it queued for the waiting subscriber arrives in order, not before the
+        # interval has passed. (A subscriber still busy sending when more is published sends
+        # that too before it waits again: the interval spaces wake-ups, not messages.)
+        with trio.fail_after(5):
+            message = await sub.receive()
+            arrived = trio.current_time()
+            received = [message, *[await sub.receive() for _ in range(2)]]
+        assert [m.sequence for m in received if isinstance(m, Message)] == sequences
+        assert arrived >= first + 1.0
+
+
+async def test_memstore_delivery_interval_does_not_delay_the_cut_off(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    config = MemstoreConfig(subscriber_buffer=3, delivery_interval_ms=1000)
+    async with (
+        PluginHarness(MemstorePlugin, config=config) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        for _ in range(4):  # the 4th finds the 3 before it waiting for the interval
+            await publish(h, "t", b"m")
+        with trio.fail_after(0.5), pytest.raises(ResourceExhausted, match="fell more than 3"):
+            await sub.receive()
+
+
+@pytest.mark.parametrize("interval", [-1, 1001])
+async def test_memstore_delivery_interval_out_of_range_is_invalid_argument(interval: int) -> None:
+    with pytest.raises(InvalidArgument, match="delivery_interval_ms"):
+        async with PluginHarness(
+            MemstorePlugin, config=MemstoreConfig(delivery_interval_ms=interval)
+        ):
+            pass
+
+
 async def test_memstore_shutdown_ends_subscriptions_with_unavailable_at_once() -> None:
     async with (
         PluginHarness(MemstorePlugin) as h,

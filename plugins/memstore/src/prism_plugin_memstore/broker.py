@@ -2,7 +2,10 @@
 
 Publishing never waits, and its cost does not depend on what subscribers do: each published
 message becomes one ``SharedResult`` (encoded once, on first use, for every subscriber), and is
-appended to each subscriber's bounded queue (waking the subscriber if it waits). A subscriber
+appended to each subscriber's bounded queue, waking the subscriber if it waits: at once, or, with
+a delivery interval, from the broker's own task at most once per interval (``Broker.run``), so
+that one wake-up of a subscriber (and one write per client connection) carries every message
+queued by then instead of one each; the publisher then never wakes anybody. A subscriber
 whose queue is full when a message arrives is cut off at once: its queue is dropped, the send it
 may be blocked in (a client that does not read) is cancelled, and its stream ends with
 RESOURCE_EXHAUSTED. A slow reader therefore never slows the publisher or the other subscribers,
@@ -14,7 +17,7 @@ their topic go nowhere.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import trio
@@ -82,12 +85,49 @@ class _Topic:
 
 
 class Broker:
-    """Topics exist while they have subscribers; their sequence numbers start at 1 then."""
+    """Topics exist while they have subscribers; their sequence numbers start at 1 then.
 
-    def __init__(self, buffer: int) -> None:
+    ``interval`` (seconds, 0 = none): how long a message may wait before its subscribers are
+    woken, when ``run`` runs (start it in a task for the broker's lifetime); without ``run``,
+    ``publish`` wakes them at once."""
+
+    def __init__(self, buffer: int, interval: float = 0.0) -> None:
         self.buffer = buffer
+        self.interval = interval
         self._topics: dict[str, _Topic] = {}
         self._closed = False
+        # With an interval: the topics published to since subscribers were last woken, and
+        # the task that wakes them (None while it is not running; parked while none).
+        self._published: dict[_Topic, None] = {}
+        self._waker: trio.lowlevel.Task | None = None
+        self._waker_parked = False
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Wake the subscribers of the topics published to at most once per ``interval``
+        seconds (``interval`` after the first publish since the last wake). Runs until
+        cancelled; then ``publish`` wakes subscribers itself again, and what was pending is
+        woken at once."""
+        if self._waker is not None:
+            raise RuntimeError("the broker's waker is already running")
+        self._waker = trio.lowlevel.current_task()
+        task_status.started()
+        try:
+            while True:
+                if not self._published:
+                    self._waker_parked = True
+                    await trio.lowlevel.wait_task_rescheduled(self._unpark)
+                await trio.sleep(self.interval)
+                published, self._published = self._published, {}
+                _wake_waiting(published)
+        finally:
+            self._waker = None
+            self._waker_parked = False
+            _wake_waiting(self._published)
+            self._published = {}
+
+    def _unpark(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._waker_parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
 
     @property
     def closed(self) -> bool:
@@ -116,8 +156,14 @@ class Broker:
                 full.append(subscription)
                 continue
             queue.append(shared)
-            if subscription._waiter is not None:
-                subscription._wake()
+        waker = self._waker
+        if waker is None:
+            _wake_waiting((state,))
+        else:
+            self._published[state] = None
+            if self._waker_parked:
+                self._waker_parked = False
+                trio.lowlevel.reschedule(waker)
         for subscription in full:
             self._end(subscription, "overflow")
         return state.sequence
@@ -159,3 +205,10 @@ class Broker:
             subscription._queue.clear()
             subscription._scope.cancel()
         subscription._wake()
+
+
+def _wake_waiting(topics: Iterable[_Topic]) -> None:
+    for state in topics:
+        for subscription in state.subscribers:
+            if subscription._waiter is not None:
+                subscription._wake()

@@ -58,6 +58,7 @@ __all__ = ["MemstorePlugin"]
 
 DEFAULT_SWEEP_INTERVAL_MS = 1000
 DEFAULT_SUBSCRIBER_BUFFER = 1024
+MAX_DELIVERY_INTERVAL_MS = 1000
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 
@@ -84,7 +85,12 @@ class MemstorePlugin(BackendPlugin):
         self, config: MemstoreConfig, credentials: Mapping[str, str], namespace: str
     ) -> None:
         _non_negative(
-            config, "max_keys", "default_ttl_ms", "sweep_interval_ms", "subscriber_buffer"
+            config,
+            "max_keys",
+            "default_ttl_ms",
+            "sweep_interval_ms",
+            "subscriber_buffer",
+            "delivery_interval_ms",
         )
         self.kv_limits = KeyValueLimits.from_config(
             max_key_bytes=config.max_key_bytes,
@@ -93,7 +99,14 @@ class MemstorePlugin(BackendPlugin):
         )
         self._store = KeyValueStore(config.max_keys)
         self._kv = KeyValue(self._store, config.default_ttl_ms / 1000)
-        self._broker = Broker(config.subscriber_buffer or DEFAULT_SUBSCRIBER_BUFFER)
+        if config.delivery_interval_ms > MAX_DELIVERY_INTERVAL_MS:
+            raise InvalidArgument(
+                f"config field 'delivery_interval_ms' must be at most {MAX_DELIVERY_INTERVAL_MS}"
+            )
+        interval = config.delivery_interval_ms / 1000
+        self._broker = Broker(config.subscriber_buffer or DEFAULT_SUBSCRIBER_BUFFER, interval)
+        if interval:
+            await self.nursery.start(self._broker.run)
         interval = (config.sweep_interval_ms or DEFAULT_SWEEP_INTERVAL_MS) / 1000
         self.nursery.start_soon(self._sweep_forever, interval)
 

@@ -40,6 +40,14 @@ class MemstoreConfig(betterproto2.Message):
     with RESOURCE_EXHAUSTED. 0 = 1024.
     """
 
+    delivery_interval_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Subscribers are woken at most once per this many milliseconds, each wake-up sending every
+    message queued by then: under heavy fan-out, one wake-up and one write per connection then
+    carry several messages, for up to this much added delivery latency. At most 1000; keep it
+    well below subscriber_buffer / (messages per second). 0 = at once, each message.
+    """
+
     max_key_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
     """
     Limits (numbered from 10, apart from the fields above). A key (UTF-8 bytes) or value over its
