@@ -14,6 +14,7 @@ from prism.config.admin import AdminConfig
 from prism.config.audit import AuditConfig
 from prism.config.auth import AuthConfig
 from prism.config.logs import LoggingConfig
+from prism.config.metrics import MetricsConfig
 from prism.config.namespace import NamespaceConfig
 from prism.config.secrets import SecretsConfig, resolve_credentials
 from prism.config.security import PluginSecurityConfig
@@ -45,6 +46,8 @@ class ProxyConfig(Model):
     """W3C trace context and spans."""
     logging: LoggingConfig = LoggingConfig()
     """The proxy's own logs: format and level."""
+    metrics: MetricsConfig = MetricsConfig()
+    """An HTTP listener of its own for /metrics and /healthz (scrapers, probes); off by default."""
     max_message_size: PositiveInt = 16 << 20
     """Largest request or response message in bytes, on every hop (RESOURCE_EXHAUSTED beyond)."""
     shutdown_grace: Seconds = 10.0

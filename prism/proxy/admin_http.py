@@ -28,7 +28,7 @@ from prism.proxy.http import HttpError, Request, Response, Routes
 if TYPE_CHECKING:
     from prism.proxy.app import Proxy
 
-__all__ = ["FRONT_DOOR_SERVICE", "HTTP_STATUS", "admin_routes"]
+__all__ = ["FRONT_DOOR_SERVICE", "HTTP_STATUS", "admin_routes", "healthz", "metrics_response"]
 
 #: The health service name whose status /healthz reports.
 FRONT_DOOR_SERVICE = "prism.proxy.v1.DataProxy"
@@ -148,6 +148,10 @@ async def _reload_config(proxy: Proxy, request: Request, caller: AdminCaller) ->
 
 
 async def metrics(proxy: Proxy, request: Request, caller: AdminCaller) -> Response:
+    return metrics_response(proxy, request)
+
+
+def metrics_response(proxy: Proxy, request: Request) -> Response:
     """The proxy's registry in the exposition format the scraper's ``Accept`` asks for
     (prometheus-client's choice: OpenMetrics when asked for, else Prometheus text 0.0.4)."""
     encode, content_type = choose_encoder(request.header("accept") or "")

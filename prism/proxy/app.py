@@ -36,6 +36,7 @@ from prism.proxy.configreload import ConfigReloader, ReloadResult
 from prism.proxy.frontdoor import DataProxyService
 from prism.proxy.http import HttpServer
 from prism.proxy.metrics import ProxyMetrics
+from prism.proxy.metricsport import MetricsPort
 
 log = logging.getLogger("prism.proxy")
 
@@ -103,8 +104,12 @@ class Proxy:
                 self.admin_server.add_service(service)
             self.admin_http = HttpServer(admin_routes(self))
             self.admin_port = AdminPort(self.admin_server, self.admin_http)
+        self.metrics_port: MetricsPort | None = None
+        if config.metrics.listen is not None:
+            self.metrics_port = MetricsPort(self, max_connections=config.metrics.max_connections)
         self.address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.metrics_address: tuple[str, int] | None = None
         self.admin_socket: str | None = None
         self._scope: trio.CancelScope | None = None
         #: Where tasks started while the proxy runs live (a reloaded authenticator's).
@@ -152,6 +157,7 @@ class Proxy:
                     f"{self.config.listen} (listen)",
                 )
                 await self._start_admin(nursery)
+                await self._start_metrics(nursery)
                 self.health.set(FRONT_DOOR_SERVICE, ServingStatus.SERVING)
                 log.info(
                     "prism listening on %s:%d (%s)",
@@ -195,6 +201,16 @@ class Proxy:
             )
             log.info("admin API on unix:%s (gRPC and HTTP)", self.admin_socket)
 
+    async def _start_metrics(self, nursery: trio.Nursery) -> None:
+        listen, port = self.config.metrics.listen, self.metrics_port
+        if listen is None or port is None:
+            return
+        host, number = split_host_port(listen)
+        self.metrics_address = await _listen(
+            nursery, partial(port.serve_tcp, host, number), f"{listen} (metrics.listen)"
+        )
+        log.info("/metrics and /healthz on %s:%d (HTTP, no credentials)", *self.metrics_address)
+
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, GOAWAY, in-flight calls get ``shutdown_grace``, then
         plugins are shut down."""
@@ -204,6 +220,8 @@ class Proxy:
             nursery.start_soon(self.server.shutdown, grace)
             if self.admin_port is not None:
                 nursery.start_soon(self.admin_port.shutdown, grace)
+            if self.metrics_port is not None:
+                nursery.start_soon(self.metrics_port.shutdown, grace)
         if self._scope is not None:
             self._scope.cancel()
 

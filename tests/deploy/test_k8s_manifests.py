@@ -181,8 +181,9 @@ def test_k8s_proxy_probes_and_service_reach_the_front_door() -> None:
     container = _container(_one("Deployment", "prism-proxy"))
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == port
-    (named,) = container["ports"]
-    assert named["containerPort"] == port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["grpc"] == port
+    named = {"name": "grpc"}
     service = _one("Service", "prism-proxy")
     assert service["spec"]["ports"][0]["targetPort"] == named["name"]
     labels = _one("Deployment", "prism-proxy")["spec"]["template"]["metadata"]["labels"]
@@ -261,3 +262,17 @@ def test_k8s_config_error_for_a_bad_edit_names_the_field(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert any("rate" in error for error in caught.value.errors)
+
+
+def test_k8s_metrics_port_is_declared_and_scraped() -> None:
+    raw = yaml.safe_load(_proxy_config_text())
+    host, port = raw["metrics"]["listen"].rsplit(":", 1)
+    assert host == "0.0.0.0"  # a scraper reaches the pod's address
+    deployment = _one("Deployment", "prism-proxy")
+    ports = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+    assert ports["metrics"] == int(port)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # The admin API itself stays on loopback.
+    assert raw["admin"]["listen"].startswith("127.0.0.1:")
