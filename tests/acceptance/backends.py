@@ -517,7 +517,7 @@ class MemcachedServer(TestBackend):
 
 
 class NatsServer(TestBackend):
-    """``nats-server`` with JetStream (``-js -sd D``) and user/password authorization from a
+    """``nats-server`` with JetStream (stored in D) and user/password authorization from a
     config file: ``admin`` (the fixture's own client) and the test user ``prism``, both allowed
     everything. Rotating or expiring a user rewrites the file and reloads it (SIGHUP): the
     server then closes the connections that no longer authenticate. The monitoring port
@@ -544,7 +544,12 @@ class NatsServer(TestBackend):
         users = ", ".join(
             f'{{user: "{name}", password: "{password}"}}' for name, password in self.users.items()
         )
-        self._config_file.write_text(f"authorization {{ users = [ {users} ] }}\n")
+        # JetStream is configured in the file, not with -js -sd: nats-server 2.9 given -js on
+        # the command line stops answering JetStream requests after a reload (SIGHUP).
+        store = self.server.directory / "js"
+        self._config_file.write_text(
+            f'jetstream {{ store_dir: "{store}" }}\nauthorization {{ users = [ {users} ] }}\n'
+        )
 
     def start(self) -> None:
         self.server.port = free_port()
@@ -561,9 +566,6 @@ class NatsServer(TestBackend):
                 str(self.server.port),
                 "-m",
                 str(self.monitor_port),
-                "-js",
-                "-sd",
-                str(self.server.directory / "js"),
             ]
         )
         assert self.server.process is not None

@@ -28,6 +28,7 @@ from prism_acceptance_plugins import (
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_memcached import MemcachedPlugin
 from prism_plugin_memstore import MemstorePlugin
+from prism_plugin_nats import NatsPlugin
 from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
@@ -248,6 +249,20 @@ def _redis_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[s
     }
 
 
+def _nats_config(env: Env, pool_size: int = 1, client_name: str = "") -> dict[str, Any]:
+    """pool_size: nats-py multiplexes everything on one connection, so the plugin has one."""
+    connection: Mapping[str, Any] = env.backend("nats").connection
+    return {
+        "host": connection["host"],
+        "port": connection["port"],
+        "client_name": client_name or "prism-acceptance",
+        # A record handed to a member that holds it through a busy machine's pause must not
+        # be redelivered to another mid-test ("none is delivered to two").
+        "ack_wait_ms": 120_000,
+        "fetch_wait_ms": 500,
+    }
+
+
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
     Target(
@@ -312,6 +327,15 @@ TARGETS: tuple[Target, ...] = (
             max_key_bytes=250 - len(MEMCACHED_PREFIX), max_value_bytes=(1 << 20) - 1024
         ),
         note="memcached 1.6 (meta protocol); effects checked with pymemcache",
+    ),
+    Target(
+        "nats",
+        "nats",
+        NatsPlugin,
+        backend="nats",
+        config=_nats_config,
+        credentials=lambda env: env.backend("nats").credentials.as_map(),
+        note="NATS 2.9 with JetStream and a user/password; nats-py on an asyncio thread",
     ),
 )
 

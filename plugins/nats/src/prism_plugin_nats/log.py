@@ -6,7 +6,8 @@ get the rest. Acknowledgements come on the same stream (``ConsumeAck``) and are 
 JetStream (``+ACK``). When the stream ends, however it ends, the records it delivered and that
 were not acknowledged — and those of a pull still under way, which it waits for — are handed
 back (``-NAK``: JetStream delivers them again at once, to any member of the group), instead of
-waiting for the consumer's ack_wait.
+waiting for the consumer's ack_wait. A client that half-closes (sends no more) ends the stream
+gracefully: the acknowledgements it sent before are applied, then the stream ends.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class Consumer:
         self._pull: Pending[list[Any]] | None = None
 
     async def run(self, stream: OperationStream) -> None:
-        """Deliver until cancelled (or an error); always hand back what is unacknowledged."""
+        """Deliver until the client half-closes (then return, its acknowledgements applied),
+        an error or cancellation; always hand back what is unacknowledged."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._acknowledge, stream)
-                await self._deliver(stream)
+                nursery.start_soon(self._deliver, stream)
+                await self._acknowledge(stream)
+                nursery.cancel_scope.cancel()
         finally:
             with trio.move_on_after(self.fetch_wait + HAND_BACK_GRACE) as cleanup:
                 cleanup.shield = True

@@ -346,7 +346,8 @@ class NatsPlugin(BackendPlugin):
                 )
             finally:
                 self._subscriptions.discard(scope)
-        raise Unavailable("the nats plugin shut down: consume again")
+        if scope.cancelled_caught:
+            raise Unavailable("the nats plugin shut down: consume again")
 
 
 async def _connect(options: dict[str, Any]) -> NatsClient:

@@ -104,7 +104,10 @@ class ConsumeRequest(betterproto2.Message):
     """
     stream operation "consume": records of `topic` for consumer group `group`, as they are
     produced, until the client cancels the call. The client acknowledges records by sending
-    ConsumeAck messages on the same stream. A group seen for the first time starts at the
+    ConsumeAck messages on the same stream. Half-closing the stream (the client sends no more)
+    ends it gracefully: the acknowledgements sent before are applied, then the stream ends
+    (is_final) and what it delivered unacknowledged is delivered again; acknowledgements sent just
+    before a cancellation may be lost (the records come again: at least once). A group seen for the first time starts at the
     topic's oldest retained record (Kafka: auto.offset.reset=earliest; JetStream: DeliverAll).
     """
 
