@@ -12,12 +12,12 @@ import betterproto2
 from kit import RESULTS, Check, Ctx, expect_status
 
 from prism._proto.prism.data.v1 import (
+    ConsumeRequest,
     DeleteManyRequest,
     DeleteRequest,
     ExecuteStatementRequest,
     ExistsRequest,
     ExpireRequest,
-    ConsumeRequest,
     GetManyRequest,
     GetRequest,
     ListKeysRequest,
