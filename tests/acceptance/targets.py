@@ -9,7 +9,7 @@ import base64
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,11 +33,14 @@ from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
 
+from prism._proto.prism.data.v1 import ProduceRequest
 from prism.sdk import BackendPlugin
 from prism.sdk.keyvalue import KeyValueLimits
 
 if TYPE_CHECKING:
     from conftest import Env
+
+    from prism.sdk.testing import PluginHarness
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,14 @@ class AuthSetup:
 
     #: The namespace config with a pool of ``pool_size`` connections named ``client_name``.
     config: Callable[[Env, int, str], dict[str, Any]]
+    #: One call that needs the backend (key-value: a set then a get of ``key``); None = that.
+    round_trip: Callable[[PluginHarness, str], Awaitable[None]] | None = None
+    #: The backend closes a revoked user's connections a moment after the change is made
+    #: (NATS: on the config reload), so a running instance's calls fail UNAVAILABLE, or
+    #: DEADLINE_EXCEEDED, until it sees the refusal: then UNAUTHENTICATED. Never a success.
+    revocation_settles: bool = False
+    #: Connections the plugin opens for a pool of N: N, or 1 (one multiplexed connection).
+    single_connection: bool = False
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,11 @@ def _nats_config(env: Env, pool_size: int = 1, client_name: str = "") -> dict[st
     }
 
 
+async def _nats_round_trip(h: PluginHarness, key: str) -> None:
+    produced = await h.execute("produce", ProduceRequest(topic=key, value=b"authenticated"))
+    assert produced.offset > 0  # type: ignore[union-attr]
+
+
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
     Target(
@@ -335,6 +351,12 @@ TARGETS: tuple[Target, ...] = (
         backend="nats",
         config=_nats_config,
         credentials=lambda env: env.backend("nats").credentials.as_map(),
+        auth=AuthSetup(
+            _nats_config,
+            round_trip=_nats_round_trip,
+            revocation_settles=True,
+            single_connection=True,
+        ),
         note="NATS 2.9 with JetStream and a user/password; nats-py on an asyncio thread",
     ),
 )
