@@ -125,7 +125,12 @@ class NatsPlugin(BackendPlugin):
             "servers": [f"nats://{config.host or '127.0.0.1'}:{config.port or DEFAULT_PORT}"],
             "name": config.client_name,
             "connect_timeout": (config.connect_timeout_ms or DEFAULT_CONNECT_TIMEOUT_MS) / 1000,
-            "allow_reconnect": False,  # while connecting: a refusal fails Initialize at once
+            # While connecting: two tries, so a refusal or no server fails Initialize at once
+            # (nats-py would otherwise retry the initial connect 60 times, 2 s apart; 0 would
+            # mean forever).
+            "allow_reconnect": False,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.1,
             "error_cb": _ignore,
             "disconnected_cb": _ignore,
             "closed_cb": _ignore,
