@@ -16,19 +16,19 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "acceptance"))
 
-from backends import NatsServer, free_port  # noqa: E402
-from prism_plugin_nats import NatsPlugin  # noqa: E402
-from prism_plugin_nats.names import escape  # noqa: E402
+from backends import NatsServer, free_port
+from prism_plugin_nats import NatsPlugin
+from prism_plugin_nats.names import escape
 
-from prism._proto.prism.data.v1 import (  # noqa: E402
+from prism._proto.prism.data.v1 import (
     ConsumeAck,
     ConsumeRequest,
     ProduceRequest,
     PublishRequest,
     RecordPosition,
 )
-from prism.sdk import InvalidArgument, NotFound, Unauthenticated, Unavailable  # noqa: E402
-from prism.sdk.testing import PluginHarness  # noqa: E402
+from prism.sdk import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from prism.sdk.testing import PluginHarness
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +146,11 @@ async def test_nats_shutdown_ends_consume_streams_and_hands_back_their_records(
                 await h.shutdown(5)
                 with pytest.raises(Unavailable, match="consume again"):
                     await stream.receive()
-    async with harness(server) as h:
-        async with h.stream("consume", ConsumeRequest(topic=topic, group="g")) as stream:
-            with trio.fail_after(30):
-                again = await stream.receive()
+    async with (
+        harness(server) as h,
+        h.stream("consume", ConsumeRequest(topic=topic, group="g")) as stream,
+    ):
+        with trio.fail_after(30):
+            again = await stream.receive()
     assert again is not None
     assert again.value == b"b"
