@@ -8,7 +8,7 @@
         print((await kv.get("greeting")).value)
 
 Typed helpers for the data model's contracts (:class:`KeyValue`, :class:`PubSub`,
-:class:`Sql`) and, for any other operation, :meth:`Client.execute` and
+:class:`Sql`, :class:`Log`) and, for any other operation, :meth:`Client.execute` and
 :meth:`Client.stream`, all over ``prism.proxy.v1.DataProxy`` (``Execute``, ``ExecuteStream``)
 on a :mod:`prism.grpc` channel. Failed calls raise the :class:`GrpcError` of their status
 (re-exported here from :mod:`prism.grpc`).
@@ -19,6 +19,7 @@ from __future__ import annotations
 from prism.client.client import Client, connect
 from prism.client.discovery import NamespaceDescription, OperationInfo
 from prism.client.keyvalue import DeleteItem, GetResult, ItemResult, KeyValue, SetItem
+from prism.client.log import Consumer, Log, Position, Record
 from prism.client.pubsub import Message, PubSub
 from prism.client.sql import Json, QueryResult, Sql
 from prism.client.stream import OperationStream
@@ -48,6 +49,7 @@ __all__ = [
     "AlreadyExists",
     "Cancelled",
     "Client",
+    "Consumer",
     "DataLoss",
     "DeadlineExceeded",
     "DeleteItem",
@@ -59,6 +61,7 @@ __all__ = [
     "ItemResult",
     "Json",
     "KeyValue",
+    "Log",
     "Message",
     "NamespaceDescription",
     "NotFound",
@@ -66,8 +69,10 @@ __all__ = [
     "OperationStream",
     "OutOfRange",
     "PermissionDenied",
+    "Position",
     "PubSub",
     "QueryResult",
+    "Record",
     "ResourceExhausted",
     "SetItem",
     "Sql",

@@ -27,6 +27,7 @@ from prism.client._envelope import (
 )
 from prism.client.discovery import NamespaceDescription
 from prism.client.keyvalue import KeyValue
+from prism.client.log import Log
 from prism.client.pubsub import PubSub
 from prism.client.sql import Sql
 from prism.client.stream import Decode, OperationStream
@@ -236,6 +237,10 @@ class Client:
     def pubsub(self, namespace: str) -> PubSub:
         """Publish and subscribe on ``namespace``."""
         return PubSub(self, namespace)
+
+    def log(self, namespace: str) -> Log:
+        """Produce and consume on ``namespace`` (the ``log`` contract)."""
+        return Log(self, namespace)
 
     def sql(self, namespace: str) -> Sql:
         """SQL statements on ``namespace`` (the ``sql`` contract)."""

@@ -68,6 +68,13 @@ CONTRACTS: tuple[Contract, ...] = (
     _contract("kv.list", "keys by prefix, in order, page by page", "list_keys"),
     _contract("pubsub", "publish, and subscribe as a stream", "publish", "subscribe"),
     _contract(
+        "log",
+        "produce to a topic; consume as a stream in a consumer group, with acknowledgements "
+        "(at least once)",
+        "produce",
+        "consume",
+    ),
+    _contract(
         "sql",
         "parameterized query/execute with typed values, transactions",
         "query",

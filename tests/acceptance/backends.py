@@ -11,7 +11,7 @@ authenticated" check. They are plain synchronous objects: pytest's session fixtu
 ``conftest.py`` start each at most once per run and stop it at the end, failures included.
 
 Start commands and readiness figures: ARCHITECTURE.md §5. ``scripts/system-deps`` installs the
-servers (redis-server, memcached, postgresql-15) when they are missing.
+servers (redis-server, memcached, postgresql-15, nats-server) when they are missing.
 """
 
 from __future__ import annotations
@@ -513,8 +513,182 @@ class MemcachedServer(TestBackend):
         return {"host": "127.0.0.1", "port": self.server.port}
 
 
+# -- NATS -------------------------------------------------------------------------------------
+
+
+class NatsServer(TestBackend):
+    """``nats-server`` with JetStream (stored in D) and user/password authorization from a
+    config file: ``admin`` (the fixture's own client) and the test user ``prism``, both allowed
+    everything. Rotating or expiring a user rewrites the file and reloads it (SIGHUP): the
+    server then closes the connections that no longer authenticate. The monitoring port
+    (``/connz?auth=1``) tells which user each named connection authenticated as."""
+
+    kind = "nats"
+    has_authentication = True
+    USER = "prism"
+    ADMIN = "admin"
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("nats")
+        self.monitor_port = 0
+        self.users: dict[str, str] = {
+            self.ADMIN: secrets.token_hex(16),
+            self.USER: secrets.token_hex(16),
+        }
+
+    @property
+    def _config_file(self) -> Path:
+        return self.server.directory / "nats.conf"
+
+    def _write_config(self) -> None:
+        users = ", ".join(
+            f'{{user: "{name}", password: "{password}"}}' for name, password in self.users.items()
+        )
+        # JetStream is configured in the file, not with -js -sd: nats-server 2.9 given -js on
+        # the command line stops answering JetStream requests after a reload (SIGHUP).
+        store = self.server.directory / "js"
+        self._config_file.write_text(
+            f'jetstream {{ store_dir: "{store}" }}\nauthorization {{ users = [ {users} ] }}\n'
+        )
+
+    def start(self) -> None:
+        self.server.port = free_port()
+        self.monitor_port = free_port()
+        self._write_config()
+        self.server.spawn(
+            [
+                "nats-server",
+                "-c",
+                str(self._config_file),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.server.port),
+                "-m",
+                str(self.monitor_port),
+            ]
+        )
+        assert self.server.process is not None
+        _wait_until(lambda: self._monitor("varz"), self.server.process, self.server.log)
+        _wait_until(lambda: self._admin(_ping), self.server.process, self.server.log)
+
+    def _monitor(self, path: str) -> Any:
+        import json
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.monitor_port}/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
+    def _admin(self, action: Callable[[Any], Any]) -> Any:
+        """``action(nc)`` on a fresh nats-py connection as admin, run to completion."""
+        return self.run(Credentials(self.ADMIN, self.users[self.ADMIN]), action)
+
+    def run(self, credentials: Credentials | None, action: Callable[[Any], Any]) -> Any:
+        """``await action(nc)`` with nats-py connected as ``credentials`` (None: the test
+        user), on an asyncio loop of its own (nats-py is asyncio-only)."""
+        import asyncio
+
+        import nats
+
+        user = credentials or self.credentials
+
+        async def main() -> Any:
+            nc = await nats.connect(
+                f"nats://127.0.0.1:{self.server.port}",
+                user=user.username,
+                password=user.password,
+                allow_reconnect=False,
+                connect_timeout=10,
+            )
+            try:
+                return await action(nc)
+            finally:
+                await nc.close()
+
+        return asyncio.run(main())
+
+    def client(self, credentials: Credentials | None = None) -> Any:
+        """A connect-and-close probe as ``credentials`` (raises when they are refused)."""
+        return _NatsProbe(self, credentials)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def reset(self) -> None:
+        """Delete every stream (and so every consumer), and restore the users."""
+        self.users = {self.ADMIN: self.users[self.ADMIN], self.USER: self.users[self.USER]}
+        self._reload()
+        self._admin(_delete_streams)
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port}
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(self.USER, self.users[self.USER])
+
+    def _reload(self) -> None:
+        """Rewrite the config and reload it; returns once the server has (its varz says)."""
+        before = self._monitor("varz")["config_load_time"]
+        self._write_config()
+        assert self.server.process is not None
+        self.server.process.send_signal(signal.SIGHUP)
+
+        def reloaded() -> None:
+            if self._monitor("varz")["config_load_time"] == before:
+                raise BackendFailed("not reloaded yet")
+
+        _wait_until(reloaded, self.server.process, self.server.log)
+
+    def add_user(self, name: str) -> Credentials:
+        self.users[name] = secrets.token_hex(16)
+        self._reload()
+        return Credentials(name, self.users[name])
+
+    def rotate_credentials(self, user: str | None = None) -> Credentials:
+        name = user or self.USER
+        self.users[name] = secrets.token_hex(16)
+        self._reload()
+        return Credentials(name, self.users[name])
+
+    def expire_credentials(self, user: str | None = None) -> None:
+        """NATS has no expiry for user/password: the user is removed (same effect for a
+        client: its connections are closed and it can no longer log in)."""
+        self.users.pop(user or self.USER, None)
+        self._reload()
+
+    def connections(self, client_name: str) -> list[str]:
+        found = self._monitor("connz?auth=1&limit=1024")["connections"] or []
+        return [c.get("authorized_user", "") for c in found if c.get("name") == client_name]
+
+
+class _NatsProbe:
+    def __init__(self, backend: NatsServer, credentials: Credentials | None) -> None:
+        self.backend = backend
+        self.credentials = credentials
+
+    def ping(self) -> None:
+        self.backend.run(self.credentials, _ping)
+
+    def close(self) -> None:
+        pass
+
+
+async def _ping(nc: Any) -> None:
+    await nc.flush(10)
+
+
+async def _delete_streams(nc: Any) -> None:
+    js = nc.jetstream()
+    for name in await js.streams_info():
+        await js.delete_stream(name.config.name)
+
+
 BACKENDS: dict[str, type[TestBackend]] = {
     "redis": RedisServer,
     "postgres": PostgresServer,
     "memcached": MemcachedServer,
+    "nats": NatsServer,
 }

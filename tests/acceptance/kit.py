@@ -53,11 +53,15 @@ RESULTS: dict[str, type[betterproto2.Message]] = {
     "delete_many": data.DeleteManyResponse,
     "transact": data.TransactResponse,
     "publish": data.PublishResponse,
+    "produce": data.ProduceResponse,
     "query": data.QueryResponse,
     "execute": data.ExecuteStatementResponse,
     "transaction": data.TransactionResponse,
 }
-STREAM_RESULTS: dict[str, type[betterproto2.Message]] = {"subscribe": data.Message}
+STREAM_RESULTS: dict[str, type[betterproto2.Message]] = {
+    "subscribe": data.Message,
+    "consume": data.LogRecord,
+}
 
 MODES = ("direct", "in_process", "sidecar")
 
@@ -68,6 +72,14 @@ MODES = ("direct", "in_process", "sidecar")
 class Subscription(Protocol):
     async def receive(self) -> Any:
         """The next result; None once the stream ended; raises the stream's error."""
+        ...
+
+    async def send(self, request: Any) -> None:
+        """A further request on the stream (a consume stream's ``ConsumeAck``)."""
+        ...
+
+    async def end(self) -> None:
+        """Half-close: the client sends nothing more."""
         ...
 
 
@@ -115,6 +127,12 @@ class _ProxyStream:
             if response.is_final:
                 continue
             return unpack(response.typed_result, self._result)
+
+    async def send(self, request: betterproto2.Message) -> None:
+        await self._call.send_message(StreamRequest(typed_params=pack(request)))
+
+    async def end(self) -> None:
+        await self._call.end()
 
 
 class ProxyClient:

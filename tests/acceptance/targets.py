@@ -9,7 +9,7 @@ import base64
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,15 +28,19 @@ from prism_acceptance_plugins import (
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_memcached import MemcachedPlugin
 from prism_plugin_memstore import MemstorePlugin
+from prism_plugin_nats import NatsPlugin
 from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
 
+from prism._proto.prism.data.v1 import ProduceRequest
 from prism.sdk import BackendPlugin
 from prism.sdk.keyvalue import KeyValueLimits
 
 if TYPE_CHECKING:
     from conftest import Env
+
+    from prism.sdk.testing import PluginHarness
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,14 @@ class AuthSetup:
 
     #: The namespace config with a pool of ``pool_size`` connections named ``client_name``.
     config: Callable[[Env, int, str], dict[str, Any]]
+    #: One call that needs the backend (key-value: a set then a get of ``key``); None = that.
+    round_trip: Callable[[PluginHarness, str], Awaitable[None]] | None = None
+    #: The backend closes a revoked user's connections a moment after the change is made
+    #: (NATS: on the config reload), so a running instance's calls fail UNAVAILABLE, or
+    #: DEADLINE_EXCEEDED, until it sees the refusal: then UNAUTHENTICATED. Never a success.
+    revocation_settles: bool = False
+    #: Connections the plugin opens for a pool of N: N, or 1 (one multiplexed connection).
+    single_connection: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +260,25 @@ def _redis_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[s
     }
 
 
+def _nats_config(env: Env, pool_size: int = 1, client_name: str = "") -> dict[str, Any]:
+    """pool_size: nats-py multiplexes everything on one connection, so the plugin has one."""
+    connection: Mapping[str, Any] = env.backend("nats").connection
+    return {
+        "host": connection["host"],
+        "port": connection["port"],
+        "client_name": client_name or "prism-acceptance",
+        # A record handed to a member that holds it through a busy machine's pause must not
+        # be redelivered to another mid-test ("none is delivered to two").
+        "ack_wait_ms": 120_000,
+        "fetch_wait_ms": 500,
+    }
+
+
+async def _nats_round_trip(h: PluginHarness, key: str) -> None:
+    produced = await h.execute("produce", ProduceRequest(topic=key, value=b"authenticated"))
+    assert produced.offset > 0  # type: ignore[union-attr]
+
+
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
     Target(
@@ -312,6 +343,21 @@ TARGETS: tuple[Target, ...] = (
             max_key_bytes=250 - len(MEMCACHED_PREFIX), max_value_bytes=(1 << 20) - 1024
         ),
         note="memcached 1.6 (meta protocol); effects checked with pymemcache",
+    ),
+    Target(
+        "nats",
+        "nats",
+        NatsPlugin,
+        backend="nats",
+        config=_nats_config,
+        credentials=lambda env: env.backend("nats").credentials.as_map(),
+        auth=AuthSetup(
+            _nats_config,
+            round_trip=_nats_round_trip,
+            revocation_settles=True,
+            single_connection=True,
+        ),
+        note="NATS 2.9 with JetStream and a user/password; nats-py on an asyncio thread",
     ),
 )
 

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from backends import BACKENDS, MemcachedServer, PostgresServer, RedisServer, TestBackend
+from backends import (
+    BACKENDS,
+    MemcachedServer,
+    NatsServer,
+    PostgresServer,
+    RedisServer,
+    TestBackend,
+)
 from targets import Target
 
 
@@ -68,6 +75,8 @@ def _write_and_read(backend: TestBackend) -> object:
             db.execute("CREATE TABLE IF NOT EXISTS t (v text)")
             db.execute("INSERT INTO t VALUES ('v')")
             return db.execute("SELECT v FROM t").fetchall()
+    if isinstance(backend, NatsServer):
+        return backend.run(None, _nats_write_and_read)
     assert isinstance(backend, MemcachedServer)
     backend.client().set("k", b"v")
     return backend.client().get("k")
@@ -80,13 +89,15 @@ def _gone(backend: TestBackend) -> bool:
         with backend.client(backend.credentials) as db:
             found = db.execute("SELECT count(*) FROM pg_tables WHERE tablename = 't'").fetchone()
             return found == (0,)
+    if isinstance(backend, NatsServer):
+        return bool(backend.run(None, _nats_no_streams))
     assert isinstance(backend, MemcachedServer)
     return backend.client().get("k") is None
 
 
 def test_backend_reset_forgets_everything(fresh: TestBackend) -> None:
     assert _write_and_read(fresh) in (b"v", [("v",)])
-    fresh.reset()
+    fresh.reset()  # (nats: the stream deleted)
     assert _gone(fresh)
     assert _write_and_read(fresh) in (b"v", [("v",)])  # usable again after the reset
 
@@ -121,6 +132,17 @@ def test_backend_credentials_rotate_and_expire(backend_class: type[TestBackend])
         backend.stop()
 
 
+async def _nats_write_and_read(nc: Any) -> bytes:
+    js = nc.jetstream()
+    await js.add_stream(name="t", subjects=["t.v"])
+    await js.publish("t.v", b"v")
+    return bytes((await js.get_last_msg("t", "t.v")).data)
+
+
+async def _nats_no_streams(nc: Any) -> bool:
+    return not await nc.jetstream().streams_info()
+
+
 def _connect(backend: TestBackend, credentials: object) -> None:
     client = backend.client(credentials)  # type: ignore[attr-defined]
     _use(client)
@@ -152,5 +174,5 @@ def test_backend_postgres_sees_each_connection_s_user(backend_class: type[TestBa
         backend.stop()
 
 
-test_backend_credentials_rotate_and_expire.kinds = ("redis", "postgres")  # type: ignore[attr-defined]
+test_backend_credentials_rotate_and_expire.kinds = ("redis", "postgres", "nats")  # type: ignore[attr-defined]
 test_backend_postgres_sees_each_connection_s_user.kinds = ("postgres",)  # type: ignore[attr-defined]

@@ -113,5 +113,6 @@ def test_contracts_lookup_names_the_known_contracts() -> None:
         "kv.ttl",
         "kv.list",
         "pubsub",
+        "log",
         "sql",
     ]

@@ -3,6 +3,16 @@ check (``kit.check``). ``refusal`` is built per target from what it does not cla
 
 from __future__ import annotations
 
-from suites import kv_basic, kv_bulk, kv_etag, kv_list, kv_transact, kv_ttl, pubsub, sql
+from suites import kv_basic, kv_bulk, kv_etag, kv_list, kv_transact, kv_ttl, log, pubsub, sql
 
-__all__ = ["kv_basic", "kv_bulk", "kv_etag", "kv_list", "kv_transact", "kv_ttl", "pubsub", "sql"]
+__all__ = [
+    "kv_basic",
+    "kv_bulk",
+    "kv_etag",
+    "kv_list",
+    "kv_transact",
+    "kv_ttl",
+    "log",
+    "pubsub",
+    "sql",
+]

@@ -12,6 +12,7 @@ import betterproto2
 from kit import RESULTS, Check, Ctx, expect_status
 
 from prism._proto.prism.data.v1 import (
+    ConsumeRequest,
     DeleteManyRequest,
     DeleteRequest,
     ExecuteStatementRequest,
@@ -20,6 +21,7 @@ from prism._proto.prism.data.v1 import (
     GetManyRequest,
     GetRequest,
     ListKeysRequest,
+    ProduceRequest,
     PublishRequest,
     QueryRequest,
     SetManyRequest,
@@ -47,11 +49,16 @@ SAMPLES: dict[str, Build] = {
         operations=[TransactOperation(set=SetRequest(key=ctx.key(), value=b"1"))]
     ),
     "publish": lambda ctx: PublishRequest(topic=ctx.key(), payload=b"1"),
+    "produce": lambda ctx: ProduceRequest(topic=ctx.key(), value=b"1"),
     "query": lambda ctx: QueryRequest(sql="SELECT 1"),
     "execute": lambda ctx: ExecuteStatementRequest(sql="SELECT 1"),
     "transaction": lambda ctx: TransactionRequest(),
 }
 assert set(SAMPLES) == set(RESULTS)
+STREAM_SAMPLES: dict[str, Build] = {
+    "subscribe": lambda ctx: SubscribeRequest(topic=ctx.key()),
+    "consume": lambda ctx: ConsumeRequest(topic=ctx.key(), group="refused"),
+}
 
 LONG = 600_000
 
@@ -113,10 +120,13 @@ def _unimplemented(operation: str) -> Callable[[Ctx], Awaitable[None]]:
     return run
 
 
-async def _subscribe_unimplemented(ctx: Ctx) -> None:
-    with expect_status(Status.UNIMPLEMENTED):
-        async with ctx.client.stream("subscribe", SubscribeRequest(topic=ctx.key())) as stream:
-            await stream.receive()
+def _stream_unimplemented(operation: str) -> Callable[[Ctx], Awaitable[None]]:
+    async def run(ctx: Ctx) -> None:
+        with expect_status(Status.UNIMPLEMENTED):
+            async with ctx.client.stream(operation, STREAM_SAMPLES[operation](ctx)) as stream:
+                await stream.receive()
+
+    return run
 
 
 def _feature_refused(operation: str, build: Build) -> Callable[[Ctx], Awaitable[None]]:
@@ -134,10 +144,14 @@ def _feature_refused(operation: str, build: Build) -> Callable[[Ctx], Awaitable[
 
 def refusal_checks(capabilities: frozenset[str]) -> list[Check]:
     checks: list[Check] = []
-    for operation in [*SAMPLES, "subscribe"]:
+    for operation in [*SAMPLES, *STREAM_SAMPLES]:
         if operation in capabilities:
             continue
-        func = _subscribe_unimplemented if operation == "subscribe" else _unimplemented(operation)
+        func = (
+            _stream_unimplemented(operation)
+            if operation in STREAM_SAMPLES
+            else _unimplemented(operation)
+        )
         checks.append(
             Check("refusal", f"{operation}_is_unimplemented", func, frozenset(), "undeclared")
         )
