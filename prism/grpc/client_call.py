@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 import h2.exceptions
 import trio
 
+from prism.grpc.deadline import effective_deadline
 from prism.grpc.service import MessageType, decode, encode
 from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES
 from prism.grpc.wire.compression import check_encoding
@@ -97,7 +98,9 @@ class ClientCall(Generic[T]):
     async def _open(self) -> None:
         channel = self._channel
         conn = await channel.connection()
-        deadline = trio.current_effective_deadline()
+        # The nearest of every enclosing deadline, ``timeout=``'s scope (entered above) among
+        # them: a caller's tighter cancel scope is what the server must hear.
+        deadline = effective_deadline()
         timeout = None if deadline == math.inf else max(deadline - trio.current_time(), 0.0)
         while not conn.conn.can_open_stream():
             if not conn.usable:

@@ -1,8 +1,10 @@
 """Client call objects over real sockets: leaving a call from another task (against a prism
-server), and malformed responses (from a hostile server written with h2 directly)."""
+server), and malformed responses and the ``grpc-timeout`` sent (with a server written with h2
+directly)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -80,11 +82,12 @@ OK_TRAILERS = [(b"grpc-status", b"0")]
 
 class Hostile:
     """A server that answers every request with what ``respond`` writes (plain h2, no gRPC
-    library), on 127.0.0.1; counts the connections it accepted."""
+    library), on 127.0.0.1; counts the connections it accepted and keeps the request headers."""
 
     def __init__(self, respond: Respond) -> None:
         self.respond = respond
         self.connections = 0
+        self.requests: list[list[tuple[bytes, bytes]]] = []
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -96,6 +99,7 @@ class Hostile:
             while data := await stream.receive_some(65536):
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
+                        self.requests.append(list(event.headers or []))  # type: ignore[arg-type]
                         self.respond(conn, event.stream_id)
                     elif isinstance(event, h2.events.DataReceived):
                         conn.acknowledge_received_data(
@@ -218,3 +222,36 @@ async def test_client_call_malformed_message_in_a_stream_is_internal() -> None:
                 await iterate()
             assert len(got) == 2
         assert server.connections == 1
+
+
+# -- the grpc-timeout a call sends ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outer", "shield", "seconds", "sent"),
+    [
+        (None, False, 0.25, b"250000u"),  # the call's own timeout
+        (None, False, 30, b"30000000u"),
+        (0.125, False, 30, b"125000u"),  # an enclosing scope's nearer deadline
+        (30, False, 0.25, b"250000u"),  # the timeout nearer than the enclosing scope
+        (2.5, False, None, b"2500000u"),  # no timeout: the enclosing deadline
+        (None, False, None, None),  # no deadline at all: no header
+        (0.125, True, None, None),  # a shield hides the deadlines outside it
+        (0.125, True, 0.25, b"250000u"),
+    ],
+)
+async def test_client_call_sends_the_nearest_deadline_as_grpc_timeout(
+    mock_clock: trio.testing.MockClock,  # frozen: the header's value is exact
+    outer: float | None,
+    shield: bool,
+    seconds: float | None,  # the call's timeout=
+    sent: bytes | None,
+) -> None:
+    ok = answer(GRPC_HEADERS, framed(b"pong"), OK_TRAILERS)
+    async with hostile(ok) as (server, target), pg.open_channel(target) as channel:
+        with trio.move_on_after(math.inf if outer is None else outer):
+            with trio.CancelScope(shield=shield):
+                reply = await channel.unary_unary("/t.S/M", b"", bytes, timeout=seconds)
+    assert reply == b"pong"
+    [headers] = server.requests
+    assert dict(headers).get(b"grpc-timeout") == sent

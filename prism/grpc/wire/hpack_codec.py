@@ -8,9 +8,10 @@ Huffman literal).
 
 :class:`Decoder` subclasses hpack's and replaces only :meth:`decode` (what h2 calls, with
 ``raw=True``): it walks the block with integer offsets, returns plain ``(name, value)`` byte
-tuples, and caches Huffman decodings of short strings. The dynamic table is hpack's own
-:class:`hpack.table.HeaderTable`, so sizes, evictions and table-size updates behave exactly as
-before; errors are hpack's exceptions, which h2 turns into a connection error.
+tuples, and caches Huffman decodings of strings up to 4 KiB (within a byte budget). The
+dynamic table is hpack's own :class:`hpack.table.HeaderTable`, so sizes, evictions and
+table-size updates behave exactly as before; errors are hpack's exceptions, which h2 turns
+into a connection error.
 
 Encoding: hpack's :class:`hpack.Encoder` searches the dynamic table linearly, logs every field
 and rebuilds each representation through generic helpers (~5% of a unary RPC for the response
@@ -37,21 +38,38 @@ _INDEXED = [bytes([0x80 | i]) for i in range(0x7F)]
 # An HPACK integer may take the prefix plus this many continuation octets (as hpack allows).
 _MAX_CONTINUATION = 4
 
-# Huffman decodings of short strings, shared by all connections: header names and values
-# repeat across requests (paths, content types, user agents). Bounded; cleared when full.
+# Huffman decodings, shared by all connections: header names and values repeat across
+# requests (paths, content types, user agents) and so do bearer tokens: h2load and many
+# clients send ``authorization`` as a never-indexed Huffman literal, and hpack's pure-Python
+# ``decode_huffman`` takes ~40 µs for a JWT, on every call. A decoding depends only on the
+# coded bytes, so sharing it across connections leaks nothing between them (a hit tells a
+# caller only that the string it sent was seen before). The cache does keep header values,
+# tokens among them, in memory until it is cleared (as the authenticator's token cache does,
+# for their lifetime). Bounded by entry count and by the bytes of its keys and values
+# together; cleared when either would be exceeded, so unique strings sent by a client cost at
+# most the budget and the decoding they would have cost anyway.
 _HUFFMAN_CACHE: dict[bytes, bytes] = {}
 _HUFFMAN_CACHE_ENTRIES = 1024
-_HUFFMAN_CACHE_MAX_LEN = 128
+_HUFFMAN_CACHE_MAX_LEN = 4096  # coded bytes: a real issuer's JWT is 0.8-2 KiB
+_HUFFMAN_CACHE_BUDGET = 1 << 20  # bytes of keys + values
+_huffman_cache_bytes = 0
 
 
 def _huffman(raw: bytes) -> bytes:
+    global _huffman_cache_bytes
     decoded = _HUFFMAN_CACHE.get(raw)
     if decoded is None:
         decoded = decode_huffman(raw)
         if len(raw) <= _HUFFMAN_CACHE_MAX_LEN:
-            if len(_HUFFMAN_CACHE) >= _HUFFMAN_CACHE_ENTRIES:
+            size = len(raw) + len(decoded)
+            if (
+                len(_HUFFMAN_CACHE) >= _HUFFMAN_CACHE_ENTRIES
+                or _huffman_cache_bytes + size > _HUFFMAN_CACHE_BUDGET
+            ):
                 _HUFFMAN_CACHE.clear()
+                _huffman_cache_bytes = 0
             _HUFFMAN_CACHE[raw] = decoded
+            _huffman_cache_bytes += size
     return decoded
 
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prism.grpc.wire import hpack_codec
 from prism.grpc.wire.hpack_codec import Decoder, Encoder
 
 _names = st.sampled_from(
@@ -82,6 +83,46 @@ def test_table_size_update_within_the_limit_applies() -> None:
 def test_non_raw_decoding_is_hpacks() -> None:
     data = hpack.Encoder().encode([(b"x-a", b"v")])
     assert list(Decoder().decode(data)) == [("x-a", "v")]
+
+
+def _cache_bytes() -> int:
+    return sum(len(k) + len(v) for k, v in hpack_codec._HUFFMAN_CACHE.items())
+
+
+def test_decoder_caches_a_repeated_bearer_token_across_connections() -> None:
+    # As h2load sends it: never indexed, Huffman-coded, on every request of every connection.
+    token = b"Bearer eyJhbGciOiJFUzI1NiJ9." + b"eyJzdWIiOiJ1c2VyLTQyIn0" * 40 + b".c2ln"
+    block = [hpack.NeverIndexedHeaderTuple(b"authorization", token)]
+    for _ in range(3):
+        data = hpack.Encoder().encode(block, huffman=True)
+        assert Decoder().decode(data, raw=True) == [(b"authorization", token)]
+    assert token in hpack_codec._HUFFMAN_CACHE.values()
+    assert hpack_codec._huffman_cache_bytes == _cache_bytes()
+
+
+def test_decoder_huffman_cache_stays_bounded_under_unique_long_strings() -> None:
+    encoder, ours, theirs = hpack.Encoder(), Decoder(), hpack.Decoder()
+    for i in range(600):  # ~3 KiB coded each: ~2 MiB of keys and values in all
+        value = b"%06d-" % i + bytes(range(32, 127)) * 40
+        data = encoder.encode([hpack.NeverIndexedHeaderTuple(b"x-token", value)], huffman=True)
+        expected = [(bytes(n), bytes(v)) for n, v in theirs.decode(data, raw=True)]
+        assert ours.decode(data, raw=True) == expected == [(b"x-token", value)]
+        assert _cache_bytes() == hpack_codec._huffman_cache_bytes
+        assert hpack_codec._huffman_cache_bytes <= hpack_codec._HUFFMAN_CACHE_BUDGET
+        assert len(hpack_codec._HUFFMAN_CACHE) <= hpack_codec._HUFFMAN_CACHE_ENTRIES
+    for i in range(3000):  # short unique strings: the entry count bounds it
+        value = b"v%d" % i
+        data = encoder.encode([hpack.NeverIndexedHeaderTuple(b"x-a", value)], huffman=True)
+        assert ours.decode(data, raw=True) == [(b"x-a", value)]
+        assert len(hpack_codec._HUFFMAN_CACHE) <= hpack_codec._HUFFMAN_CACHE_ENTRIES
+    assert _cache_bytes() == hpack_codec._huffman_cache_bytes
+
+
+def test_decoder_decodes_huffman_strings_longer_than_the_cache_takes() -> None:
+    value = bytes(range(32, 127)) * 100  # 9.5 KB, ~7 KiB coded
+    data = hpack.Encoder().encode([(b"x-big", value)], huffman=True)
+    assert Decoder().decode(data, raw=True) == [(b"x-big", value)]
+    assert value not in hpack_codec._HUFFMAN_CACHE.values()
 
 
 _encoder_header = st.one_of(
