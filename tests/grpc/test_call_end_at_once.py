@@ -3,7 +3,9 @@ reading: trailers when no message is half-sent, RST_STREAM(ENHANCE_YOUR_CALM) ot
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from typing import Any
 
 import grpc
 import h2.errors
@@ -11,6 +13,10 @@ import h2.events
 import pytest
 import trio
 from grpc_testkit import RawClient, grpc_frame, serving
+from grpclib.client import Channel as GrpclibChannel
+from grpclib.const import Cardinality
+from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import StreamTerminatedError
 
 from prism import grpc as pg
 
@@ -128,3 +134,45 @@ async def test_call_end_at_once_reset_is_resource_exhausted_to_prism() -> None:
                 await call.receive_message()
     assert caught.value.message == "stream reset by the server (ENHANCE_YOUR_CALM)"
     assert service.reset is True
+
+
+class _Bytes(CodecBase):
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return bytes(data)
+
+
+async def test_call_end_at_once_reset_is_stream_terminated_to_grpclib() -> None:
+    # grpclib 0.4 maps no RST_STREAM code to a status (gRPC's HTTP/2 mapping has
+    # ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED): its caller sees the reset and its code.
+    service = Cut()
+
+    def subscribe(port: int) -> str:
+        async def main() -> str:
+            channel = GrpclibChannel("127.0.0.1", port, codec=_Bytes())
+            method = "/test.Cut/Big"
+            try:
+                async with channel.request(method, Cardinality.UNARY_STREAM, bytes, bytes) as call:
+                    await call.send_message(b"", end=True)
+                    loop = asyncio.get_running_loop()
+                    if not await loop.run_in_executor(None, service.done.wait, 60):
+                        raise AssertionError("the handler never ended the call")
+                    await call.recv_message()
+            except StreamTerminatedError as exc:
+                return str(exc)
+            finally:
+                channel.close()
+            raise AssertionError("a message came through whole")
+
+        return asyncio.run(main())
+
+    options = pg.ServerOptions(initial_window_size=2 * BIG)
+    async with serving(service, options=options) as (_, target):
+        with trio.fail_after(90):  # catches a hang, not a speed
+            message = await trio.to_thread.run_sync(subscribe, int(target.rsplit(":", 1)[1]))
+    assert service.reset is True
+    assert message == "Stream reset by remote party, error_code: 11"
