@@ -75,6 +75,20 @@ def error_from_exception(exc: BaseException, method: str) -> GrpcError:
     return found
 
 
+def final_status(
+    method: str, status: Status, message: str, trailers: Metadata
+) -> tuple[Status, str, Metadata]:
+    """The status, message and trailing metadata to end an RPC with: INTERNAL when the
+    trailers cannot be sent (e.g. a GrpcError carrying reserved keys), logged."""
+    if trailers:
+        try:
+            validate_metadata(trailers)
+        except MetadataError as exc:
+            log.error("%s: cannot send trailers: %s", method, exc)
+            return Status.INTERNAL, "invalid trailing metadata", []
+    return status, message, trailers
+
+
 class ServerCall:
     """One RPC in progress. Handlers receive it as ``call``."""
 
@@ -306,6 +320,38 @@ class ServerCall:
         see at once rather than after reading everything queued, such as a subscriber cut off
         for falling behind: the trailers then follow right behind what was kept."""
         return self._connection.conn.discard_unsent(self.stream_id)
+
+    def end_at_once(self, error: GrpcError) -> bool:
+        """End the RPC with ``error`` now, dropping every response message flow control still
+        holds back because the client has not made room for it. For an error the client must
+        see at once, not after the backlog it is about: a subscriber cut off for falling
+        behind.
+
+        When no message is half-sent, the trailers (``error``'s status, message and trailers,
+        and any :meth:`set_trailing_metadata`) go out right behind what went out. When part of
+        one already did (the rest is waiting for the client's window), the stream is reset
+        with RST_STREAM(ENHANCE_YOUR_CALM) instead, which gRPC clients report as
+        RESOURCE_EXHAUSTED without the message: the peer must never see half a message
+        followed by trailers. Either way the stream is over: the handler should raise
+        ``error`` (or return) next; nothing more is sent, and requests are no longer read.
+        Interceptors see ``error``'s status as the outcome. Returns True when the stream
+        was reset."""
+        if self.aborted is not None:
+            return False
+        status, message, trailers = final_status(
+            self.method, error.status, error.message, [*self.trailing_metadata, *error.trailers]
+        )
+        connection = self._connection
+        try:
+            reset = connection.conn.end_at_once(self.stream_id, status, message, trailers)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            reset = False  # the client reset it meanwhile: over all the same
+        self.aborted = error  # the stream is done: the server sends no trailers of its own
+        self._input_ended = True
+        self._inbox.clear()
+        self._wake()
+        connection.kick()
+        return reset
 
     def _send(self, action: Callable[[], None]) -> None:
         try:

@@ -81,6 +81,7 @@ class ClientCall(Generic[T]):
         self._inbox: collections.deque[bytes] = collections.deque()
         self._arrived: trio.Event | None = None  # while receive_message waits
         self._ended = False
+        self._over: trio.Event | None = None  # made by wait_ended, set when the call ends
         self._closed = False  # left: stream finished or cancelled, unregistered
         self._waited = False  # receive_message blocked (a checkpoint happened)
         self._unyielded = self._unyielded_messages = 0  # sent since send_message last yielded
@@ -152,6 +153,8 @@ class ClientCall(Generic[T]):
                 self.status, self.status_message = Status.CANCELLED, "cancelled by the caller"
             if self._arrived is not None:
                 self._arrived.set()
+            if self._over is not None:
+                self._over.set()
             conn.wake_writers()
         else:
             conn.conn.finish(self.stream_id)
@@ -197,6 +200,8 @@ class ClientCall(Generic[T]):
             self._error = GrpcError.for_status(status, message, trailers)
         if self._arrived is not None:
             self._arrived.set()
+        if self._over is not None:
+            self._over.set()
 
     def on_abort(self, error: BaseException, status: Status | None = None) -> None:
         self._ended = True
@@ -207,6 +212,19 @@ class ClientCall(Generic[T]):
         self._error = error
         if self._arrived is not None:
             self._arrived.set()
+        if self._over is not None:
+            self._over.set()
+
+    async def wait_ended(self) -> None:
+        """Wait until the call has ended (``status`` is set), whether or not its responses
+        have all been read: for a task that must act on a status at once, such as a relay
+        blocked passing responses on while the server cut the stream."""
+        if self._ended:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._over is None:
+            self._over = trio.Event()
+        await self._over.wait()
 
     # -- the caller's API --------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import h2.exceptions
 import trio
 
 from prism.grpc import transport
-from prism.grpc.call import ServerCall, error_from_exception
+from prism.grpc.call import ServerCall, error_from_exception, final_status
 from prism.grpc.interceptor import CallOutcome, ServerInterceptor
 from prism.grpc.tls import TLSStream
 from prism.grpc.wire.events import (
@@ -36,8 +36,6 @@ from prism.grpc.wire.events import (
     StreamAborted,
     WindowUpdated,
 )
-from prism.grpc.wire.metadata import MetadataError
-from prism.grpc.wire.metadata import validate as validate_metadata
 from prism.grpc.wire.server_conn import ServerConnection
 from prism.grpc.wire.status import Status, Unavailable
 
@@ -379,11 +377,7 @@ class Connection:
                 if extra:
                     trailers = [*trailers, *extra]
                 if trailers:
-                    try:
-                        validate_metadata(trailers)
-                    except MetadataError as exc:  # e.g. a GrpcError carrying reserved keys
-                        log.error("%s: cannot send trailers: %s", call.method, exc)
-                        status, message, trailers = Status.INTERNAL, "invalid trailing metadata", []
+                    status, message, trailers = final_status(call.method, status, message, trailers)
                 try:  # noqa: SIM105 (contextlib.suppress costs a context manager per RPC)
                     self.conn.send_trailers(call.stream_id, status, message, trailers)
                 except _STREAM_GONE:

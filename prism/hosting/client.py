@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 
+import trio
+
 from prism._proto.prism.plugin.v1 import (
     ExecuteRequest,
     ExecuteResponse,
@@ -154,14 +156,17 @@ class GrpcClient(PluginClient):
             open_nursery_unwrapped() as nursery,
         ):
             nursery.start_soon(_pump_requests, receive, call)
-            async for response in call:
-                if call.status == Status.RESOURCE_EXHAUSTED:
-                    # The plugin cut the stream (a subscriber that fell behind): its status is
-                    # in, and the results still queued here would only delay it.
-                    raise GrpcError.for_status(
-                        call.status, call.status_message, call.trailing_metadata
-                    )
-                await send(response)
+            with trio.CancelScope() as relay:
+                nursery.start_soon(_watch_cut, call, relay)
+                async for response in call:
+                    if call.status == Status.RESOURCE_EXHAUSTED:
+                        break
+                    await send(response)
+            if call.status == Status.RESOURCE_EXHAUSTED:
+                # The plugin cut the stream (a subscriber that fell behind), perhaps while
+                # `send` waited on that very subscriber: the results still queued here would
+                # only delay its status.
+                raise GrpcError.for_status(call.status, call.status_message, call.trailing_metadata)
             nursery.cancel_scope.cancel()
 
     async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
@@ -172,6 +177,13 @@ class GrpcClient(PluginClient):
             metadata=self.metadata,
         )
         return response
+
+
+async def _watch_cut(call: ClientCall[bytes], relay: trio.CancelScope) -> None:
+    """Stop the relay as soon as the plugin ends the stream with RESOURCE_EXHAUSTED."""
+    await call.wait_ended()
+    if call.status == Status.RESOURCE_EXHAUSTED:
+        relay.cancel()
 
 
 async def _pump_requests(receive: ReceiveBytes, call: ClientCall[bytes]) -> None:

@@ -441,9 +441,10 @@ class Pipeline:
                 status = exc.status
                 if status == Status.RESOURCE_EXHAUSTED:
                     # The plugin cut the stream (a subscriber that fell behind): what flow
-                    # control still holds back for this client goes, so the status reaches it
-                    # at once instead of after the backlog it is about.
-                    call.discard_unsent()
+                    # control still holds back for this client goes, and the stream ends at
+                    # once (reset, if a message is half-sent) instead of after the backlog it
+                    # is about: a client that stopped reading holds nothing here any more.
+                    call.end_at_once(exc)
                 raise
             except trio.Cancelled:
                 status = _cancelled_status(call)

@@ -90,13 +90,14 @@ class BackendPluginService(pg.Service):
 async def serve_stream(instance: PluginInstance, call: pg.ServerCall) -> None:
     """One ExecuteStream on ``instance``, bytes in and out (shared results are sent as they
     were encoded once). A stream the plugin ends with RESOURCE_EXHAUSTED (a subscriber cut off
-    for falling behind) ends at once: results still held back by flow control are dropped, so
-    the status does not wait behind the very backlog it is about."""
+    for falling behind) ends at once (``ServerCall.end_at_once``): results still held back by
+    flow control are dropped, so the status does not wait behind the very backlog it is about
+    (nor behind the rest of one result begun: then the stream is reset, ENHANCE_YOUR_CALM)."""
     try:
         await instance.execute_stream_encoded(call.receive_message, call.send_message)
     except GrpcError as exc:
         if exc.status == Status.RESOURCE_EXHAUSTED:
-            call.discard_unsent()
+            call.end_at_once(exc)
         raise
 
 

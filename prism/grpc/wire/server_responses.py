@@ -187,6 +187,31 @@ class ServerResponses(H2Base):
         batch = self._batches.pop(stream_id, None)
         return (0 if batch is None else len(batch)) + super().discard_unsent(stream_id)
 
+    def end_at_once(
+        self,
+        stream_id: int,
+        status: Status,
+        message: str = "",
+        metadata: md.MetadataLike = (),
+    ) -> bool:
+        """End the RPC now, dropping every response message flow control still holds back.
+
+        When no message is half-sent (or the rest of the one begun can go out at once), the
+        trailers follow right behind what went out; otherwise the stream is reset with
+        RST_STREAM(ENHANCE_YOUR_CALM), which gRPC clients read as RESOURCE_EXHAUSTED (without
+        ``message``: a reset carries none). True when it was reset."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.ended:
+            return False
+        self.discard_unsent(stream_id)
+        out = self._out.get(stream_id)
+        if out is None or not out.chunks:
+            self.send_trailers(stream_id, status, message, metadata)
+            return False
+        stream.ended = True
+        self.reset_stream(stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        return True
+
     def has_pending_output(self) -> bool:
         return bool(self._out) or bool(self._batches)
 

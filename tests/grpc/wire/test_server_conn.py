@@ -486,6 +486,53 @@ def test_server_connection_discard_unsent_with_nothing_queued_drops_nothing() ->
     assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
 
 
+def test_server_connection_end_at_once_at_a_message_boundary_sends_the_trailers() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    for _ in range(60):  # 51 of these 1,285-byte frames fill 65,535 bytes exactly
+        link.ours.send_message(sid, b"m" * 1280, batch=True)
+    link.pump()
+    assert link.ours.end_at_once(sid, Status.RESOURCE_EXHAUSTED, "cut", [("why", "slow")]) is False
+    link.ours.finish(sid)
+    link.pump()  # no WINDOW_UPDATE needed
+    assert link.peer.data(sid) == grpc_frame(b"m" * 1280) * 51
+    trailers = link.peer.trailers(sid)
+    assert status_of(trailers) is Status.RESOURCE_EXHAUSTED
+    assert (trailers[b"grpc-message"], trailers[b"why"]) == (b"cut", b"slow")
+    assert not link.ours.has_pending_output()
+
+
+def test_server_connection_end_at_once_with_a_message_half_sent_resets_the_stream() -> None:
+    link = server_link()  # 65,535-byte windows: 65 messages of 1,005 bytes and part of one
+    sid = open_stream(link)
+    for i in range(100):
+        link.ours.send_message(sid, bytes([i]) * 1000)
+    link.pump()
+    assert link.ours.end_at_once(sid, Status.RESOURCE_EXHAUSTED, "cut") is True
+    link.ours.send_trailers(sid, Status.OK)  # the stream is over: nothing more goes out
+    link.ours.finish(sid)
+    link.pump()
+    [reset] = link.peer.of(h2.events.StreamReset, sid)
+    assert reset.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert link.peer.of(h2.events.TrailersReceived, sid) == []
+    assert len(link.peer.data(sid)) == 65535
+    assert not link.ours.has_pending_output()
+
+
+def test_server_connection_end_at_once_with_nothing_held_back_sends_the_trailers() -> None:
+    link = server_link()
+    sid = open_stream(link)
+    for i in range(100):
+        link.ours.send_message(sid, bytes([i]) * 1000)
+    link.pump()
+    _open_windows(link, sid)  # all 100 go out: nothing is held back, nothing half-sent
+    assert link.ours.end_at_once(sid, Status.RESOURCE_EXHAUSTED, "cut") is False
+    link.ours.finish(sid)
+    link.pump()
+    assert link.peer.data(sid) == b"".join(grpc_frame(bytes([i]) * 1000) for i in range(100))
+    assert status_of(link.peer.trailers(sid)) is Status.RESOURCE_EXHAUSTED
+
+
 def test_server_connection_respects_peer_max_frame_size() -> None:
     link = server_link()
     sid = open_stream(link)
