@@ -692,3 +692,31 @@ BACKENDS: dict[str, type[TestBackend]] = {
     "memcached": MemcachedServer,
     "nats": NatsServer,
 }
+
+
+async def sigstop(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads is stopped: ``kill`` returns
+    before a thread running on another CPU has stopped, and a request sent in that window
+    is still answered (a "paused server" test then saw its call succeed)."""
+    import trio
+
+    os.kill(pid, signal.SIGSTOP)
+    with trio.fail_after(30):
+        while not _all_stopped(pid):  # noqa: ASYNC110 - the kernel gives no event for it
+            await trio.sleep(0.001)
+
+
+def _all_stopped(pid: int) -> bool:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for task in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        # The state follows the command name in parentheses, which may itself hold spaces.
+        if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            return False
+    return True

@@ -10,9 +10,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "acceptance"))
 
-from backends import MemcachedServer
+from backends import MemcachedServer, sigstop
 
-__all__ = ["MemcachedServer", "config"]
+__all__ = ["MemcachedServer", "config", "sigstop"]
 
 
 def config(server: MemcachedServer, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import trio
-from memcached_server import MemcachedServer, config
+from memcached_server import MemcachedServer, config, sigstop
 from prism_plugin_memcached import MemcachedPlugin
 
 from prism._proto.prism.data.v1 import (
@@ -142,8 +142,8 @@ async def test_memcached_paused_server_is_deadline_exceeded_then_recovers(
         await h.execute("set", SetRequest(key="k", value=b"v"))
         process = memcached_server.server.process
         assert process is not None
-        os.kill(process.pid, signal.SIGSTOP)
         try:
+            await sigstop(process.pid)
             with trio.fail_after(30):
                 with pytest.raises(DeadlineExceeded, match="did not answer get"):
                     await h.execute("get", GetRequest(key="k"))

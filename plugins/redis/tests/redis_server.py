@@ -10,9 +10,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "acceptance"))
 
-from backends import RedisServer
+from backends import RedisServer, sigstop
 
-__all__ = ["RedisServer", "config"]
+__all__ = ["RedisServer", "config", "sigstop"]
 
 
 def config(server: RedisServer, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import signal
 import pytest
 import trio
 from prism_plugin_redis import RedisPlugin
-from redis_server import RedisServer, config
+from redis_server import RedisServer, config, sigstop
 
 from prism._proto.prism.data.v1 import GetRequest, SetRequest, SubscribeRequest
 from prism.sdk import (
@@ -77,8 +77,8 @@ async def test_redis_paused_server_is_deadline_exceeded_then_recovers(
         await h.execute("set", SetRequest(key="k", value=b"v"))
         process = redis_server.server.process
         assert process is not None
-        os.kill(process.pid, signal.SIGSTOP)
         try:
+            await sigstop(process.pid)
             with trio.fail_after(30):
                 with pytest.raises(DeadlineExceeded, match="did not answer get"):
                     await h.execute("get", GetRequest(key="k"))
