@@ -20,6 +20,7 @@ from prism_acceptance_plugins import (
     BrokenBulk,
     BrokenEtag,
     BrokenList,
+    BrokenLog,
     BrokenPubsub,
     BrokenSql,
     BrokenTransact,
@@ -390,5 +391,6 @@ BROKEN: tuple[Target, ...] = (
     _broken(BrokenTtl, "a_key_with_a_long_ttl_reports_it"),
     _broken(BrokenList, "pages_follow_start_after_until_not_truncated"),
     _broken(BrokenPubsub, "a_subscriber_gets_every_message_in_order"),
+    _broken(BrokenLog, "unacknowledged_records_are_delivered_again_after_a_restart"),
     _broken(BrokenSql, "a_failing_statement_rolls_back_the_whole_transaction", sqlite=True),
 )

@@ -39,6 +39,8 @@ MEMSTORE_OPERATIONS = [
     "get_raw",
     "publish",
     "subscribe",
+    "produce",
+    "consume",
 ]
 
 
@@ -76,6 +78,13 @@ async def test_discovery_describe_lists_every_operation_with_its_types() -> None
                 "prism.data.v1.SubscribeRequest",
                 "prism.data.v1.Message",
                 "",
+            )
+            consume = described.operation("consume")
+            assert consume.streaming
+            assert (consume.params_type, consume.result_type, consume.inbound_type) == (
+                "prism.data.v1.ConsumeRequest",
+                "prism.data.v1.LogRecord",
+                "prism.data.v1.ConsumeAck",
             )
 
 

@@ -227,7 +227,7 @@ async def test_memstore_health_reports_key_count() -> None:
         await h.execute("set", SetRequest(key="a", value=b"1"))
         health = await h.health()
         assert health.status == 0  # HEALTHY
-        assert health.details == {"keys": "1", "subscribers": "0"}
+        assert health.details == {"keys": "1", "subscribers": "0", "topics": "0", "consumers": "0"}
 
 
 def test_memstore_is_registered_as_an_entry_point() -> None:

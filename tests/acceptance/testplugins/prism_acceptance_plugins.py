@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 
 from prism_plugin_memstore import MemstorePlugin
+from prism_plugin_memstore.log import Consumer
 from prism_plugin_sqlite import SqlitePlugin
 
 from prism._proto.prism.data.v1 import (
+    ConsumeRequest,
     DeleteRequest,
     DeleteResponse,
     GetManyRequest,
@@ -115,6 +117,23 @@ class BrokenPubsub(MemstorePlugin):
                 count += 1
                 if count % 2:
                     await stream.send(message)
+
+
+class _LosesAcks(Consumer):
+    async def _acknowledge(self, stream: OperationStream) -> None:
+        async for _ in stream:
+            pass  # accepted, never applied: the records stay this stream's, handed back at its end
+
+
+class BrokenLog(MemstorePlugin):
+    """log: acknowledgements are accepted and never applied, so a consumer that restarts gets
+    what it acknowledged again."""
+
+    name = "broken-log"
+
+    async def consume(self, params: ConsumeRequest, stream: OperationStream) -> None:
+        topic = self._log.topic(params.topic)
+        await _LosesAcks(self._log, topic, topic.group(params.group), 100).run(stream)
 
 
 class BrokenSql(SqlitePlugin):

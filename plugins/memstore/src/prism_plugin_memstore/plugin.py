@@ -1,4 +1,5 @@
-"""memstore: an in-memory key-value store with TTLs, plus topic publish/subscribe.
+"""memstore: an in-memory key-value store with TTLs, topic publish/subscribe, and a log with
+consumer groups (``log``).
 
 Nothing survives the instance: it is the proxy's embedded default and a reference plugin.
 Time is ``trio.current_time()``, so tests drive TTLs with Trio's ``MockClock``.
@@ -11,6 +12,8 @@ from collections.abc import Mapping
 import trio
 
 from prism._proto.prism.data.v1 import (
+    ConsumeAck,
+    ConsumeRequest,
     DeleteManyRequest,
     DeleteManyResponse,
     DeleteRequest,
@@ -25,7 +28,10 @@ from prism._proto.prism.data.v1 import (
     GetResponse,
     ListKeysRequest,
     ListKeysResponse,
+    LogRecord,
     Message,
+    ProduceRequest,
+    ProduceResponse,
     PublishRequest,
     PublishResponse,
     SetManyRequest,
@@ -52,6 +58,7 @@ from prism.sdk import (
 from prism_plugin_memstore._proto.prism.plugins.memstore.v1 import MemstoreConfig
 from prism_plugin_memstore.broker import Broker
 from prism_plugin_memstore.kv import KeyValue
+from prism_plugin_memstore.log import Consumer, Log
 from prism_plugin_memstore.store import KeyValueStore
 
 __all__ = ["MemstorePlugin"]
@@ -61,6 +68,11 @@ DEFAULT_SUBSCRIBER_BUFFER = 1024
 MAX_DELIVERY_INTERVAL_MS = 1000
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
+DEFAULT_LOG_PARTITIONS = 1
+MAX_LOG_PARTITIONS = 64
+DEFAULT_LOG_RETENTION = 10_000
+DEFAULT_LOG_MAX_IN_FLIGHT = 100
+MAX_LOG_IN_FLIGHT = 10_000
 
 
 def _non_negative(config: MemstoreConfig, *names: str) -> None:
@@ -80,6 +92,9 @@ class MemstorePlugin(BackendPlugin):
         self._store = KeyValueStore()
         self._kv = KeyValue(self._store, 0.0)
         self._broker = Broker(DEFAULT_SUBSCRIBER_BUFFER)
+        self._log = Log(DEFAULT_LOG_PARTITIONS, DEFAULT_LOG_RETENTION)
+        self._log_max_in_flight = DEFAULT_LOG_MAX_IN_FLIGHT
+        self._consumers: set[trio.CancelScope] = set()
 
     async def initialize(
         self, config: MemstoreConfig, credentials: Mapping[str, str], namespace: str
@@ -91,6 +106,9 @@ class MemstorePlugin(BackendPlugin):
             "sweep_interval_ms",
             "subscriber_buffer",
             "delivery_interval_ms",
+            "log_partitions",
+            "log_retention",
+            "log_max_in_flight",
         )
         self.kv_limits = KeyValueLimits.from_config(
             max_key_bytes=config.max_key_bytes,
@@ -103,6 +121,19 @@ class MemstorePlugin(BackendPlugin):
             raise InvalidArgument(
                 f"config field 'delivery_interval_ms' must be at most {MAX_DELIVERY_INTERVAL_MS}"
             )
+        if config.log_partitions > MAX_LOG_PARTITIONS:
+            raise InvalidArgument(
+                f"config field 'log_partitions' must be at most {MAX_LOG_PARTITIONS}"
+            )
+        if config.log_max_in_flight > MAX_LOG_IN_FLIGHT:
+            raise InvalidArgument(
+                f"config field 'log_max_in_flight' must be at most {MAX_LOG_IN_FLIGHT}"
+            )
+        self._log = Log(
+            config.log_partitions or DEFAULT_LOG_PARTITIONS,
+            config.log_retention or DEFAULT_LOG_RETENTION,
+        )
+        self._log_max_in_flight = config.log_max_in_flight or DEFAULT_LOG_MAX_IN_FLIGHT
         interval = config.delivery_interval_ms / 1000
         self._broker = Broker(config.subscriber_buffer or DEFAULT_SUBSCRIBER_BUFFER, interval)
         if interval:
@@ -118,13 +149,21 @@ class MemstorePlugin(BackendPlugin):
 
     async def health(self) -> HealthReport:
         return HealthReport(
-            details={"keys": str(len(self._store)), "subscribers": str(self._broker.subscribers)}
+            details={
+                "keys": str(len(self._store)),
+                "subscribers": str(self._broker.subscribers),
+                "topics": str(len(self._log.topics)),
+                "consumers": str(len(self._consumers)),
+            }
         )
 
     def begin_shutdown(self) -> None:
         # Subscriptions never end on their own: end them now (UNAVAILABLE, so clients
         # resubscribe to the next instance) instead of waiting out the grace period.
         self._broker.close()
+        self._log.close()
+        for scope in self._consumers:
+            scope.cancel()
 
     # -- key-value -----------------------------------------------------------------------------
     # The SDK has checked keys, values, shapes and features before a handler runs.
@@ -257,3 +296,35 @@ class MemstorePlugin(BackendPlugin):
                 "behind and was disconnected"
             )
         raise Unavailable("memstore is shutting down")
+
+    # -- log -----------------------------------------------------------------------------------
+
+    @operation("produce", params=ProduceRequest, result=ProduceResponse)
+    async def produce(self, params: ProduceRequest, ctx: OperationContext) -> ProduceResponse:
+        self.kv_limits.check_value(params.value)
+        partition, offset = self._log.topic(params.topic).produce(
+            params.key, params.value, params.headers
+        )
+        return ProduceResponse(partition=partition, offset=offset)
+
+    @stream_operation("consume", params=ConsumeRequest, result=LogRecord, inbound=ConsumeAck)
+    async def consume(self, params: ConsumeRequest, stream: OperationStream) -> None:
+        if not params.group:
+            raise InvalidArgument("consume needs a consumer group ('group')")
+        limit = params.max_in_flight or self._log_max_in_flight
+        if not 0 < limit <= MAX_LOG_IN_FLIGHT:
+            raise InvalidArgument(
+                f"max_in_flight must be between 1 and {MAX_LOG_IN_FLIGHT}, not {limit}"
+            )
+        topic = self._log.topic(params.topic)
+        if self._log.closed:
+            raise Unavailable("memstore is shutting down: consume again")
+        consumer = Consumer(self._log, topic, topic.group(params.group), limit)
+        with trio.CancelScope() as scope:
+            self._consumers.add(scope)
+            try:
+                await consumer.run(stream)
+            finally:
+                self._consumers.discard(scope)
+        if scope.cancelled_caught:
+            raise Unavailable("memstore shut down: consume again")

@@ -48,6 +48,24 @@ class MemstoreConfig(betterproto2.Message):
     well below subscriber_buffer / (messages per second). 0 = at once, each message.
     """
 
+    log_partitions: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    The log contract (produce / consume). Partitions of each topic (a key always goes to the
+    same one); 0 = 1. At most 64.
+    """
+
+    log_retention: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    Records kept per partition; the oldest beyond are dropped, and a consumer group that had
+    not read them skips them. 0 = 10000. Memory: topics x partitions x this x record size.
+    """
+
+    log_max_in_flight: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
+    """
+    Unacknowledged records a consume stream may hold when its ConsumeRequest gives no
+    max_in_flight (0). 0 = 100. A request may ask for at most 10000.
+    """
+
     max_key_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
     """
     Limits (numbered from 10, apart from the fields above). A key (UTF-8 bytes) or value over its
