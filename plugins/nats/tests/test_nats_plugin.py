@@ -23,11 +23,13 @@ from prism_plugin_nats.names import escape
 from prism._proto.prism.data.v1 import (
     ConsumeAck,
     ConsumeRequest,
+    Message,
     ProduceRequest,
     PublishRequest,
     RecordPosition,
+    SubscribeRequest,
 )
-from prism.sdk import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from prism.sdk import InvalidArgument, NotFound, ResourceExhausted, Unauthenticated, Unavailable
 from prism.sdk.testing import PluginHarness
 
 
@@ -102,6 +104,32 @@ async def test_nats_headers_named_prism_are_reserved(server: NatsServer) -> None
             await h.execute(
                 "publish", PublishRequest(topic="t", payload=b"x", headers={"prism-seq": "9"})
             )
+
+
+async def test_nats_slow_subscriber_is_cut_off_with_resource_exhausted(server: NatsServer) -> None:
+    """A subscriber that does not read falls behind: once nats-py's buffer of it is full and a
+    message would be dropped, the subscriber is disconnected with RESOURCE_EXHAUSTED, and what
+    it reads before that is a gap-free prefix of what was published (never a silent loss)."""
+    async with (
+        harness(server, subscriber_buffer=8) as h,
+        h.stream("subscribe", SubscribeRequest(topic="slow")) as slow,
+        h.stream("subscribe", SubscribeRequest(topic="slow")) as fast,
+    ):
+        for i in range(50):
+            await h.execute("publish", PublishRequest(topic="slow", payload=str(i).encode()))
+            with trio.fail_after(30):
+                message = await fast.receive()
+            assert isinstance(message, Message)
+            assert message.sequence == i + 1
+        sequences = []
+        with pytest.raises(ResourceExhausted, match="fell more than 8 messages behind"):  # noqa: PT012
+            with trio.fail_after(30):
+                while True:
+                    message = await slow.receive()
+                    assert isinstance(message, Message)
+                    sequences.append(message.sequence)
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert len(sequences) < 50
 
 
 async def test_nats_no_create_streams_makes_an_unknown_topic_not_found(server: NatsServer) -> None:

@@ -39,6 +39,7 @@ from prism.sdk import (
     NotFound,
     OperationContext,
     OperationStream,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
     operation,
@@ -61,6 +62,7 @@ DEFAULT_ACK_WAIT_MS = 30_000
 DEFAULT_MAX_IN_FLIGHT = 100
 DEFAULT_MAX_IN_FLIGHT_LIMIT = 10_000
 DEFAULT_FETCH_WAIT_MS = 1000
+DEFAULT_SUBSCRIBER_BUFFER = 1024
 CLOSE_GRACE = 5.0  # seconds for nats-py to flush and close at shutdown
 
 
@@ -89,6 +91,9 @@ class NatsPlugin(BackendPlugin):
         )
         self._subscriptions: set[trio.CancelScope] = set()
         self._closing = False
+        # Subscription ids nats-py dropped a message of (its pending queue was full): added on
+        # the asyncio thread by `_on_error`, read on Trio's (a set's add is atomic).
+        self._overflowed: set[int] = set()
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -97,7 +102,7 @@ class NatsPlugin(BackendPlugin):
     ) -> None:
         for field in (
             "port", "connect_timeout_ms", "request_timeout_ms", "max_age_ms", "ack_wait_ms",
-            "default_max_in_flight", "max_in_flight_limit", "fetch_wait_ms",
+            "default_max_in_flight", "max_in_flight_limit", "fetch_wait_ms", "subscriber_buffer",
         ):  # fmt: skip
             if getattr(config, field) < 0:
                 raise InvalidArgument(f"config field {field!r} must not be negative")
@@ -131,7 +136,7 @@ class NatsPlugin(BackendPlugin):
             "allow_reconnect": False,
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0.1,
-            "error_cb": _ignore,
+            "error_cb": self._on_error,
             "disconnected_cb": _ignore,
             "closed_cb": _ignore,
             "reconnected_cb": _ignore,
@@ -146,6 +151,18 @@ class NatsPlugin(BackendPlugin):
                 raise status_of(exc, "connecting to NATS") from None
             raise
         self._js = self._nc.jetstream(timeout=self.request_timeout)
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py's error callback, on the asyncio thread. A slow consumer error means it
+        dropped a message of that subscription: the subscriber is cut off (RESOURCE_EXHAUSTED)
+        before it reads anything more, rather than shown a gap. Other errors are read from the
+        client's state (``is_connected``, ``last_error``)."""
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self._overflowed.add(exc.sid)
+
+    @property
+    def subscriber_buffer(self) -> int:
+        return self.config.subscriber_buffer or DEFAULT_SUBSCRIBER_BUFFER
 
     @property
     def request_timeout(self) -> float:
@@ -244,14 +261,21 @@ class NatsPlugin(BackendPlugin):
         loop, nc, _ = self.connected()
         if self._closing:
             raise Unavailable("the nats plugin is shutting down: subscribe again")
+        buffer = self.subscriber_buffer
         try:
-            subscription = await loop.run(nc.subscribe, subject)
+            subscription = await loop.run(nc.subscribe, subject, pending_msgs_limit=buffer)
         except Exception as exc:
             raise status_of(exc, "subscribe") from None
+        sid = subscription._id
         with trio.CancelScope() as scope:
             self._subscriptions.add(scope)
             try:
                 while True:
+                    if sid in self._overflowed:
+                        raise ResourceExhausted(
+                            f"subscriber to {params.topic!r} fell more than {buffer} messages "
+                            "behind and was disconnected"
+                        )
                     try:
                         msg = await loop.run(subscription.next_msg, None)
                     except Exception as exc:
@@ -268,6 +292,7 @@ class NatsPlugin(BackendPlugin):
                     )
             finally:
                 self._subscriptions.discard(scope)
+                self._overflowed.discard(sid)
                 loop.call_soon(_unsubscribe_soon, subscription)
         raise Unavailable("the nats plugin shut down: subscribe again")
 

@@ -104,5 +104,13 @@ class NatsConfig(betterproto2.Message):
     hands back). 0 = 1000.
     """
 
+    subscriber_buffer: "int" = betterproto2.field(16, betterproto2.TYPE_INT32)
+    """
+    Messages of a pub/sub subscription buffered in the plugin (nats-py's pending queue) while
+    the client reads slower than they come; a subscriber that falls further behind is
+    disconnected with RESOURCE_EXHAUSTED, its backlog dropped, instead of losing messages
+    silently. 0 = 1024.
+    """
+
 
 default_message_pool.register_message("prism.plugins.nats.v1", "NatsConfig", NatsConfig)
