@@ -26,6 +26,7 @@ from bench.errors import BenchError
 from bench.plugin_client import CHANNEL_OPTIONS, METHOD, percentile, value
 from bench.procs import read_cpu_seconds, read_system_busy_seconds
 from bench.suites.backends import BACKENDS, Direct, load_backends
+from bench.suites.plugins import child_pids
 from prism._proto.prism.data.v1 import (
     GetManyRequest,
     GetManyResponse,
@@ -187,8 +188,20 @@ def timed(call: Call, calls: int, threads: int) -> tuple[list[int], float]:
 Pids = dict[str, list[int]]  # "proxy" (with its sidecar), "backend" → processes
 
 
-def _cpu(pids: list[int]) -> float:
-    return sum(read_cpu_seconds(p) for p in pids)
+def _cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each pid and of its children: PostgreSQL serves each connection in a
+    child of the postmaster (the server pid), which itself does almost nothing."""
+    seconds: dict[int, float] = {}
+    for pid in pids:
+        for each in (pid, *child_pids(pid)):
+            with contextlib.suppress(BenchError):  # a child that exited meanwhile
+                seconds[each] = read_cpu_seconds(each)
+    return seconds
+
+
+def _cpu_delta(before: dict[int, float], pids: list[int]) -> float:
+    after = _cpu(pids)
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 def measure(call: Call, calls: int, threads: int, pids: Pids) -> dict[str, Any]:
@@ -199,7 +212,7 @@ def measure(call: Call, calls: int, threads: int, pids: Pids) -> dict[str, Any]:
         busy0 = read_system_busy_seconds()
         latencies, wall = timed(call, calls, threads)
         busy = read_system_busy_seconds() - busy0
-        cpu = {n: _cpu(p) - cpu0[n] if p else None for n, p in pids.items()}
+        cpu = {n: _cpu_delta(cpu0[n], p) if p else None for n, p in pids.items()}
     finally:
         gc.enable()
     latencies.sort()
