@@ -27,10 +27,9 @@ import trio
 
 from prism._proto.prism.data.v1 import ConsumeAck, LogRecord
 from prism.sdk import InvalidArgument, OperationStream
+from prism.sdk.consume import Position, acknowledged
 
 __all__ = ["Consumer", "Group", "Log", "Topic"]
-
-Position = tuple[int, int]  # (partition, offset)
 
 
 class _Partition:
@@ -224,16 +223,7 @@ class Consumer:
     async def _acknowledge(self, stream: OperationStream) -> None:
         async for request in stream:
             assert isinstance(request, ConsumeAck)
-            positions = [(p.partition, p.offset) for p in request.records]
-            if len(set(positions)) != len(positions):
-                raise InvalidArgument("the same record acknowledged twice in one ConsumeAck")
-            for partition, offset in positions:
-                if (partition, offset) not in self.delivered:
-                    raise InvalidArgument(
-                        f"ack of ({partition}, {offset}): not a record this stream delivered "
-                        "and has not acknowledged yet"
-                    )
-            for position in positions:
+            for position in acknowledged(request, self.delivered):
                 del self.delivered[position]
                 self.group.deliveries.pop(position, None)
             self._room.set()

@@ -19,7 +19,8 @@ import nats.errors
 import trio
 
 from prism._proto.prism.data.v1 import ConsumeAck, LogRecord
-from prism.sdk import InvalidArgument, OperationStream
+from prism.sdk import OperationStream
+from prism.sdk.consume import acknowledged
 from prism_plugin_nats.aio import AsyncioLoop, Pending
 from prism_plugin_nats.names import status_of
 
@@ -90,22 +91,17 @@ class Consumer:
     async def _acknowledge(self, stream: OperationStream) -> None:
         async for request in stream:
             assert isinstance(request, ConsumeAck)
-            offsets = []
-            for position in request.records:
-                if position.partition != 0 or position.offset not in self.delivered:
-                    raise InvalidArgument(
-                        f"ack of ({position.partition}, {position.offset}): not a record this "
-                        "stream delivered and has not acknowledged yet"
-                    )
-                offsets.append(position.offset)
-            if len(set(offsets)) != len(offsets):
-                raise InvalidArgument("the same record acknowledged twice in one ConsumeAck")
+            # JetStream: one partition (0), the offset is the stream sequence.
+            offsets = [offset for _, offset in acknowledged(request, self._positions())]
             messages = [self.delivered.pop(offset) for offset in offsets]
             try:
                 await self.loop.run(_each, messages, "ack")
             except Exception as exc:
                 raise status_of(exc, "ack") from None
             self._room.set()
+
+    def _positions(self) -> set[tuple[int, int]]:
+        return {(0, sequence) for sequence in self.delivered}
 
     async def _hand_back(self) -> None:
         messages = list(self.delivered.values())
