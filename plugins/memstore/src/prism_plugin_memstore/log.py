@@ -17,6 +17,7 @@ restart forgets every topic and group (memstore is in-memory by design).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import zlib
@@ -143,15 +144,7 @@ class Topic:
 
 def _delivery(record: LogRecord, count: int) -> LogRecord:
     # The stored record is shared by every group: each delivery is its own message.
-    return LogRecord(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=record.headers,
-        delivery_count=count,
-    )
+    return dataclasses.replace(record, delivery_count=count)
 
 
 class Log:
