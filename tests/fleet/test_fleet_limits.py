@@ -31,7 +31,10 @@ def redis() -> Iterator[RedisProcess]:
 
 
 def limited(name: str, **rate_limit: Any) -> dict[str, Any]:
-    return {**ns(name), "traffic": {"rate_limit": {"scope": "fleet", **rate_limit}}}
+    # max_wait: three proxies and their clients share this test's one thread, so a Redis
+    # answer can wait behind them longer than the default 50 ms.
+    rate_limit = {"scope": "fleet", "max_wait": 2.0, **rate_limit}
+    return {**ns(name), "traffic": {"rate_limit": rate_limit}}
 
 
 def fleet_config(redis: RedisProcess, *namespaces: dict[str, Any]) -> ProxyConfig:
@@ -74,9 +77,7 @@ def redis_up(proxy: Proxy) -> bool:
 
 async def test_fleet_limit_holds_across_three_proxies(redis: RedisProcess) -> None:
     rate, warmup, window = 50.0, 1.0, 10.0
-    # max_wait: three proxies and twelve clients share this test's one thread, so a Redis
-    # answer can wait behind them longer than the default 50 ms.
-    config = fleet_config(redis, limited("kv", rate=rate, burst=10, max_batch=5, max_wait=2.0))
+    config = fleet_config(redis, limited("kv", rate=rate, burst=10, max_batch=5))
     accepted = refused = 0
     with trio.fail_after(120):
         async with three_proxies(config) as fleet:

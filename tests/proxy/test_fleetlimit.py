@@ -38,6 +38,13 @@ def config(address: str, **fields: object) -> FleetRedisConfig:
     return FleetRedisConfig(address=address, password=PASSWORD, **fields)  # type: ignore[arg-type]
 
 
+def fleet_limit(**fields: object) -> RateLimitConfig:
+    """A fleet limit whose calls may wait for Redis as long as this busy machine needs (the
+    tests of ``max_wait`` set their own)."""
+    fields.setdefault("max_wait", 10.0)
+    return RateLimitConfig(scope="fleet", **fields)  # type: ignore[arg-type]
+
+
 @asynccontextmanager
 async def connected(
     settings: FleetRedisConfig, metrics: ProxyMetrics | None = None
@@ -142,13 +149,26 @@ async def test_gcra_reloads_the_script_after_noscript(redis: RedisProcess) -> No
             assert fleet.up
 
 
+async def test_gcra_runs_as_the_documented_acl_user(redis: RedisProcess) -> None:
+    # docs/deployment.md's ACL for the proxies' user: nothing more is needed.
+    acl = "~prism:ratelimit:* +evalsha +script|load +time +get +set +ping +hello"
+    acl += " +client|setname +select"
+    with trio.fail_after(30):
+        cli = ["redis-cli", "-p", str(redis.port), "-a", PASSWORD, "--no-auth-warning"]
+        await trio.run_process([*cli, "ACL", "SETUSER", "prism", "on", ">pw", *acl.split()])
+        settings = FleetRedisConfig(address=redis.address, username="prism", password="pw", db=1)
+        async with connected(settings) as fleet:
+            assert await fleet.take("prism:ratelimit:kv", 1e6, 2e6, 5) == (2, 0.0)
+            assert fleet.up
+
+
 # -- limiters sharing one bucket ----------------------------------------------------------------
 
 
 async def test_fleet_limit_is_shared_by_proxies(redis: RedisProcess) -> None:
     # Two proxies (two connections, two limiters) on one key: together they admit the
     # bucket's 20 tokens, less what each still holds in hand, at most max_batch each.
-    limit = RateLimitConfig(rate=0.001, burst=20, scope="fleet", max_batch=5)
+    limit = fleet_limit(rate=0.001, burst=20, max_batch=5)
     with trio.fail_after(30):
         async with connected(config(redis.address)) as a, connected(config(redis.address)) as b:
             metrics = ProxyMetrics()
@@ -167,7 +187,7 @@ async def test_fleet_limit_is_shared_by_proxies(redis: RedisProcess) -> None:
 
 
 async def test_fleet_limit_refusal_carries_retry_info(redis: RedisProcess) -> None:
-    limit = RateLimitConfig(rate=1, burst=1, scope="fleet")
+    limit = fleet_limit(rate=1, burst=1)
     with trio.fail_after(30):
         async with connected(config(redis.address)) as fleet:
             one = FleetLimit("kv", limit, fleet, ProxyMetrics().add_namespace("kv"))
@@ -178,7 +198,7 @@ async def test_fleet_limit_refusal_carries_retry_info(redis: RedisProcess) -> No
 
 
 async def test_fleet_limit_takes_the_callers_own_limit_first(redis: RedisProcess) -> None:
-    limit = RateLimitConfig(rate=0.001, burst=3, scope="fleet")
+    limit = fleet_limit(rate=0.001, burst=3)
     per_caller = CallerRateLimitConfig(rate=0.001, burst=1)
     with trio.fail_after(30):
         async with connected(config(redis.address)) as fleet:
@@ -232,7 +252,7 @@ async def test_fleet_limit_fails_closed() -> None:
 
 async def test_fleet_limit_returns_when_redis_does(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "prism.proxy.fleetlimit")
-    limit = RateLimitConfig(rate=0.001, burst=2, scope="fleet", on_redis_failure="closed")
+    limit = fleet_limit(rate=0.001, burst=2, on_redis_failure="closed")
     with redis_process(PASSWORD) as server, trio.fail_after(60):
         server.kill()
         metrics = ProxyMetrics()
@@ -250,7 +270,7 @@ async def test_fleet_limit_returns_when_redis_does(caplog: pytest.LogCaptureFixt
 
 
 async def test_fleet_limit_killed_redis_mid_traffic(redis: RedisProcess) -> None:
-    limit = RateLimitConfig(rate=1000, scope="fleet", fallback_rate=1000)
+    limit = fleet_limit(rate=1000, fallback_rate=1000)
     with trio.fail_after(60):
         metrics = ProxyMetrics()
         async with connected(config(redis.address, reconnect_max=0.2), metrics) as fleet:
