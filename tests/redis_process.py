@@ -11,20 +11,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from etcd_server import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "acceptance"))
+
+from backends import sigstop
+
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RedisProcess:
@@ -71,30 +71,14 @@ class RedisProcess:
             self.process.wait()
         self.process = None
 
-    def pause(self) -> None:
-        """SIGSTOP, and return once every thread is stopped (``kill`` returns before a thread
-        on another CPU has stopped, and a request sent in that window is still answered)."""
+    async def pause(self) -> None:
+        """SIGSTOP, once every thread is stopped (the acceptance framework's ``sigstop``)."""
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 30
-        while not _all_stopped(self.process.pid):
-            assert time.monotonic() < deadline, "redis-server did not stop"
-            time.sleep(0.001)
+        await sigstop(self.process.pid)
 
     def resume(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
-
-
-def _all_stopped(pid: int) -> bool:
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
-            return False
-    return True
 
 
 @contextmanager

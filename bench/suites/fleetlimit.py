@@ -105,29 +105,18 @@ async def measure(
 ) -> dict[str, Any]:
     from prism_plugin_memstore.plugin import MemstorePlugin
 
-    from bench.stage_path import Call, Router
-    from prism._proto.prism.data.v1 import GetRequest, SetRequest
-    from prism._proto.prism.plugin.v1 import InitializeRequest
-    from prism._proto.prism.proxy.v1 import ExecuteRequest
+    from bench.stage_path import Call, Router, get_request, seed
     from prism.config.load import parse_config
     from prism.grpc.transport import PeerInfo
     from prism.proxy.assembly import build_pipeline
     from prism.proxy.metrics import ProxyMetrics
     from prism.proxy.pipeline import Pipeline
     from prism.sdk.instance import open_plugin
-    from prism.sdk.typed import pack
 
     peer = PeerInfo("127.0.0.1:40000", "tcp")
-    get = ExecuteRequest(namespace=NAMESPACE, operation="get")
-    get.typed_params = pack(GetRequest(key="bench-0001"))
-    request = bytes(get)
+    request = get_request(NAMESPACE)
     async with open_plugin(MemstorePlugin()) as instance, trio.open_nursery() as nursery:
-        answer = await instance.initialize(InitializeRequest(namespace=NAMESPACE))
-        if not answer.success:
-            raise BenchError(f"memstore did not initialize: {answer.error}")
-        put = ExecuteRequest(namespace=NAMESPACE, operation="set")
-        put.typed_params = pack(SetRequest(key="bench-0001", value=bytes(100)))
-        await instance.execute_encoded(bytes(put))
+        await seed(instance, NAMESPACE)
         pipelines: dict[str, tuple[Pipeline, ProxyMetrics]] = {}
         for name in names:
             metrics = ProxyMetrics()

@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 import coredis
 import pytest
 import trio
-from redis_process import RedisProcess, free_port, redis_process
+from etcd_server import free_port
+from redis_process import RedisProcess, redis_process
 from test_ratelimit import retry_delay
 
 from prism.config.fleet import FleetRedisConfig
@@ -296,7 +297,7 @@ async def test_fleet_limit_never_waits_longer_than_max_wait(redis: RedisProcess)
         metrics = ProxyMetrics()
         async with connected(config(redis.address, call_timeout=30.0), metrics) as fleet:
             one = FleetLimit("kv", limit, fleet, metrics.add_namespace("kv"))
-            redis.pause()
+            await redis.pause()
             try:
                 assert await admit(one)
                 assert fleet.up  # Redis's call has not timed out: the call did not wait for it
