@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from fleet_testkit import document, ns, set_
 from redis_process import RedisProcess, redis_process
 
 from prism import grpc as pg
-from prism.config import ProxyConfig, parse_config
+from prism.config import ProxyConfig, load_config, parse_config
 from prism.grpc.wire.status import GrpcError, Status
 from prism.proxy.app import Proxy
+from prism.proxy.configreload import ConfigRejected
 
 PASSWORD = "fleet-limits-test"
 
@@ -160,3 +162,42 @@ async def test_fleet_limit_falls_back_while_redis_is_down(
     assert sum("is unreachable" in m for m in messages) == 3  # once per proxy, not per call
     assert sum("answers again" in m for m in messages) == 3
     assert PASSWORD not in caplog.text
+
+
+async def test_fleet_limit_comes_and_goes_with_a_config_reload(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "prism.yaml"
+    fleet = {"redis": {"address": redis.address, "password": PASSWORD, "call_timeout": 2.0}}
+    path.write_bytes(document(ns("kv"), fleet=fleet))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proxy: Proxy = await nursery.start(Proxy(load_config(path), config_path=path).run)
+            assert proxy.address is not None
+            async with pg.open_channel("{}:{}".format(*proxy.address)) as front:
+                assert await attempt(front, "kv") is None
+                path.write_bytes(document(limited("kv", rate=0.001, burst=3), fleet=fleet))
+                await proxy.reload_config()
+                outcomes = [await attempt(front, "kv") for _ in range(5)]
+                assert outcomes[:3] == [None] * 3  # the fleet's bucket, in Redis
+                assert outcomes[3] is not None
+                assert "fleet limit" in outcomes[3]
+                assert proxy.metrics.namespace("kv").fleet_tokens.value == 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_fleet_limit_needs_a_restart_to_get_its_redis(tmp_path: Path) -> None:
+    path = tmp_path / "prism.yaml"
+    path.write_bytes(document(ns("kv")))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proxy: Proxy = await nursery.start(Proxy(load_config(path), config_path=path).run)
+            assert proxy.address is not None
+            async with pg.open_channel("{}:{}".format(*proxy.address)) as front:
+                fleet = {"redis": {"address": "127.0.0.1:6379"}}
+                path.write_bytes(document(limited("kv", rate=1), fleet=fleet))
+                with pytest.raises(ConfigRejected) as rejected:
+                    await proxy.reload_config()
+                assert "a fleet limit needs fleet.redis" in rejected.value.message
+                assert await attempt(front, "kv") is None  # the old config keeps serving
+            nursery.cancel_scope.cancel()
