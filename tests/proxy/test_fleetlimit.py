@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import coredis
 import pytest
 import trio
+import trio.testing
 from etcd_server import free_port
 from redis_process import RedisProcess, redis_process
 from test_ratelimit import retry_delay
@@ -304,3 +305,27 @@ async def test_fleet_limit_never_waits_longer_than_max_wait(redis: RedisProcess)
                 assert metrics.namespace("kv").fleet_fallbacks("open").value == 1
             finally:
                 redis.resume()
+
+
+async def test_fleet_limit_redis_killed_during_a_call(redis: RedisProcess) -> None:
+    # A call waits for Redis (paused: the request is sent, no answer comes), Redis is killed:
+    # the call is decided at once by on_redis_failure, not by call_timeout.
+    limit = fleet_limit(rate=1000, fallback_rate=1000)
+    with trio.fail_after(60):
+        metrics = ProxyMetrics()
+        async with connected(config(redis.address, call_timeout=30.0), metrics) as fleet:
+            one = FleetLimit("kv", limit, fleet, metrics.add_namespace("kv"))
+            await redis.pause()
+            outcomes: list[bool] = []
+
+            async def one_call() -> None:
+                outcomes.append(await admit(one))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one_call)
+                await trio.testing.wait_all_tasks_blocked()  # the call waits on Redis
+                assert outcomes == []
+                redis.kill()
+            assert outcomes == [True]  # open: the local bucket
+            assert not fleet.up
+            assert metrics.namespace("kv").fleet_fallbacks("open").value == 1
