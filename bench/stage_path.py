@@ -81,24 +81,34 @@ class Router:
         return self._route
 
 
+def get_request(namespace: str) -> bytes:
+    """An Execute ``get`` of the key :func:`seed` set, as bytes."""
+    get = ExecuteRequest(namespace=namespace, operation="get")
+    get.typed_params = pack(GetRequest(key="bench-0001"))
+    return bytes(get)
+
+
+async def seed(instance: PluginInstance, namespace: str) -> None:
+    """Initialize a memstore instance for ``namespace`` and set the key the calls get."""
+    answer = await instance.initialize(InitializeRequest(namespace=namespace))
+    if not answer.success:
+        raise SystemExit(f"memstore did not initialize: {answer.error}")
+    set_request = ExecuteRequest(namespace=namespace, operation="set")
+    set_request.typed_params = pack(SetRequest(key="bench-0001", value=bytes(100)))
+    await instance.execute_encoded(bytes(set_request))
+
+
 async def measure(names: list[str], calls: int, rounds: int) -> dict[str, Any]:
     from prism_plugin_memstore.plugin import MemstorePlugin
 
     from bench.suites.proxy import CASES, NAMESPACE, proxy_config
 
     peer = PeerInfo("127.0.0.1:40000", "tcp")
-    get = ExecuteRequest(namespace=NAMESPACE, operation="get")
-    get.typed_params = pack(GetRequest(key="bench-0001"))
-    request = bytes(get)
+    request = get_request(NAMESPACE)
     with tempfile.TemporaryDirectory(prefix="prism-stages-") as tmp_name:
         tmp = Path(tmp_name)
         async with open_plugin(MemstorePlugin()) as instance, trio.open_nursery() as nursery:
-            answer = await instance.initialize(InitializeRequest(namespace=NAMESPACE))
-            if not answer.success:
-                raise SystemExit(f"memstore did not initialize: {answer.error}")
-            set_request = ExecuteRequest(namespace=NAMESPACE, operation="set")
-            set_request.typed_params = pack(SetRequest(key="bench-0001", value=bytes(100)))
-            await instance.execute_encoded(bytes(set_request))
+            await seed(instance, NAMESPACE)
             pipelines: dict[str, tuple[Pipeline, list[tuple[str, str]], bool]] = {}
             for name in names:
                 case = CASES[name]

@@ -6,13 +6,14 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import PrivateAttr, field_validator
+from pydantic import PrivateAttr, field_validator, model_validator
 
 from prism.config._model import ConfigError, FieldError, Model
 from prism.config._types import Address, ConfigPath, PositiveInt, Seconds
 from prism.config.admin import AdminConfig
 from prism.config.audit import AuditConfig
 from prism.config.auth import AuthConfig
+from prism.config.fleet import FleetConfig
 from prism.config.logs import LoggingConfig
 from prism.config.metrics import MetricsConfig
 from prism.config.namespace import NamespaceConfig
@@ -59,6 +60,8 @@ class ProxyConfig(Model):
     """Checks on plugin files before they are loaded."""
     secrets: SecretsConfig = SecretsConfig()
     """Where {{ secret:NAME }} references in credentials are looked up."""
+    fleet: FleetConfig = FleetConfig()
+    """What the proxies of a fleet share: the Redis of fleet rate limits."""
     namespaces: tuple[NamespaceConfig, ...] = ()
     """The namespaces clients can address, each served by a plugin."""
 
@@ -75,6 +78,19 @@ class ProxyConfig(Model):
                 )
             first[ns.name] = i
         return namespaces
+
+    @model_validator(mode="after")
+    def _fleet_limits_have_redis(self) -> ProxyConfig:
+        if self.fleet.redis is not None:
+            return self
+        for i, ns in enumerate(self.namespaces):
+            limit = ns.traffic.rate_limit
+            if limit is not None and limit.scope == "fleet":
+                raise FieldError(
+                    ("namespaces", i, "traffic", "rate_limit", "scope"),
+                    "a fleet limit needs fleet.redis (the Redis the proxies share)",
+                )
+        return self
 
     @property
     def config_dir(self) -> Path | None:
@@ -118,9 +134,20 @@ class ProxyConfig(Model):
             return error
         return f"{where}.{match.group(1)}"
 
+    def fleet_redis_password(self) -> str | None:
+        """``fleet.redis.password`` with its secret references read now (None without one).
+        ConfigError naming ``fleet.redis.password`` and the secret, never its value."""
+        redis = self.fleet.redis
+        if redis is None or redis.password is None:
+            return None
+        resolved = resolve_credentials(
+            {"password": redis.password}, self.secrets, where="fleet.redis"
+        )
+        return resolved["password"]
+
     def all_credentials(self) -> Mapping[str, dict[str, str]]:
-        """Every namespace's resolved credentials (what loading checks once, to fail early);
-        one ConfigError with every problem."""
+        """Every namespace's resolved credentials (what loading checks once, to fail early,
+        with ``fleet.redis.password``); one ConfigError with every problem."""
         resolved: dict[str, dict[str, str]] = {}
         errors: list[str] = []
         for ns in self.namespaces:
@@ -128,6 +155,10 @@ class ProxyConfig(Model):
                 resolved[ns.name] = self.resolve_credentials(ns)
             except ConfigError as exc:
                 errors.extend(exc.errors)
+        try:
+            self.fleet_redis_password()
+        except ConfigError as exc:
+            errors.extend(exc.errors)
         if errors:
             raise ConfigError(*errors)
         return resolved

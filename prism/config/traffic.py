@@ -10,7 +10,7 @@ at least 20 calls in 10 s, counting only UNAVAILABLE, DEADLINE_EXCEEDED, INTERNA
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
@@ -20,6 +20,7 @@ from prism.config._types import Flag, PositiveInt, Seconds
 
 __all__ = [
     "BreakerConfig",
+    "BucketConfig",
     "CallerRateLimitConfig",
     "ConcurrencyConfig",
     "RateLimitConfig",
@@ -43,7 +44,7 @@ Number = Annotated[float, BeforeValidator(_number)]
 Count = Annotated[int, Field(ge=0), BeforeValidator(_count)]
 
 
-class RateLimitConfig(Model):
+class BucketConfig(Model):
     """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
 
     rate: Annotated[Number, Field(gt=0, le=1e6)]
@@ -53,8 +54,33 @@ class RateLimitConfig(Model):
     rounded up (at least 1)."""
 
 
-class CallerRateLimitConfig(RateLimitConfig):
-    """A token bucket per caller (the identity's subject)."""
+class RateLimitConfig(BucketConfig):
+    """The namespace's limit: this proxy's own token bucket (``scope: local``), or one limit
+    for every proxy of the fleet, kept in Redis (``scope: fleet``, ``fleet.redis``)."""
+
+    scope: Literal["local", "fleet"] = "local"
+    """``local``: each proxy allows ``rate`` on its own. ``fleet``: the proxies sharing
+    ``fleet.redis`` allow ``rate`` together (GCRA in Redis, on Redis's clock)."""
+    on_redis_failure: Literal["open", "closed"] = "open"
+    """``fleet`` only: while Redis is unreachable, ``open`` limits each proxy with a local
+    bucket of ``fallback_rate``; ``closed`` refuses every call (RESOURCE_EXHAUSTED)."""
+    fallback_rate: Annotated[Number, Field(gt=0, le=1e6)] | None = None
+    """``fleet``, ``open`` only: calls a second each proxy allows on its own while Redis is
+    unreachable (its bucket's size: ``burst``); none: ``rate`` (the fleet may then take
+    ``rate`` x its number of proxies)."""
+    max_batch: PositiveInt = 20
+    """``fleet`` only: most tokens a proxy takes from Redis in one call and spends locally
+    (never more than the bucket's size, ``burst``). The fleet may exceed ``rate`` x t +
+    ``burst`` by at most ``max_batch`` x proxies over any period t (tokens taken but not yet
+    spent); fewer means more Redis calls a request."""
+    max_wait: Seconds = 0.05
+    """``fleet`` only: seconds a call may wait for Redis when this proxy holds no token; an
+    answer later than that is treated as Redis being unreachable, for that call
+    (``on_redis_failure``)."""
+
+
+class CallerRateLimitConfig(BucketConfig):
+    """A token bucket per caller (the identity's subject), in each proxy."""
 
     max_callers: PositiveInt = 10000
     """Callers whose buckets are kept; beyond, the least recently seen is forgotten (it comes

@@ -8,11 +8,12 @@ stage implementation changes only its function's body.
 
 from __future__ import annotations
 
-from prism.config import NamespaceConfig, ProxyConfig
+from prism.config import ConfigError, NamespaceConfig, ProxyConfig
 from prism.proxy.audit import AuditLog as AuditFile
 from prism.proxy.authn import build_authenticator
 from prism.proxy.authz import NamespaceAuthorizer
 from prism.proxy.breaker import InstanceBreakers
+from prism.proxy.fleetlimit import FleetLimit, FleetRedis
 from prism.proxy.limits import ConcurrencyLimit
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
 from prism.proxy.pipeline import (
@@ -39,13 +40,15 @@ __all__ = ["build_pipeline", "namespace_stages"]
 
 def build_pipeline(config: ProxyConfig, router: Router, metrics: ProxyMetrics) -> Pipeline:
     """The pipeline of a proxy with ``config``, routing to ``router``, counting in ``metrics``."""
+    redis = fleet_redis(config, metrics)
     pipeline = Pipeline(
         router,
         metrics=metrics,
         tracer=tracer(config),
         authenticator=authenticator(config, metrics),
         audit=audit_log(config),
-        namespace_stages=lambda ns, series: namespace_stages(config, ns, series),
+        namespace_stages=lambda ns, series: namespace_stages(config, ns, series, redis),
+        background=() if redis is None else (redis,),
     )
     for ns in config.namespaces:
         pipeline.set_namespace(ns)
@@ -53,13 +56,16 @@ def build_pipeline(config: ProxyConfig, router: Router, metrics: ProxyMetrics) -
 
 
 def namespace_stages(
-    config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetrics
+    config: ProxyConfig,
+    ns: NamespaceConfig,
+    metrics: NamespaceMetrics,
+    redis: FleetRedis | None = None,
 ) -> NamespaceStages:
-    """One namespace's stages, in the order they run."""
+    """One namespace's stages, in the order they run (``redis``: the fleet limits' Redis)."""
     return NamespaceStages(
         metrics,
         authorizer=authorizer(config, ns, metrics),
-        rate_limiter=rate_limiter(config, ns, metrics),
+        rate_limiter=rate_limiter(config, ns, metrics, redis),
         limiter=concurrency_limiter(config, ns, metrics),
         breakers=breakers(config, ns, metrics),
         default_timeout=default_timeout(config, ns),
@@ -104,13 +110,33 @@ def authorizer(config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetri
     return NamespaceAuthorizer(ns.name, ns.access, metrics.denied)
 
 
+def fleet_redis(config: ProxyConfig, metrics: ProxyMetrics) -> FleetRedis | None:
+    """The connection to ``fleet.redis`` that fleet limits share (prism/proxy/fleetlimit.py),
+    its password read now; None without ``fleet.redis``."""
+    if config.fleet.redis is None:
+        return None
+    return FleetRedis(config.fleet.redis, config.fleet_redis_password(), metrics)
+
+
 def rate_limiter(
-    config: ProxyConfig, ns: NamespaceConfig, metrics: NamespaceMetrics
+    config: ProxyConfig,
+    ns: NamespaceConfig,
+    metrics: NamespaceMetrics,
+    redis: FleetRedis | None = None,
 ) -> RateLimiter:
-    """Token buckets per namespace and per caller (prism/proxy/ratelimit.py)."""
+    """Token buckets per namespace and per caller (prism/proxy/ratelimit.py); the namespace's
+    own in Redis for the fleet (``scope: fleet``, prism/proxy/fleetlimit.py)."""
     traffic = ns.traffic
     if traffic.rate_limit is None and traffic.caller_rate_limit is None:
         return NoRateLimit()
+    limit = traffic.rate_limit
+    if limit is not None and limit.scope == "fleet":
+        if redis is None:  # a reload cannot add fleet.redis (restart required for fleet)
+            raise ConfigError(
+                f"{config.path_of(ns.name)}.traffic.rate_limit.scope: a fleet limit needs "
+                "fleet.redis, which this proxy started without (restart it)"
+            )
+        return FleetLimit(ns.name, limit, redis, metrics, traffic.caller_rate_limit)
     return TokenBuckets(
         ns.name, metrics.rate_limited, traffic.rate_limit, traffic.caller_rate_limit
     )

@@ -273,6 +273,19 @@ class NamespaceMetrics:
     def rate_limited(self) -> Counter:
         return self._proxy.rate_limited.labels(self.name)
 
+    def fleet_fallbacks(self, mode: Literal["open", "closed"]) -> Counter:
+        """Calls a fleet limit decided without Redis (unreachable or too slow), by
+        ``on_redis_failure``: ``open`` (the local bucket decided), ``closed`` (refused)."""
+        return self._proxy.fleet_fallbacks.labels(self.name, mode)
+
+    @cached_property
+    def fleet_redis_calls(self) -> Counter:
+        return self._proxy.fleet_redis_calls.labels(self.name)
+
+    @cached_property
+    def fleet_tokens(self) -> Counter:
+        return self._proxy.fleet_tokens.labels(self.name)
+
     @cached_property
     def queue_full(self) -> Counter:
         return self._proxy.concurrency_rejected.labels(self.name, "queue_full")
@@ -347,6 +360,30 @@ class ProxyMetrics:
             QUEUE_WAIT_BUCKETS,
         )
         self.rate_limited = c("prism_rate_limited_total", "Calls refused by a rate limit.", (ns,))
+        self.fleet_fallbacks = c(
+            "prism_fleet_limit_fallbacks_total",
+            "Calls a fleet rate limit decided without Redis (unreachable or slower than "
+            "max_wait), by on_redis_failure: open (the local bucket decided) or closed (refused).",
+            (ns, "mode"),
+        )
+        self.fleet_redis_calls = c(
+            "prism_fleet_limit_redis_calls_total",
+            "Calls to the fleet limit's script in Redis (each takes a batch of tokens).",
+            (ns,),
+        )
+        self.fleet_tokens = c(
+            "prism_fleet_limit_tokens_total", "Tokens a fleet rate limit took from Redis.", (ns,)
+        )
+        self.fleet_redis_up = g(
+            "prism_fleet_redis_up",
+            "1 while the fleet limits' Redis answers, 0 during an outage.",
+            (),
+        )
+        self.fleet_redis_outages = c(
+            "prism_fleet_redis_outages_total",
+            "Times the fleet limits' Redis stopped answering (each outage counts once).",
+            (),
+        )
         self.concurrency_rejected = c(
             "prism_concurrency_rejected_total",
             "Calls refused by a concurrency limit: queue_full or queue_timeout.",

@@ -41,7 +41,7 @@ told how it ended.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -65,6 +65,7 @@ __all__ = [
     "AuditLog",
     "Authenticator",
     "Authorizer",
+    "Background",
     "Breaker",
     "Breakers",
     "CallStages",
@@ -169,9 +170,16 @@ class Authorizer(Protocol):
 
 
 class RateLimiter(Protocol):
-    def check(self, info: RequestInfo) -> None:
-        """Take a token, or raise ``ResourceExhausted`` carrying a ``google.rpc.RetryInfo`` in
-        its trailers (``grpc-status-details-bin``). Synchronous: refusing must be cheap."""
+    def check(self, info: RequestInfo) -> bool:
+        """Take a token (True), or raise ``ResourceExhausted`` carrying a
+        ``google.rpc.RetryInfo`` in its trailers (``grpc-status-details-bin``). Synchronous:
+        refusing must be cheap. False: no token here now, but one may come (a fleet limit
+        asking Redis): :meth:`wait_for_token` decides."""
+        ...
+
+    async def wait_for_token(self, info: RequestInfo) -> None:
+        """Called only when :meth:`check` said False: wait (a bounded time) for a token, or
+        raise ``ResourceExhausted``. Cancellation leaves without a token."""
         ...
 
 
@@ -206,6 +214,12 @@ class Breakers(Protocol):
     def for_route(self, route: Route) -> Breaker:
         """The breaker of the instance ``route.current`` (a new instance, after a hot reload,
         starts with a closed breaker)."""
+        ...
+
+
+class Background(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Its work, started (``task_status.started()``) once ready; until cancelled."""
         ...
 
 
@@ -246,8 +260,11 @@ class AllowAll:
 
 
 class NoRateLimit:
-    def check(self, info: RequestInfo) -> None:
-        pass
+    def check(self, info: RequestInfo) -> bool:
+        return True
+
+    async def wait_for_token(self, info: RequestInfo) -> None:  # never called: check says yes
+        await trio.lowlevel.checkpoint()
 
 
 class NoConcurrencyLimit:
@@ -314,8 +331,12 @@ class Pipeline:
         tracer: Tracer | None = None,
         audit: AuditLog | None = None,
         namespace_stages: NamespaceStagesFactory | None = None,
+        background: Sequence[Background] = (),
     ) -> None:
         self.router = router
+        #: What namespace stages lean on and that has work of its own (the fleet limits'
+        #: Redis connection): run by :meth:`run`, like the call-level stages' background.
+        self.background = tuple(background)
         self.metrics = metrics if metrics is not None else ProxyMetrics()
         self.authenticator: Authenticator = authenticator or NoAuthentication()
         self.tracer: Tracer = tracer or NoTracing()
@@ -331,14 +352,18 @@ class Pipeline:
         """The background work of the call-level stages that have some: a tracer, an
         authenticator or an audit log with an ``async def run(self, *, task_status)`` method
         (a JWKS refresh, an audit file's writer, a span exporter) runs here, each started
-        (``task_status.started()``) before this reports started; the proxy starts this before
-        its front door listens. Namespace-level stages have none: they are passive objects
-        that compute what they need from the clock when called. Runs until cancelled."""
+        (``task_status.started()``) before this reports started, then :attr:`background`;
+        the proxy starts this before its front door listens. Namespace-level stages have none
+        of their own: they compute what they need from the clock when called, and a fleet
+        limit's calls to Redis run in its connection's task (in :attr:`background`). Runs
+        until cancelled."""
         async with trio.open_nursery() as nursery:
             for stage in (self.tracer, self.authenticator, self.audit):
                 run = getattr(stage, "run", None)
                 if run is not None:
                     await nursery.start(run)
+            for service in self.background:
+                await nursery.start(service.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -374,7 +399,9 @@ class Pipeline:
         if stages.default_timeout is not None:
             _default_deadline(call, stages.default_timeout)
         stages.authorizer.authorize(info)  # authorize: PERMISSION_DENIED
-        stages.rate_limiter.check(info)  # rate limit: RESOURCE_EXHAUSTED + RetryInfo
+        rate_limiter = stages.rate_limiter
+        if not rate_limiter.check(info):  # rate limit: RESOURCE_EXHAUSTED + RetryInfo
+            await rate_limiter.wait_for_token(info)  # a fleet limit waiting for Redis (bounded)
         limiter = stages.limiter
         if not limiter.try_acquire(info):
             await limiter.acquire(info)  # concurrency limit: waits, or RESOURCE_EXHAUSTED
@@ -417,7 +444,8 @@ class Pipeline:
         if intercepted:
             self.metrics.request_started(info, stages.metrics)
         stages.authorizer.authorize(info)
-        stages.rate_limiter.check(info)
+        if not stages.rate_limiter.check(info):
+            await stages.rate_limiter.wait_for_token(info)
         limiter = stages.limiter
         if not limiter.try_acquire(info):
             await limiter.acquire(info)

@@ -24,12 +24,19 @@ from collections import OrderedDict
 import trio
 
 from prism import protowire
-from prism.config.traffic import CallerRateLimitConfig, RateLimitConfig
+from prism.config.traffic import BucketConfig, CallerRateLimitConfig, RateLimitConfig
 from prism.grpc.wire.status import ResourceExhausted, Status
 from prism.proxy.metrics import Counter
 from prism.proxy.request import RequestInfo
 
-__all__ = ["STATUS_DETAILS", "Bucket", "TokenBuckets", "retry_status_details"]
+__all__ = [
+    "STATUS_DETAILS",
+    "Bucket",
+    "TokenBuckets",
+    "bucket_size",
+    "refusal",
+    "retry_status_details",
+]
 
 #: The trailer that carries a google.rpc.Status (binary: base64 on the wire).
 STATUS_DETAILS = "grpc-status-details-bin"
@@ -88,7 +95,8 @@ class Bucket:
         self.tokens = min(self.tokens + 1.0, self.burst)
 
 
-def _burst(limit: RateLimitConfig) -> float:
+def bucket_size(limit: BucketConfig) -> float:
+    """The bucket's size: ``burst``, or the rate rounded up (at least 1)."""
     return float(limit.burst if limit.burst is not None else max(1, math.ceil(limit.rate)))
 
 
@@ -106,10 +114,10 @@ class TokenBuckets:
         self._rejected = rejected
         # Full from the start; no clock read here (stages may be built outside trio.run).
         self._shared = (
-            Bucket(shared.rate, _burst(shared), -math.inf) if shared is not None else None
+            Bucket(shared.rate, bucket_size(shared), -math.inf) if shared is not None else None
         )
         self._caller_limit = per_caller
-        self._caller_burst = _burst(per_caller) if per_caller is not None else 0.0
+        self._caller_burst = bucket_size(per_caller) if per_caller is not None else 0.0
         self._callers: OrderedDict[str, Bucket] = OrderedDict()
 
     @property
@@ -117,8 +125,8 @@ class TokenBuckets:
         """Callers whose buckets are kept now (at most ``max_callers``)."""
         return len(self._callers)
 
-    def check(self, info: RequestInfo) -> None:
-        """Take a token from the caller's bucket and the namespace's, or raise
+    def check(self, info: RequestInfo) -> bool:
+        """Take a token from the caller's bucket and the namespace's (True), or raise
         ResourceExhausted with the delay after which both will have one."""
         now = trio.current_time()
         caller: Bucket | None = None
@@ -143,12 +151,31 @@ class TokenBuckets:
                 if caller is not None:
                     caller.give_back()  # the call did not happen: not the caller's to pay
                 self._refuse("namespace", shared.rate, wait)
+        return True
+
+    async def wait_for_token(self, info: RequestInfo) -> None:  # never called: check decides
+        await trio.lowlevel.checkpoint()
+
+    def give_back(self, info: RequestInfo) -> None:
+        """The call that took a token from its caller's bucket was refused by a later limit
+        (the fleet's): the caller does not pay for it."""
+        if self._caller_limit is None:
+            return
+        caller = self._callers.get(info.identity.subject if info.identity is not None else "")
+        if caller is not None:
+            caller.give_back()
 
     def _refuse(self, which: str, rate: float, wait: float) -> None:
         self._rejected.value += 1
-        message = (
-            f"rate limit exceeded for namespace {self._namespace!r} "
-            f"({which} limit: {rate:g} calls/s); retry in {wait:.3g} s"
-        )
-        details = retry_status_details(Status.RESOURCE_EXHAUSTED, message, wait)
-        raise ResourceExhausted(message, trailers=[(STATUS_DETAILS, details)])
+        raise refusal(self._namespace, which, rate, wait)
+
+
+def refusal(namespace: str, which: str, rate: float, wait: float) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for a call over ``which`` limit of ``rate`` calls/s, with a
+    ``google.rpc.RetryInfo`` of ``wait`` seconds."""
+    message = (
+        f"rate limit exceeded for namespace {namespace!r} "
+        f"({which} limit: {rate:g} calls/s); retry in {wait:.3g} s"
+    )
+    details = retry_status_details(Status.RESOURCE_EXHAUSTED, message, wait)
+    return ResourceExhausted(message, trailers=[(STATUS_DETAILS, details)])
