@@ -94,14 +94,20 @@ class RemoteModel:
     ) -> None:
         """Every endpoint's restart loop, started together; started once each has served or
         failed its first attempt. A reload (not ``start_unreachable``) wants one serving."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(balancer.run)
-            async with trio.open_nursery() as starting:
-                for endpoint in balancer.endpoints:
-                    starting.start_soon(nursery.start, self._supervise_endpoint, endpoint)
-            if not self.start_unreachable and not self.instance.available:
-                raise PluginUnreachable(self.instance.down_reason)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(balancer.run)
+                async with trio.open_nursery() as starting:
+                    for endpoint in balancer.endpoints:
+                        starting.start_soon(nursery.start, self._supervise_endpoint, endpoint)
+                if not self.start_unreachable and not self.instance.available:
+                    raise PluginUnreachable(self.instance.down_reason)
+                task_status.started()
+        finally:
+            # Their loops were cancelled (which marks nothing): none is served from now on.
+            for endpoint in balancer.endpoints:
+                endpoint.retiring = True
+                endpoint.down("stopped")
 
     async def _supervise_endpoint(
         self, endpoint: EndpointInstance, *, task_status: trio.TaskStatus[None]

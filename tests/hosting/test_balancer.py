@@ -257,6 +257,24 @@ async def test_balancer_ejects_at_most_half_and_the_survivor_serves(tmp_path: Pa
         assert sum(gauge.labels("far", s.endpoint).value for s in setup.services) == 1
 
 
+async def test_balancer_hot_reload_drops_no_call(tmp_path: Path) -> None:
+    """A reload starts a new instance on every endpoint, switches, and shuts the old sessions
+    down, while callers run: none of their calls fails."""
+    async with balanced_proxy(tmp_path, callers=8, n=2) as setup:
+        running, load = setup.running, setup.load
+        old = setup.balancer
+        with trio.fail_after(HANG):
+            await load.more(50)
+            await running.proxy.host.reload("far")
+            new = balancer_of(running)
+            assert new is not old
+            assert all(e.available for e in new.endpoints)
+            await load.more(100)
+            await old.parent.stopped.wait()  # drained, sent Shutdown, its scope closed
+        assert load.failures == []
+        assert all(e.retiring and not e.available for e in old.endpoints)
+
+
 async def test_balancer_does_not_retry_a_call_that_may_have_reached_the_plugin(
     tmp_path: Path,
 ) -> None:
