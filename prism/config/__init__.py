@@ -22,7 +22,7 @@ from prism.config.admin import (
 )
 from prism.config.load import default_config, json_schema, load_config, parse_config
 from prism.config.namespace import NamespaceConfig
-from prism.config.plugin import LimitsConfig, PluginConfig, PluginMode
+from prism.config.plugin import LimitsConfig, OutlierConfig, PluginConfig, PluginMode
 from prism.config.proxy import ProxyConfig
 from prism.config.secrets import SecretsConfig, resolve_credentials
 from prism.config.security import PluginSecurityConfig
@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "LimitsConfig",
     "NamespaceConfig",
+    "OutlierConfig",
     "PluginConfig",
     "PluginMode",
     "PluginSecurityConfig",

@@ -32,6 +32,40 @@ ReceiveBytes = Callable[[], Awaitable[bytes | None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 
 
+class Count(Protocol):
+    def inc(self, amount: float = 1.0) -> None: ...
+
+
+class Level(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class _Tally:
+    """A count or level nobody reads (a host without metrics)."""
+
+    def inc(self, amount: float = 1.0) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class EndpointSeries:
+    """One endpoint of a balanced remote plugin, as the proxy's metrics count it (updated on
+    the call path: plain in-place numbers, see ``prism.proxy.metrics``)."""
+
+    requests: Count
+    failures: Count
+    ejections: Count
+    ejected: Level
+
+
+def no_endpoint_series() -> EndpointSeries:
+    tally = _Tally()
+    return EndpointSeries(tally, tally, tally, tally)
+
+
 class HostEvents(Protocol):
     """What the plugin host reports as it happens, to whoever counts it (the proxy's metrics:
     ``prism.proxy.metrics.ProxyMetrics`` has these methods). Called synchronously on Trio's
@@ -47,6 +81,10 @@ class HostEvents(Protocol):
     def plugin_reloaded(self, namespace: str, ok: bool) -> None:
         """A hot reload ended: ``ok``, or failed (the old instance kept serving)."""
 
+    def endpoint_series(self, namespace: str, endpoint: str) -> EndpointSeries:
+        """Where one endpoint of a balanced remote plugin counts its calls, failures and
+        ejections (asked once per endpoint, when its instance starts)."""
+
 
 class NoEvents:
     def plugin_polled(self, namespace: str, interval: PluginMetrics, received_ns: int) -> None:
@@ -57,6 +95,9 @@ class NoEvents:
 
     def plugin_reloaded(self, namespace: str, ok: bool) -> None:
         pass
+
+    def endpoint_series(self, namespace: str, endpoint: str) -> EndpointSeries:
+        return no_endpoint_series()
 
 
 @dataclass

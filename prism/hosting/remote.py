@@ -9,6 +9,11 @@ loop. A service that cannot be reached is not a reason to stop the proxy: the na
 NOT_SERVING, calls get UNAVAILABLE with the reason (``certificate verify failed: unknown CA``,
 ``connection refused``, ...), and the host reconnects with a backoff capped at
 :data:`~prism.hosting.supervisor.RECONNECT_BACKOFF`'s maximum.
+
+With several ``endpoints`` each one is run that way, as an instance of its own under its own
+restart loop, and the namespace's instance routes through a :class:`~prism.hosting.balancer.
+Balancer` over them: it serves while any endpoint does. A failed connection attempt counts
+towards that endpoint's ejection (:mod:`prism.hosting.outlier`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from prism.config import NamespaceConfig
 from prism.grpc.channel import Channel, open_channel
 from prism.grpc.transport import client_ssl_context
 from prism.grpc.wire.status import GrpcError
+from prism.hosting.balancer import Balancer, EndpointInstance
 from prism.hosting.client import GrpcClient
 from prism.hosting.instance import Instance
 from prism.hosting.model import HostSettings, describe_plugin, initialize, watch
@@ -50,12 +56,19 @@ class RemoteModel:
         """``start_unreachable``: report started even when the service cannot be reached (the
         proxy's start); a reload waits for a reachable service instead."""
         tls = ns.plugin.tls
-        if tls is None or ns.plugin.endpoint is None:
+        addresses = ns.plugin.addresses
+        if tls is None or not addresses:
             raise ValueError(f"namespace {ns.name!r}: a remote plugin needs endpoint and tls")
         self.settings = settings
         self.ns = ns
         self.instance = instance
-        self.endpoint = ns.plugin.endpoint
+        self.endpoint = addresses[0]
+        #: Several endpoints: the namespace instance's client, over one instance per endpoint.
+        self.balancer = (
+            Balancer(instance, addresses, ns.plugin.outlier_detection)
+            if len(addresses) > 1
+            else None
+        )
         self.server_hostname = tls.server_hostname
         self.ssl_context = client_ssl_context(tls.ca, tls.cert, tls.key)
         self.start_unreachable = start_unreachable
@@ -63,6 +76,9 @@ class RemoteModel:
         self.session = uuid.uuid4().hex
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.balancer is not None:
+            await self._run_balanced(self.balancer, task_status=task_status)
+            return
         await supervise(
             self.attempt,
             self.instance,
@@ -73,37 +89,80 @@ class RemoteModel:
             task_status=task_status,
         )
 
-    def _unreachable(self, exc: GrpcError) -> PluginUnreachable:
-        return PluginUnreachable(
-            f"cannot reach the remote plugin at {self.endpoint}: {exc.message or exc}"
+    async def _run_balanced(
+        self, balancer: Balancer, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Every endpoint's restart loop, started together; started once each has served or
+        failed its first attempt. A reload (not ``start_unreachable``) wants one serving."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(balancer.run)
+                async with trio.open_nursery() as starting:
+                    for endpoint in balancer.endpoints:
+                        starting.start_soon(nursery.start, self._supervise_endpoint, endpoint)
+                if not self.start_unreachable and not self.instance.available:
+                    raise PluginUnreachable(self.instance.down_reason)
+                task_status.started()
+        finally:
+            # Their loops were cancelled (which marks nothing): none is served from now on.
+            for endpoint in balancer.endpoints:
+                endpoint.retiring = True
+                endpoint.down("stopped")
+
+    async def _supervise_endpoint(
+        self, endpoint: EndpointInstance, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        async def attempt(number: int, *, task_status: trio.TaskStatus[None]) -> None:
+            try:
+                await self._attempt(endpoint.address or "", endpoint, task_status=task_status)
+            except Exception:
+                assert self.balancer is not None
+                self.balancer.failed(endpoint)
+                raise
+
+        await supervise(
+            attempt,
+            endpoint,
+            what=f"{describe_plugin(self.ns)} at {endpoint.address}",
+            startup_timeout=self.ns.plugin.startup_timeout,
+            backoff=RECONNECT_BACKOFF,
+            start_unreachable=True,
+            task_status=task_status,
         )
 
     async def attempt(self, number: int, *, task_status: trio.TaskStatus[None]) -> None:
+        await self._attempt(self.endpoint, self.instance, task_status=task_status)
+
+    async def _attempt(
+        self, endpoint: str, instance: Instance, *, task_status: trio.TaskStatus[None]
+    ) -> None:
         async with open_channel(
-            self.endpoint,
+            endpoint,
             ssl_context=self.ssl_context,
             server_hostname=self.server_hostname,
             options=self.settings.channel_options(),
         ) as channel:
             client = GrpcClient(channel, session=self.session)
-            self.instance.address = self.endpoint
+            instance.address = endpoint
             try:
                 await channel.connection()
-                health = await self._ensure_session(client)
+                health = await self._ensure_session(client, instance)
             except GrpcError as exc:
-                raise self._unreachable(exc) from None
-            self.instance.up(client, health)
+                raise PluginUnreachable(
+                    f"cannot reach the remote plugin at {endpoint}: {exc.message or exc}"
+                ) from None
+            instance.up(client, health)
             task_status.started()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_connection, channel)
-                await watch(self.ns, self.instance, client, remote=True)
+                nursery.start_soon(self._watch_connection, channel, endpoint, instance)
+                await watch(self.ns, instance, client, remote=True)
 
-    async def _ensure_session(self, client: GrpcClient) -> HealthCheckResponse:
+    async def _ensure_session(self, client: GrpcClient, instance: Instance) -> HealthCheckResponse:
         """This proxy's session in the service, healthy: kept across reconnections when the
         service still has it, initialized when it has none, replaced when it is UNHEALTHY."""
         health = await client.health_check()
         if health.details.get(SESSION_DETAIL) == "none":
-            if self.instance.restarts:
+            if instance.restarts:
                 log.warning(
                     "%s: the remote plugin service has no instance for this proxy (it "
                     "restarted?); initializing it again",
@@ -117,7 +176,7 @@ class RemoteModel:
             return await initialize(client, self.ns, self.settings.config)
         return health
 
-    async def _watch_connection(self, channel: Channel) -> None:
+    async def _watch_connection(self, channel: Channel, endpoint: str, instance: Instance) -> None:
         """End the attempt the moment the connection to the service is lost, rather than at the
         next health check: a ``grpc.health.v1`` Watch stream fails when the connection does."""
         try:
@@ -128,8 +187,8 @@ class RemoteModel:
                     pass
             message = "the remote plugin service ended its health watch"
         except GrpcError as exc:
-            message = f"connection to the remote plugin at {self.endpoint} lost: {exc.message}"
+            message = f"connection to the remote plugin at {endpoint} lost: {exc.message}"
         # Being stopped closes the connection too: that is no failure to report.
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.instance.down(message)
+        instance.down(message)
         raise PluginUnreachable(message)

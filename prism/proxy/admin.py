@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +21,7 @@ from prism import grpc as pg
 from prism._proto.prism.admin.v1 import (
     DisableNamespaceRequest,
     EnableNamespaceRequest,
+    EndpointStatus,
     GetNamespaceRequest,
     GetStatusRequest,
     ListNamespacesRequest,
@@ -32,7 +34,9 @@ from prism._proto.prism.admin.v1 import (
     ReloadNamespaceResponse,
 )
 from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus, PluginMetrics
+from prism.hosting.balancer import Balancer
 from prism.hosting.host import NamespaceRoute, PluginHost, PluginStartFailed
+from prism.hosting.remote import RemoteModel
 from prism.proxy.adminaudit import record_admin
 from prism.proxy.adminauth import ADMIN_CALLER, AdminCaller
 
@@ -93,6 +97,9 @@ class AdminActions:
             status.unavailable_reason = "" if instance.available else instance.down_reason
             status.in_flight = instance.in_flight
             status.last_health = instance.health
+            model = self.host.models.get(instance)
+            if isinstance(model, RemoteModel) and model.balancer is not None:
+                status.endpoints = endpoint_statuses(model.balancer)
         status.metrics = self.metrics(ns.name)
         return status
 
@@ -175,6 +182,27 @@ class AdminActions:
             return await config.reload_response()
 
         return await _audited("config-reload", "", caller, act)
+
+
+def endpoint_statuses(balancer: Balancer) -> list[EndpointStatus]:
+    """Each endpoint of a balanced remote plugin; ejection ends on the wall clock."""
+    now, wall = trio.current_time(), time.time()
+    statuses = []
+    for endpoint in balancer.endpoints:
+        state = endpoint.outlier
+        statuses.append(
+            EndpointStatus(
+                address=endpoint.address or "",
+                healthy=endpoint.available,
+                unavailable_reason="" if endpoint.available else endpoint.down_reason,
+                ejected=state.ejected,
+                ejected_until=wall + (state.ejected_until - now) if state.ejected else 0.0,
+                outstanding=endpoint.in_flight,
+                consecutive_failures=state.consecutive,
+                ejections=state.ejections,
+            )
+        )
+    return statuses
 
 
 async def _audited(
@@ -283,6 +311,9 @@ def namespace_json(ns: NamespaceStatus) -> dict[str, Any]:
         "metrics": None
         if ns.metrics is None
         else {f.name: getattr(ns.metrics, f.name) for f in dataclasses.fields(ns.metrics)},
+        "endpoints": [
+            {f.name: getattr(e, f.name) for f in dataclasses.fields(e)} for e in ns.endpoints
+        ],
     }
 
 

@@ -43,6 +43,7 @@ from prometheus_client.core import (
 
 from prism._proto.prism.plugin.v1 import PluginMetrics
 from prism.grpc.wire.status import Status
+from prism.hosting.instance import EndpointSeries
 from prism.proxy.request import RequestInfo
 
 __all__ = [
@@ -464,6 +465,27 @@ class ProxyMetrics:
             "Backend connections the plugin reports open.",
             (ns,),
         )
+        # A balanced remote plugin's endpoints (prism.hosting.balancer).
+        ep = "endpoint"
+        self.endpoint_requests = c(
+            "prism_plugin_endpoint_requests_total",
+            "Calls sent to one endpoint of a remote plugin (a retry counts on each endpoint).",
+            (ns, ep),
+        )
+        self.endpoint_failures = c(
+            "prism_plugin_endpoint_failures_total",
+            "Failures that count towards an endpoint's ejection: calls answered UNAVAILABLE or "
+            "DEADLINE_EXCEEDED, connections refused or lost.",
+            (ns, ep),
+        )
+        self.endpoint_ejections = c(
+            "prism_plugin_endpoint_ejections_total",
+            "Times an endpoint was ejected from balancing (outlier detection).",
+            (ns, ep),
+        )
+        self.endpoint_ejected = g(
+            "prism_plugin_endpoint_ejected", "1 while an endpoint is ejected, else 0.", (ns, ep)
+        )
         self._namespaces: dict[str, NamespaceMetrics] = {}
         #: Calls to a namespace that is not configured.
         self.unknown = NamespaceMetrics(self, UNKNOWN_NAMESPACE, configured=False)
@@ -574,3 +596,15 @@ class ProxyMetrics:
 
     def plugin_reloaded(self, namespace: str, ok: bool) -> None:
         self.plugin_reloads.labels(namespace, "ok" if ok else "failed").inc()
+
+    def endpoint_series(self, namespace: str, endpoint: str) -> EndpointSeries:
+        """``endpoint`` comes from the configuration (``plugin.endpoints``): a bounded label.
+        A reload that keeps an endpoint keeps its series (counters go on counting)."""
+        ejected = self.endpoint_ejected.labels(namespace, endpoint)
+        ejected.set(0)
+        return EndpointSeries(
+            self.endpoint_requests.labels(namespace, endpoint),
+            self.endpoint_failures.labels(namespace, endpoint),
+            self.endpoint_ejections.labels(namespace, endpoint),
+            ejected,
+        )

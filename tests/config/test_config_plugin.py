@@ -92,3 +92,52 @@ def test_plugin_name_and_command_must_not_be_empty() -> None:
     assert plugin_error(mode="sidecar", command=[]) == (
         "namespaces[0].plugin.command: must not be empty (leave it out for prism's runner)"
     )
+
+
+TLS = {"ca": "ca.pem"}
+
+
+def test_plugin_remote_endpoints_instead_of_endpoint() -> None:
+    found = plugin(mode="remote", endpoints=["a:1", "b:2"], tls=TLS)
+    assert (found.endpoint, found.endpoints, found.addresses) == (
+        None,
+        ("a:1", "b:2"),
+        ("a:1", "b:2"),
+    )
+    assert plugin(mode="remote", endpoint="a:1", tls=TLS).addresses == ("a:1",)
+    detection = found.outlier_detection
+    assert (detection.consecutive_failures, detection.max_ejection_percent) == (5, 50)
+    assert (detection.base_ejection_time, detection.max_ejection_time) == (30.0, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"endpoint": "a:1", "endpoints": ["b:2"]},
+            "endpoints: give either endpoint or endpoints, not both",
+        ),
+        ({"endpoints": ["a:1", "a:1"]}, "endpoints: lists an endpoint more than once"),
+        ({"endpoints": ["a"]}, "endpoints[0]: 'a' is not host:port"),
+        (
+            {"endpoints": ["a:1"], "outlier_detection": {"max_ejection_percent": 101}},
+            "outlier_detection.max_ejection_percent:",
+        ),
+        (
+            {"endpoints": ["a:1"], "outlier_detection": {"consecutive_failures": 0}},
+            "outlier_detection.consecutive_failures:",
+        ),
+    ],
+)
+def test_plugin_remote_endpoints_malformed(fields: dict[str, Any], error: str) -> None:
+    assert plugin_error(mode="remote", tls=TLS, **fields).startswith(
+        f"namespaces[0].plugin.{error}"
+    )
+
+
+@pytest.mark.parametrize("field", ["endpoints", "outlier_detection"])
+def test_plugin_endpoints_only_for_a_remote(field: str) -> None:
+    value: Any = ["a:1"] if field == "endpoints" else {"consecutive_failures": 3}
+    assert plugin_error(mode="sidecar", **{field: value}) == (
+        f"namespaces[0].plugin.{field}: only a remote plugin has endpoints (sidecar)"
+    )

@@ -137,7 +137,7 @@ def remote_service(
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # generous: a busy machine starts Python slowly
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"remote plugin service exited: {log.read_text()}")

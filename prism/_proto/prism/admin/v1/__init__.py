@@ -6,6 +6,7 @@
 __all__ = (
     "DisableNamespaceRequest",
     "EnableNamespaceRequest",
+    "EndpointStatus",
     "GetNamespaceRequest",
     "GetStatusRequest",
     "ListNamespacesRequest",
@@ -46,6 +47,57 @@ class EnableNamespaceRequest(betterproto2.Message):
 default_message_pool.register_message(
     "prism.admin.v1", "EnableNamespaceRequest", EnableNamespaceRequest
 )
+
+
+@dataclass(eq=False, repr=False)
+class EndpointStatus(betterproto2.Message):
+    """
+    One endpoint of a balanced remote plugin.
+    """
+
+    address: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    host:port, as configured.
+    """
+
+    healthy: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Connected, its session Initialized, and its last health answer HEALTHY or DEGRADED.
+    """
+
+    unavailable_reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Why it is not healthy ("" when it is).
+    """
+
+    ejected: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Taken out of balancing by outlier detection.
+    """
+
+    ejected_until: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    While ejected: when its ejection time ends (Unix seconds); it is re-admitted once that
+    has passed and it is healthy. 0 when not ejected.
+    """
+
+    outstanding: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
+    """
+    Calls to it in flight right now (what the balancer compares).
+    """
+
+    consecutive_failures: "int" = betterproto2.field(7, betterproto2.TYPE_UINT32)
+    """
+    Failures in a row so far (UNAVAILABLE, DEADLINE_EXCEEDED, connection failures).
+    """
+
+    ejections: "int" = betterproto2.field(8, betterproto2.TYPE_UINT32)
+    """
+    The multiplier of its next ejection time, less the decay (outlier_detection.interval).
+    """
+
+
+default_message_pool.register_message("prism.admin.v1", "EndpointStatus", EndpointStatus)
 
 
 @dataclass(eq=False, repr=False)
@@ -139,6 +191,14 @@ class NamespaceStatus(betterproto2.Message):
     disabled: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
     """
     Disabled by an operator (DisableNamespace): no instance runs until EnableNamespace.
+    """
+
+    endpoints: "list[EndpointStatus]" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    A remote plugin with several endpoints (plugin.endpoints): each one, in config order.
+    Empty for every other plugin.
     """
 
 
