@@ -120,7 +120,7 @@ class Membership:
         """Keep the record in etcd until cancelled; then revoke its lease (within a grace)."""
         task_status.started()
         delay = BACKOFF_MIN
-        async with EtcdClient(self.target.endpoint) as client:
+        async with self.target.client() as client:
             while True:
                 lease = 0
                 try:
