@@ -4,6 +4,8 @@ by the test harness, torn down even when a test fails."""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import socket
 import ssl
@@ -127,6 +129,50 @@ class EtcdServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+#: The password of the ``prism`` user :func:`enable_auth` adds.
+PASSWORD = "s3cret-etcd-pw"
+ROOT_PASSWORD = "r00t-etcd-pw"
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def enable_auth(endpoint: str, prefix: str, *, context: ssl.SSLContext | None = None) -> None:
+    """A root user, and ``prism`` (password :data:`PASSWORD`) with read-write on ``prefix``;
+    then auth on: from here every call needs a token."""
+    calls: list[tuple[str, dict[str, object]]] = [
+        ("auth/user/add", {"name": "root", "password": ROOT_PASSWORD}),
+        ("auth/user/grant", {"user": "root", "role": "root"}),
+        ("auth/user/add", {"name": "prism", "password": PASSWORD}),
+        ("auth/role/add", {"name": "fleet"}),
+        (
+            "auth/role/grant",
+            {
+                "name": "fleet",
+                "perm": {
+                    "permType": "READWRITE",
+                    "key": _b64(prefix),
+                    "range_end": _b64(_prefix_end(prefix)),
+                },
+            },
+        ),
+        ("auth/user/grant", {"user": "prism", "role": "fleet"}),
+        ("auth/enable", {}),
+    ]
+    for path, body in calls:
+        request = urllib.request.Request(
+            f"{endpoint}/v3/{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+            assert answer.status == 200
+
+
+def _prefix_end(prefix: str) -> bytes:
+    raw = prefix.encode()
+    return raw[:-1] + bytes([raw[-1] + 1])
 
 
 @contextmanager

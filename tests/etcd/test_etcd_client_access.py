@@ -3,56 +3,19 @@ certificate, each a real etcd configured so."""
 
 from __future__ import annotations
 
-import base64
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
-from etcd_server import EtcdServer, EtcdTLS, etcd_server
+from etcd_server import PASSWORD, EtcdServer, EtcdTLS, enable_auth, etcd_server
 
-from prism.etcd import EtcdAccess, EtcdClient, EtcdError, EtcdUnavailable, prefix_end
+from prism.etcd import EtcdAccess, EtcdClient, EtcdError, EtcdUnavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hosting"))
 
 from host_testkit import Certs
-
-PASSWORD = "s3cret-etcd-pw"
-ROOT_PASSWORD = "r00t-etcd-pw"
-
-
-def b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
-def enable_auth(endpoint: str, prefix: str, *, verify: object = True) -> None:
-    """A root user, and ``prism`` (password :data:`PASSWORD`) with read-write on ``prefix``;
-    then auth on: from here every call needs a token."""
-    calls: list[tuple[str, dict[str, object]]] = [
-        ("auth/user/add", {"name": "root", "password": ROOT_PASSWORD}),
-        ("auth/user/grant", {"user": "root", "role": "root"}),
-        ("auth/user/add", {"name": "prism", "password": PASSWORD}),
-        ("auth/role/add", {"name": "fleet"}),
-        (
-            "auth/role/grant",
-            {
-                "name": "fleet",
-                "perm": {
-                    "permType": "READWRITE",
-                    "key": b64(prefix),
-                    "range_end": b64(prefix_end(prefix)),
-                },
-            },
-        ),
-        ("auth/user/grant", {"user": "prism", "role": "fleet"}),
-        ("auth/enable", {}),
-    ]
-    with httpx.Client(verify=verify) as http:  # type: ignore[arg-type]
-        for path, body in calls:
-            answer = http.post(f"{endpoint}/v3/{path}", json=body)
-            assert answer.status_code == 200, answer.text
 
 
 @pytest.fixture(scope="module")
