@@ -90,34 +90,22 @@ async def test_cli_refuses_a_literal_password_and_a_wrong_one(
 ) -> None:
     url = f"{etcd.endpoint}/fleet/b"
     tls = access(certs, tmp_path)[:6]
+
+    async def status(password: str) -> tuple[int, str]:
+        answer = await prism(
+            "fleet", "status", "--etcd", url, *tls, "--etcd-user", "prism",
+            "--etcd-password", password,
+        )  # fmt: skip
+        return answer.returncode, answer.stderr.decode()
+
     with trio.fail_after(60):
-        literal = await prism(
-            "fleet",
-            "status",
-            "--etcd",
-            url,
-            *tls,
-            "--etcd-user",
-            "prism",
-            "--etcd-password",
-            PASSWORD,
-        )
-        assert literal.returncode == 1
-        assert "--etcd-password: not a reference" in literal.stderr.decode()
-        assert PASSWORD not in literal.stderr.decode()
+        code, err = await status(PASSWORD)
+        assert code == 1
+        assert "--etcd-password: not a reference" in err
+        assert PASSWORD not in err
         (tmp_path / "wrong").write_text("not-the-password")
-        wrong = await prism(
-            "fleet",
-            "status",
-            "--etcd",
-            url,
-            *tls,
-            "--etcd-user",
-            "prism",
-            "--etcd-password",
-            f"{{{{ file:{tmp_path / 'wrong'} }}}}",
-        )
-        assert wrong.returncode == 1
-        assert "etcd authenticate as prism" in wrong.stderr.decode()
-        assert "authentication failed" in wrong.stderr.decode()
-        assert "not-the-password" not in wrong.stderr.decode()
+        code, err = await status(f"{{{{ file:{tmp_path / 'wrong'} }}}}")
+        assert code == 1
+        assert "etcd authenticate as prism" in err
+        assert "authentication failed" in err
+        assert "not-the-password" not in err
