@@ -75,15 +75,29 @@ async def test_client_auth_wrong_password_never_shows_it(etcd: EtcdServer) -> No
 
 
 async def test_client_auth_authenticates_again_after_etcd_restarts(etcd: EtcdServer) -> None:
-    """etcd's simple tokens live in its memory: after a restart the client's token is invalid,
-    and the next call takes a new one instead of failing."""
+    """etcd's simple tokens live in its memory: after a restart the client's token may be
+    refused. A call then takes a new one at once; a watch refused so fails (its caller
+    resumes it, as the config source does), and the next watch authenticates again."""
     async with EtcdClient(etcd.endpoint, access=prism_user()) as client:
         await client.put("/fleet/restart", b"before")
-        await trio.to_thread.run_sync(etcd.kill)
-        await trio.to_thread.run_sync(etcd.start)
-        with trio.fail_after(30):
-            await client.put("/fleet/restart", b"after")
+        refused: list[str] = []
+        for _ in range(2):
+            await trio.to_thread.run_sync(etcd.kill)
+            await trio.to_thread.run_sync(etcd.start)
+            with trio.fail_after(30):
+                revision = await client.put("/fleet/restart", b"after")
+                for attempt in range(2):
+                    try:
+                        async with client.watch("/fleet/restart", start_revision=revision) as w:
+                            async for batch in w:
+                                assert batch.events[0].kv.value == b"after"
+                                break
+                        break
+                    except EtcdError as exc:
+                        refused.append(exc.reason)
+                        assert attempt == 0
         assert (await client.range("/fleet/restart")).kvs[0].value == b"after"
+    assert all("invalid auth token" in reason for reason in refused)
 
 
 async def test_client_tls_with_a_client_certificate(etcd_tls: EtcdServer, certs: Certs) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 from etcd_server import PASSWORD, EtcdServer, EtcdTLS, enable_auth, etcd_server, free_port
-from fleet_testkit import document, ns, prism, serves, serving
+from fleet_testkit import document, ns, prism, running, serves, serving, set_, wait_for
 from host_testkit import Certs
 
-from prism.etcd import parse_target
+from prism.etcd import EtcdAccess, EtcdTarget, parse_target
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,31 @@ async def test_cli_refuses_a_literal_password_and_a_wrong_one(
         assert "etcd authenticate as prism" in err
         assert "authentication failed" in err
         assert "not-the-password" not in err
+
+
+async def test_source_with_auth_resumes_its_watch_after_etcd_forgets_the_token(
+    etcd: EtcdServer, certs: Certs, tmp_path: Path
+) -> None:
+    """etcd's tokens live in its memory: after a restart the watch's token is refused, and the
+    proxy authenticates again and picks up the next change."""
+    target = parse_target(f"{etcd.endpoint}/fleet/c")
+    target = EtcdTarget(
+        target.endpoint,
+        target.prefix,
+        EtcdAccess(
+            ca=certs.ca, cert=certs.client, key=certs.client, user="prism", password=PASSWORD
+        ),
+    )
+    async with target.client() as client:
+        await client.put(target.config_key, document(ns("kv")))
+    with trio.fail_after(120):
+        async with running(target, tmp_path / "cache.json") as (_, source, front):
+            await trio.to_thread.run_sync(etcd.kill)
+            while source.etcd_error is None:
+                await source.changed()
+            await trio.to_thread.run_sync(etcd.start)
+            async with target.client() as client:
+                latest = await client.put(target.config_key, document(ns("kv"), ns("after")))
+            await wait_for(source, latest)
+            assert source.applied_revision == latest
+            await set_(front, "after", "k", b"1")
