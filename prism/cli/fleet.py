@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from pathlib import Path
 
@@ -86,6 +87,12 @@ def _target(url: str, args: argparse.Namespace | None = None) -> EtcdTarget:
         raise ConfigError("--etcd-cacert and --etcd-cert need an https:// etcd URL")
     if (access.cert is None) != (access.key is None):
         raise ConfigError("--etcd-cert and --etcd-key go together")
+    if target.endpoint.startswith("https://"):
+        try:  # the files are read now: a wrong path is a start error, not a retry loop
+            access.ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"etcd TLS files (--etcd-cacert, --etcd-cert): {reason}") from None
     return EtcdTarget(target.endpoint, target.prefix, access)
 
 

@@ -109,6 +109,10 @@ async def test_cli_refuses_a_literal_password_and_a_wrong_one(
         assert "etcd authenticate as prism" in err
         assert "authentication failed" in err
         assert "not-the-password" not in err
+        missing = await prism("fleet", "status", "--etcd", url, "--etcd-cacert", "/nonexistent")
+        assert missing.returncode == 1
+        assert "etcd TLS files" in missing.stderr.decode()
+        assert "No such file or directory" in missing.stderr.decode()
 
 
 async def test_source_with_auth_resumes_its_watch_after_etcd_forgets_the_token(
