@@ -4,14 +4,18 @@ by the test harness, torn down even when a test fails."""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -24,25 +28,65 @@ def free_port() -> int:
         return port
 
 
-class EtcdServer:
-    """``endpoint``: its client URL. :meth:`kill` and :meth:`start` again keep ports and data."""
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS for etcd's client URL: ``server`` holds its key and certificate (for 127.0.0.1),
+    signed by ``ca``; with ``client`` (a key and certificate in one PEM) etcd asks clients for
+    a certificate signed by ``ca`` (``--client-cert-auth``), and the harness presents it."""
 
-    def __init__(self, directory: Path) -> None:
+    ca: Path
+    server: Path
+    client: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.client is not None:
+            ctx.load_cert_chain(self.client)
+        return ctx
+
+
+class EtcdServer:
+    """``endpoint``: its client URL. :meth:`kill` and :meth:`start` again keep ports and data.
+    ``host``: the address it listens on (another network namespace's, with ``netns``: etcd then
+    runs in that namespace)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: EtcdTLS | None = None,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
         self.directory = directory
+        self.tls = tls
+        self.host = host
+        self.netns = netns
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        scheme = "http" if tls is None else "https"
+        self.endpoint = f"{scheme}://{host}:{self.client_port}"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _tls_args(self) -> Sequence[str]:
+        if self.tls is None:
+            return ()
+        args = ["--cert-file", str(self.tls.server), "--key-file", str(self.tls.server)]
+        if self.tls.client is not None:
+            args += ["--client-cert-auth", "--trusted-ca-file", str(self.tls.ca)]
+        return args
 
     @property
     def log(self) -> Path:
         return self.directory / "etcd.log"
 
     def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
+        prefix = [] if self.netns is None else ["ip", "netns", "exec", self.netns]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [
+                    *prefix,
                     ETCD,
                     "--name",
                     "test",
@@ -58,6 +102,7 @@ class EtcdServer:
                     peer,
                     "--initial-cluster",
                     f"test={peer}",
+                    *self._tls_args(),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -69,7 +114,10 @@ class EtcdServer:
                 "etcd did not start: " + self.log.read_text()[-3000:]
             )
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=2) as answer:
+                context = None if self.tls is None else self.tls.context()
+                with urllib.request.urlopen(
+                    f"{self.endpoint}/health", timeout=2, context=context
+                ) as answer:
                     if b'"true"' in answer.read():
                         return
             except OSError:
@@ -83,10 +131,56 @@ class EtcdServer:
         self.process = None
 
 
+#: The password of the ``prism`` user :func:`enable_auth` adds.
+PASSWORD = "s3cret-etcd-pw"
+ROOT_PASSWORD = "r00t-etcd-pw"
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def enable_auth(endpoint: str, prefix: str, *, context: ssl.SSLContext | None = None) -> None:
+    """A root user, and ``prism`` (password :data:`PASSWORD`) with read-write on ``prefix``;
+    then auth on: from here every call needs a token."""
+    calls: list[tuple[str, dict[str, object]]] = [
+        ("auth/user/add", {"name": "root", "password": ROOT_PASSWORD}),
+        ("auth/user/grant", {"user": "root", "role": "root"}),
+        ("auth/user/add", {"name": "prism", "password": PASSWORD}),
+        ("auth/role/add", {"name": "fleet"}),
+        (
+            "auth/role/grant",
+            {
+                "name": "fleet",
+                "perm": {
+                    "permType": "READWRITE",
+                    "key": _b64(prefix),
+                    "range_end": _b64(_prefix_end(prefix)),
+                },
+            },
+        ),
+        ("auth/user/grant", {"user": "prism", "role": "fleet"}),
+        ("auth/enable", {}),
+    ]
+    for path, body in calls:
+        request = urllib.request.Request(
+            f"{endpoint}/v3/{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+            assert answer.status == 200
+
+
+def _prefix_end(prefix: str) -> bytes:
+    raw = prefix.encode()
+    return raw[:-1] + bytes([raw[-1] + 1])
+
+
 @contextmanager
-def etcd_server() -> Iterator[EtcdServer]:
+def etcd_server(
+    *, tls: EtcdTLS | None = None, host: str = "127.0.0.1", netns: str | None = None
+) -> Iterator[EtcdServer]:
     directory = Path(tempfile.mkdtemp(prefix="prism-etcd-test-"))
-    server = EtcdServer(directory)
+    server = EtcdServer(directory, tls=tls, host=host, netns=netns)
     try:
         server.start()
         yield server

@@ -11,7 +11,8 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 `backends` (backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py:
 PostgreSQL, with the driver comparison), `traffic` (traffic.py: a bystander under a flood, with
 and without a namespace's concurrency cap), `fleet-limits` (fleetlimit.py: a fleet rate limit's
-cost per request beside a local one).
+cost per request beside a local one), `fleet-config` (fleet_config.py: a config change from an
+etcd PUT to serving on three proxies).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SUITE_MODULES = (
     "bench.suites.traffic",
     "bench.suites.tracing",
     "bench.suites.fleetlimit",
+    "bench.suites.fleet_config",
 )
 DEFAULT_SUITE = "grpc"
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from pathlib import Path
 
 import trio
 
 from prism.config import ConfigError, ProxyConfig
-from prism.etcd import EtcdClient, EtcdError, EtcdTarget, parse_target
+from prism.config.secrets import Reference, SecretsConfig, parse_credential, resolve_credentials
+from prism.etcd import EtcdAccess, EtcdError, EtcdTarget, parse_target
 from prism.fleet.members import Member, list_members
 from prism.fleet.push import PushConflict, current_revision, push
 from prism.fleet.source import EtcdConfigSource, read_initial
 
 __all__ = [
     "CACHE_NAME",
+    "add_access_options",
     "add_fleet_parser",
     "add_push_parser",
     "fleet_command",
@@ -29,23 +32,85 @@ CACHE_NAME = "etcd-config-cache.json"
 ETCD_HELP = "the fleet's etcd and key prefix: etcd://HOST:PORT/PREFIX (the config is PREFIX/config)"
 
 
-def _target(url: str) -> EtcdTarget:
+_PASSWORD_HELP = (
+    "etcd auth password, as a reference only: {{ secret:NAME }}, {{ file:PATH }} or "
+    "{{ env:NAME }} (a password on the command line would be visible to every user of the host)"
+)
+
+
+def add_access_options(parser: argparse.ArgumentParser) -> None:
+    """How to reach a secured etcd (TLS, auth): the same options on every etcd command."""
+    parser.add_argument("--etcd-cacert", type=Path, help="CA bundle for an https:// etcd")
+    parser.add_argument("--etcd-cert", type=Path, help="client certificate for etcd (mTLS)")
+    parser.add_argument("--etcd-key", type=Path, help="the client certificate's key")
+    parser.add_argument("--etcd-user", help="etcd auth user (with --etcd-password)")
+    parser.add_argument("--etcd-password", metavar="REFERENCE", help=_PASSWORD_HELP)
+    parser.add_argument(
+        "--etcd-secrets-dir",
+        type=Path,
+        help="where {{ secret:NAME }} in --etcd-password is looked up (a file per secret), "
+        "before the environment variable PRISM_SECRET_NAME",
+    )
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    text: str | None = getattr(args, "etcd_password", None)
+    if text is None:
+        return None
     try:
-        return parse_target(url)
+        parts = parse_credential(text)
+    except ValueError as exc:
+        raise ConfigError(f"--etcd-password: {exc}") from None
+    if len(parts) != 1 or not isinstance(parts[0], Reference):
+        raise ConfigError(f"--etcd-password: not a reference; {_PASSWORD_HELP}")
+    secrets = SecretsConfig(directory=getattr(args, "etcd_secrets_dir", None))
+    return resolve_credentials({"password": text}, secrets, where="--etcd")["password"]
+
+
+def _target(url: str, args: argparse.Namespace | None = None) -> EtcdTarget:
+    try:
+        target = parse_target(url)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if args is None:
+        return target
+    access = EtcdAccess(
+        ca=getattr(args, "etcd_cacert", None),
+        cert=getattr(args, "etcd_cert", None),
+        key=getattr(args, "etcd_key", None),
+        user=getattr(args, "etcd_user", None),
+        password=_password(args),
+    )
+    if (access.user is None) != (access.password is None):
+        raise ConfigError("--etcd-user and --etcd-password go together")
+    if (access.ca or access.cert) and not target.endpoint.startswith("https://"):
+        raise ConfigError("--etcd-cacert and --etcd-cert need an https:// etcd URL")
+    if (access.cert is None) != (access.key is None):
+        raise ConfigError("--etcd-cert and --etcd-key go together")
+    if target.endpoint.startswith("https://"):
+        try:  # the files are read now: a wrong path is a start error, not a retry loop
+            access.ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"etcd TLS files (--etcd-cacert, --etcd-cert): {reason}") from None
+    return EtcdTarget(target.endpoint, target.prefix, access)
 
 
 def open_source(
-    url: str, cache: Path | None, data_dir: Path
+    url: str,
+    cache: Path | None,
+    data_dir: Path,
+    args: argparse.Namespace | None = None,
 ) -> tuple[ProxyConfig, EtcdConfigSource]:
     """``prism serve --config etcd://...``: the config to start with (read from etcd, or from
     the cache when etcd is down) and the watch that keeps it current. ConfigError when there
-    is nothing valid to start from."""
-    target = _target(url)
+    is nothing valid to start from. ``args``: the serve command's etcd options (access,
+    ``--member-id``)."""
+    target = _target(url, args)
     path = cache if cache is not None else data_dir / CACHE_NAME
     initial = trio.run(read_initial, target, path)
-    return initial.config, EtcdConfigSource(target, path, initial)
+    member = getattr(args, "member_id", None)
+    return initial.config, EtcdConfigSource(target, path, initial, member=member)
 
 
 def add_push_parser(config: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +120,7 @@ def add_push_parser(config: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     push_cmd.add_argument("file", type=Path)
     push_cmd.add_argument("--etcd", required=True, help=ETCD_HELP)
+    add_access_options(push_cmd)
     push_cmd.add_argument(
         "--expect-revision",
         type=int,
@@ -66,10 +132,10 @@ def add_push_parser(config: argparse._SubParsersAction[argparse.ArgumentParser])
 def push_command(args: argparse.Namespace) -> int:
     """Exit status: 0 pushed (or unchanged), 1 invalid file, etcd error or conflict."""
     try:
-        target = _target(args.etcd)
+        target = _target(args.etcd, args)
 
         async def run() -> str:
-            async with EtcdClient(target.endpoint) as client:
+            async with target.client() as client:
                 pushed = await push(client, target, args.file, expect_revision=args.expect_revision)
             if pushed.unchanged:
                 return f"{args.file}: unchanged at etcd key {pushed.key} revision {pushed.revision}"
@@ -102,16 +168,17 @@ def add_fleet_parser(
         "status", help="the proxies registered in etcd and the config revision each runs"
     )
     status.add_argument("--etcd", required=True, help=ETCD_HELP)
+    add_access_options(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def fleet_command(args: argparse.Namespace) -> int:
     """``prism fleet status``: exit 0 with the table (or JSON), 1 when etcd cannot be read."""
     try:
-        target = _target(args.etcd)
+        target = _target(args.etcd, args)
 
         async def run() -> tuple[int, list[Member | str]]:
-            async with EtcdClient(target.endpoint) as client:
+            async with target.client() as client:
                 revision, _ = await current_revision(client, target)
                 return revision, await list_members(client, target)
 

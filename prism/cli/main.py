@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --config etcd://...: where the last good config is cached (0600), to start "
         f"from while etcd is down (default: DATA_DIR/{fleet_cli.CACHE_NAME})",
     )
+    serve.add_argument(
+        "--member-id",
+        help="with --config etcd://...: this proxy's id in the fleet's membership records "
+        "(default: HOSTNAME:PORT of the front door)",
+    )
+    fleet_cli.add_access_options(serve)
     serve.add_argument("--listen", help="host:port for the front door (overrides the config)")
     serve.add_argument(
         "--admin",
@@ -270,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             path, source = None, None
             if args.config and is_etcd_url(args.config):
                 config, source = fleet_cli.open_source(
-                    args.config, args.config_cache, args.data_dir
+                    args.config, args.config_cache, args.data_dir, args
                 )
             elif args.config:
                 path = Path(args.config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prism.etcd.client import (
     Compare,
+    EtcdAccess,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -22,6 +23,7 @@ from prism.etcd.target import EtcdTarget, is_etcd_url, parse_target
 
 __all__ = [
     "Compare",
+    "EtcdAccess",
     "EtcdClient",
     "EtcdError",
     "EtcdTarget",

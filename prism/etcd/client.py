@@ -7,23 +7,41 @@ fields at their default (``succeeded: false``, a PUT event's ``type``, a zero ``
 module hides all of that behind bytes and ints.
 
 Errors are :class:`EtcdError` and say which operation failed against which endpoint, and why;
-they never hold a value (a config document may hold credentials) nor the URL's user info. No
+they never hold a value (a config document may hold credentials), a password or a token. No
 call has a timeout of its own: the caller's cancel scope is the deadline.
+
+Connections use TCP keepalive (:data:`KEEPALIVE_IDLE`, :data:`KEEPALIVE_INTERVAL`,
+:data:`KEEPALIVE_COUNT`) and ``TCP_USER_TIMEOUT``: a watch only reads, so without probes a
+connection whose peer vanished without a RST (a partition, a host gone, etcd restarted while
+the network was cut) would wait for events forever. With them the kernel ends it within about
+:data:`KEEPALIVE_IDLE` + :data:`KEEPALIVE_INTERVAL` * :data:`KEEPALIVE_COUNT` seconds of
+silence and the watch fails with EtcdUnavailable (its caller resumes it).
+
+:class:`EtcdAccess` holds TLS (a CA, a client certificate) and etcd's user/password auth: the
+client authenticates (``/v3/auth/authenticate``) before its first call, sends the token in the
+``Authorization`` header, and authenticates again when etcd says the token is no longer valid.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
 __all__ = [
+    "KEEPALIVE_COUNT",
+    "KEEPALIVE_IDLE",
+    "KEEPALIVE_INTERVAL",
     "Compare",
+    "EtcdAccess",
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailable",
@@ -40,6 +58,17 @@ __all__ = [
 
 #: Largest single line read from a watch stream (one response; a config document is small).
 MAX_WATCH_LINE = 8 << 20
+
+#: Seconds of silence on a connection before the kernel probes the peer.
+KEEPALIVE_IDLE = 5
+#: Seconds between two unanswered probes.
+KEEPALIVE_INTERVAL = 2
+#: Unanswered probes after which the connection is dead (and, as TCP_USER_TIMEOUT, how long
+#: sent data may stay unacknowledged: idle + interval * count seconds).
+KEEPALIVE_COUNT = 3
+
+# etcd's answers when a token expired or was revoked (the client authenticates again).
+_TOKEN_ERRORS = ("invalid auth token", "user name is empty")
 
 
 class EtcdError(Exception):
@@ -135,6 +164,44 @@ class TxnResult:
     kvs: tuple[KeyValue, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdAccess:
+    """How to reach a secured etcd. ``ca``: the CA bundle that signed etcd's certificate
+    (https endpoints; the system roots when None); ``cert``/``key``: a client certificate
+    (etcd's ``--client-cert-auth``); ``user``/``password``: etcd's auth (the password is
+    never shown, in a repr or an error)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS to etcd: its certificate checked against ``ca`` and the endpoint's host name."""
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=None if self.ca is None else str(self.ca)
+        )
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert is not None:
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+def _socket_options() -> list[tuple[int, int, int]]:
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    # Linux names; elsewhere the system's keepalive defaults apply.
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", 1000 * (KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT)),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
 def _bytes(data: bytes | str) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
@@ -181,14 +248,30 @@ def _put_request(op: Put) -> dict[str, Any]:
 
 
 class EtcdClient:
-    """One etcd endpoint, ``http://HOST:PORT`` (or https). An async context manager: its
-    connections are closed when the block ends."""
+    """One etcd endpoint, ``http://HOST:PORT`` (or https), reached as ``access`` says. An
+    async context manager: its connections are closed when the block ends."""
 
-    def __init__(self, endpoint: str, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        access: EtcdAccess | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
-        # No timeouts of its own (the caller's cancel scope is the deadline): a watch waits
-        # for events for as long as its caller wants.
-        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(None))
+        self.access = access or EtcdAccess()
+        if (self.access.user is None) != (self.access.password is None):
+            raise ValueError("etcd auth needs both a user and a password")
+        self._token: str | None = None
+        if http is None:
+            verify: ssl.SSLContext | bool = True
+            if self.endpoint.startswith("https://"):
+                verify = self.access.ssl_context()
+            transport = httpx.AsyncHTTPTransport(verify=verify, socket_options=_socket_options())
+            # No timeouts of its own (the caller's cancel scope is the deadline): a watch
+            # waits for events for as long as its caller wants.
+            http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(None))
+        self._http = http
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -199,15 +282,49 @@ class EtcdClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, path: str, body: Mapping[str, Any], operation: str) -> dict[str, Any]:
+    async def _headers(self) -> dict[str, str]:
+        """The auth token's header (authenticating first when there is none yet)."""
+        if self.access.user is None:
+            return {}
+        if self._token is None:
+            body = {"name": self.access.user, "password": self.access.password}
+            operation = f"authenticate as {self.access.user}"
+            answer = await self._post("auth/authenticate", body, operation, {})
+            token = answer.get("token")
+            if not isinstance(token, str) or not token:
+                raise EtcdError(operation, self.endpoint, "etcd sent no token (is auth enabled?)")
+            self._token = token
+        return {"Authorization": self._token}
+
+    async def _post(
+        self, path: str, body: Mapping[str, Any], operation: str, headers: Mapping[str, str]
+    ) -> dict[str, Any]:
         try:
-            response = await self._http.post(f"{self.endpoint}/v3/{path}", json=body)
+            response = await self._http.post(
+                f"{self.endpoint}/v3/{path}", json=body, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise EtcdUnavailable(operation, self.endpoint, _reason(exc)) from None
         answer = _json(response.content)
         if response.status_code != 200 or "error" in answer:
             raise _error(operation, self.endpoint, response.status_code, answer)
         return answer
+
+    async def _call(self, path: str, body: Mapping[str, Any], operation: str) -> dict[str, Any]:
+        try:
+            return await self._post(path, body, operation, await self._headers())
+        except EtcdError as exc:
+            if not self._stale_token(exc):
+                raise
+        # The token expired (or etcd restarted and forgot it): once more with a new one.
+        return await self._post(path, body, operation, await self._headers())
+
+    def _stale_token(self, exc: EtcdError) -> bool:
+        """Whether ``exc`` says the token is no longer valid; if so, forget it."""
+        if self._token is None or not any(text in exc.reason for text in _TOKEN_ERRORS):
+            return False
+        self._token = None
+        return True
 
     async def range(
         self, key: bytes | str, *, prefix: bool = False, revision: int = 0
@@ -276,14 +393,20 @@ class EtcdClient:
         if prefix:
             request["range_end"] = _b64(prefix_end(key))
         url = f"{self.endpoint}/v3/watch"
+        headers = await self._headers()
         try:
-            async with self._http.stream("POST", url, json={"create_request": request}) as response:
+            async with self._http.stream(
+                "POST", url, json={"create_request": request}, headers=headers
+            ) as response:
                 if response.status_code != 200:
                     body = await response.aread()
                     raise _error(operation, self.endpoint, response.status_code, _json(body))
                 yield self._batches(response, operation)
         except httpx.HTTPError as exc:
             raise EtcdUnavailable(operation, self.endpoint, _reason(exc)) from None
+        except EtcdError as exc:
+            self._stale_token(exc)  # the next watch authenticates again
+            raise
 
     async def _batches(self, response: httpx.Response, operation: str) -> AsyncIterator[WatchBatch]:
         try:
@@ -355,5 +478,10 @@ def _error(operation: str, endpoint: str, status: int, answer: Any) -> EtcdError
 
 
 def _reason(exc: httpx.HTTPError) -> str:
-    # httpx's messages name the URL at most, and our URLs carry no user info.
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # httpx's messages name the URL at most, and our URLs carry no user info. An empty one
+    # (a failed TLS handshake) is explained by its cause: certificate verify failed, ...
+    cause: BaseException | None = exc
+    while cause is not None and not str(cause):
+        cause = cause.__cause__ or cause.__context__
+    text = str(cause) if cause is not None else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from prism.etcd.client import EtcdAccess, EtcdClient
 
 __all__ = ["EtcdTarget", "is_etcd_url", "parse_target"]
 
@@ -13,10 +15,16 @@ _SCHEMES = {"etcd": "http", "http": "http", "https": "https"}
 @dataclass(frozen=True, slots=True)
 class EtcdTarget:
     """``endpoint``: etcd's client URL (``http://HOST:PORT``); ``prefix``: the fleet's key
-    prefix, always ending in ``/`` (``/prism/`` for ``etcd://HOST:PORT/prism``)."""
+    prefix, always ending in ``/`` (``/prism/`` for ``etcd://HOST:PORT/prism``); ``access``:
+    TLS and credentials (never part of the URL)."""
 
     endpoint: str
     prefix: str
+    access: EtcdAccess = field(default_factory=EtcdAccess, compare=False)
+
+    def client(self) -> EtcdClient:
+        """A client for this target's endpoint, with its access."""
+        return EtcdClient(self.endpoint, access=self.access)
 
     @property
     def config_key(self) -> str:

@@ -120,18 +120,18 @@ class Membership:
         """Keep the record in etcd until cancelled; then revoke its lease (within a grace)."""
         task_status.started()
         delay = BACKOFF_MIN
-        async with EtcdClient(self.target.endpoint) as client:
+        async with self.target.client() as client:
             while True:
                 lease = 0
                 try:
                     with trio.fail_after(READ_DEADLINE):
                         lease = await client.lease_grant(self.ttl)
-                        await self._publish(client, lease)
+                        published = await self._publish(client, lease)
                     log.info("registered as %s (lease %x, %d s)", self.key, lease, self.ttl)
                     delay = BACKOFF_MIN
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._keepalive, client, lease)
-                        nursery.start_soon(self._republish, client, lease)
+                        nursery.start_soon(self._republish, client, lease, published)
                 except* (EtcdError, trio.TooSlowError) as group:
                     reason = str(group.exceptions[0]) or "etcd did not answer"
                     log.warning("membership %s: %s; registering again", self.key, reason)
@@ -143,9 +143,11 @@ class Membership:
                             with contextlib.suppress(EtcdError):  # it expires by itself
                                 await client.lease_revoke(lease)
 
-    async def _publish(self, client: EtcdClient, lease: int) -> None:
-        body = json.dumps(self.record().to_json(), sort_keys=True)
-        await client.put(self.key, body, lease=lease)
+    async def _publish(self, client: EtcdClient, lease: int) -> tuple[int, str | None]:
+        """Write the record as it is now; the state it holds."""
+        record = self.record()
+        await client.put(self.key, json.dumps(record.to_json(), sort_keys=True), lease=lease)
+        return record.config_revision, record.last_error
 
     async def _keepalive(self, client: EtcdClient, lease: int) -> None:
         while True:
@@ -153,11 +155,18 @@ class Membership:
             with trio.fail_after(READ_DEADLINE):
                 await client.lease_keepalive(lease)
 
-    async def _republish(self, client: EtcdClient, lease: int) -> None:
+    async def _republish(
+        self, client: EtcdClient, lease: int, published: tuple[int, str | None]
+    ) -> None:
+        # Compared with what was written rather than woken per change: a change made while
+        # a write (or the registration) was under way has no waiter to wake, and would stay
+        # unpublished until the next one.
         while True:
-            await self._changed()
+            if self._state() == published:
+                await self._changed()
+                continue
             with trio.fail_after(READ_DEADLINE):
-                await self._publish(client, lease)
+                published = await self._publish(client, lease)
 
 
 async def list_members(client: EtcdClient, target: EtcdTarget) -> list[Member | str]:

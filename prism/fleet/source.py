@@ -76,7 +76,7 @@ async def read_initial(target: EtcdTarget, cache: Path) -> Initial:
     ConfigError when there is none to start from, or it is invalid."""
     key = target.config_key
     try:
-        async with EtcdClient(target.endpoint) as client:
+        async with target.client() as client:
             with trio.fail_after(READ_DEADLINE):
                 result = await client.range(key)
     except (EtcdUnavailable, trio.TooSlowError) as exc:
@@ -114,13 +114,20 @@ class EtcdConfigSource:
     """The watch of a proxy's config key (module docstring). ``applied_revision``: the etcd
     revision of the document running; ``last_error``: why the latest change was not applied
     (None once one is); ``etcd_error``: why etcd cannot be watched right now (None when it
-    can)."""
+    can). ``member``: its id in the fleet's membership (default ``HOSTNAME:PORT``)."""
 
     def __init__(
-        self, target: EtcdTarget, cache: Path, initial: Initial, *, register: bool = True
+        self,
+        target: EtcdTarget,
+        cache: Path,
+        initial: Initial,
+        *,
+        register: bool = True,
+        member: str | None = None,
     ) -> None:
         self.target = target
         self.register = register
+        self.member = member
         self.cache = cache
         self.applied_revision = initial.mod_revision
         self.last_error: str | None = None
@@ -153,13 +160,17 @@ class EtcdConfigSource:
             f"etcd://{self.target.endpoint.split('://', 1)[1]}{self.target.config_key}"
         )
         reloader.revision = revision_of(self._initial.data)
-        async with EtcdClient(self.target.endpoint) as client, trio.open_nursery() as nursery:
+        async with self.target.client() as client, trio.open_nursery() as nursery:
             self._client = client
             reloader.reread = partial(self.reread, proxy)
             if self.register:
                 address = "{}:{}".format(*proxy.address) if proxy.address else ""
                 membership = Membership(
-                    self.target, member_id(proxy.address), address, self._member_state, self.changed
+                    self.target,
+                    self.member or member_id(proxy.address),
+                    address,
+                    self._member_state,
+                    self.changed,
                 )
                 await nursery.start(membership.run)
             task_status.started(self)
@@ -269,5 +280,6 @@ class EtcdConfigSource:
             log.warning("cannot write the config cache %s: %s", self.cache, exc.strerror)
         self.applied_revision = kv.mod_revision
         self.last_error = "; ".join(f"failed {item}" for item in result.failed) or None
+        log.info("etcd key %s revision %d applied", self.target.config_key, kv.mod_revision)
         self._notify()
         return result

@@ -1,16 +1,23 @@
-"""Config documents and a running proxy whose config comes from etcd."""
+"""Config documents, a running proxy whose config comes from etcd, and ``prism serve``
+processes (one, or a fleet of them) as an operator runs them."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
+from etcd_server import free_port
 from host_testkit import execute, result
 
 from prism import grpc as pg
@@ -87,3 +94,101 @@ async def wait_for(source: EtcdConfigSource, revision: int) -> None:
         source.last_error and f"revision {revision} " in source.last_error
     ):
         await source.changed()
+
+
+REPO = Path(__file__).resolve().parents[2]
+_SCRIPT = Path(sys.executable).with_name("prism")
+PRISM = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prism.cli.main"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def url(target: EtcdTarget) -> str:
+    """``etcd://HOST:PORT/PREFIX`` (``https://...`` as it is)."""
+    return target.endpoint.replace("http://", "etcd://") + target.prefix
+
+
+async def prism(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [*PRISM, *args], capture_stdout=True, capture_stderr=True, check=False, env=ENV
+    )
+
+
+@asynccontextmanager
+async def serving(
+    directory: Path, target: EtcdTarget, port: int, *extra: str
+) -> AsyncIterator[Path]:
+    """``prism serve --config etcd://... [extra]`` until the block ends (then SIGKILL); yields
+    its log once it listens."""
+    log = directory / f"prism-{port}.log"
+    with log.open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            [
+                *PRISM,
+                "serve",
+                "--config",
+                url(target),
+                "--config-cache",
+                str(directory / "cache.json"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--admin",
+                "off",
+                "--log-format",
+                "text",
+                *extra,
+            ],
+            cwd=directory,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
+    try:
+        while "prism listening" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            await trio.sleep(0.05)
+        yield log
+    finally:
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+
+async def serves(address: str, namespace: str) -> None:
+    """Until ``namespace`` answers calls at ``address`` (the caller bounds the wait)."""
+    async with pg.open_channel(address) as front:
+        while True:
+            try:
+                await set_(front, namespace, "k", namespace.encode())
+                assert await get(front, namespace, "k") == namespace.encode()
+                return
+            except pg.GrpcError:
+                await trio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class FleetProxy:
+    """One ``prism serve`` of a fleet: its member id, front-door address and log."""
+
+    member: str
+    address: str
+    log: Path
+
+
+@asynccontextmanager
+async def fleet(
+    directory: Path, target: EtcdTarget, size: int = 3, *extra: str
+) -> AsyncIterator[list[FleetProxy]]:
+    """``size`` proxies (``prism serve --config etcd://...``, member ids ``proxy-1``...) on free
+    loopback ports, each with its own directory and config cache; SIGKILLed when the block
+    ends."""
+    async with AsyncExitStack() as stack:
+        proxies = []
+        for i in range(1, size + 1):
+            home = directory / f"proxy-{i}"
+            home.mkdir()
+            port = free_port()
+            member = f"proxy-{i}"
+            log = await stack.enter_async_context(
+                serving(home, target, port, "--member-id", member, *extra)
+            )
+            proxies.append(FleetProxy(member, f"127.0.0.1:{port}", log))
+        yield proxies

@@ -10,7 +10,7 @@ from fleet_testkit import document, new_target, ns, running, wait_for
 
 import prism
 from prism.etcd import EtcdClient, EtcdTarget
-from prism.fleet.members import Member, list_members
+from prism.fleet.members import Member, Membership, list_members
 
 
 async def members(etcd: EtcdServer, target: EtcdTarget) -> list[Member]:
@@ -57,3 +57,26 @@ async def test_membership_record_follows_the_config_and_goes_on_stop(
             assert record.config_revision == first
         # A clean stop revokes the lease: the record is gone at once.
         assert await members(etcd, target) == []
+
+
+async def test_membership_publishes_a_change_whose_wakeup_came_mid_write(
+    etcd: EtcdServer,
+) -> None:
+    """The state changes right after a write read it, and its wakeup fires while no one waits
+    (a change applied while the record was being written, or while etcd was down): the record
+    still ends up saying so."""
+    target = new_target(etcd.endpoint)
+    current: list[tuple[int, str | None]] = [(1, None)]
+
+    def state() -> tuple[int, str | None]:
+        now = current[0]
+        current[0] = (2, None)
+        return now
+
+    never = trio.Event()
+    membership = Membership(target, "m-1", "127.0.0.1:1", state, never.wait)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(membership.run)
+        with trio.fail_after(30):
+            await until(etcd, target, lambda found: found and found[0].config_revision == 2)
+        nursery.cancel_scope.cancel()

@@ -4,82 +4,13 @@ processes, a real etcd, real calls through the front door."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 from etcd_server import EtcdServer, free_port
-from fleet_testkit import document, get, new_target, ns, set_
+from fleet_testkit import document, new_target, ns, prism, serves, serving, url
 
-from prism import grpc as pg
-from prism.etcd import EtcdClient, EtcdTarget
-
-REPO = Path(__file__).resolve().parents[2]
-_SCRIPT = Path(sys.executable).with_name("prism")
-PRISM = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prism.cli.main"]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def url(target: EtcdTarget) -> str:
-    return target.endpoint.replace("http://", "etcd://") + target.prefix
-
-
-async def prism(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return await trio.run_process(
-        [*PRISM, *args], capture_stdout=True, capture_stderr=True, check=False, env=ENV
-    )
-
-
-@asynccontextmanager
-async def serving(directory: Path, target: EtcdTarget, port: int) -> AsyncIterator[Path]:
-    """``prism serve --config etcd://...`` until the block ends; yields its log once it listens."""
-    log = directory / f"prism-{port}.log"
-    with log.open("wb") as out:
-        process = await trio.lowlevel.open_process(
-            [
-                *PRISM,
-                "serve",
-                "--config",
-                url(target),
-                "--config-cache",
-                str(directory / "cache.json"),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--admin",
-                "off",
-                "--log-format",
-                "text",
-            ],
-            cwd=directory,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-        )
-    try:
-        while "prism listening" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            await trio.sleep(0.05)
-        yield log
-    finally:
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
-
-
-async def serves(address: str, namespace: str) -> None:
-    """Until ``namespace`` answers calls at ``address`` (the caller bounds the wait)."""
-    async with pg.open_channel(address) as front:
-        while True:
-            try:
-                await set_(front, namespace, "k", namespace.encode())
-                assert await get(front, namespace, "k") == namespace.encode()
-                return
-            except pg.GrpcError:
-                await trio.sleep(0.05)
+from prism.etcd import EtcdClient
 
 
 async def test_serve_from_etcd_push_changes_and_start_from_cache(
