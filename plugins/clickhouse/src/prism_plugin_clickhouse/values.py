@@ -54,12 +54,10 @@ _UTC = datetime.UTC
 # -- parameters -------------------------------------------------------------------------------
 
 
-def _kind(value: Value) -> str | None:
-    kind, _ = _which(value)
-    return kind
+_Param = tuple[str | None, Any]  # a parameter's oneof member (None: NULL) and its value
 
 
-def _which(value: Value) -> tuple[str | None, Any]:
+def _which(value: Value) -> _Param:
     kind, item = betterproto2.which_one_of(value, "kind")
     return (None, None) if kind in ("", "null_value") else (kind, item)
 
@@ -75,18 +73,17 @@ _SCALAR_TYPES = {
 }
 
 
-def _type_of(values: Sequence[Value], where: str) -> str:
-    """The ClickHouse type of a column holding ``values``."""
+def _type_of(cells: Sequence[_Param], where: str) -> str:
+    """The ClickHouse type of a column holding ``cells``."""
     types = set()
     nullable = False
-    items: list[Value] = []  # of every array: one element type for them all ([] fits any)
-    for value in values:
-        kind = _kind(value)
+    items: list[_Param] = []  # of every array: one element type for them all ([] fits any)
+    for kind, raw in cells:
         if kind is None:
             nullable = True
         elif kind == "array_value":
             types.add("Array")
-            items.extend(value.array_value.values)
+            items.extend(map(_which, raw.values))
         else:
             types.add(_SCALAR_TYPES[kind])
     if "Array" in types:
@@ -103,16 +100,22 @@ def _type_of(values: Sequence[Value], where: str) -> str:
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+_SPECIAL = re.compile("[\\\\\t\n\r\0']")
 
 
-def _text(value: Value, where: str, quoted: bool) -> str:
-    kind, raw = _which(value)
+def _text(kind: str | None, raw: Any, where: str, quoted: bool) -> str:
+    if kind == "int64_value":
+        return str(raw)
+    if kind in ("string_value", "bytes_value", "json_value"):
+        text: str = raw.decode("utf-8", "surrogateescape") if kind == "bytes_value" else raw
+        if not _SPECIAL.search(text):
+            return f"'{text}'" if quoted else text
+        escaped = text.translate(_ESCAPES)
+        return "'" + escaped.replace("'", "\\'") + "'" if quoted else escaped
     if kind is None:
         return "NULL" if quoted else "\\N"
     if kind == "bool_value":
         return "1" if raw else "0"
-    if kind == "int64_value":
-        return str(raw)
     if kind == "double_value":
         if math.isnan(raw):
             return "nan"
@@ -127,12 +130,10 @@ def _text(value: Value, where: str, quoted: bool) -> str:
                 "fraction"
             )
         return moment.astimezone(_UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if kind == "array_value":
-        items = value.array_value.values
-        return "[" + ",".join(_text(v, f"{where}[{i}]", True) for i, v in enumerate(items)) + "]"
-    text: str = raw.decode("utf-8", "surrogateescape") if kind == "bytes_value" else raw
-    escaped = text.translate(_ESCAPES)
-    return "'" + escaped.replace("'", "\\'") + "'" if quoted else escaped
+    items = [_which(v) for v in raw.values]  # array_value
+    return (
+        "[" + ",".join(_text(k, r, f"{where}[{i}]", True) for i, (k, r) in enumerate(items)) + "]"
+    )
 
 
 def encode_rows(rows: Sequence[Sequence[Value]], count: int) -> tuple[str, bytes]:
@@ -143,11 +144,13 @@ def encode_rows(rows: Sequence[Sequence[Value]], count: int) -> tuple[str, bytes
             raise InvalidArgument(
                 f"{where}the statement has {count} parameters ($1..${count}), {len(row)} given"
             )
+    cells = [[_which(value) for value in row] for row in rows]
     structure = ", ".join(
-        f"p{n + 1} {_type_of([row[n] for row in rows], f'${n + 1}')}" for n in range(count)
+        f"p{n + 1} {_type_of([row[n] for row in cells], f'${n + 1}')}" for n in range(count)
     )
     lines = [
-        "\t".join(_text(value, f"${n + 1}", False) for n, value in enumerate(row)) for row in rows
+        "\t".join(_text(kind, raw, f"${n + 1}", False) for n, (kind, raw) in enumerate(row))
+        for row in cells
     ]
     data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
     return structure, data
