@@ -135,6 +135,13 @@ async def test_clickhouse_batch_is_one_insert(clickhouse: ClickHouseServer) -> N
                 "execute",
                 ExecuteStatementRequest(sql=f"SELECT $1 FROM {name}", batch=batch[:2]),
             )
+        with pytest.raises(InvalidArgument, match=r"INSERT \.\.\. VALUES"):
+            await h.execute(  # no parameters: the rows could only repeat the statement
+                "execute",
+                ExecuteStatementRequest(
+                    sql=f"INSERT INTO {name} VALUES (1, 'x')", batch=[Row(), Row()]
+                ),
+            )
     assert clickhouse.rows(f"SELECT count(), sum(id), any(s) LIKE '%\\t''\\n' FROM {name}") == [
         (5000, sum(range(5000)), 1)
     ]

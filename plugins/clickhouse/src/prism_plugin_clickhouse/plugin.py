@@ -176,7 +176,7 @@ class ClickHousePlugin(BackendPlugin):
                 "(config.max_statement_bytes)"
             )
         statement = rewrite(sql.strip().rstrip(";").rstrip())
-        if len(rows) > 1 and statement.tuples is None:
+        if len(rows) > 1 and (statement.tuples is None or not statement.count):
             raise InvalidArgument("a batch needs an INSERT ... VALUES statement with parameters")
         inserted = None if statement.tuples is None else statement.tuples * max(len(rows), 1)
         text = statement.sql + (" FORMAT TabSeparatedWithNamesAndTypes" if result_rows else "")
