@@ -51,3 +51,9 @@ def test_rewrite_insert_select_with_parameters_uses_subqueries() -> None:
 def test_rewrite_refuses_dollar_zero() -> None:
     with pytest.raises(InvalidArgument, match=r"\$1"):
         rewrite("SELECT $0")
+
+
+def test_rewrite_format_values_is_not_a_values_clause() -> None:
+    done = rewrite("INSERT INTO t FORMAT Values ($1)")
+    assert done.tuples is None
+    assert done.sql == f"INSERT INTO t FORMAT Values ((SELECT p1 FROM {PARAMS_TABLE}))"

@@ -142,8 +142,16 @@ def rewrite(sql: str) -> Rewritten:
     words = [tokens[i] for i in _meaningful(tokens)]
     head = words[0].text.upper() if words and words[0].kind == "word" else ""
     if head == "INSERT":
+        meaningful = _meaningful(tokens)
         values_at = next(
-            (i for i, t in enumerate(tokens) if t.kind == "word" and t.text.upper() == "VALUES"),
+            (
+                i
+                for n, i in enumerate(meaningful)
+                if tokens[i].kind == "word"
+                and tokens[i].text.upper() == "VALUES"
+                # "FORMAT Values" is data in ClickHouse's Values format, not a VALUES clause
+                and not (n and tokens[meaningful[n - 1]].text.upper() == "FORMAT")
+            ),
             None,
         )
         tuples = None if values_at is None else _values_tuples(tokens, values_at + 1)
