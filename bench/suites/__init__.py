@@ -9,7 +9,8 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 (plugins.py), `pubsub` (pubsub.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse`
 (abuse.py), `proxy` (proxy.py: the whole proxy, stage by stage), `tracing` (tracing.py),
 `backends` (backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py:
-PostgreSQL, with the driver comparison), `traffic` (traffic.py: a bystander under a flood, with
+PostgreSQL, with the driver comparison), `backends-clickhouse` (bench/backends/clickhouse.py:
+ClickHouse query and batched insert), `traffic` (traffic.py: a bystander under a flood, with
 and without a namespace's concurrency cap), `fleet-limits` (fleetlimit.py: a fleet rate limit's
 cost per request beside a local one), `fleet-config` (fleet_config.py: a config change from an
 etcd PUT to serving on three proxies).
@@ -33,6 +34,7 @@ SUITE_MODULES = (
     "bench.suites.proxy",
     "bench.suites.backends",
     "bench.backends.postgres",
+    "bench.backends.clickhouse",
     "bench.suites.traffic",
     "bench.suites.tracing",
     "bench.suites.fleetlimit",

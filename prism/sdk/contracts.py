@@ -74,11 +74,10 @@ CONTRACTS: tuple[Contract, ...] = (
         "produce",
         "consume",
     ),
+    _contract("sql", "parameterized query/execute with typed values", "query", "execute"),
     _contract(
-        "sql",
-        "parameterized query/execute with typed values, transactions",
-        "query",
-        "execute",
+        "sql.transaction",
+        "a list of statements applied all or none (the statement's error names it)",
         "transaction",
     ),
 )
@@ -95,6 +94,7 @@ OPERATION_FEATURES: Mapping[str, frozenset[str]] = {
     "delete_many": frozenset({"etag"}),
     "transact": frozenset({"etag", "ttl"}),
     "query": frozenset({"bool", "timestamp", "json", "array"}),
+    "execute": frozenset({"batch"}),
     "transaction": frozenset({"bool", "timestamp", "json", "array"}),
 }
 _FEATURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")

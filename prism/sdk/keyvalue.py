@@ -11,6 +11,8 @@ built here first, so every plugin gets the same answers to bad input:
   nor a delete are ``INVALID_ARGUMENT``;
 - features: a request that needs a feature the operation does not declare (``if_match`` without
   ``"etag"``, ``ttl_ms`` without ``"ttl"``) is ``UNIMPLEMENTED`` — never silently ignored.
+  The same holds for the one optional feature of the ``sql`` contract's requests: an
+  ``ExecuteStatementRequest`` with ``batch`` rows needs ``"batch"`` (and then no ``params``).
 
 A plugin sets its limits from its config in ``initialize``
 (``self.kv_limits = KeyValueLimits.from_config(...)``); until then the defaults apply. Raw-bytes
@@ -28,6 +30,7 @@ import betterproto2
 from prism._proto.prism.data.v1 import (
     DeleteManyRequest,
     DeleteRequest,
+    ExecuteStatementRequest,
     ExistsRequest,
     ExpireRequest,
     GetManyRequest,
@@ -237,4 +240,21 @@ def request_check(
         return _many(_delete_checker(operation, features))
     if params_type is TransactRequest:
         return _transact_checker(operation, features)
+    if params_type is ExecuteStatementRequest:
+        return _execute_checker(operation, features)
     return None
+
+
+def _execute_checker(operation: str, features: frozenset[str]) -> RequestCheck:
+    batch = "batch" in features
+
+    def check(plugin: str, limits: KeyValueLimits, params: ExecuteStatementRequest) -> None:
+        if not params.batch:
+            return
+        if not batch:
+            raise _refuse(plugin, operation, "batch", "batch")
+        if params.params:
+            raise InvalidArgument("params must be empty when batch is set (each row is a set)")
+        limits.check_batch(len(params.batch), "batch rows")
+
+    return check

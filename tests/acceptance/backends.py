@@ -11,7 +11,8 @@ authenticated" check. They are plain synchronous objects: pytest's session fixtu
 ``conftest.py`` start each at most once per run and stop it at the end, failures included.
 
 Start commands and readiness figures: ARCHITECTURE.md §5. ``scripts/system-deps`` installs the
-servers (redis-server, memcached, postgresql-15, nats-server) when they are missing.
+servers (redis-server, memcached, postgresql-15, nats-server, clickhouse-server) when they are
+missing.
 """
 
 from __future__ import annotations
@@ -686,11 +687,219 @@ async def _delete_streams(nc: Any) -> None:
         await js.delete_stream(name.config.name)
 
 
+# -- ClickHouse -------------------------------------------------------------------------------
+
+
+class ClickHouseServer(TestBackend):
+    """``clickhouse-server`` 18.16 on its HTTP interface, from copies of the Debian package's
+    config.xml and users.xml in D with its ports, paths and logs moved there (the native TCP
+    port on a free port too: the server always opens one). Users live in D/users.xml: the
+    ``default`` user (the fixture's admin) and the test user ``prism`` have random passwords;
+    adding, rotating or removing a user rewrites the file and waits until the server has
+    reloaded it (it checks every 2 s). ClickHouse has no expiry for a password: expiring a user
+    removes it. HTTP authenticates every request, so a change reaches a running plugin's next
+    call. ``connections(name)`` reads system.query_log: the distinct client ports (TCP
+    connections) of the requests whose User-Agent is ``name``, with their user."""
+
+    kind = "clickhouse"
+    has_authentication = True
+    USER = "prism"
+    ADMIN = "default"
+    CONFIG_DIR = Path("/etc/clickhouse-server")
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("clickhouse")
+        self.users: dict[str, str] = {
+            self.ADMIN: secrets.token_hex(16),
+            self.USER: secrets.token_hex(16),
+        }
+        self._mtime = 0.0
+
+    def _write_config(self) -> None:
+        import xml.etree.ElementTree as ET
+
+        d = self.server.directory
+        tree = ET.parse(self.CONFIG_DIR / "config.xml")
+        root = tree.getroot()
+        for tag in (
+            "https_port", "tcp_port_secure", "interserver_http_port", "openSSL", "listen_host",
+            "remote_servers", "zookeeper", "macros", "graphite_rollup_example", "compression",
+            "distributed_ddl", "dictionaries_config",
+        ):  # fmt: skip
+            for element in root.findall(tag):
+                root.remove(element)
+
+        def put(path: str, text: str) -> None:
+            element = root.find(path)
+            if element is None:
+                element = ET.SubElement(root, path)
+            element.text = text
+
+        put("logger/log", str(d / "clickhouse.log"))
+        put("logger/errorlog", str(d / "clickhouse.err.log"))
+        put("logger/level", "warning")
+        put("http_port", str(self.server.port))
+        put("tcp_port", str(self.tcp_port))
+        ET.SubElement(root, "listen_host").text = "127.0.0.1"
+        put("path", f"{d / 'data'}/")
+        put("tmp_path", f"{d / 'tmp'}/")
+        put("user_files_path", f"{d / 'user_files'}/")
+        put("format_schema_path", f"{d / 'format_schemas'}/")
+        put("users_config", str(d / "users.xml"))
+        put("query_log/flush_interval_milliseconds", "500")
+        # Far above the plugin's keep-alive (2 s): the server never closes a connection first.
+        put("keep_alive_timeout", "60")
+        tree.write(d / "config.xml")
+
+    def _write_users(self) -> None:
+        import xml.etree.ElementTree as ET
+
+        tree = ET.parse(self.CONFIG_DIR / "users.xml")
+        profile = tree.getroot().find("profiles/default")
+        users = tree.getroot().find("users")
+        assert users is not None
+        assert profile is not None
+        ET.SubElement(profile, "log_queries").text = "1"  # connections() reads query_log
+        for element in list(users):
+            users.remove(element)
+        for name, password in self.users.items():
+            user = ET.SubElement(users, name)
+            ET.SubElement(user, "password").text = password
+            networks = ET.SubElement(user, "networks")
+            ET.SubElement(networks, "ip").text = "127.0.0.1"
+            ET.SubElement(user, "profile").text = "default"
+            ET.SubElement(user, "quota").text = "default"
+        path = self.server.directory / "users.xml"
+        tree.write(path)
+        # The server reloads on a changed modification time: make each one a new second.
+        self._mtime = max(time.time(), self._mtime + 1)
+        os.utime(path, (self._mtime, self._mtime))
+
+    def start(self) -> None:
+        self.server.port = free_port()
+        self.tcp_port = free_port()
+        self._write_config()
+        self._write_users()
+        self.server.spawn(
+            ["clickhouse-server", f"--config-file={self.server.directory / 'config.xml'}"]
+        )
+        assert self.server.process is not None
+        _wait_until(lambda: self.query("SELECT 1"), self.server.process, self.server.log)
+
+    def _request(self, sql: str, user: str, password: str) -> tuple[int, bytes]:
+        import base64
+        import urllib.error
+        import urllib.request
+
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.server.port}/",
+            data=sql.encode(),
+            headers={"Authorization": f"Basic {token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def query(self, sql: str, credentials: Credentials | None = None) -> bytes:
+        """``sql`` over HTTP as the admin (or ``credentials``); the body, or BackendFailed."""
+        user = credentials or Credentials(self.ADMIN, self.users[self.ADMIN])
+        status, body = self._request(sql, user.username, user.password)
+        if status != 200:
+            raise BackendFailed(f"ClickHouse answered {status}: {body[:500]!r}")
+        return body
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """``sql``'s rows, typed as JSONCompact gives them (64-bit integers made ints)."""
+        import json
+
+        document = json.loads(self.query(sql + " FORMAT JSONCompact"))
+        kinds = [c["type"] for c in document["meta"]]
+        return [
+            tuple(
+                int(cell) if "Int64" in kind and cell is not None else cell
+                for kind, cell in zip(kinds, row, strict=True)
+            )
+            for row in document["data"]
+        ]
+
+    def _logs_in(self, name: str, password: str) -> bool:
+        return self._request("SELECT 1", name, password)[0] == 200
+
+    def _reload(self, done: Callable[[], bool]) -> None:
+        self._write_users()
+        assert self.server.process is not None
+
+        def reloaded() -> None:
+            if not done():
+                raise BackendFailed("users.xml not reloaded yet")
+
+        _wait_until(reloaded, self.server.process, self.server.log)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def reset(self) -> None:
+        for (name,) in self.rows("SELECT name FROM system.tables WHERE database = 'default'"):
+            self.query(f"DROP TABLE IF EXISTS default.`{name}`")
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port}
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(self.USER, self.users[self.USER])
+
+    def add_user(self, name: str) -> Credentials:
+        self.users[name] = password = secrets.token_hex(16)
+        self._reload(lambda: self._logs_in(name, password))
+        return Credentials(name, password)
+
+    def rotate_credentials(self, user: str | None = None) -> Credentials:
+        name = user or self.USER
+        old = self.users[name]
+        self.users[name] = password = secrets.token_hex(16)
+        self._reload(lambda: self._logs_in(name, password) and not self._logs_in(name, old))
+        return Credentials(name, password)
+
+    def expire_credentials(self, user: str | None = None) -> None:
+        name = user or self.USER
+        old = self.users.pop(name)
+        self._reload(lambda: not self._logs_in(name, old))
+
+    def connections(self, client_name: str) -> list[str]:
+        # The query log is written in the background: once a query sent after every request
+        # of interest is in it, so are they.
+        marker = f"marker_{secrets.token_hex(8)}"
+        self.query(f"SELECT '{marker}'")
+
+        def logged() -> None:
+            self.query("SYSTEM FLUSH LOGS")
+            found = self.rows(
+                f"SELECT count() FROM system.query_log WHERE query = 'SELECT \\'{marker}\\''"
+            )
+            if found == [(0,)]:
+                raise BackendFailed("the query log has not caught up yet")
+
+        assert self.server.process is not None
+        _wait_until(logged, self.server.process, self.server.log)
+        agent = client_name.replace("\\", "").replace("'", "")
+        rows = self.rows(
+            "SELECT user FROM system.query_log "
+            f"WHERE http_user_agent = '{agent}' AND type = 1 GROUP BY user, port ORDER BY user"
+        )
+        return [user for (user,) in rows]
+
+
 BACKENDS: dict[str, type[TestBackend]] = {
     "redis": RedisServer,
     "postgres": PostgresServer,
     "memcached": MemcachedServer,
     "nats": NatsServer,
+    "clickhouse": ClickHouseServer,
 }
 
 

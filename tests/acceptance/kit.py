@@ -200,6 +200,12 @@ class SqlDialect:
     timestamp: str = "TIMESTAMP"
     json: str = "JSON"
     int_array: str = ""  # "" = no arrays
+    primary_key: str = "PRIMARY KEY"  # after the key column's type ("" = none inline)
+    table_options: str = ""  # after CREATE TABLE's column list (ClickHouse: its ENGINE)
+    #: What the backend's SQL has, for the checks that need it (``check(..., dialect=...)``):
+    #: a PRIMARY KEY refuses a duplicate; UPDATE and DELETE statements report their rows.
+    unique_keys: bool = True
+    row_updates: bool = True
 
 
 @dataclass
@@ -287,20 +293,30 @@ class Check:
     func: Callable[[Ctx], Awaitable[None]]
     needs: frozenset[str]  # capabilities beyond the contract's
     doc: str
+    #: SqlDialect flags the target's backend must have (its SQL, not the plugin's declaration).
+    dialect: frozenset[str] = frozenset()
 
     def applies(self, capabilities: frozenset[str]) -> bool:
         return self.contract in claimed(capabilities) and self.needs <= capabilities
+
+    def fits(self, target: Target) -> bool:
+        """Applies to ``target``: its capabilities, and its backend's SQL where it matters."""
+        if not self.applies(target.capabilities):
+            return False
+        d = target.sql_dialect
+        return not self.dialect or (d is not None and all(getattr(d, f) for f in self.dialect))
 
 
 CHECKS: list[Check] = []
 
 
 def check(
-    contract: str, *, needs: Iterable[str] = ()
+    contract: str, *, needs: Iterable[str] = (), dialect: Iterable[str] = ()
 ) -> Callable[[Callable[[Ctx], Awaitable[None]]], Callable[[Ctx], Awaitable[None]]]:
     def register(func: Callable[[Ctx], Awaitable[None]]) -> Callable[[Ctx], Awaitable[None]]:
+        doc = (func.__doc__ or "").strip()
         CHECKS.append(
-            Check(contract, func.__name__, func, frozenset(needs), (func.__doc__ or "").strip())
+            Check(contract, func.__name__, func, frozenset(needs), doc, frozenset(dialect))
         )
         return func
 

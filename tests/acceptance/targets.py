@@ -27,6 +27,7 @@ from prism_acceptance_plugins import (
     BrokenTtl,
 )
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
+from prism_plugin_clickhouse import ClickHousePlugin
 from prism_plugin_memcached import MemcachedPlugin
 from prism_plugin_memstore import MemstorePlugin
 from prism_plugin_nats import NatsPlugin
@@ -34,7 +35,7 @@ from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
 
-from prism._proto.prism.data.v1 import ProduceRequest
+from prism._proto.prism.data.v1 import ProduceRequest, QueryRequest, Value
 from prism.sdk import BackendPlugin
 from prism.sdk.keyvalue import KeyValueLimits
 
@@ -280,6 +281,41 @@ async def _nats_round_trip(h: PluginHarness, key: str) -> None:
     assert produced.offset > 0  # type: ignore[union-attr]
 
 
+# -- ClickHouse -------------------------------------------------------------------------------
+
+
+def _clickhouse_config(env: Env, pool_size: int = 2, client_name: str = "") -> dict[str, Any]:
+    connection: Mapping[str, Any] = env.backend("clickhouse").connection
+    return {
+        "host": connection["host"],
+        "port": connection["port"],
+        "pool_size": pool_size,
+        "client_name": client_name or "prism-acceptance",
+    }
+
+
+async def _clickhouse_round_trip(h: PluginHarness, key: str) -> None:
+    answer = await h.execute(
+        "query", QueryRequest(sql="SELECT $1 AS k", params=[Value(string_value=key)])
+    )
+    assert answer.rows[0].values[0].string_value == key  # type: ignore[union-attr]
+
+
+CLICKHOUSE_DIALECT = SqlDialect(
+    integer="Nullable(Int64)",
+    real="Nullable(Float64)",
+    text="Nullable(String)",
+    blob="Nullable(String)",
+    boolean="UInt8",
+    timestamp="DateTime('UTC')",
+    json="String",
+    int_array="Array(Int64)",
+    primary_key="",
+    table_options=" ENGINE = Memory",
+    unique_keys=False,
+    row_updates=False,
+)
+
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
     Target(
@@ -359,6 +395,19 @@ TARGETS: tuple[Target, ...] = (
             single_connection=True,
         ),
         note="NATS 2.9 with JetStream and a user/password; nats-py on an asyncio thread",
+    ),
+    Target(
+        "clickhouse",
+        "clickhouse",
+        ClickHousePlugin,
+        backend="clickhouse",
+        config=_clickhouse_config,
+        credentials=lambda env: env.backend("clickhouse").credentials.as_map(),
+        sql_inspector=lambda env: env.backend("clickhouse"),  # type: ignore[arg-type,return-value]
+        sql_dialect=CLICKHOUSE_DIALECT,
+        auth=AuthSetup(_clickhouse_config, round_trip=_clickhouse_round_trip),
+        note="ClickHouse 18.16 over HTTP with a user/password; effects checked over its HTTP "
+        "interface (no unique keys, no UPDATE: those checks do not apply)",
     ),
 )
 

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from backends import (
     BACKENDS,
+    BackendFailed,
+    ClickHouseServer,
+    Credentials,
     MemcachedServer,
     NatsServer,
     PostgresServer,
@@ -77,6 +80,12 @@ def _write_and_read(backend: TestBackend) -> object:
             return db.execute("SELECT v FROM t").fetchall()
     if isinstance(backend, NatsServer):
         return backend.run(None, _nats_write_and_read)
+    if isinstance(backend, ClickHouseServer):
+        backend.query(
+            "CREATE TABLE IF NOT EXISTS t (v String) ENGINE = Memory", backend.credentials
+        )
+        backend.query("INSERT INTO t VALUES ('v')", backend.credentials)
+        return backend.rows("SELECT v FROM t")
     assert isinstance(backend, MemcachedServer)
     backend.client().set("k", b"v")
     return backend.client().get("k")
@@ -91,6 +100,10 @@ def _gone(backend: TestBackend) -> bool:
             return found == (0,)
     if isinstance(backend, NatsServer):
         return bool(backend.run(None, _nats_no_streams))
+    if isinstance(backend, ClickHouseServer):
+        return backend.rows("SELECT count() FROM system.tables WHERE database = 'default'") == [
+            (0,)
+        ]
     assert isinstance(backend, MemcachedServer)
     return backend.client().get("k") is None
 
@@ -174,5 +187,42 @@ def test_backend_postgres_sees_each_connection_s_user(backend_class: type[TestBa
         backend.stop()
 
 
+def test_backend_clickhouse_users_rotate_expire_and_are_seen(
+    backend_class: type[TestBackend],
+) -> None:
+    """HTTP authenticates every request: a user's next request after the server reloaded
+    users.xml meets the change; the query log names the user of each client connection."""
+    import urllib.request
+
+    backend = backend_class()
+    assert isinstance(backend, ClickHouseServer)
+    try:
+        backend.start()
+        user = backend.add_user("seen")
+        assert backend.query("SELECT 1", user) == b"1\n"
+        for _ in range(2):  # two connections (urllib opens one per request)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{backend.connection['port']}/?query=SELECT+2",
+                headers={"User-Agent": "probe-app", "X-ClickHouse-User": "seen"},
+            )
+            request.add_unredirected_header(
+                "X-ClickHouse-Key", user.password
+            )  # the 18.16 server's header authentication
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.read() == b"2\n"
+        assert backend.connections("probe-app") == ["seen", "seen"]
+        new = backend.rotate_credentials("seen")
+        with pytest.raises(BackendFailed, match="Wrong password"):
+            backend.query("SELECT 1", user)
+        assert backend.query("SELECT 1", new) == b"1\n"
+        backend.expire_credentials("seen")
+        with pytest.raises(BackendFailed, match="Unknown user"):
+            backend.query("SELECT 1", new)
+        assert backend.query("SELECT 1", Credentials("prism", backend.credentials.password))
+    finally:
+        backend.stop()
+
+
 test_backend_credentials_rotate_and_expire.kinds = ("redis", "postgres", "nats")  # type: ignore[attr-defined]
 test_backend_postgres_sees_each_connection_s_user.kinds = ("postgres",)  # type: ignore[attr-defined]
+test_backend_clickhouse_users_rotate_expire_and_are_seen.kinds = ("clickhouse",)  # type: ignore[attr-defined]

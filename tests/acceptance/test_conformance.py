@@ -20,7 +20,8 @@ def acceptance_cases(
     ids: list[str] = []
     for target in targets:
         capabilities = target.capabilities
-        for check in [*checks_for(capabilities), *refusal_checks(capabilities)]:
+        fitting = [c for c in checks_for(capabilities) if c.fits(target)]
+        for check in [*fitting, *refusal_checks(capabilities)]:
             for mode in target.modes:
                 cases.append(((target.name, check.contract), target, mode, check))
                 ids.append(f"{target.name}-{mode}-{check.contract}-{check.name}")

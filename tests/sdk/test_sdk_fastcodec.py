@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+
 import betterproto2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from prism import protowire
+from prism._proto.google.protobuf import NullValue
 from prism._proto.prism.data.v1 import (
+    Array,
     DeleteRequest,
     DeleteResponse,
+    ExecuteStatementRequest,
     ExistsRequest,
     ExpireRequest,
     GetManyRequest,
@@ -21,8 +26,10 @@ from prism._proto.prism.data.v1 import (
     ListKeysResponse,
     PublishRequest,
     PublishResponse,
+    Row,
     SetRequest,
     SetResponse,
+    Value,
 )
 from prism.grpc import protocheck
 from prism.sdk import _fastcodec
@@ -115,10 +122,14 @@ def test_fastcodec_flat_decoder_reads_any_accepted_bytes_as_betterproto2(
     """Whatever protocheck accepts (the only bytes a decoder is given), the fast decoder reads
     as betterproto2 does, unknown fields and odd wire types included (it leaves those to
     betterproto2), and a failure is a failure for both."""
+    reads_as_betterproto2(cls, data)
+
+
+def reads_as_betterproto2(cls: type[betterproto2.Message], data: bytes) -> None:
     try:
         checked = protocheck.check(cls, data)
     except protocheck.MalformedMessage:
-        return
+        return  # the front door would have refused these bytes
     try:
         expected = cls.parse(checked)
     except Exception:
@@ -149,3 +160,60 @@ def test_fastcodec_messages_with_other_fields_are_betterproto2s() -> None:
     assert _fastcodec.decode(ListKeysResponse, bytes(message)) == message
     published = PublishRequest(topic="t", payload=b"p", headers={"k": "v"})
     assert _fastcodec.decode(PublishRequest, bytes(published)) == published
+
+
+# -- ExecuteStatementRequest: the sql contract's batches ---------------------------------------
+
+SCALAR_VALUES = st.one_of(
+    st.just(Value()),
+    st.just(Value(null_value=NullValue.NULL_VALUE)),
+    st.builds(lambda b: Value(bool_value=b), st.booleans()),
+    st.builds(lambda n: Value(int64_value=n), INT64),
+    st.builds(lambda d: Value(double_value=d), st.floats(allow_nan=False)),
+    st.builds(lambda t: Value(string_value=t), st.text(max_size=200)),
+    st.builds(lambda t: Value(json_value=t), st.text(max_size=40)),
+    st.builds(lambda b: Value(bytes_value=b), st.binary(max_size=200)),
+)
+VALUES = st.recursive(
+    SCALAR_VALUES,
+    lambda inner: st.builds(
+        lambda items: Value(array_value=Array(values=items)), st.lists(inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+STATEMENTS = st.builds(
+    ExecuteStatementRequest,
+    sql=st.text(max_size=300),
+    params=st.lists(VALUES, max_size=5),
+    batch=st.lists(st.builds(Row, values=st.lists(VALUES, max_size=5)), max_size=8),
+)
+
+
+@given(STATEMENTS)
+def test_fastcodec_execute_statement_request_decodes_as_betterproto2(
+    message: ExecuteStatementRequest,
+) -> None:
+    data = bytes(message)
+    fast = _fastcodec._execute_statement_request(data)
+    assert fast is not None  # every kind here is the fast decoder's
+    assert fast == ExecuteStatementRequest.parse(data) == message
+
+
+@given(st.binary(max_size=80))
+def test_fastcodec_execute_statement_request_reads_any_accepted_bytes_as_betterproto2(
+    data: bytes,
+) -> None:
+    reads_as_betterproto2(ExecuteStatementRequest, data)
+
+
+def test_fastcodec_execute_statement_request_leaves_the_unusual_to_betterproto2() -> None:
+    moment = datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
+    with_timestamp = ExecuteStatementRequest(
+        sql="INSERT", batch=[Row(values=[Value(timestamp_value=moment)])]
+    )
+    data = bytes(with_timestamp)
+    assert _fastcodec._execute_statement_request(data) is None
+    assert _fastcodec.decode(ExecuteStatementRequest, data) == with_timestamp
+    twice = bytes(ExecuteStatementRequest(sql="a")) + bytes(ExecuteStatementRequest(sql="b"))
+    assert _fastcodec._execute_statement_request(twice) is None  # the last one wins: betterproto2
+    assert _fastcodec.decode(ExecuteStatementRequest, twice).sql == "b"

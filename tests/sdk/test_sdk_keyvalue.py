@@ -13,6 +13,8 @@ from prism._proto.prism.data.v1 import (
     DeleteManyResponse,
     DeleteRequest,
     DeleteResponse,
+    ExecuteStatementRequest,
+    ExecuteStatementResponse,
     ExpireRequest,
     ExpireResponse,
     GetManyRequest,
@@ -21,6 +23,7 @@ from prism._proto.prism.data.v1 import (
     GetResponse,
     ListKeysRequest,
     ListKeysResponse,
+    Row,
     SetManyRequest,
     SetManyResponse,
     SetRequest,
@@ -28,6 +31,7 @@ from prism._proto.prism.data.v1 import (
     TransactOperation,
     TransactRequest,
     TransactResponse,
+    Value,
 )
 from prism.sdk import (
     BackendPlugin,
@@ -236,3 +240,52 @@ async def test_keyvalue_an_undecorated_override_keeps_the_check() -> None:
 def test_keyvalue_limits_from_config_zero_means_default() -> None:
     assert KeyValueLimits.from_config() == KeyValueLimits()
     assert KeyValueLimits.from_config(max_value_bytes=10).max_value_bytes == 10
+
+
+class Statements(BackendPlugin):
+    """``execute`` twice: without and with the ``batch`` feature."""
+
+    name = "statements"
+    config_required = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    @operation("execute", params=ExecuteStatementRequest, result=ExecuteStatementResponse)
+    async def execute(
+        self, params: ExecuteStatementRequest, ctx: OperationContext
+    ) -> ExecuteStatementResponse:
+        self.seen.append(len(params.batch))
+        return ExecuteStatementResponse()
+
+    @operation(
+        "execute_batched",
+        params=ExecuteStatementRequest,
+        result=ExecuteStatementResponse,
+        features=("batch",),
+    )
+    async def execute_batched(
+        self, params: ExecuteStatementRequest, ctx: OperationContext
+    ) -> ExecuteStatementResponse:
+        self.seen.append(len(params.batch))
+        return ExecuteStatementResponse()
+
+
+async def test_keyvalue_execute_batch_needs_the_batch_feature() -> None:
+    plugin = Statements()
+    rows = [Row(values=[Value(int64_value=1)]), Row(values=[Value(int64_value=2)])]
+    async with PluginHarness(lambda: plugin) as h:
+        with pytest.raises(Unimplemented, match="'batch' feature"):
+            await h.execute("execute", ExecuteStatementRequest(sql="INSERT", batch=rows))
+        await h.execute("execute", ExecuteStatementRequest(sql="INSERT"))
+        await h.execute("execute_batched", ExecuteStatementRequest(sql="INSERT", batch=rows))
+        with pytest.raises(InvalidArgument, match="params must be empty"):
+            await h.execute(
+                "execute_batched",
+                ExecuteStatementRequest(sql="INSERT", params=[Value(int64_value=0)], batch=rows),
+            )
+        too_many = [Row()] * 1001
+        with pytest.raises(InvalidArgument, match="1001 batch rows"):
+            await h.execute("execute_batched", ExecuteStatementRequest(sql="I", batch=too_many))
+    assert plugin.seen == [0, 2]  # the refused requests never reached a handler

@@ -24,6 +24,7 @@ from prism._proto.prism.data.v1 import (
     ProduceRequest,
     PublishRequest,
     QueryRequest,
+    Row,
     SetManyRequest,
     SetRequest,
     SubscribeRequest,
@@ -69,6 +70,12 @@ def _set(**fields: object) -> Build:
 
 #: (operation, feature, what the request uses, the request)
 FEATURE_PROBES: list[tuple[str, str, str, Build]] = [
+    (
+        "execute",
+        "batch",
+        "batch",
+        lambda ctx: ExecuteStatementRequest(sql="SELECT 1", batch=[Row(), Row()]),
+    ),
     ("set", "etag", "if_match", _set(if_match="e")),
     ("set", "etag", "if_absent", _set(if_absent=True)),
     ("set", "ttl", "ttl_ms", _set(ttl_ms=LONG)),

@@ -1,5 +1,7 @@
-"""sql: parameterized query/execute with typed values ($1, $2, ... in every backend) and
-transactions over a list of statements, checked in the database with its own client."""
+"""sql: parameterized query/execute with typed values ($1, $2, ... in every backend), batched
+executes, and (sql.transaction) transactions over a list of statements, checked in the database
+with its own client. Checks that need something of the backend's own SQL (unique keys, UPDATE
+and DELETE reporting their rows) say so with ``dialect=``: ClickHouse has neither."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from prism._proto.prism.data.v1 import (
     Array,
     ExecuteStatementRequest,
     QueryRequest,
+    Row,
     Statement,
     TransactionRequest,
     Value,
@@ -29,12 +32,13 @@ NULL = Value(null_value=NullValue.NULL_VALUE)
 
 
 async def create(ctx: Ctx, columns: str) -> None:
-    await ctx.call("execute", ExecuteStatementRequest(sql=f"CREATE TABLE {ctx.table} ({columns})"))
+    sql = f"CREATE TABLE {ctx.table} ({columns}){ctx.dialect.table_options}"
+    await ctx.call("execute", ExecuteStatementRequest(sql=sql))
 
 
 async def people(ctx: Ctx) -> None:
     d = ctx.dialect
-    await create(ctx, f"id {d.integer} PRIMARY KEY, name {d.text}")
+    await create(ctx, f"id {d.integer} {d.primary_key}, name {d.text}")
 
 
 @check("sql")
@@ -80,7 +84,7 @@ async def parameters_are_bound_never_interpolated(ctx: Ctx) -> None:
     assert await ctx.sql_rows(f"SELECT name FROM {ctx.table}") == [(hostile,)]
 
 
-@check("sql")
+@check("sql", dialect=("row_updates",))
 async def rows_affected_counts_changed_rows(ctx: Ctx) -> None:
     await people(ctx)
     for i in range(5):
@@ -106,7 +110,7 @@ async def rows_affected_counts_changed_rows(ctx: Ctx) -> None:
     assert await ctx.sql_rows(f"SELECT count(*) FROM {ctx.table}") == [(2,)]
 
 
-@check("sql")
+@check("sql.transaction")
 async def a_transaction_applies_every_statement(ctx: Ctx) -> None:
     await people(ctx)
     insert = f"INSERT INTO {ctx.table} (id, name) VALUES ($1, $2)"
@@ -128,7 +132,7 @@ async def a_transaction_applies_every_statement(ctx: Ctx) -> None:
     assert await ctx.sql_rows(f"SELECT id FROM {ctx.table} ORDER BY id") == [(1,), (2,)]
 
 
-@check("sql")
+@check("sql.transaction")
 async def a_failing_statement_rolls_back_the_whole_transaction(ctx: Ctx) -> None:
     await people(ctx)
     insert = f"INSERT INTO {ctx.table} (id, name) VALUES ($1, $2)"
@@ -153,6 +157,19 @@ async def statement_errors_map_to_statuses(ctx: Ctx) -> None:
         await ctx.call("query", QueryRequest(sql="SELEC nothing"))
     with expect_status(Status.INVALID_ARGUMENT):
         await ctx.call("query", QueryRequest(sql=f"SELECT * FROM {ctx.table}_missing"))
+    with expect_status(Status.INVALID_ARGUMENT):
+        await ctx.call(  # fewer parameters than the statement has
+            "query",
+            QueryRequest(
+                sql=f"SELECT name FROM {ctx.table} WHERE id = $1 AND name = $2",
+                params=[v(int64_value=1)],
+            ),
+        )
+
+
+@check("sql", dialect=("unique_keys",))
+async def a_duplicate_key_is_already_exists(ctx: Ctx) -> None:
+    await people(ctx)
     insert = f"INSERT INTO {ctx.table} (id, name) VALUES ($1, 'x')"
     await ctx.call("execute", ExecuteStatementRequest(sql=insert, params=[v(int64_value=1)]))
     with expect_status(Status.ALREADY_EXISTS):
@@ -176,6 +193,29 @@ async def concurrent_statements_all_land(ctx: Ctx) -> None:
         for i in range(16):
             nursery.start_soon(insert, i)
     assert await ctx.sql_rows(f"SELECT count(*) FROM {ctx.table}") == [(16,)]
+
+
+@check("sql", needs=("execute:batch",))
+async def a_batch_inserts_every_row_in_one_call(ctx: Ctx) -> None:
+    await people(ctx)
+    insert = f"INSERT INTO {ctx.table} (id, name) VALUES ($1, $2)"
+    batch = [Row(values=[v(int64_value=i), v(string_value=f"n'{i}\t")]) for i in range(250)]
+    done = await ctx.call("execute", ExecuteStatementRequest(sql=insert, batch=batch))
+    assert done.rows_affected == 250
+    assert await ctx.sql_rows(f"SELECT count(*), sum(id) FROM {ctx.table}") == [
+        (250, sum(range(250)))
+    ]
+    assert await ctx.sql_rows(f"SELECT name FROM {ctx.table} WHERE id = 7") == [("n'7\t",)]
+
+
+@check("sql", needs=("execute:batch",))
+async def a_batch_with_a_bad_row_writes_nothing(ctx: Ctx) -> None:
+    await people(ctx)
+    insert = f"INSERT INTO {ctx.table} (id, name) VALUES ($1, $2)"
+    batch = [Row(values=[v(int64_value=1), v(string_value="a")]), Row(values=[v(int64_value=2)])]
+    with expect_status(Status.INVALID_ARGUMENT, "batch[1]"):
+        await ctx.call("execute", ExecuteStatementRequest(sql=insert, batch=batch))
+    assert await ctx.sql_rows(f"SELECT count(*) FROM {ctx.table}") == [(0,)]
 
 
 # -- typed-row features: only for plugins that declare them -----------------------------------

@@ -191,6 +191,15 @@ class ExecuteStatementRequest(betterproto2.Message):
 
     params: "list[Value]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
+    batch: "list[Row]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Feature "batch" (capability "execute:batch"): many parameter rows for one statement, each
+    Row a full set of parameters ($1, $2, ... by position); params must then be empty. The
+    statement runs for every row and rows_affected is the total; a plugin may send the rows as
+    one statement (the clickhouse plugin sends one INSERT). A plugin without the feature refuses
+    a batch with UNIMPLEMENTED.
+    """
+
 
 default_message_pool.register_message(
     "prism.data.v1", "ExecuteStatementRequest", ExecuteStatementRequest
