@@ -51,21 +51,23 @@ FAILURES = frozenset({Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED})
 
 
 class EndpointInstance(Instance):
-    """One endpoint's plugin instance. Its metrics polls count for the namespace (the events)
-    and are the namespace instance's latest interval too."""
+    """One endpoint's plugin instance. Its metrics polls count for the namespace (the events),
+    and the namespace instance's latest interval is every endpoint's latest, summed."""
 
     def __init__(self, parent: Instance, address: str, balancer: Balancer) -> None:
         super().__init__(
             parent.namespace, parent.mode, parent.generation, balancer.changed, parent.events
         )
         self.parent = parent
+        self.balancer = balancer
         self.address = address
         self.outlier = OutlierState()
         self.series = parent.events.endpoint_series(parent.namespace, address)
 
     def record_metrics(self, metrics: PluginMetrics) -> None:
         super().record_metrics(metrics)
-        self.parent.metrics = metrics
+        endpoints = self.balancer.endpoints
+        self.parent.metrics = merge_metrics([e.metrics for e in endpoints if e.metrics is not None])
         self.parent.totals.add(metrics)
 
 

@@ -271,8 +271,14 @@ async def test_balancer_hot_reload_drops_no_call(tmp_path: Path) -> None:
             assert all(e.available for e in new.endpoints)
             await load.more(100)
             await old.parent.stopped.wait()  # drained, sent Shutdown, its scope closed
+            # The namespace's latest plugin metrics: every endpoint's latest interval, summed.
+            await wait_until(lambda: all(e.metrics is not None for e in new.endpoints))
         assert load.failures == []
         assert all(e.retiring and not e.available for e in old.endpoints)
+        latest = AdminActions(running.proxy.host, running.proxy.host.latest_metrics).get("far")
+        assert latest.metrics is not None
+        parts = [e.metrics for e in new.endpoints if e.metrics is not None]
+        assert latest.metrics.requests_total == sum(m.requests_total for m in parts)
 
 
 async def test_balancer_does_not_retry_a_call_that_may_have_reached_the_plugin(

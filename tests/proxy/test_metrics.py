@@ -197,3 +197,23 @@ def test_metrics_every_issue_9_family_is_exposed() -> None:
         "prism_plugin_requests",
         "prism_plugin_requests_per_second",
     }
+
+
+def test_metrics_endpoint_series_of_a_balanced_remote() -> None:
+    metrics = ProxyMetrics()
+    metrics.add_namespace("far")
+    series = metrics.endpoint_series("far", "10.0.0.7:7443")
+    labels = {"namespace": "far", "endpoint": "10.0.0.7:7443"}
+    # Present, at zero, from the start (a dashboard sees the endpoint before its first call).
+    assert value(metrics, "prism_plugin_endpoint_ejected", **labels) == 0
+    for _ in range(3):
+        series.requests.inc()
+    series.failures.inc()
+    series.ejections.inc()
+    series.ejected.set(1)
+    assert value(metrics, "prism_plugin_endpoint_requests_total", **labels) == 3
+    assert value(metrics, "prism_plugin_endpoint_failures_total", **labels) == 1
+    assert value(metrics, "prism_plugin_endpoint_ejections_total", **labels) == 1
+    assert value(metrics, "prism_plugin_endpoint_ejected", **labels) == 1
+    metrics.remove_namespace("far")
+    assert value(metrics, "prism_plugin_endpoint_requests_total", **labels) is None
