@@ -10,7 +10,8 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 (abuse.py), `proxy` (proxy.py: the whole proxy, stage by stage), `tracing` (tracing.py),
 `backends` (backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py:
 PostgreSQL, with the driver comparison), `traffic` (traffic.py: a bystander under a flood, with
-and without a namespace's concurrency cap).
+and without a namespace's concurrency cap), `zerocopy` (zerocopy.py: 1 GiB of raw chunks
+through the proxy and a sidecar: MiB/s and peak RSS).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SUITE_MODULES = (
     "bench.backends.postgres",
     "bench.suites.traffic",
     "bench.suites.tracing",
+    "bench.suites.zerocopy",
 )
 DEFAULT_SUITE = "grpc"
 
