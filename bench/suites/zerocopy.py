@@ -32,6 +32,7 @@ import trio
 
 from bench import report
 from bench import zerocopy_run as run
+from bench.procs import read_cpu_seconds
 from bench.suites import register
 from prism import grpc as pg
 
@@ -76,6 +77,8 @@ async def _transfer(
     pids = {"proxy": proxy.pid, "plugin": plugin}
     for pid in pids.values():
         run.reset_peak(pid)
+    cpu_before = {role: read_cpu_seconds(pid) for role, pid in pids.items()}
+    client_before = time.process_time()
     count = max(1, total // len(chunk) // streams)
     async with pg.open_channel(proxy.address) as channel:
         start = trio.current_time()
@@ -87,9 +90,15 @@ async def _transfer(
                     nursery.start_soon(_get, channel, len(chunk), count)
         elapsed = trio.current_time() - start
     moved = count * streams * len(chunk)
+    cpu = {role: read_cpu_seconds(pid) - cpu_before[role] for role, pid in pids.items()}
+    cpu["client"] = time.process_time() - client_before
     return {
         "mib_s": moved / MIB / elapsed,
         "seconds": elapsed,
+        **{
+            f"{role}_cpu_ms_per_mib": 1000 * seconds / (moved / MIB)
+            for role, seconds in cpu.items()
+        },
         "proxy_peak_mib": run.memory(pids["proxy"])[1] / MIB,
         "plugin_peak_mib": run.memory(pids["plugin"])[1] / MIB,
     }
@@ -166,6 +175,10 @@ class ZeroCopySuite:
                 mib_s = statistics.median(r["mib_s"] for r in runs)
                 proxy_peak = statistics.median(r["proxy_peak_mib"] for r in runs)
                 plugin_peak = statistics.median(r["plugin_peak_mib"] for r in runs)
+                cpu = [
+                    statistics.median(r[f"{role}_cpu_ms_per_mib"] for r in runs)
+                    for role in ("client", "proxy", "plugin")
+                ]
                 rows.append(
                     [
                         f"{direction} {total // MIB} MiB",
@@ -173,6 +186,8 @@ class ZeroCopySuite:
                         f"{mib_s / ceiling:.2f}",
                         f"{proxy_peak:.1f}",
                         f"{plugin_peak:.1f}",
+                        " / ".join(f"{ms:.1f}" for ms in cpu),
+                        f"{1000 / max(cpu):.0f}",
                         "yes" if max(proxy_peak, plugin_peak) < bound else "no",
                         "yes" if mib_s >= 200 else "no",
                     ]
@@ -193,6 +208,8 @@ class ZeroCopySuite:
             "vs plain socket",
             "proxy peak RSS MiB",
             "plugin peak RSS MiB",
+            "CPU ms per MiB: client / proxy / plugin",
+            "MiB/s the busiest process allows per core",
             "within bound",
             "≥ 200 MiB/s",
         ]
