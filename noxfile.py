@@ -47,6 +47,9 @@ TEST_DEPS = [
     # deploy/k8s/ is validated offline against the official schemas it ships (strict mode):
     # pinned, since a release brings new schemas (tests/deploy/test_k8s_manifests.py).
     "kubernetes-validate==1.37.0",
+    # Copies of payload bytes are counted from every allocation it records
+    # (bench/copycount.py; tests/proxy/test_frontdoor_zerocopy.py).
+    "memray>=1.20,<2",
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.

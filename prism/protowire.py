@@ -9,7 +9,7 @@ payloads (the ``Any`` a plugin's typed params travel in, its own messages) stay 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from prism.grpc import protocheck
 from prism.grpc.wire.status import InvalidArgument
@@ -18,14 +18,16 @@ VARINT, FIXED64, LEN, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
 
 def fields(
-    data: bytes, depth: int = protocheck.MAX_DEPTH
+    data: bytes, depth: int = protocheck.MAX_DEPTH, only: Container[int] | None = None
 ) -> Iterator[tuple[int, bytes | int | None]]:
     """Every top-level field in wire order: ``(number, value)``, the value bytes for
     length-delimited fields, an int for varints, None for fixed-width values and groups (which
     nothing here reads). ``depth`` is the nesting the message may still hold (protobuf's limit
-    less the levels around it). Raises :class:`InvalidArgument` for what protobuf's reference
-    parser rejects (:mod:`prism.grpc.protocheck`); a field of a known number with another wire
-    type than its own is for the caller to skip, as upb does."""
+    less the levels around it). ``only``: the numbers whose length-delimited values are
+    wanted; the others come as None, uncopied (a payload the proxy forwards is never sliced
+    out of its request just to be skipped). Raises :class:`InvalidArgument` for what
+    protobuf's reference parser rejects (:mod:`prism.grpc.protocheck`); a field of a known
+    number with another wire type than its own is for the caller to skip, as upb does."""
     pos, end = 0, len(data)
     read_varint = protocheck.read_varint
     try:
@@ -56,7 +58,10 @@ def fields(
                     raise InvalidArgument(
                         f"malformed protobuf message (field {number} runs past the end)"
                     )
-                yield number, data[pos : pos + length]
+                if only is None or number in only:
+                    yield number, data[pos : pos + length]
+                else:
+                    yield number, None
                 pos += length
                 continue
             if wire_type == FIXED64:
@@ -84,7 +89,9 @@ def scan(data: bytes, wanted: frozenset[int]) -> dict[int, bytes | int]:
     """The last occurrence of each wanted top-level field: bytes for length-delimited fields,
     int for varints. Raises :class:`InvalidArgument` for a malformed message."""
     return {
-        number: value for number, value in fields(data) if number in wanted and value is not None
+        number: value
+        for number, value in fields(data, only=wanted)
+        if number in wanted and value is not None
     }
 
 

@@ -13,7 +13,8 @@ PostgreSQL, with the driver comparison), `backends-clickhouse` (bench/backends/c
 ClickHouse query and batched insert), `traffic` (traffic.py: a bystander under a flood, with
 and without a namespace's concurrency cap), `fleet-limits` (fleetlimit.py: a fleet rate limit's
 cost per request beside a local one), `fleet-config` (fleet_config.py: a config change from an
-etcd PUT to serving on three proxies).
+etcd PUT to serving on three proxies), `zerocopy` (zerocopy.py: 1 GiB of raw chunks through the
+proxy and a sidecar: MiB/s and peak RSS).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SUITE_MODULES = (
     "bench.suites.tracing",
     "bench.suites.fleetlimit",
     "bench.suites.fleet_config",
+    "bench.suites.zerocopy",
 )
 DEFAULT_SUITE = "grpc"
 

@@ -15,6 +15,7 @@ import trio
 from prism.grpc.interceptor import CallState
 from prism.grpc.service import Cardinality, RpcMethod, decode, encode
 from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES, PeerInfo
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
 from prism.grpc.wire.metadata import validate as validate_metadata
 from prism.grpc.wire.status import (
@@ -295,7 +296,7 @@ class ServerCall:
             self._unyielded = self._unyielded_messages = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _encoded(self, message: Any) -> bytes:
+    def _encoded(self, message: Any) -> bytes | Pieces:
         data = encode(message)
         limit = self._connection.server.options.max_send_message_size
         if limit is not None and len(data) > limit:

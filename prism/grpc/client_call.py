@@ -24,6 +24,7 @@ from prism.grpc.deadline import effective_deadline
 from prism.grpc.service import MessageType, decode, encode
 from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES
 from prism.grpc.wire.compression import check_encoding
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.metadata import Metadata, MetadataError, MetadataLike
 from prism.grpc.wire.status import (
     Cancelled,
@@ -175,7 +176,7 @@ class ClientCall(Generic[T]):
         self.close()
         raise error
 
-    def _encode(self, message: Any) -> bytes:
+    def _encode(self, message: Any) -> bytes | Pieces:
         data = encode(message)
         limit = self._channel.options.max_send_message_size
         if limit is not None and len(data) > limit:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, TypeVar
 import betterproto2
 
 from prism.grpc import protocheck
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import InvalidArgument
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,8 +40,9 @@ class RpcMethod:
     response_type: MessageType
 
 
-def encode(message: betterproto2.Message | bytes) -> bytes:
-    return message if isinstance(message, bytes) else bytes(message)
+def encode(message: betterproto2.Message | bytes | Pieces) -> bytes | Pieces:
+    """A message's bytes; :class:`~prism.grpc.wire.framing.Pieces` as they are (sent unjoined)."""
+    return message if isinstance(message, bytes | Pieces) else bytes(message)
 
 
 def decode(message_type: MessageType, data: bytes) -> Any:

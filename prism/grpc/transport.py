@@ -197,6 +197,19 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _unsent(
+    out: list[bytes | bytearray | memoryview], sent: int
+) -> list[bytes | bytearray | memoryview]:
+    """What of ``out`` is left after the first ``sent`` bytes went out (views, no copies)."""
+    for i, buf in enumerate(out):
+        size = len(buf)
+        if sent < size:
+            rest = memoryview(buf)[sent:] if sent else buf
+            return [rest, *out[i + 1 :]]
+        sent -= size
+    return []
+
+
 def split_host_port(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
@@ -324,14 +337,35 @@ class Output:
             sent = os.writev(fd, out)
         except OSError:  # EAGAIN, EPIPE, …: the writer task retries and reports errors
             sent = 0
-        for i, buf in enumerate(out):
-            size = len(buf)
-            if sent < size:
-                rest = memoryview(buf)[sent:] if sent else buf
-                self._leftover = [rest, *out[i + 1 :]]
-                return False
-            sent -= size
+        rest = _unsent(out, sent)
+        if rest:
+            self._leftover = rest
+            return False
         return True
+
+    async def _writev_all(self, out: list[bytes | bytearray | memoryview]) -> None:
+        """Write every buffer of ``out`` with ``writev`` (up to ``_MAX_IOV`` at a time), as
+        they are: a large message's frames are views of it, sent without being joined.
+        Waits while the socket is full; raises what ``send_all`` would (the peer broke the
+        connection: ``BrokenResourceError``; it was closed: ``ClosedResourceError``)."""
+        sock = self._sock
+        assert sock is not None
+        waited = False
+        while out:
+            fd = sock.fileno()  # -1 once closed: never write to a reused descriptor
+            if fd < 0:
+                raise trio.ClosedResourceError("the connection was closed")
+            try:
+                sent = os.writev(fd, out[:_MAX_IOV])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                waited = True
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
+            out = _unsent(out, sent)
+        if not waited:
+            await trio.lowlevel.checkpoint()
 
     async def write_loop(self, send_all: Any, on_closed: Any) -> None:
         """The writer task: leftovers, back-pressure, TLS, and the connection's close
@@ -350,8 +384,11 @@ class Output:
                 if self._leftover:
                     out = [*self._leftover, *out]
                     self._leftover = []
-                for data in out:
-                    await send_all(data)
+                if tls is None and self._sock is not None:
+                    await self._writev_all(out)
+                else:
+                    for data in out:
+                        await send_all(data)
             finally:
                 self._writing = False
             # Closed while that write was in progress: the final GOAWAY came after the output

@@ -27,6 +27,7 @@ from prism._proto.prism.plugin.v1 import (
 )
 from prism.grpc.channel import Channel
 from prism.grpc.client_call import ClientCall
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, Status
 from prism.plugin_protocol import (
     DESCRIBE_OPERATION,
@@ -40,8 +41,8 @@ from prism.sdk.typed import unpack
 
 SERVICE = f"/{SERVICE_NAME}/"
 _EXECUTE = SERVICE + "Execute"  # the hot path's method path, built once
-ReceiveBytes = Callable[[], Awaitable[bytes | None]]
-SendBytes = Callable[[bytes], Awaitable[None]]
+ReceiveBytes = Callable[[], Awaitable[bytes | Pieces | None]]
+SendBytes = Callable[[bytes | Pieces], Awaitable[None]]
 
 
 class PluginClient(abc.ABC):
@@ -56,8 +57,9 @@ class PluginClient(abc.ABC):
     async def health_check(self) -> HealthCheckResponse: ...
 
     @abc.abstractmethod
-    async def execute(self, request: bytes) -> bytes:
-        """A plugin ``ExecuteRequest`` (encoded) → its ``ExecuteResponse`` (encoded)."""
+    async def execute(self, request: bytes | Pieces) -> bytes | Pieces:
+        """A plugin ``ExecuteRequest`` (encoded; a large one may come as :class:`Pieces`,
+        sent on as they are) → its ``ExecuteResponse`` (encoded)."""
 
     @abc.abstractmethod
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
@@ -71,7 +73,7 @@ class PluginClient(abc.ABC):
     async def metrics(self) -> PluginMetrics:
         """Fetch (and reset) the plugin's interval metrics."""
         raw = await self.execute(bytes(ExecuteRequest(operation=METRICS_OPERATION)))
-        response = ExecuteResponse.parse(raw)
+        response = ExecuteResponse.parse(bytes(raw))
         if not response.success or response.typed_result is None:
             return PluginMetrics()
         return unpack(response.typed_result, PluginMetrics)
@@ -81,7 +83,7 @@ class PluginClient(abc.ABC):
         ``_prism.describe``); None from a plugin that does not answer it (one not built on
         the SDK: only its ``supported_operations`` are known)."""
         raw = await self.execute(bytes(ExecuteRequest(operation=DESCRIBE_OPERATION)))
-        response = ExecuteResponse.parse(raw)
+        response = ExecuteResponse.parse(bytes(raw))
         if not response.success or response.typed_result is None:
             return None
         return unpack(response.typed_result, PluginDescription)
@@ -97,11 +99,17 @@ class InProcessClient(PluginClient):
     async def health_check(self) -> HealthCheckResponse:
         return await self.instance.health_check(HealthCheckRequest())
 
-    async def execute(self, request: bytes) -> bytes:
-        return await self.instance.execute_encoded(request)
+    async def execute(self, request: bytes | Pieces) -> bytes | Pieces:
+        return await self.instance.execute_encoded(
+            request if type(request) is bytes else bytes(request)
+        )
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None:
-        await self.instance.execute_stream_encoded(receive, send)
+        async def joined() -> bytes | None:
+            data = await receive()
+            return data if data is None or type(data) is bytes else bytes(data)
+
+        await self.instance.execute_stream_encoded(joined, send)
 
     async def shutdown(self, grace: float, reason: str) -> ShutdownResponse:
         return await self.instance.shutdown(
@@ -144,7 +152,7 @@ class GrpcClient(PluginClient):
         )
         return response
 
-    async def execute(self, request: bytes) -> bytes:
+    async def execute(self, request: bytes | Pieces) -> bytes:
         response: bytes = await self.channel.unary_unary(
             _EXECUTE, request, bytes, metadata=self.metadata
         )

@@ -23,13 +23,14 @@ import trio
 
 from prism._proto.prism.plugin.v1 import HealthCheckResponse, PluginMetrics
 from prism.config import NamespaceConfig
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import Unavailable
 from prism.hosting.client import PluginClient
 
 log = logging.getLogger("prism.hosting")
 
-ReceiveBytes = Callable[[], Awaitable[bytes | None]]
-SendBytes = Callable[[bytes], Awaitable[None]]
+ReceiveBytes = Callable[[], Awaitable[bytes | Pieces | None]]
+SendBytes = Callable[[bytes | Pieces], Awaitable[None]]
 
 
 class Count(Protocol):
@@ -275,7 +276,7 @@ class NamespaceRoute:
             raise Unavailable(f"namespace {self.config.name!r} has no running plugin")
         return instance
 
-    async def execute(self, request: bytes) -> bytes:
+    async def execute(self, request: bytes | Pieces) -> bytes | Pieces:
         instance = self._instance()
         client = instance.enter()  # track(), without a context manager per call
         try:

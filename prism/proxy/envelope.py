@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prism import protowire
 from prism.grpc.protocheck import read_varint
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, InvalidArgument, PermissionDenied, Status
 from prism.sdk.plugin import RESERVED_PREFIX
 
@@ -17,6 +18,7 @@ __all__ = ["check_response", "target"]
 
 _OPERATION, _NAMESPACE = 1, 15
 _SUCCESS, _ERROR, _ERROR_CODE = 1, 2, 3
+_TARGET = frozenset({_OPERATION, _NAMESPACE})
 _RESPONSE_FIELDS = frozenset({_SUCCESS, _ERROR, _ERROR_CODE})
 #: The tags of ``typed_result`` (4) and ``raw_result`` (5), length-delimited.
 _RESULTS = frozenset({4 << 3 | 2, 5 << 3 | 2})
@@ -29,7 +31,8 @@ def target(request: bytes) -> tuple[str, str]:
     for the SDK's reserved operations. The operation may be empty (a stream's later requests).
     """
     raw_namespace = raw_operation = None
-    for number, value in protowire.fields(request):  # protowire.scan, without its dict
+    # protowire.scan, without its dict; the payload (params) is skipped, never sliced out.
+    for number, value in protowire.fields(request, only=_TARGET):
         if value is None:
             continue
         if number == _NAMESPACE:
@@ -50,8 +53,14 @@ def target(request: bytes) -> tuple[str, str]:
     return namespace, operation
 
 
-def check_response(response: bytes) -> bytes:
-    """A plugin's ExecuteResponse → the same bytes, or its error as a GrpcError."""
+def check_response(response: bytes | Pieces) -> bytes | Pieces:
+    """A plugin's ExecuteResponse → the same bytes, or its error as a GrpcError. An in-process
+    plugin's large raw result comes as :class:`Pieces` (the SDK's ``execute_reply``: a success,
+    its fields in the head) and goes on as it is."""
+    if isinstance(response, Pieces):
+        if response.head[:2] == b"\x08\x01":
+            return response
+        return check_response(bytes(response))
     end = len(response)
     if end > 3 and response[0] == 0x08 and response[1] == 0x01 and response[2] in _RESULTS:
         # A success as the SDK writes it (``_envelope.execute_result``): ``success`` true, then

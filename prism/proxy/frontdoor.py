@@ -23,6 +23,7 @@ from prism._proto.prism.proxy.v1 import (
     ListAccessibleNamespacesRequest,
     ListAccessibleNamespacesResponse,
 )
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, Unknown
 from prism.logsetup import current_trace_id
 from prism.proxy import discovery
@@ -60,7 +61,7 @@ class DataProxyService(pg.Service):
         self.pipeline = pipeline if pipeline is not None else Pipeline(router)
 
     @pg.unary_unary("Execute", bytes, bytes)
-    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
+    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes | Pieces:
         try:
             return await self.pipeline.unary(call, request)
         except Exception as exc:

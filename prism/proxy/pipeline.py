@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from prism.grpc.interceptor import CallOutcome, ServerInterceptor
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, InvalidArgument, Status
 from prism.proxy.envelope import check_response, target
 from prism.proxy.metrics import NamespaceMetrics, ProxyMetrics
@@ -87,8 +88,8 @@ __all__ = [
 DATA_PROXY = "/prism.proxy.v1.DataProxy/"
 EXECUTE_STREAM = DATA_PROXY + "ExecuteStream"
 
-ReceiveBytes = Callable[[], Awaitable[bytes | None]]
-SendBytes = Callable[[bytes], Awaitable[None]]
+ReceiveBytes = Callable[[], Awaitable[bytes | Pieces | None]]
+SendBytes = Callable[[bytes | Pieces], Awaitable[None]]
 
 
 # -- what the pipeline routes to (prism.hosting's NamespaceRoute and PluginHost) -------------
@@ -102,7 +103,7 @@ class Route(Protocol):
         """The instance serving now (None while none is): a breaker's state is per instance."""
         ...
 
-    async def execute(self, request: bytes) -> bytes: ...
+    async def execute(self, request: bytes | Pieces) -> bytes | Pieces: ...
 
     async def execute_stream(self, receive: ReceiveBytes, send: SendBytes) -> None: ...
 
@@ -123,10 +124,11 @@ class Tracer(Protocol):
         has a trace id in its audit record. Must not raise."""
         ...
 
-    def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
+    def outgoing(self, info: RequestInfo, request: bytes) -> bytes | Pieces:
         """The request bytes the plugin gets: the same bytes, or with the trace context
         added to their ``metadata`` map (field 4 of ExecuteRequest and StreamRequest: a map
-        entry appended to the bytes is merged by the decoder, so nothing has to be decoded).
+        entry appended to the bytes is merged by the decoder, so nothing has to be decoded;
+        a large request and the entry as :class:`Pieces`, sent without joining them).
         A stream's first request comes here. Must not raise."""
         ...
 
@@ -387,7 +389,7 @@ class Pipeline:
         call.state[REQUEST] = info
         return info, False
 
-    async def unary(self, call: ServerCall, request: bytes) -> bytes:
+    async def unary(self, call: ServerCall, request: bytes) -> bytes | Pieces:
         """Execute: the namespace-level stages, then the plugin; its response bytes."""
         info, intercepted = self._info(call, False)
         info.namespace, info.operation = target(request)  # front door: the envelope only
@@ -453,9 +455,9 @@ class Pipeline:
             route = self.router.route(info.namespace)
             breaker = stages.breakers.for_route(route)
             breaker.admit()
-            pending: list[bytes] = [self.tracer.outgoing(info, first)]
+            pending: list[bytes | Pieces] = [self.tracer.outgoing(info, first)]
 
-            async def receive() -> bytes | None:
+            async def receive() -> bytes | Pieces | None:
                 if pending:
                     return pending.pop()
                 message: bytes | None = await call.receive_message()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from prism.grpc.interceptor import CallOutcome
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import Status
 from prism.logsetup import LOG_CONTEXT
 from prism.proxy.request import RequestInfo, TraceContext
@@ -155,6 +156,9 @@ def _varint(n: int) -> bytes:
 # A version-00 traceparent is always 55 characters: its map entry's bytes up to the value are
 # always these.
 _TRACEPARENT_ENTRY = _metadata_entry(b"traceparent", "x" * 55)[:-55]
+#: Requests up to this size get the trace context joined on (one buffer); larger ones have it
+#: sent behind them (:class:`~prism.grpc.wire.framing.Pieces`), so they are not copied.
+_JOIN_LIMIT = 1 << 16
 
 
 class CallLogContext:
@@ -227,13 +231,16 @@ class W3CTracer:
             return self.spans.start(call, info, parsed, tracestate)
         return TraceContext(trace_id, _new_span_id(), parent_id, flags, tracestate)
 
-    def outgoing(self, info: RequestInfo, request: bytes) -> bytes:
+    def outgoing(self, info: RequestInfo, request: bytes) -> bytes | Pieces:
         trace = info.trace
         if trace is None:
             return request
         extra = _TRACEPARENT_ENTRY + format_traceparent(trace).encode()
         if trace.tracestate:
             extra += _metadata_entry(b"tracestate", trace.tracestate)
+        if len(request) > _JOIN_LIMIT:
+            # The entry is sent behind the request as it came, not joined to a copy of it.
+            return Pieces(b"", request, extra)
         return request + extra
 
     def end(self, info: RequestInfo, outcome: CallOutcome) -> None:

@@ -25,6 +25,7 @@ import betterproto2
 from prism import protowire
 from prism._proto.google.protobuf import Any
 from prism.grpc import protocheck
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError
 from prism.sdk import _fastcodec
 from prism.sdk.plugin import Payload
@@ -34,9 +35,11 @@ __all__ = [
     "STREAM_FINAL",
     "ExecuteEnvelope",
     "execute_error",
+    "execute_reply",
     "execute_result",
     "read_execute",
     "read_stream_request",
+    "stream_reply",
     "stream_result",
 ]
 
@@ -158,6 +161,26 @@ def execute_result(result: Payload) -> bytes:
     size = _varint(len(body))
     any_length = len(url) + 1 + len(size) + len(body)
     return b"".join((_SUCCESS_TYPED, _varint(any_length), url, _ANY_VALUE, size, body))
+
+
+#: Raw results larger than this are sent behind their envelope's fields, not joined to them.
+PIECES_FROM = 1 << 16
+
+
+def execute_reply(result: Payload) -> bytes | Pieces:
+    """:func:`execute_result`, with a large ``raw_result`` as :class:`Pieces`: the envelope's
+    fields, then the plugin's bytes as they are (sent without being copied behind them)."""
+    if type(result) is bytes and len(result) > PIECES_FROM:
+        return Pieces(_SUCCESS_RAW + _varint(len(result)), result)
+    return execute_result(result)
+
+
+def stream_reply(result: Payload) -> bytes | Pieces:
+    """:func:`stream_result`, with a large ``raw_result`` as :class:`Pieces` (see
+    :func:`execute_reply`)."""
+    if type(result) is bytes and len(result) > PIECES_FROM:
+        return Pieces(b"\x12" + _varint(len(result)), result)
+    return stream_result(result)
 
 
 #: ``StreamResponse(is_final=True)``, encoded: the end of a stream that succeeded.

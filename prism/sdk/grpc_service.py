@@ -32,6 +32,7 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownRequest,
     ShutdownResponse,
 )
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, Status, Unavailable
 from prism.plugin_protocol import SERVICE_NAME, SESSION_DETAIL, SESSION_METADATA
 from prism.sdk import _envelope
@@ -72,7 +73,7 @@ class BackendPluginService(pg.Service):
         return await self.instance.health_check(request)
 
     @pg.unary_unary("Execute", bytes, bytes)
-    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
+    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes | Pieces:
         return await self.instance.execute_encoded(request)
 
     @pg.stream_stream("ExecuteStream", bytes, bytes)
@@ -216,7 +217,7 @@ class SessionPluginService(pg.Service):
         return await session.instance.health_check(request)
 
     @pg.unary_unary("Execute", bytes, bytes)
-    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes:
+    async def execute(self, request: bytes, call: pg.ServerCall) -> bytes | Pieces:
         session = self._lookup(call)
         if session is None:
             return _envelope.execute_error(

@@ -41,6 +41,7 @@ from prism._proto.prism.plugin.v1 import (
     StreamRequest,
     StreamResponse,
 )
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, InvalidArgument
 from prism.plugin_protocol import DESCRIBE_OPERATION, METRICS_OPERATION
 from prism.sdk import _codec, _envelope
@@ -136,7 +137,7 @@ class PluginInstance(Engine):
             return ExecuteResponse(success=False, error=exc.message, error_code=int(exc.status))
         return _codec.encode_result(result)
 
-    async def execute_encoded(self, request: bytes) -> bytes:
+    async def execute_encoded(self, request: bytes) -> bytes | Pieces:
         """``execute`` on encoded messages (what sidecar, remote and in-process hosts forward):
         an ``ExecuteRequest``'s bytes → the ``ExecuteResponse``'s, without decoding either
         envelope through betterproto2 (see ``_envelope``). A malformed request raises
@@ -156,7 +157,7 @@ class PluginInstance(Engine):
             )
         except GrpcError as exc:
             return _envelope.execute_error(exc)
-        return _envelope.execute_result(result)
+        return _envelope.execute_reply(result)  # a large raw_result: Pieces, not a copy
 
     async def execute_stream(
         self,
@@ -195,7 +196,7 @@ class PluginInstance(Engine):
     async def execute_stream_encoded(
         self,
         receive: Callable[[], Awaitable[bytes | None]],
-        send: Callable[[bytes], Awaitable[None]],
+        send: Callable[[bytes | Pieces], Awaitable[None]],
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         """``execute_stream`` on encoded messages (what sidecar, remote and in-process hosts
@@ -223,7 +224,7 @@ class PluginInstance(Engine):
                 # Not a coroutine of its own: the send's awaitable goes back (see _run_stream).
                 if isinstance(result, SharedResult):
                     return send(result.stream_response())
-                return send(_envelope.stream_result(result))
+                return send(_envelope.stream_reply(result))
 
             params = _codec.decode_params(
                 spec, first.params_field, first.params, spec.params, "params"

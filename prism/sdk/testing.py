@@ -47,6 +47,7 @@ from prism._proto.prism.plugin.v1 import (
     StreamRequest,
     StreamResponse,
 )
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, InvalidArgument, Unimplemented
 from prism.sdk._nursery import open_nursery_unwrapped
 from prism.sdk.config import config_from_mapping
@@ -287,8 +288,8 @@ class HarnessStream:
             return None
         return bytes(_stream_request("", params))
 
-    async def _send_response(self, data: bytes) -> None:
-        response = StreamResponse.parse(data)
+    async def _send_response(self, data: bytes | Pieces) -> None:
+        response = StreamResponse.parse(bytes(data))
         if response.is_final:
             self.final = True
         elif response.raw_result is not None:

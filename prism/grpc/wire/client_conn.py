@@ -20,8 +20,9 @@ from prism.grpc.wire.events import (
     StreamAborted,
     WindowUpdated,
 )
-from prism.grpc.wire.framing import HEADER, MessageDecoder
+from prism.grpc.wire.framing import HEADER, MessageDecoder, Pieces
 from prism.grpc.wire.h2conn import H2Base, Settings
+from prism.grpc.wire.server_conn import _rest_of_frame
 from prism.grpc.wire.status import (
     GrpcError,
     Internal,
@@ -121,18 +122,27 @@ class ClientConnection(H2Base):
         return sid
 
     def send_message(
-        self, stream_id: int, data: bytes, *, end: bool = False, compress: bool = True
+        self, stream_id: int, data: bytes | Pieces, *, end: bool = False, compress: bool = True
     ) -> None:
         """Queue one request message; compressed if the stream has an encoding and
-        ``compress`` (False sends this one message uncompressed, e.g. against CRIME)."""
+        ``compress`` (False sends this one message uncompressed, e.g. against CRIME).
+        A large message's payload (of :class:`Pieces`: its body) is sent from its own buffer."""
         stream = self._streams.get(stream_id)
         if compress and stream is not None and stream.send_encoding is not None:
-            data = codec.compress(stream.send_encoding, data)
+            data = codec.compress(stream.send_encoding, bytes(data))
             prefix = HEADER.pack(1, len(data))
         else:
             prefix = HEADER.pack(0, len(data))
         if len(data) <= _COALESCE_LIMIT:
-            self._queue(stream_id, prefix + data, end=end)  # END_STREAM on the same frame
+            # END_STREAM on the same frame
+            self._queue(stream_id, prefix + bytes(data), end=end)
+        elif isinstance(data, Pieces):
+            self._queue(stream_id, prefix + data.head)
+            if data.tail:
+                self._queue(stream_id, data.body, body=True)
+                self._queue(stream_id, data.tail, end=end, body=True)
+            else:
+                self._queue(stream_id, data.body, end=end, body=True)
         else:
             self._queue(stream_id, prefix)
             self._queue(stream_id, data, end=end)
@@ -160,10 +170,66 @@ class ClientConnection(H2Base):
 
     # -- input ------------------------------------------------------------------------------
 
+    #: Take plain DATA frames without h2's frame objects and events (``_H2.take_data_frames``,
+    #: as the server's connection does). Off, every frame goes through h2: tests compare them.
+    fast_data = True
+
     def receive_data(self, data: bytes | bytearray) -> list[Event]:
-        """Raises ``h2.exceptions.ProtocolError`` when the server broke HTTP/2."""
+        """Raises ``h2.exceptions.ProtocolError`` when the server broke HTTP/2.
+
+        Plain DATA frames on open streams are taken straight from ``data`` (the bytes read):
+        a message is sliced or joined from their payloads once, where through h2 each payload
+        was copied into its frame buffer, then out of it, then joined."""
         out: list[Event] = []
-        for event in self._h2.receive_data(data):
+        h2c = self._h2
+        frames = h2c.frames
+        if data and self._streams and self.fast_data:
+            if type(data) is not bytes:
+                data = bytes(data)  # messages are sliced from it: it must not change
+            pos = 0
+            if frames._data:
+                # The end of a frame an earlier read began: h2 takes it, the fast path the rest.
+                pos = _rest_of_frame(frames._data, len(data))
+                if pos:
+                    self._on_h2_events(h2c.receive_data(data[:pos]), out)
+            if not frames._data and not self.closed:
+                runs: list[tuple[int, int, int]] = []
+                taken = h2c.take_data_frames(data, pos, self._streams, runs)
+                if runs:
+                    self._on_data_frames(data, runs, out)
+                    pos = taken
+            if pos:
+                data = memoryview(data)[pos:]  # type: ignore[assignment]
+        if data or frames._data:
+            self._on_h2_events(h2c.receive_data(data), out)
+        return out
+
+    def _on_data_frames(
+        self, data: bytes, runs: list[tuple[int, int, int]], out: list[Event]
+    ) -> None:
+        """Messages from the DATA payloads ``data[start:end]`` the fast path took: what
+        :meth:`_on_data` makes of each."""
+        streams = self._streams
+        for sid, start, end in runs:
+            flow = end - start
+            stream = streams.get(sid)
+            if stream is None or stream.done:
+                self._h2.acknowledge_data(flow, sid)
+                continue
+            messages: list[bytes] = []
+            try:
+                size = stream.decoder.feed(data, start, end, messages)
+            except GrpcError as exc:
+                self._received(sid, flow, 0)
+                self._end(sid, out, exc)
+                self.reset_stream(sid)
+                continue
+            self._received(sid, flow, size)
+            for message in messages:
+                out.append(MessageReceived(sid, message))
+
+    def _on_h2_events(self, events: list[h2.events.Event], out: list[Event]) -> None:
+        for event in events:
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, out)
             elif isinstance(event, h2.events.ResponseReceived):
@@ -210,7 +276,6 @@ class ClientConnection(H2Base):
                             ),
                         )
                     )
-        return out
 
     def _on_headers(self, sid: int, headers: list[tuple[bytes, bytes]], out: list[Event]) -> None:
         stream = self._streams.get(sid)

@@ -15,6 +15,34 @@ def frame_header(length: int, compressed: bool = False) -> bytes:
     return HEADER.pack(1 if compressed else 0, length)
 
 
+class Pieces:
+    """One message given as buffers sent one after the other without being joined: ``head``
+    (an envelope's fields), ``body`` (a large payload it carries as it came: ``raw_params``,
+    ``raw_result``) and an optional ``tail`` (fields added behind it, such as the trace
+    context the proxy appends), so the payload is never copied to put fields around it.
+
+    Sends take it wherever they take a message's bytes (``prism.grpc``'s calls, with the
+    ``bytes`` message type): ``len()`` is the message's size, ``bytes()`` joins it (what a
+    compressed or small message needs anyway). ``body`` must not change until it is sent.
+    """
+
+    __slots__ = ("body", "head", "tail")
+
+    def __init__(self, head: bytes, body: bytes | memoryview, tail: bytes = b"") -> None:
+        self.head = head
+        self.body = body
+        self.tail = tail
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.body) + len(self.tail)
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.head, self.body, self.tail))
+
+    def __repr__(self) -> str:
+        return f"Pieces({len(self.head)} + {len(self.body)} + {len(self.tail)} bytes)"
+
+
 def encode_message(data: bytes, compressed: bool = False) -> bytes:
     """One framed message. Large payloads are better sent as header + data to avoid a copy."""
     return HEADER.pack(1 if compressed else 0, len(data)) + data

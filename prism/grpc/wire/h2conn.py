@@ -60,8 +60,9 @@ class _Outbound:
     """Bytes queued on one stream, and the trailers (or END_STREAM) that must follow them.
 
     Each chunk is whole messages (prefix and payload; several when small ones were batched),
-    or the prefix or the payload of a large one (``bodies`` holds those payloads, in order), or
-    the rest of a chunk a frame took part of. ``started`` says whether the head chunk
+    or the prefix of a large one, or a part of its payload (``bodies`` holds those parts, in
+    order: a message sent as :class:`~prism.grpc.wire.framing.Pieces` has two), or the rest
+    of a chunk a frame took part of. ``started`` says whether the head chunk
     continues a message that has begun to go out: what :meth:`H2Base.discard_unsent` must keep
     so the peer never sees half a message.
     """
@@ -210,7 +211,8 @@ class H2Base:
                     out.started = False
                 elif head is bodies[0]:
                     bodies.popleft()
-                    out.started = False
+                    # Another part of the same payload may follow (a prefix never is a body).
+                    out.started = bool(bodies) and bool(out.chunks) and out.chunks[0] is bodies[0]
                 else:  # after a large message's prefix, its payload has begun
                     out.started = bool(out.chunks) and out.chunks[0] is bodies[0]
             else:
@@ -245,8 +247,12 @@ class H2Base:
         keep = 0
         if out.started:
             keep = 1
-            if bodies and len(chunks) > 1 and chunks[0] is not bodies[0] and chunks[1] is bodies[0]:
-                keep = 2  # a frame took part of a large message's prefix: keep its payload too
+            if bodies:
+                # The rest of the message begun: its payload's parts (after a prefix a frame
+                # took part of, or after the part being sent).
+                parts = {id(body) for body in bodies}
+                while keep < len(chunks) and id(chunks[keep]) in parts:
+                    keep += 1
         kept = [chunks[i] for i in range(keep)]
         if keep == 1 and not (bodies and chunks[0] is bodies[0]):
             # The head holds whole messages (several, when a streaming handler's small ones
@@ -318,18 +324,22 @@ class H2Base:
             read[1] += message_bytes
 
     def _withhold(self, stream_id: int, flow_controlled: int, message_bytes: int) -> None:
-        """Up to ``message_bytes`` of ``flow_controlled`` are withheld until :meth:`consumed`
-        reports those messages taken; the rest (the beginning of a message not yet complete,
-        padding) is acknowledged now. Withheld bytes never exceed queued ones, so a consumer
-        that has taken every message has had every byte acknowledged: a sender cannot stall
-        on a window we keep shut while nothing is left to consume."""
-        held = flow_controlled if flow_controlled < message_bytes else message_bytes
+        """While the stream has messages the consumer has not taken (these ``message_bytes``
+        among them), ``flow_controlled`` is withheld until :meth:`consumed` reports them
+        taken; otherwise (the beginning of a message not yet complete, padding) it is
+        acknowledged now, so a message larger than the window can complete. What a fast
+        sender can make us buffer is then one window and one message, however large the
+        messages: a message larger than the window no longer reopens it for the next ones.
+        Once the consumer has taken every message, every byte has been acknowledged: a
+        sender cannot stall on a window we keep shut while nothing is left to consume."""
+        queued = self._queued.get(stream_id, 0) + message_bytes
         if message_bytes:
-            self._queued[stream_id] = self._queued.get(stream_id, 0) + message_bytes
-            if held:
-                self._held[stream_id] = self._held.get(stream_id, 0) + held
-        if flow_controlled > held:
-            self._give_back(stream_id, flow_controlled - held)
+            self._queued[stream_id] = queued
+        if queued > 0:
+            if flow_controlled:
+                self._held[stream_id] = self._held.get(stream_id, 0) + flow_controlled
+        elif flow_controlled:
+            self._give_back(stream_id, flow_controlled)
 
     def _give_back(self, stream_id: int, size: int) -> None:
         """Acknowledge ``size`` bytes nobody will consume (a stream finished or gone, or the
@@ -362,10 +372,13 @@ class H2Base:
         queued = self._queued.get(stream_id)
         if queued is None:
             return
-        self._queued[stream_id] = queued - size
+        queued -= size
+        self._queued[stream_id] = queued
         held = self._held.get(stream_id, 0)
         if held:
-            release = size if size < held else held
+            # Everything once the consumer has caught up (bytes of a message still coming
+            # were held behind the ones it had not taken).
+            release = held if queued <= 0 or size >= held else size
             self._held[stream_id] = held - release
             if not self.closed:
                 self._h2.acknowledge_data(release, stream_id)

@@ -5,7 +5,8 @@ Padding/Priority mixins), re-encode and re-check headers, copy memoryviews and s
 of a unary RPC. :class:`SendFastPaths` makes the same stream-state transitions and
 flow-control accounting and writes the frame bytes directly; anything unusual (priority,
 padding, 1xx responses, a connection that is not open yet or any more) goes to h2's code.
-Large DATA payloads are not copied: they stay in the caller's buffer (:meth:`take_output`).
+DATA payloads of 4 KiB and more are not copied: they stay in the caller's buffer
+(:meth:`take_output`).
 
 It uses h2 4.4's internals (``_data_to_send``, ``_begin_new_stream``, the stream state
 machine's ``process_input``); tests/grpc/wire/test_h2send.py compares what it writes and the
@@ -30,9 +31,13 @@ from prism.grpc.wire.h2frames import (
     END_STREAM,
     FRAME_HEADER,
     HEADERS,
-    ZERO_COPY,
 )
 from prism.grpc.wire.h2streams import StreamTable
+
+#: DATA payloads from this size on are sent as views of the caller's buffer (see send_data);
+#: smaller ones are copied behind their frame header (one buffer for many small frames).
+#: A view costs a list entry and a fresh output buffer, about what copying 2 KiB costs.
+SEND_VIEW = 1 << 12
 
 # Connection states in which sending HEADERS or DATA leaves the state unchanged.
 _OPEN = (ConnectionState.SERVER_OPEN, ConnectionState.CLIENT_OPEN)
@@ -139,11 +144,12 @@ class SendFastPaths(StreamTable):
         self.outbound_flow_control_window -= size
         out = self._data_to_send
         out += FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, flags, stream_id)
-        if size < ZERO_COPY:
+        if size < SEND_VIEW:
             out += data
         else:
-            # A large payload is sent from the caller's buffer instead of being copied into
-            # h2's output buffer (and from there into the bytes data_to_send returns).
+            # A payload of a frame's size is sent from the caller's buffer instead of being
+            # copied into h2's output buffer (and from there into the bytes data_to_send
+            # returns): a large message goes out in 16 KiB frames, each a view of it.
             self._segments += (out, data)
             self._data_to_send = bytearray()
 

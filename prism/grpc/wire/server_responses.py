@@ -18,7 +18,7 @@ from h2.stream import StreamState
 from prism.grpc.wire import compression as codec
 from prism.grpc.wire import metadata as md
 from prism.grpc.wire.flood import FloodGuard
-from prism.grpc.wire.framing import HEADER, MessageDecoder
+from prism.grpc.wire.framing import HEADER, MessageDecoder, Pieces
 from prism.grpc.wire.h2conn import H2Base, Settings
 from prism.grpc.wire.status import Status, encode_grpc_message
 
@@ -74,7 +74,7 @@ class ServerResponses(H2Base):
         self._h2.send_headers(stream_id, headers)
 
     def send_message(
-        self, stream_id: int, data: bytes, *, compress: bool = True, batch: bool = False
+        self, stream_id: int, data: bytes | Pieces, *, compress: bool = True, batch: bool = False
     ) -> None:
         """Queue one response message; compressed when the stream's responses are (see the
         class) unless ``compress`` is False (one message in the clear, e.g. against CRIME).
@@ -90,13 +90,15 @@ class ServerResponses(H2Base):
         if not stream.headers_sent:
             self.send_headers(stream_id)
         if stream.send_encoding is not None and compress:
-            data = codec.compress(stream.send_encoding, data)
+            data = codec.compress(stream.send_encoding, bytes(data))
             prefix = HEADER.pack(1, len(data))
         else:
             prefix = HEADER.pack(0, len(data))
         batches = self._batches
         self._guard.wrote = True
         if len(data) <= _COALESCE_LIMIT:
+            if isinstance(data, Pieces):
+                data = bytes(data)
             if batch:
                 pending = batches.get(stream_id)
                 if pending is None:
@@ -113,8 +115,15 @@ class ServerResponses(H2Base):
         else:
             if batches:
                 self._flush_batch(stream_id)
-            self._queue(stream_id, prefix)
-            self._queue(stream_id, data, body=True)
+            if isinstance(data, Pieces):
+                # The head goes with the prefix; the body is sent from its own buffer.
+                self._queue(stream_id, prefix + data.head)
+                self._queue(stream_id, data.body, body=True)
+                if data.tail:
+                    self._queue(stream_id, data.tail, body=True)
+            else:
+                self._queue(stream_id, prefix)
+                self._queue(stream_id, data, body=True)
 
     def _flush_batch(self, stream_id: int) -> None:
         pending = self._batches.pop(stream_id, None)

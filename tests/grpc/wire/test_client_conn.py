@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import h2.config
+import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
@@ -488,3 +490,62 @@ def test_client_connection_header_blocks_over_16_kib_both_ways() -> None:
     respond(link, sid, [(b"grpc-status", b"0"), (b"x-big-trailer", value.encode())], end=True)
     assert link.of(ResponseHeadersReceived) == [ResponseHeadersReceived(sid, [("x-big", value)])]
     assert ended(link, sid) == ResponseEnded(sid, Status.OK, "", [("x-big-trailer", value)])
+
+
+# -- the fast path for DATA (fast_data) ---------------------------------------------------------
+
+
+def _describe_events(events: list[object]) -> list[tuple[object, ...]]:
+    described: list[tuple[object, ...]] = []
+    for event in events:
+        if isinstance(event, MessageReceived):
+            described.append(("message", event.stream_id, bytes(event.message)))
+        else:
+            described.append((type(event).__name__, getattr(event, "stream_id", None)))
+    return described
+
+
+@pytest.mark.parametrize("cut", [1, 7, 4096, 16_393, 50_000, 1 << 20])
+@pytest.mark.parametrize("consume", [True, False])
+def test_client_connection_fast_data_matches_h2(cut: int, consume: bool) -> None:
+    # Two client connections, one taking plain DATA frames itself and one giving every frame
+    # to h2, get the same server bytes in reads of `cut` bytes: the same events, the same
+    # acknowledgements (WINDOW_UPDATEs) back, whatever the messages' sizes and the reads.
+    fast = ClientConnection(authority="example.test", max_receive_message_size=1 << 24)
+    slow = ClientConnection(authority="example.test", max_receive_message_size=1 << 24)
+    slow.fast_data = False
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.initiate_connection()
+    for conn in (fast, slow):
+        conn.initiate_connection()
+        sid = conn.start_request("/pkg.Svc/Stream")
+    preface = fast.data_to_send()
+    assert preface == slow.data_to_send()
+    server.receive_data(preface)
+    server.send_headers(sid, OK_HEADERS)
+    sizes = [0, 10, 16_000, 40_000, 200_000, 3, 70_000]
+    body = b"".join(grpc_frame(bytes([i]) * n) for i, n in enumerate(sizes))
+    for start in range(0, len(body), 16_384):
+        server.send_data(sid, body[start : start + 16_384])
+    server.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+    wire = server.data_to_send()
+    seen: list[list[tuple[object, ...]]] = [[], []]
+    for pos in range(0, len(wire), cut):
+        read = wire[pos : pos + cut]
+        outputs = []
+        for i, conn in enumerate((fast, slow)):
+            events = conn.receive_data(read)
+            seen[i] += _describe_events(events)
+            if consume:
+                for event in events:
+                    if isinstance(event, MessageReceived):
+                        conn.consumed(sid, len(event.message) + 5)
+            outputs.append(conn.data_to_send())
+        assert outputs[0] == outputs[1]
+    assert seen[0] == seen[1]
+    assert [e[2] for e in seen[0] if e[0] == "message"] == [
+        bytes([i]) * n for i, n in enumerate(sizes)
+    ]
+    assert seen[0][-1] == ("ResponseEnded", sid)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from prism.grpc.wire.h2conn import h2_config, new_h2
 from prism.grpc.wire.h2frames import ZERO_COPY
+from prism.grpc.wire.h2send import SEND_VIEW
 
 REQUEST = request_headers()
 RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
@@ -193,6 +194,24 @@ def test_send_large_data_from_the_callers_buffer_matches_h2() -> None:
     assert pair.send("send_data", 1, out_of_window, end_stream=True, views=True) is None
     data = [e for e in pair.deliver() if isinstance(e, h2.events.DataReceived)]
     assert b"".join(e.data for e in data) == bytes(payload) + out_of_window
+
+
+def test_send_data_of_a_frames_size_is_not_copied() -> None:
+    # A large message goes out in 16 KiB frames (the default frame size): each frame's payload
+    # is the caller's buffer itself in the output, not a copy in h2's.
+    pair = _server_pair()
+    pair.send("send_headers", 1, RESPONSE)
+    message = bytes(40_000)
+    frames = [memoryview(message)[i : i + 16384] for i in range(0, 40_000, 16384)]
+    for frame in frames:
+        pair.ours.send_data(1, frame)
+        pair.theirs.send_data(1, frame)
+    out = pair.ours.take_output()
+    assert [buf for buf in out if any(buf is frame for frame in frames)] == frames
+    assert b"".join(out) == pair.theirs.data_to_send()
+    small = b"x" * (SEND_VIEW - 1)
+    pair.ours.send_data(1, small)
+    assert all(buf is not small for buf in pair.ours.take_output())  # copied behind its header
 
 
 def test_send_beyond_the_window_fails_like_h2() -> None:

@@ -580,6 +580,30 @@ def test_server_connection_large_message_is_not_starved_by_deferred_acknowledgem
     assert [len(m) for m in received(link)] == [5 * window]
 
 
+def test_server_connection_messages_larger_than_the_window_are_buffered_one_at_a_time() -> None:
+    # Messages larger than the window, none consumed: the first completes (its partial body
+    # is acknowledged as it comes), then the window stays shut. What the sender can make us
+    # hold is one message and one window, not the whole stream.
+    window = 65535
+    link = server_link(Settings(initial_window_size=window, connection_window_size=4 * window))
+    sid = open_stream(link)
+    message = grpc_frame(b"M" * (2 * window))
+    sent = 0
+    while sent < 10 * len(message):
+        room = link.peer.h2.local_flow_control_window(sid)
+        if room == 0:
+            break
+        chunk = message[sent % len(message) :][: min(room, 16384)]
+        send(link, sid, chunk)
+        sent += len(chunk)
+    assert [len(m) for m in received(link)] == [2 * window]
+    assert sent <= len(message) + window
+    # Taking the message reopens the window: the next one completes.
+    link.ours.consumed(sid, len(message))
+    link.pump()
+    assert link.peer.h2.local_flow_control_window(sid) > 0
+
+
 # -- connection-level ---------------------------------------------------------------------------
 
 
