@@ -37,6 +37,7 @@ from prism._proto.prism.plugin.v1 import (
     ShutdownResponse,
 )
 from prism.config import OutlierConfig
+from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, Status, Unavailable
 from prism.hosting.client import GrpcClient, PluginClient, ReceiveBytes, SendBytes
 from prism.hosting.instance import Instance
@@ -217,7 +218,7 @@ class Balancer(PluginClient):
 
     # -- PluginClient ---------------------------------------------------------------------------
 
-    async def execute(self, request: bytes) -> bytes:
+    async def execute(self, request: bytes | Pieces) -> bytes | Pieces:
         """Cancellation (the caller's deadline, its reset) cancels the plugin's call; one that
         ends at the deadline counts as a failure of the endpoint (DEADLINE_EXCEEDED)."""
         deadline = trio.current_effective_deadline()
