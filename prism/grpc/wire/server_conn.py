@@ -87,6 +87,9 @@ class ServerConnection(ServerResponses):
         # Requests reported by the receive_data call in progress (see _on_reset).
         self._fresh: set[int] = set()
         self._dropped: set[int] = set()
+        # Streams aborted by the receive_data call in progress: told to stop sending at its end
+        # (see _abort).
+        self._stopping: list[int] = []
 
     # -- input ------------------------------------------------------------------------------
 
@@ -111,6 +114,10 @@ class ServerConnection(ServerResponses):
             out = self._receive(h2c, frames, data)
         finally:
             self._acknowledge_read()
+            if self._stopping:
+                for sid in self._stopping:
+                    self._sent_end(sid)
+                self._stopping.clear()
         fresh = self._fresh
         if fresh:
             fresh.clear()
@@ -345,9 +352,14 @@ class ServerConnection(ServerResponses):
         )
         try:
             self._h2.send_headers(sid, headers, end_stream=True)
-            self._h2.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
+        else:
+            # RST_STREAM(NO_ERROR) once this read is processed, and only if the client's side is
+            # still open by then: its END_STREAM may be later in the same read. Both input paths
+            # (h2's events for the whole read, the fast path frame by frame) then agree, and a
+            # client that had finished is not reset.
+            self._stopping.append(sid)
         self._stream_finished(sid)
         out.append(StreamAborted(sid, error))
 

@@ -17,7 +17,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 from h2peer import grpc_frame, request_headers
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prism.grpc.wire.events import MessagesReceived
@@ -120,6 +120,20 @@ _action = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
+# A broken message aborts the stream in a read that also carries the client's END_STREAM: the
+# fast path reset the stream (RST_STREAM NO_ERROR, then STREAM_CLOSED for the frames behind
+# it) where h2's path, seeing the whole read first, did not.
+@example(
+    actions=[
+        ("open", 5, False),
+        ("data", 5, [896, 2224, 2328, 850, 2225], 1, False),
+        ("ping",),
+        ("data", 5, [0, 1797], 523, True),
+    ],
+    cuts=[],
+    consume=True,
+    window=8192,
+)
 @given(
     st.lists(_action, max_size=14),
     st.lists(st.integers(0, 1 << 20), max_size=6),
