@@ -17,6 +17,7 @@ from typing import Any
 
 import nats.errors
 import trio
+from nats.js.client import JetStreamContext
 
 from prism._proto.prism.data.v1 import ConsumeAck, LogRecord
 from prism.sdk import OperationStream
@@ -129,5 +130,18 @@ async def _each(messages: list[Any], verb: str) -> None:
 
 
 async def _close(subscription: Any, messages: list[Any]) -> None:
+    # A pull the client gave up on lives on in the server for about the one-way latency more
+    # (nats-py's `expires` is its own timeout less 0.1 ms): a record handed back while it lives
+    # would be delivered to it, and lost to the group until ack_wait. The flush's round trip
+    # outlasts it; records it delivered meanwhile wait in the subscription's queue, and are
+    # handed back with the rest.
+    with contextlib.suppress(Exception):
+        await subscription._sub._conn.flush()
+    queue = subscription._sub._pending_queue
+    while not queue.empty():
+        message = queue.get_nowait()
+        if JetStreamContext.is_status_msg(message):
+            continue  # the server's "no messages" / "request timeout" answers
+        messages.append(message)
     await _each(messages, "nak")
     await subscription.unsubscribe()
