@@ -81,6 +81,16 @@ CONTRACTS: tuple[Contract, ...] = (
         "execute",
         "transaction",
     ),
+    _contract(
+        "object",
+        "objects of any size streamed in chunks: put, get (with byte ranges), head, list by "
+        "prefix page by page, delete; size, content type, ETag and user metadata",
+        "put_object",
+        "get_object",
+        "head_object",
+        "list_objects",
+        "delete_object",
+    ),
 )
 _BY_NAME: Mapping[str, Contract] = {c.name: c for c in CONTRACTS}
 

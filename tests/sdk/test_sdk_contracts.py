@@ -115,4 +115,5 @@ def test_contracts_lookup_names_the_known_contracts() -> None:
         "pubsub",
         "log",
         "sql",
+        "object",
     ]
