@@ -31,6 +31,7 @@ SUITE_MODULES = (
     "bench.suites.proxy",
     "bench.suites.backends",
     "bench.backends.postgres",
+    "bench.backends.objects",
     "bench.suites.traffic",
     "bench.suites.tracing",
 )
