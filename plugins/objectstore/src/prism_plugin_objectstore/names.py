@@ -34,6 +34,10 @@ def check_key(key: str) -> str:
     size = len(key.encode())
     if not 0 < size <= MAX_KEY_BYTES:
         raise InvalidArgument(f"object key must be 1..{MAX_KEY_BYTES} bytes of UTF-8, got {size}")
+    # HTTP clients and servers remove "." and ".." path segments (RFC 3986 §5.2.4) before S3
+    # sees the key: such a key would name another object, or fail its signature.
+    if any(part in (".", "..") for part in key.split("/")):
+        raise InvalidArgument(f"object key {key!r}: '.' and '..' segments are not allowed")
     return key
 
 
