@@ -107,9 +107,13 @@ class H2Base:
         # consumed, and how many of their flow-controlled bytes are withheld until they are.
         # The peer's window reopens only as the consumer takes messages, so what a fast sender
         # can make us buffer stays within one window (and messages larger than the window,
-        # whose earlier parts are acknowledged as they come, or they could never complete).
+        # whose earlier parts are acknowledged as they come while no complete message waits,
+        # or they could never complete; while one waits, they are withheld too: ``_partial``).
         self._queued: dict[int, int] = {}
         self._held: dict[int, int] = {}
+        # Bytes of a message still incomplete, withheld while complete messages wait for the
+        # consumer (acknowledged once it has taken them all).
+        self._partial: dict[int, int] = {}
         # Per stream, during a read: [flow-controlled bytes, message bytes] received in it.
         self._in_read: dict[int, list[int]] = {}
         # While a receive_data call runs (the server's): bytes to give back per stream once
@@ -320,16 +324,22 @@ class H2Base:
     def _withhold(self, stream_id: int, flow_controlled: int, message_bytes: int) -> None:
         """Up to ``message_bytes`` of ``flow_controlled`` are withheld until :meth:`consumed`
         reports those messages taken; the rest (the beginning of a message not yet complete,
-        padding) is acknowledged now. Withheld bytes never exceed queued ones, so a consumer
-        that has taken every message has had every byte acknowledged: a sender cannot stall
-        on a window we keep shut while nothing is left to consume."""
+        padding) is acknowledged now, unless complete messages still wait for the consumer:
+        then it is withheld until the consumer has taken them all (else a sender of messages
+        longer than a read would have most of each acknowledged before anyone took it).
+        Either way, a consumer that has taken every message has had every byte acknowledged: a
+        sender cannot stall on a window we keep shut while nothing is left to consume."""
         held = flow_controlled if flow_controlled < message_bytes else message_bytes
         if message_bytes:
             self._queued[stream_id] = self._queued.get(stream_id, 0) + message_bytes
             if held:
                 self._held[stream_id] = self._held.get(stream_id, 0) + held
-        if flow_controlled > held:
-            self._give_back(stream_id, flow_controlled - held)
+        rest = flow_controlled - held
+        if rest > 0:
+            if self._queued.get(stream_id, 0) > 0:
+                self._partial[stream_id] = self._partial.get(stream_id, 0) + rest
+            else:
+                self._give_back(stream_id, rest)
 
     def _give_back(self, stream_id: int, size: int) -> None:
         """Acknowledge ``size`` bytes nobody will consume (a stream finished or gone, or the
@@ -364,11 +374,14 @@ class H2Base:
             return
         self._queued[stream_id] = queued - size
         held = self._held.get(stream_id, 0)
+        release = 0
         if held:
             release = size if size < held else held
             self._held[stream_id] = held - release
-            if not self.closed:
-                self._h2.acknowledge_data(release, stream_id)
+        if queued - size <= 0 and self._partial:
+            release += self._partial.pop(stream_id, 0)
+        if release and not self.closed:
+            self._h2.acknowledge_data(release, stream_id)
 
     def _stream_finished(self, stream_id: int) -> None:
         """Forget a stream entirely (reset, or both directions done)."""
@@ -378,7 +391,7 @@ class H2Base:
     def _inbound_finished(self, stream_id: int) -> None:
         """No more data will arrive: unacknowledged bytes go back to the connection window."""
         self._queued.pop(stream_id, None)
-        held = self._held.pop(stream_id, 0)
+        held = self._held.pop(stream_id, 0) + self._partial.pop(stream_id, 0)
         read = self._in_read.pop(stream_id, None) if self._in_read else None
         if read is not None:
             held += read[0]
