@@ -181,6 +181,8 @@ class S3:
     ) -> httpx.Request:
         url = self.endpoint + path + (f"?{_query(query)}" if query else "")
         headers = dict(headers)
+        if body:
+            headers["Content-Length"] = str(len(body))
         if self._signer is not None:
             if not body:
                 digest = EMPTY_SHA256
@@ -192,7 +194,12 @@ class S3:
             signed.context["prism_payload_sha256"] = digest
             self._signer.add_auth(signed)
             headers = dict(signed.headers.items())
-        return self.http.build_request(method, url, headers=headers, content=body or None)
+        # The body goes as a one-shot async iterable (with its Content-Length, so not chunked):
+        # an httpx Request holding the bytes themselves keeps them alive as long as its
+        # Response, which sits in a reference cycle until a full garbage collection — a part
+        # per request, piling up in a long put.
+        content = _once(body) if body else None
+        return self.http.build_request(method, url, headers=headers, content=content)
 
     async def call(
         self,
@@ -246,6 +253,10 @@ class S3:
                 raise _transport_error(exc, what) from None
         finally:
             await response.aclose()
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def _sha256(body: bytes) -> str:
