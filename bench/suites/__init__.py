@@ -36,6 +36,7 @@ SUITE_MODULES = (
     "bench.suites.backends",
     "bench.backends.postgres",
     "bench.backends.clickhouse",
+    "bench.backends.objects",
     "bench.suites.traffic",
     "bench.suites.tracing",
     "bench.suites.fleetlimit",

@@ -8,10 +8,10 @@
         print((await kv.get("greeting")).value)
 
 Typed helpers for the data model's contracts (:class:`KeyValue`, :class:`PubSub`,
-:class:`Sql`, :class:`Log`) and, for any other operation, :meth:`Client.execute` and
-:meth:`Client.stream`, all over ``prism.proxy.v1.DataProxy`` (``Execute``, ``ExecuteStream``)
-on a :mod:`prism.grpc` channel. Failed calls raise the :class:`GrpcError` of their status
-(re-exported here from :mod:`prism.grpc`).
+:class:`Sql`, :class:`Log`, :class:`Objects`) and, for any other operation,
+:meth:`Client.execute` and :meth:`Client.stream`, all over ``prism.proxy.v1.DataProxy``
+(``Execute``, ``ExecuteStream``) on a :mod:`prism.grpc` channel. Failed calls raise the
+:class:`GrpcError` of their status (re-exported here from :mod:`prism.grpc`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from prism.client.client import Client, connect
 from prism.client.discovery import NamespaceDescription, OperationInfo
 from prism.client.keyvalue import DeleteItem, GetResult, ItemResult, KeyValue, SetItem
 from prism.client.log import Consumer, Log, Position, Record
+from prism.client.objects import ObjectInfo, ObjectPage, ObjectReader, Objects, PutResult
 from prism.client.pubsub import Message, PubSub
 from prism.client.sql import Json, QueryResult, Sql
 from prism.client.stream import OperationStream
@@ -65,12 +66,17 @@ __all__ = [
     "Message",
     "NamespaceDescription",
     "NotFound",
+    "ObjectInfo",
+    "ObjectPage",
+    "ObjectReader",
+    "Objects",
     "OperationInfo",
     "OperationStream",
     "OutOfRange",
     "PermissionDenied",
     "Position",
     "PubSub",
+    "PutResult",
     "QueryResult",
     "Record",
     "ResourceExhausted",

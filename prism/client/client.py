@@ -28,6 +28,7 @@ from prism.client._envelope import (
 from prism.client.discovery import NamespaceDescription
 from prism.client.keyvalue import KeyValue
 from prism.client.log import Log
+from prism.client.objects import Objects
 from prism.client.pubsub import PubSub
 from prism.client.sql import Sql
 from prism.client.stream import Decode, OperationStream
@@ -241,6 +242,10 @@ class Client:
     def log(self, namespace: str) -> Log:
         """Produce and consume on ``namespace`` (the ``log`` contract)."""
         return Log(self, namespace)
+
+    def objects(self, namespace: str, bucket: str = "") -> Objects:
+        """Objects of ``namespace`` (the ``object`` contract); ``bucket`` "" = the plugin's."""
+        return Objects(self, namespace, bucket)
 
     def sql(self, namespace: str) -> Sql:
         """SQL statements on ``namespace`` (the ``sql`` contract)."""

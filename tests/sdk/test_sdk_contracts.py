@@ -116,4 +116,5 @@ def test_contracts_lookup_names_the_known_contracts() -> None:
         "log",
         "sql",
         "sql.transaction",
+        "object",
     ]

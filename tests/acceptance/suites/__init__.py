@@ -3,7 +3,18 @@ check (``kit.check``). ``refusal`` is built per target from what it does not cla
 
 from __future__ import annotations
 
-from suites import kv_basic, kv_bulk, kv_etag, kv_list, kv_transact, kv_ttl, log, pubsub, sql
+from suites import (
+    kv_basic,
+    kv_bulk,
+    kv_etag,
+    kv_list,
+    kv_transact,
+    kv_ttl,
+    log,
+    object,
+    pubsub,
+    sql,
+)
 
 __all__ = [
     "kv_basic",
@@ -13,6 +24,7 @@ __all__ = [
     "kv_transact",
     "kv_ttl",
     "log",
+    "object",
     "pubsub",
     "sql",
 ]

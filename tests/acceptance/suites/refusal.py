@@ -14,15 +14,20 @@ from kit import RESULTS, Check, Ctx, expect_status
 from prism._proto.prism.data.v1 import (
     ConsumeRequest,
     DeleteManyRequest,
+    DeleteObjectRequest,
     DeleteRequest,
     ExecuteStatementRequest,
     ExistsRequest,
     ExpireRequest,
     GetManyRequest,
+    GetObjectRequest,
     GetRequest,
+    HeadObjectRequest,
     ListKeysRequest,
+    ListObjectsRequest,
     ProduceRequest,
     PublishRequest,
+    PutObjectRequest,
     QueryRequest,
     Row,
     SetManyRequest,
@@ -54,11 +59,16 @@ SAMPLES: dict[str, Build] = {
     "query": lambda ctx: QueryRequest(sql="SELECT 1"),
     "execute": lambda ctx: ExecuteStatementRequest(sql="SELECT 1"),
     "transaction": lambda ctx: TransactionRequest(),
+    "head_object": lambda ctx: HeadObjectRequest(key=ctx.key()),
+    "list_objects": lambda ctx: ListObjectsRequest(prefix=ctx.key()),
+    "delete_object": lambda ctx: DeleteObjectRequest(key=ctx.key()),
 }
 assert set(SAMPLES) == set(RESULTS)
 STREAM_SAMPLES: dict[str, Build] = {
     "subscribe": lambda ctx: SubscribeRequest(topic=ctx.key()),
     "consume": lambda ctx: ConsumeRequest(topic=ctx.key(), group="refused"),
+    "put_object": lambda ctx: PutObjectRequest(key=ctx.key()),
+    "get_object": lambda ctx: GetObjectRequest(key=ctx.key()),
 }
 
 LONG = 600_000

@@ -564,6 +564,31 @@ def test_server_connection_acknowledges_received_bytes_only_as_they_are_consumed
     assert link.peer.h2.local_flow_control_window(sid) > stalled + len(message)
 
 
+def test_server_connection_messages_spanning_reads_stay_within_the_window() -> None:
+    # Messages longer than a frame arrive over several reads (an object's 1 MiB chunks). While
+    # complete ones wait for the consumer, the beginnings of later ones are withheld too, so
+    # the sender stops within about a window instead of the receiver queueing everything.
+    window = 65535
+    link = server_link(Settings(initial_window_size=window, connection_window_size=window))
+    sid = open_stream(link)
+    message = grpc_frame(b"m" * 40000)
+    data = message * 10
+    pos = 0
+    while pos < len(data):
+        room = min(link.peer.h2.local_flow_control_window(sid), 16384)
+        if room <= 0:
+            break
+        send(link, sid, data[pos : pos + room])  # one read per frame
+        pos += room
+    got = received(link)
+    assert pos < len(data), "the sender was never stopped"
+    assert pos <= window + len(message)
+    assert len(got) <= window // len(message) + 1
+    link.ours.consumed(sid, sum(len(m) + 5 for m in got))  # the consumer catches up
+    link.pump()
+    assert link.peer.h2.local_flow_control_window(sid) > 0
+
+
 def test_server_connection_large_message_is_not_starved_by_deferred_acknowledgement() -> None:
     # A single message bigger than the window must still arrive: partial bodies are acked.
     window = 65535
