@@ -9,7 +9,8 @@ options (the common ones, `--repeat`, `--quick` and `--results-dir`, are already
 (plugins.py), `pubsub` (pubsub.py), `wire` (wire.py), `protobuf` (protobuf.py), `abuse`
 (abuse.py), `proxy` (proxy.py: the whole proxy, stage by stage), `tracing` (tracing.py),
 `backends` (backends/: one module per backend), `backends-postgres` (bench/backends/postgres.py:
-PostgreSQL, with the driver comparison), `traffic` (traffic.py: a bystander under a flood, with
+PostgreSQL, with the driver comparison), `backends-log` (bench/backends/log.py: Kafka and NATS
+JetStream produce/consume), `traffic` (traffic.py: a bystander under a flood, with
 and without a namespace's concurrency cap).
 """
 
@@ -31,6 +32,7 @@ SUITE_MODULES = (
     "bench.suites.proxy",
     "bench.suites.backends",
     "bench.backends.postgres",
+    "bench.backends.log",
     "bench.suites.traffic",
     "bench.suites.tracing",
 )
