@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.backends.postgres import calibration
+from bench.backends.postgres import _cpu, calibration
 from bench.errors import BenchError
 from bench.procs import ROOT, ServerProcess, read_cpu_seconds
 from bench.suites import register
@@ -181,13 +181,6 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     finally:
         kafka.stop()
         nats.stop()
-
-
-def _cpu(pid: int) -> float:
-    try:
-        return read_cpu_seconds(pid)
-    except (OSError, BenchError):
-        return 0.0
 
 
 def medians(data: dict[str, Any]) -> dict[str, dict[str, float]]:

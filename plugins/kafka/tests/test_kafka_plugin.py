@@ -26,6 +26,7 @@ from prism._proto.prism.data.v1 import (
     ProduceRequest,
     RecordPosition,
 )
+from prism._proto.prism.plugin.v1 import HealthCheckResponseStatus
 from prism.sdk import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from prism.sdk.testing import PluginHarness
 
@@ -111,6 +112,13 @@ async def test_kafka_initialize_without_a_broker_is_unavailable() -> None:
     with trio.fail_after(WITHIN), pytest.raises(Unavailable):
         async with PluginHarness(KafkaPlugin, config=config):
             pass
+
+
+async def test_kafka_health_is_healthy_while_the_broker_answers(broker: TansuBroker) -> None:
+    async with harness(broker) as h:
+        with trio.fail_after(WITHIN):
+            health = await h.health()
+    assert health.status == HealthCheckResponseStatus.HEALTHY, health.message
 
 
 async def test_kafka_no_create_topics_makes_an_unknown_topic_not_found(
