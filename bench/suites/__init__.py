@@ -13,7 +13,8 @@ PostgreSQL, with the driver comparison), `backends-clickhouse` (bench/backends/c
 ClickHouse query and batched insert), `traffic` (traffic.py: a bystander under a flood, with
 and without a namespace's concurrency cap), `fleet-limits` (fleetlimit.py: a fleet rate limit's
 cost per request beside a local one), `fleet-config` (fleet_config.py: a config change from an
-etcd PUT to serving on three proxies), `zerocopy` (zerocopy.py: 1 GiB of raw chunks through the
+etcd PUT to serving on three proxies), `backends-log` (bench/backends/log.py: Kafka and NATS
+JetStream produce/consume), `zerocopy` (zerocopy.py: 1 GiB of raw chunks through the
 proxy and a sidecar: MiB/s and peak RSS).
 """
 
@@ -37,6 +38,7 @@ SUITE_MODULES = (
     "bench.backends.postgres",
     "bench.backends.clickhouse",
     "bench.backends.objects",
+    "bench.backends.log",
     "bench.suites.traffic",
     "bench.suites.tracing",
     "bench.suites.fleetlimit",

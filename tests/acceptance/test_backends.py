@@ -16,6 +16,7 @@ from backends import (
     ClickHouseServer,
     Credentials,
     MemcachedServer,
+    TansuBroker,
     NatsServer,
     PostgresServer,
     RedisServer,
@@ -77,6 +78,8 @@ def _write_and_read(backend: TestBackend) -> object:
     if isinstance(backend, PostgresServer):
         with backend.client(backend.credentials) as db:
             db.execute("CREATE TABLE IF NOT EXISTS t (v text)")
+    if isinstance(backend, TansuBroker):
+        return backend.run(_kafka_write_and_read(backend.connection["port"]))
             db.execute("INSERT INTO t VALUES ('v')")
             return db.execute("SELECT v FROM t").fetchall()
     if isinstance(backend, NatsServer):
@@ -91,6 +94,8 @@ def _write_and_read(backend: TestBackend) -> object:
         backend.query("INSERT INTO t VALUES ('v')", backend.credentials)
         return backend.rows("SELECT v FROM t")
     assert isinstance(backend, MemcachedServer)
+    if isinstance(backend, TansuBroker):
+        return not backend.run(_kafka_topics)
     backend.client().set("k", b"v")
     return backend.client().get("k")
 
@@ -160,6 +165,33 @@ async def _nats_write_and_read(nc: Any) -> bytes:
 
 async def _nats_no_streams(nc: Any) -> bool:
     return not await nc.jetstream().streams_info()
+
+
+def _kafka_write_and_read(port: int) -> Any:
+    async def action(admin: Any) -> bytes:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+        servers = f"127.0.0.1:{port}"
+        producer = AIOKafkaProducer(bootstrap_servers=servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait("t", b"v", partition=0)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=servers, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition("t", 0)])
+            record = await consumer.getone()
+        finally:
+            await consumer.stop()
+        return bytes(record.value)
+
+    return action
+
+
+async def _kafka_topics(admin: Any) -> list[str]:
+    return list(await admin.list_topics())
 
 
 def _connect(backend: TestBackend, credentials: object) -> None:

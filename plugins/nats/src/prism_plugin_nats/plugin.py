@@ -124,7 +124,7 @@ class NatsPlugin(BackendPlugin):
                 "missing required credential 'username' and 'password' (set config "
                 "'anonymous: true' for a server without authorization)"
             )
-        self.loop = AsyncioLoop(f"nats-{namespace}")
+        self.loop = AsyncioLoop(f"nats-{namespace}", "NATS")
         self.loop.start()
         options: dict[str, Any] = {
             "servers": [f"nats://{config.host or '127.0.0.1'}:{config.port or DEFAULT_PORT}"],
