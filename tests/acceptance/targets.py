@@ -26,9 +26,9 @@ from prism_acceptance_plugins import (
     BrokenTransact,
     BrokenTtl,
 )
-from prism_plugin_kafka import KafkaPlugin
 from prism_plugin_asyncio_kv.service import FEATURES, STREAM_OPERATIONS, UNARY_OPERATIONS
 from prism_plugin_clickhouse import ClickHousePlugin
+from prism_plugin_kafka import KafkaPlugin
 from prism_plugin_memcached import MemcachedPlugin
 from prism_plugin_memstore import MemstorePlugin
 from prism_plugin_nats import NatsPlugin
@@ -324,6 +324,7 @@ CLICKHOUSE_DIALECT = SqlDialect(
     unique_keys=False,
     row_updates=False,
 )
+
 
 def _objectstore_config(env: Env, pool_size: int = 4, client_name: str = "") -> dict[str, Any]:
     """The object suite reasons about these sizes (suites/object.py: CHUNK, PART)."""

@@ -16,11 +16,11 @@ from backends import (
     ClickHouseServer,
     Credentials,
     MemcachedServer,
-    TansuBroker,
     NatsServer,
     PostgresServer,
     RedisServer,
     SeaweedServer,
+    TansuBroker,
     TestBackend,
 )
 from targets import Target
@@ -78,12 +78,12 @@ def _write_and_read(backend: TestBackend) -> object:
     if isinstance(backend, PostgresServer):
         with backend.client(backend.credentials) as db:
             db.execute("CREATE TABLE IF NOT EXISTS t (v text)")
-    if isinstance(backend, TansuBroker):
-        return backend.run(_kafka_write_and_read(backend.connection["port"]))
             db.execute("INSERT INTO t VALUES ('v')")
             return db.execute("SELECT v FROM t").fetchall()
     if isinstance(backend, NatsServer):
         return backend.run(None, _nats_write_and_read)
+    if isinstance(backend, TansuBroker):
+        return backend.run(_kafka_write_and_read(backend.connection["port"]))
     if isinstance(backend, SeaweedServer):
         backend.s3("PUT", f"/{backend.BUCKET}/k", b"v", credentials=backend.credentials)
         return backend.value("k")
@@ -94,8 +94,6 @@ def _write_and_read(backend: TestBackend) -> object:
         backend.query("INSERT INTO t VALUES ('v')", backend.credentials)
         return backend.rows("SELECT v FROM t")
     assert isinstance(backend, MemcachedServer)
-    if isinstance(backend, TansuBroker):
-        return not backend.run(_kafka_topics)
     backend.client().set("k", b"v")
     return backend.client().get("k")
 
@@ -111,6 +109,8 @@ def _gone(backend: TestBackend) -> bool:
             return found == (0,)
     if isinstance(backend, NatsServer):
         return bool(backend.run(None, _nats_no_streams))
+    if isinstance(backend, TansuBroker):
+        return not backend.run(_kafka_topics)
     if isinstance(backend, ClickHouseServer):
         return backend.rows("SELECT count() FROM system.tables WHERE database = 'default'") == [
             (0,)
