@@ -11,6 +11,7 @@ configured). Everything else is the proxy as `prism serve` runs it.
 from __future__ import annotations
 
 import argparse
+import gc
 from pathlib import Path
 
 import trio
@@ -21,7 +22,7 @@ from prism.proxy.app import Proxy
 from prism.proxy.frontdoor import DataProxyService
 
 
-async def serve(config_path: Path, call_stages: bool) -> None:
+async def serve(config_path: Path, call_stages: bool, freeze_gc: bool = True) -> None:
     config = load_config(config_path)
     proxy = Proxy(config)
     if not call_stages:
@@ -34,6 +35,11 @@ async def serve(config_path: Path, call_stages: bool) -> None:
         )
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.run)
+        if freeze_gc:
+            # As `prism serve` does once started (prism/cli/main.py): what startup made is no
+            # longer scanned by every later garbage collection.
+            gc.collect()
+            gc.freeze()
 
 
 def main() -> None:
@@ -41,8 +47,9 @@ def main() -> None:
     parser.add_argument("port", type=int, help="the port of the config's listen address")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--no-call-stages", action="store_true")
+    parser.add_argument("--no-gc-freeze", action="store_true", help="leave the GC as it is")
     args = parser.parse_args()
-    trio.run(serve, args.config, not args.no_call_stages)
+    trio.run(serve, args.config, not args.no_call_stages, not args.no_gc_freeze)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ class ServerCall:
         self._unyielded = self._unyielded_messages = 0  # sent since send_message last yielded
         self.cancelled = False  # by the server (shutdown), not by the client
         self._state: CallState | None = None
+        #: The client sends a stream of requests (client streaming or bidirectional).
+        self.client_streaming = rpc.cardinality.client_streaming
 
     @property
     def state(self) -> CallState:
@@ -136,12 +138,15 @@ class ServerCall:
 
     # -- fed by the connection's reader -----------------------------------------------------
 
-    def feed(self, messages: list[bytes]) -> None:
+    def feed(self, messages: list[bytes]) -> bool:
+        """Queue ``messages`` for the handler; True when that woke it (it was waiting)."""
         self._inbox.extend(messages)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             trio.lowlevel.reschedule(waiter)
+            return True
+        return False
 
     def end_input(self) -> None:
         self._input_ended = True

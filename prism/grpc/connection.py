@@ -93,6 +93,7 @@ class Connection:
         self._initiated = False  # the HTTP/2 connection exists (TLS handshake done)
         # max_connection_idle: when the last call ended (None: idleness is not watched).
         self._idle_since: float | None = None
+        self._woke = False  # the events just dispatched woke a handler waiting for messages
 
     # The pieces ServerCall uses --------------------------------------------------------------
 
@@ -171,7 +172,8 @@ class Connection:
 
     async def _reader(self) -> None:
         conn = self.conn
-        receive = transport.Input(self.stream).receive
+        source = transport.Input(self.stream)
+        receive = source.receive
         size = _RECEIVE_SIZE
         received, self._received = self._received, b""
         while True:
@@ -204,8 +206,17 @@ class Connection:
                     conn.close(h2.errors.ErrorCodes.PROTOCOL_ERROR, str(exc).encode()[:200])
                     self.kick()
                     break
+                self._woke = False
                 if self._dispatch(events):
                     return
+                if self._woke:
+                    # A request stream's handler waiting for messages got some and runs in
+                    # the next batch: read again in that batch, without waiting for readiness
+                    # first. A client writing message after message has put more in the
+                    # socket by then, and this read and the handler share one pass through
+                    # Trio's scheduler instead of one pass each; an empty socket falls back
+                    # to waiting (docs/benchmarks.md, "Scheduler passes per read").
+                    source.read_first()
                 if self._greeting and conn.handshake_done:
                     self._greeting = False
                     self._greeted.set()
@@ -223,8 +234,10 @@ class Connection:
         for event in events:
             if type(event) is MessagesReceived:
                 call = self.calls.get(event.stream_id)
-                if call is not None:
-                    call.feed(event.messages)
+                # Only a request stream's handler: a unary request that came in two reads
+                # is all there is, and an early read would find nothing.
+                if call is not None and call.feed(event.messages) and call.client_streaming:
+                    self._woke = True
             elif type(event) is RequestReceived:
                 self._start_call(event)
             elif type(event) is InputEnded:

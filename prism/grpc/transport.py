@@ -259,6 +259,11 @@ class Input:
             self._drained = len(data) < size
             return data
 
+    def read_first(self) -> None:
+        """Have the next :meth:`receive` try the read before waiting for readability, even
+        though the last read left the socket empty (data is expected by then)."""
+        self._drained = False
+
 
 # Buffers per writev(2) call: well under IOV_MAX (1024 on Linux).
 _MAX_IOV = 512

@@ -220,3 +220,21 @@ async def test_server_call_frames_split_across_reads_arrive_intact() -> None:
         assert client.trailers(sid)[b"grpc-status"] == b"0"
         response = b"".join(e.data for e in client.of(h2.events.DataReceived, sid))
         assert response[5:] == hashlib.sha256(b"|".join(messages)).digest()
+
+
+async def test_server_call_ping_pong_stream_never_misses_a_message() -> None:
+    # Each request is sent only once the answer to the one before came back: after every read
+    # that woke the handler, the reader's early read finds the socket empty and must go back
+    # to waiting for it, or the next request would never be read (a hang, not a slow call).
+    async with (
+        serving() as (_, target),
+        pg.open_channel(target) as channel,
+        channel.stream("/test.Echo/Bidi", bytes) as call,
+    ):
+        with trio.fail_after(60):
+            for i in range(300):
+                await call.send_message(b"ping %d" % i)
+                assert await call.receive_message() == b"PING %d" % i
+            await call.end()
+            assert await call.receive_message() is None
+        assert call.status is pg.Status.OK
