@@ -100,3 +100,21 @@ def write_results(results_dir: Path, stem: str, data: dict[str, Any], markdown: 
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     path.with_suffix(".md").write_text(markdown + "\n")
     return path
+
+
+def publish(
+    results_dir: Path,
+    stem: str,
+    packages: Iterable[str],
+    extra: dict[str, Any],
+    summary: Any,
+    data: dict[str, Any],
+    markdown: str,
+) -> Path:
+    """Print ``markdown`` and write it with the environment, ``summary`` and ``data`` (the
+    ``backends-*`` suites' ending)."""
+    print(markdown)
+    env = environment(packages, extra)
+    return write_results(
+        results_dir, stem, {"environment": env, "summary": summary, **data}, markdown
+    )

@@ -321,12 +321,13 @@ class ClickHouseBackends:
                 table(summary),
             ]
         )
-        print(markdown)
-        env = report.environment(PACKAGES, {"load_average": data["load_average"]})
-        path = report.write_results(
+        path = report.publish(
             args.results_dir,
             "backends-clickhouse",
-            {"environment": env, "summary": summary, **data},
+            PACKAGES,
+            {"load_average": data["load_average"]},
+            summary,
+            data,
             markdown,
         )
         log(f"results: {path}")

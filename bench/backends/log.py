@@ -256,12 +256,13 @@ class LogBackends:
                 table(summary),
             ]
         )
-        print(markdown)
-        env = report.environment(PACKAGES, {"calibration": calib})
-        path = report.write_results(
+        path = report.publish(
             args.results_dir,
             "backends-log",
-            {"environment": env, "summary": summary, **data},
+            PACKAGES,
+            {"calibration": calib},
+            summary,
+            data,
             markdown,
         )
         log(f"results: {path}")

@@ -335,12 +335,13 @@ def run(args: argparse.Namespace) -> int:
         from bench.backends import postgres_drivers
 
         markdown += "\n\n" + postgres_drivers.main_markdown(args)
-    print(markdown)
-    env = report.environment(PACKAGES, {"calibration": calib})
-    path = report.write_results(
+    path = report.publish(
         args.results_dir,
         "backends-postgres",
-        {"environment": env, "summary": summary, **data},
+        PACKAGES,
+        {"calibration": calib},
+        summary,
+        data,
         markdown,
     )
     log(f"results: {path}")
