@@ -329,3 +329,16 @@ async def test_fleet_limit_redis_killed_during_a_call(redis: RedisProcess) -> No
             assert outcomes == [True]  # open: the local bucket
             assert not fleet.up
             assert metrics.namespace("kv").fleet_fallbacks("open").value == 1
+
+
+def test_fleetlimit_redis_client_is_loaded_only_for_a_fleet() -> None:
+    """coredis alone adds ~20 MiB to the proxy's resident size: a proxy without fleet limits
+    (the embedded default) must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prism.proxy.app, prism.cli.main\n"
+        "assert 'coredis' not in sys.modules, 'coredis imported without a fleet limit'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
