@@ -57,18 +57,20 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
         if self.budget <= 0:
             self.exhausted = len(self._data) > 0
             raise StopIteration
-        self.budget -= 1
         data = self._data
-        if len(data) < 9 or self._headers_buffer:
-            return super().__next__()
+        if len(data) < 9:
+            raise StopIteration  # as h2's reader does first: not even a frame header here
+        if self._headers_buffer:
+            return self._next_from_h2()
         kind = data[3]
         flags = data[4]
         if kind > HEADERS or not _FAST_FLAGS[kind][flags]:
-            return super().__next__()
+            return self._next_from_h2()
         length = (data[0] << 16) | (data[1] << 8) | data[2]
         end = 9 + length
         if len(data) < end:
             raise StopIteration
+        self.budget -= 1
         self._validate_frame_length(length)
         stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
         if not stream_id:
@@ -118,6 +120,18 @@ class FrameReader(h2.frame_buffer.FrameBuffer):
         frame.body_len = length
         built: hyperframe.frame.Frame = frame
         return built
+
+    def _next_from_h2(self) -> hyperframe.frame.Frame:
+        # Only a frame taken counts against the budget, never a look at an incomplete one:
+        # the fast path (take_data_frames) counts the same way, and where one pass ends
+        # decides which bytes are acknowledged at its end (ServerConnection._withhold), so
+        # the two paths must end their passes at the same frame.
+        self.budget -= 1
+        try:
+            return super().__next__()
+        except StopIteration:
+            self.budget += 1
+            raise
 
 
 def _fast_frame_table(

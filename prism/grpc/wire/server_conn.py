@@ -97,7 +97,7 @@ class ServerConnection(ServerResponses):
         """Feed bytes from the socket. Raises ``h2.exceptions.ProtocolError`` when the peer
         broke HTTP/2; the caller then sends :meth:`close`'s GOAWAY and drops the connection.
 
-        At most :data:`FRAMES_PER_PASS` frames are processed per call; while
+        At most :attr:`frames_per_pass` frames are processed per call; while
         :attr:`input_pending`, call again (with ``b""``) after letting other work run.
 
         A request the client reset within the same call is never reported (nor its messages):
@@ -107,7 +107,7 @@ class ServerConnection(ServerResponses):
         """
         h2c = self._h2
         frames = h2c.frames
-        frames.budget = FRAMES_PER_PASS
+        frames.budget = self.frames_per_pass
         frames.exhausted = False
         self._acks = {}
         try:
@@ -166,6 +166,10 @@ class ServerConnection(ServerResponses):
                 if self._check(self._guard.reset(now), out):
                     break
         return out
+
+    #: Frames one :meth:`receive_data` call processes at most (tests use small budgets to
+    #: put the ends of passes everywhere).
+    frames_per_pass = FRAMES_PER_PASS
 
     #: Take plain DATA frames without h2's events (``_H2.take_data_frames``). Off, every frame
     #: goes through h2: tests compare the two.

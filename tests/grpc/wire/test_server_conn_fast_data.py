@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from prism.grpc.wire.events import MessagesReceived
 from prism.grpc.wire.h2conn import Settings
-from prism.grpc.wire.server_conn import ServerConnection
+from prism.grpc.wire.server_conn import FRAMES_PER_PASS, ServerConnection
 
 LIMIT = 1 << 16
 SIDS = (1, 3, 5)
@@ -42,10 +42,12 @@ def _describe(events: list[Any]) -> list[Any]:
 
 
 class _Twin:
-    def __init__(self, server_settings: Settings) -> None:
+    def __init__(self, server_settings: Settings, frames_per_pass: int = FRAMES_PER_PASS) -> None:
         self.fast = ServerConnection(server_settings, max_receive_message_size=LIMIT)
         self.slow = ServerConnection(server_settings, max_receive_message_size=LIMIT)
         self.slow.fast_data = False
+        for conn in (self.fast, self.slow):
+            conn.frames_per_pass = frames_per_pass
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.peer = h2.connection.H2Connection(config)
         self.peer.initiate_connection()
@@ -133,17 +135,31 @@ _action = st.one_of(
     cuts=[],
     consume=True,
     window=8192,
+    budget=FRAMES_PER_PASS,
+)
+# A pass of the frame budget ended one frame early on the fast path: completing a frame begun
+# in an earlier read, h2's reader counted its look at the empty rest as a frame. Where a pass
+# ends decides which bytes are acknowledged at its end (the beginning of an incomplete message
+# at once, a complete one's when it is consumed), so the two paths sent different
+# WINDOW_UPDATEs. Small budgets put the end of a pass everywhere.
+@example(
+    actions=[("open", 1, False), ("data", 1, [0], 1, False)],
+    cuts=[9],
+    consume=False,
+    window=65535,
+    budget=2,
 )
 @given(
-    st.lists(_action, max_size=14),
-    st.lists(st.integers(0, 1 << 20), max_size=6),
-    st.booleans(),
-    st.sampled_from([65535, 8192]),
+    actions=st.lists(_action, max_size=14),
+    cuts=st.lists(st.integers(0, 1 << 20), max_size=6),
+    consume=st.booleans(),
+    window=st.sampled_from([65535, 8192]),
+    budget=st.sampled_from([FRAMES_PER_PASS, FRAMES_PER_PASS, 1, 2, 3, 5]),
 )
 def test_server_connection_fast_data_matches_h2_for_any_client_sequence(
-    actions: list[Any], cuts: list[int], consume: bool, window: int
+    actions: list[Any], cuts: list[int], consume: bool, window: int, budget: int
 ) -> None:
-    twin = _Twin(Settings(initial_window_size=window, connection_window_size=3 * window))
+    twin = _Twin(Settings(initial_window_size=window, connection_window_size=3 * window), budget)
     peer = twin.peer
     for action in actions:
         try:
