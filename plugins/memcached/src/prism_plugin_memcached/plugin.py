@@ -315,7 +315,7 @@ class MemcachedPlugin(BackendPlugin):
             replies = await self.pool.execute(data, len(keys), "get_many")
         finally:
             self.metrics.connections_active = self.pool.open_connections
-        items = []
+        items: list[GetResponse] = []
         append = items.append
         hits = 0
         for reply in replies:

@@ -247,7 +247,9 @@ class KeyValueTable:
             stored = value(row, 1)
             version = value(row, 2)
             ttl = value(row, 3)
-            assert raw_key is not None and stored is not None and version is not None
+            assert raw_key is not None
+            assert stored is not None
+            assert version is not None
             found[raw_key.decode()] = GetResponse(
                 True,
                 stored,

@@ -371,7 +371,7 @@ class RedisPlugin(BackendPlugin):
             await self._run("get_many", ("MGET", *[prefix + k.encode() for k in keys])),
             "get_many",
         )
-        items = []
+        items: list[GetResponse] = []
         append = items.append
         for key, stored in zip(keys, reply, strict=True):
             if stored is None:
