@@ -82,17 +82,39 @@ def _get_response(message: GetResponse) -> bytes:
     return bytes(out)
 
 
+#: A field's tag and one-byte length, for lengths below 128: ``GetResponse.value`` (2),
+#: ``.etag`` (3), ``GetManyResponse.items`` (1); and ``ttl_remaining_ms`` (4) below 128.
+_VALUE_HEAD = [b"\x12" + b for b in _SMALL]
+_ETAG_HEAD = [b"\x1a" + b for b in _SMALL]
+_ITEM_HEAD = [b"\x0a" + b for b in _SMALL]
+_TTL_FIELD = [b"\x20" + b for b in _SMALL]
+
+
 def _get_many_response(message: GetManyResponse) -> bytes | None:
+    """``_write_get_response`` per item, inlined: one bytes object per item, built by
+    concatenation from the tables above (a 100-item response is this loop's 100 turns; each
+    helper call or bytearray per item cost ~0.4 µs more on the development machine)."""
     out = bytearray()
-    item_bytes = bytearray()
+    encode_varint = protowire.encode_varint
     for item in message.items:
         if type(item) is not GetResponse or item._unknown_fields:
             return None
-        item_bytes.clear()
-        _write_get_response(item, item_bytes)
-        out += b"\x0a"
-        out += _varint(len(item_bytes))
-        out += item_bytes
+        value = item.value
+        etag = item.etag
+        ttl = item.ttl_remaining_ms
+        body = b"\x08\x01" if item.found else b""
+        if value:
+            n = len(value)
+            body += (_VALUE_HEAD[n] if n < 128 else b"\x12" + encode_varint(n)) + value
+        if etag:
+            raw = etag.encode()
+            n = len(raw)
+            body += (_ETAG_HEAD[n] if n < 128 else b"\x1a" + encode_varint(n)) + raw
+        if ttl is not None:
+            body += _TTL_FIELD[ttl] if 0 <= ttl < 128 else b"\x20" + encode_varint(ttl)
+        n = len(body)
+        out += _ITEM_HEAD[n] if n < 128 else b"\x0a" + encode_varint(n)
+        out += body
     return bytes(out)
 
 

@@ -201,11 +201,11 @@ class OperationContext:
         self.namespace = namespace
         self._metrics = metrics
 
-    def cache_hit(self) -> None:
-        self._metrics.cache_hit()
+    def cache_hit(self, count: int = 1) -> None:
+        self._metrics.cache_hit(count)
 
-    def cache_miss(self) -> None:
-        self._metrics.cache_miss()
+    def cache_miss(self, count: int = 1) -> None:
+        self._metrics.cache_miss(count)
 
 
 class OperationStream(OperationContext):

@@ -151,3 +151,34 @@ async def test_memcached_paused_server_is_deadline_exceeded_then_recovers(
         finally:
             os.kill(process.pid, signal.SIGCONT)
         await recovered(h)
+
+
+async def test_memcached_get_many_reads_replies_across_many_socket_reads(
+    memcached_server: MemcachedServer,
+) -> None:
+    """200 values of 20 KB (4 MB of replies, many reads of the socket; replies split anywhere)
+    come back each under its key, TTLs and etags included; on the pool's one connection the
+    next call's reply is its own (the reader stays in step)."""
+    async with harness(memcached_server, pool_size=1) as h:
+        keys = [f"big{i:03d}" for i in range(200)]
+        etags = {}
+        for i, key in enumerate(keys):
+            ttl = 60_000 if i % 2 else 0
+            value = bytes([i % 256]) * 20_000
+            etags[key] = (await h.execute("set", SetRequest(key=key, value=value, ttl_ms=ttl))).etag  # type: ignore[union-attr]
+        asked = [*keys[:100], "absent", *keys[100:]]
+        got = (await h.execute("get_many", GetManyRequest(keys=asked))).items  # type: ignore[union-attr]
+        assert len(got) == len(asked)
+        for key, item in zip(asked, got, strict=True):
+            if key == "absent":
+                assert (item.found, item.value, item.etag) == (False, b"", "")
+                assert item.ttl_remaining_ms is None
+                continue
+            i = int(key[3:])
+            assert (item.found, item.etag) == (True, etags[key])
+            assert item.value == bytes([i % 256]) * 20_000
+            assert (item.ttl_remaining_ms is None) == (i % 2 == 0)
+            if item.ttl_remaining_ms is not None:
+                assert 0 < item.ttl_remaining_ms <= 60_000
+        after = await h.execute("get", GetRequest(key=keys[7]))
+        assert after.value == bytes([7]) * 20_000  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "Reader",
     "Reply",
+    "get_commands",
     "key_token",
 ]
 
@@ -53,6 +54,20 @@ def command(verb: bytes, key: bytes, flags: list[bytes], data: bytes | None = No
     return b" ".join([verb, token, b"%d" % len(data), *flags]) + b"\r\n" + data + b"\r\n"
 
 
+def get_commands(keys: list[bytes], flags: bytes) -> bytes:
+    """``command(b"mg", key, flags)`` for every key, joined (a pipeline); ``flags`` is the
+    flags' text (``b" v c t"``, with its leading space)."""
+    tail = flags + b"\r\n"
+    out = []
+    for key in keys:
+        if len(key) <= MAX_KEY_BYTES and _UNSAFE.isdisjoint(key):
+            out.append(b"mg " + key + tail)
+        else:
+            token, _ = key_token(key)  # raises for a key that cannot be mapped
+            out.append(b"mg " + token + b" b" + tail)
+    return b"".join(out)
+
+
 @dataclass
 class Reply:
     """One meta reply: its code (``VA``, ``HD``, ``EN``, ``NF``, ``NS``, ``EX``, ``MN``, or
@@ -77,27 +92,31 @@ class ProtocolError(Exception):
 
 
 class Reader:
-    """Feed bytes, take complete replies."""
+    """Feed bytes, take complete replies. Taken replies are passed over, not cut out of the
+    buffer one by one: the buffer is compacted on the next ``feed`` (a 100-reply pipeline
+    would otherwise move the rest of its bytes 100 times)."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._pos = 0
 
     def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
         self._buffer += data
 
     def gets(self) -> Reply | None:
         buffer = self._buffer
-        end = buffer.find(b"\r\n")
+        pos = self._pos
+        end = buffer.find(b"\r\n", pos)
         if end < 0:
-            if len(buffer) > 8192:
+            if len(buffer) - pos > 8192:
                 raise ProtocolError("a reply line longer than 8 KiB")
             return None
-        line = bytes(buffer[:end])
+        line = bytes(buffer[pos:end])
         parts = line.split(b" ")
         code = parts[0]
-        if code in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
-            del buffer[: end + 2]
-            return Reply(code, {}, line=line)
         if code == b"VA":
             if len(parts) < 2 or not parts[1].isdigit():
                 raise ProtocolError(f"malformed VA line {line[:64]!r}")
@@ -106,11 +125,14 @@ class Reader:
             if len(buffer) < start + size + 2:
                 return None
             value = bytes(buffer[start : start + size])
-            del buffer[: start + size + 2]
+            self._pos = start + size + 2
             return Reply(code, _flags(parts[2:]), value, line)
+        if code in (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"):
+            self._pos = end + 2
+            return Reply(code, {}, line=line)
         if code not in (b"HD", b"EN", b"NF", b"NS", b"EX", b"MN"):
             raise ProtocolError(f"unexpected reply {line[:64]!r}")
-        del buffer[: end + 2]
+        self._pos = end + 2
         return Reply(code, _flags(parts[1:]), line=line)
 
 

@@ -55,13 +55,17 @@ def _arg(value: Arg) -> bytes:
 def encode(commands: Sequence[Command]) -> bytes:
     """RESP arrays of bulk strings, one per command, concatenated (a pipeline)."""
     parts: list[bytes] = []
+    append = parts.append
     for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
+        append(b"*%d\r\n" % len(command))
         for value in command:
-            data = _arg(value)
-            parts.append(b"$%d\r\n" % len(data))
-            parts.append(data)
-            parts.append(b"\r\n")
+            data = value if type(value) is bytes else _arg(value)
+            if len(data) < 4096:  # one piece; a large value is not copied twice
+                append(b"$%d\r\n%b\r\n" % (len(data), data))
+            else:
+                append(b"$%d\r\n" % len(data))
+                append(data)
+                append(b"\r\n")
     return b"".join(parts)
 
 
