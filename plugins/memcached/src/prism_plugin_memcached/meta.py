@@ -58,13 +58,11 @@ def get_commands(keys: list[bytes], flags: bytes) -> bytes:
     """``command(b"mg", key, flags)`` for every key, joined (a pipeline); ``flags`` is the
     flags' text (``b" v c t"``, with its leading space)."""
     tail = flags + b"\r\n"
+    encoded_tail = b" b" + tail
     out = []
     for key in keys:
-        if len(key) <= MAX_KEY_BYTES and _UNSAFE.isdisjoint(key):
-            out.append(b"mg " + key + tail)
-        else:
-            token, _ = key_token(key)  # raises for a key that cannot be mapped
-            out.append(b"mg " + token + b" b" + tail)
+        token, encoded = key_token(key)
+        out.append(b"mg " + token + (encoded_tail if encoded else tail))
     return b"".join(out)
 
 

@@ -198,9 +198,13 @@ class MemcachedPlugin(BackendPlugin):
             flags.append(b"C" + item.if_match.encode())
         return command(b"md", self._key(item.key), flags)
 
-    async def _execute(self, commands: list[bytes], what: str) -> list[Reply]:
+    async def _execute(
+        self, commands: list[bytes], what: str, replies: int | None = None
+    ) -> list[Reply]:
+        """``replies``: how many the commands get (default: one each)."""
+        count = len(commands) if replies is None else replies
         try:
-            return await self.pool.execute(b"".join(commands), len(commands), what)
+            return await self.pool.execute(b"".join(commands), count, what)
         finally:
             self.metrics.connections_active = self.pool.open_connections
 
@@ -212,17 +216,15 @@ class MemcachedPlugin(BackendPlugin):
 
     @staticmethod
     def _get_response(reply: Reply, what: str) -> GetResponse:
-        if reply.code == b"EN":
-            return GetResponse(found=False)
-        if reply.code != b"VA":
-            raise reply_error(reply, what)
-        ttl = reply.int_flag("t")
-        return GetResponse(
-            found=True,
-            value=reply.value or b"",
-            etag=reply.flags["c"].decode(),
-            ttl_remaining_ms=None if ttl is None or ttl < 0 else max(1, ttl * 1000),
-        )
+        # Positional: get_many builds one per key, and keywords cost more per message.
+        code = reply.code
+        if code == b"VA":
+            ttl = reply.int_flag("t")
+            remaining = None if ttl is None or ttl < 0 else max(1, ttl * 1000)
+            return GetResponse(True, reply.value or b"", reply.flags["c"].decode(), remaining)
+        if code == b"EN":
+            return GetResponse()
+        raise reply_error(reply, what)
 
     @staticmethod
     def _set_failure(reply: Reply | None) -> str | None:
@@ -304,32 +306,16 @@ class MemcachedPlugin(BackendPlugin):
 
     @operation("get_many", params=GetManyRequest, result=GetManyResponse, features=("etag", "ttl"))
     async def get_many(self, params: GetManyRequest, ctx: OperationContext) -> GetManyResponse:
-        """One pipeline of ``mg`` commands, answered in order. The loop is ``_get_response``
-        inlined (a 100-key call is 100 turns of it)."""
+        """One pipeline of ``mg`` commands, answered in order."""
         keys = params.keys
         if not keys:
             return GetManyResponse()
-        prefix = self._prefix
-        data = get_commands([prefix + k.encode() for k in keys], b" v c t")
-        try:
-            replies = await self.pool.execute(data, len(keys), "get_many")
-        finally:
-            self.metrics.connections_active = self.pool.open_connections
-        items: list[GetResponse] = []
-        append = items.append
-        hits = 0
-        for reply in replies:
-            code = reply.code
-            if code == b"VA":
-                hits += 1
-                flags = reply.flags
-                ttl = flags.get("t")
-                remaining = None if ttl is None or ttl[:1] == b"-" else max(1, int(ttl) * 1000)
-                append(GetResponse(True, reply.value or b"", flags["c"].decode(), remaining))
-            elif code == b"EN":
-                append(GetResponse())
-            else:
-                raise reply_error(reply, "get_many")
+        key = self._key
+        pipeline = get_commands([key(k) for k in keys], b" v c t")
+        replies = await self._execute([pipeline], "get_many", len(keys))
+        response = self._get_response
+        items = [response(r, "get_many") for r in replies]
+        hits = sum([r.code == b"VA" for r in replies])
         ctx.cache_hit(hits)
         ctx.cache_miss(len(items) - hits)
         return GetManyResponse(items=items)
