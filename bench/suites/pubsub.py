@@ -66,7 +66,7 @@ def namespace_of(mode: str) -> str:
 
 
 def proxy_config(port: int, modes: list[str], memstore: dict[str, int], runtime_dir: Path) -> str:
-    """`memstore`: memstore's config fields that are set (0 = its default)."""
+    """`memstore`: memstore's config fields to set (the rest keep memstore's defaults)."""
     namespaces = []
     for mode in modes:
         namespace: dict[str, Any] = {
@@ -74,7 +74,7 @@ def proxy_config(port: int, modes: list[str], memstore: dict[str, int], runtime_
             "plugin": {"name": "memstore", "mode": mode},
             "access": {"anonymous": True},  # the subscribers and publisher send no credentials
         }
-        if config := {field: value for field, value in memstore.items() if value}:
+        if config := dict(memstore):
             namespace["config"] = config
         namespaces.append(namespace)
     config = {
@@ -188,8 +188,9 @@ class PubsubSuite:
         parser.add_argument(
             "--delivery-interval-ms",
             type=int,
-            default=0,
-            help="memstore delivery_interval_ms (0: its default, at once)",
+            default=None,
+            help="memstore delivery_interval_ms (default: memstore's own, 20 ms adaptive; 0 = "
+            "each message at once)",
         )
         parser.add_argument(
             "--client",
@@ -243,7 +244,11 @@ class PubsubSuite:
                 "duration_s": duration,
                 "payload_size": args.payload_size,
                 "subscriber_buffer": args.buffer or "default (1024)",
-                "delivery_interval_ms": args.delivery_interval_ms,
+                "delivery_interval_ms": (
+                    "default (20, adaptive)"
+                    if args.delivery_interval_ms is None
+                    else args.delivery_interval_ms
+                ),
                 "subscriber_client": (
                     H2loadSubscribers if args.client == "h2load" else GrpcioSubscribers
                 ).name,
@@ -274,8 +279,10 @@ class PubsubSuite:
                         logs / f"proxy{suffix.replace(' @', '-')}.log",
                         root,
                     )
-                    memstore = {"subscriber_buffer": args.buffer}
-                    if root is None or _has_delivery_interval(root):
+                    memstore = {"subscriber_buffer": args.buffer} if args.buffer else {}
+                    if args.delivery_interval_ms is not None and (
+                        root is None or _has_delivery_interval(root)
+                    ):
                         memstore["delivery_interval_ms"] = args.delivery_interval_ms
                     config_path.write_text(proxy_config(proxy.port, modes, memstore, runtime))
                     shutil.copy(config_path, logs / config_path.name)

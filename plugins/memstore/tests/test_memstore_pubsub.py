@@ -90,19 +90,58 @@ async def test_memstore_delivery_interval_holds_messages_until_the_interval_has_
         PluginHarness(MemstorePlugin, config=config) as h,
         h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
     ):
-        # Publishing is answered at once (the clock is Trio's MockClock: virtual time)...
+        # After a quiet spell the first message goes out at once (the clock is Trio's
+        # MockClock: virtual time, so "at once" is exact)...
         first = trio.current_time()
+        assert await publish(h, "t", b"m") == 1
+        with trio.fail_after(5):
+            message = await sub.receive()
+        assert isinstance(message, Message)
+        assert message.sequence == 1
+        assert trio.current_time() == first
+        # ...and what is published within the interval after that wake-up is queued, the
+        # publisher answered at once, and delivered in order once the interval has passed.
+        await trio.sleep(0.001)  # the subscriber's task is waiting again, not still sending
+        published = trio.current_time()
         sequences = [await publish(h, "t", b"m") for _ in range(3)]
-        assert sequences == [1, 2, 3]
-        # ...and what it queued for the waiting subscriber arrives in order, not before the
-        # interval has passed. (A subscriber still busy sending when more is published sends
-        # that too before it waits again: the interval spaces wake-ups, not messages.)
+        assert sequences == [2, 3, 4]
+        assert trio.current_time() == published
         with trio.fail_after(5):
             message = await sub.receive()
             arrived = trio.current_time()
             received = [message, *[await sub.receive() for _ in range(2)]]
         assert [m.sequence for m in received if isinstance(m, Message)] == sequences
         assert arrived >= first + 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "held_s"),
+    [(MemstoreConfig(), 0.020), (MemstoreConfig(delivery_interval_ms=0), 0.0)],
+    ids=["unset-is-20ms", "zero-is-at-once"],
+)
+async def test_memstore_delivery_interval_default_batches_only_a_busy_topic(
+    autojump_clock: trio.abc.Clock, config: MemstoreConfig, held_s: float
+) -> None:
+    async with (
+        PluginHarness(MemstorePlugin, config=config) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+    ):
+        waits = []
+        for _ in range(3):  # 1 ms apart: the 2nd and 3rd come within the interval of a wake-up
+            published = trio.current_time()
+            await publish(h, "t", b"m")
+            with trio.fail_after(5):
+                await sub.receive()
+            waits.append(trio.current_time() - published)
+            await trio.sleep(0.001)  # the subscriber waits again before the next one
+        await trio.sleep(1)  # a quiet spell: the next one goes out at once again
+        quiet = trio.current_time()
+        await publish(h, "t", b"m")
+        with trio.fail_after(5):
+            await sub.receive()
+        assert trio.current_time() == quiet
+    held = max(held_s - 0.001, 0.0)
+    assert waits == pytest.approx([0.0, held, held])
 
 
 async def test_memstore_delivery_interval_does_not_delay_the_cut_off(
@@ -117,6 +156,42 @@ async def test_memstore_delivery_interval_does_not_delay_the_cut_off(
             await publish(h, "t", b"m")
         with trio.fail_after(0.5), pytest.raises(ResourceExhausted, match="fell more than 3"):
             await sub.receive()
+
+
+async def test_memstore_delivery_interval_never_cuts_off_a_subscriber_that_keeps_up(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # 40 messages, 10 times the buffer, well within one 1 s interval: a half-full queue wakes its
+    # subscriber at once, so the batching never makes it fall behind (without that, the 5th
+    # message would cut it off).
+    config = MemstoreConfig(subscriber_buffer=4, delivery_interval_ms=1000)
+    async with (
+        PluginHarness(MemstorePlugin, config=config) as h,
+        h.stream("subscribe", SubscribeRequest(topic="t")) as sub,
+        trio.open_nursery() as nursery,
+    ):
+        received: list[int] = []
+        all_in = trio.Event()
+
+        async def read() -> None:
+            while len(received) < 40:
+                message = await sub.receive()
+                assert isinstance(message, Message)
+                received.append(message.sequence)
+            all_in.set()
+
+        nursery.start_soon(read)
+        start = trio.current_time()
+        sequences = []
+        for _ in range(40):  # 1,000 messages a second, the reader given time for each
+            sequences.append(await publish(h, "t", b"m"))
+            await trio.sleep(0.001)
+        assert sequences == list(range(1, 41))
+        with trio.fail_after(5):
+            await all_in.wait()
+        assert received == list(range(1, 41))
+        assert (await h.health()).details["subscribers"] == "1"
+        assert trio.current_time() - start < 1.0
 
 
 @pytest.mark.parametrize("interval", [-1, 1001])

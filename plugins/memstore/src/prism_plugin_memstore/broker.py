@@ -4,8 +4,10 @@ Publishing never waits, and its cost does not depend on what subscribers do: eac
 message becomes one ``SharedResult`` (encoded once, on first use, for every subscriber), and is
 appended to each subscriber's bounded queue, waking the subscriber if it waits: at once, or, with
 a delivery interval, from the broker's own task at most once per interval (``Broker.run``), so
-that one wake-up of a subscriber (and one write per client connection) carries every message
-queued by then instead of one each; the publisher then never wakes anybody. A subscriber
+that under load one wake-up of a subscriber (and one write per client connection) carries every
+message queued by then instead of one each; the publisher then never wakes anybody. The interval
+only holds back a busy broker: a message published when nothing was delivered for a whole
+interval goes out at once. A subscriber
 whose queue is full when a message arrives is cut off at once: its queue is dropped, the send it
 may be blocked in (a client that does not read) is cancelled, and its stream ends with
 RESOURCE_EXHAUSTED. A slow reader therefore never slows the publisher or the other subscribers,
@@ -17,6 +19,7 @@ their topic go nowhere.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -104,21 +107,29 @@ class Broker:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Wake the subscribers of the topics published to at most once per ``interval``
-        seconds (``interval`` after the first publish since the last wake). Runs until
+        seconds: at once when the last wake-up is an interval or more ago (a quiet broker adds
+        no latency), else when the interval since it has passed (a busy one batches). Runs until
         cancelled; then ``publish`` wakes subscribers itself again, and what was pending is
         woken at once."""
         if self._waker is not None:
             raise RuntimeError("the broker's waker is already running")
         self._waker = trio.lowlevel.current_task()
         task_status.started()
+        interval = self.interval
+        last_wake = -math.inf
         try:
             while True:
                 if not self._published:
                     self._waker_parked = True
                     await trio.lowlevel.wait_task_rescheduled(self._unpark)
-                await trio.sleep(self.interval)
+                # Only reached after parking (a wake-up leaves nothing published), so the loop
+                # always yields at least once per round.
+                due = last_wake + interval
+                if trio.current_time() < due:
+                    await trio.sleep_until(due)
                 published, self._published = self._published, {}
                 _wake_waiting(published)
+                last_wake = trio.current_time()
         finally:
             self._waker = None
             self._waker_parked = False
@@ -149,15 +160,22 @@ class Broker:
             Message(topic=topic, payload=payload, headers=dict(headers), sequence=state.sequence)
         )
         limit = self.buffer
+        # The interval batches, it must not cut off a subscriber that keeps up: one whose queue
+        # is half full is woken now (a fast publisher with a small buffer), interval or not.
+        urgent = limit // 2
+        pressed = False
         full: list[Subscription] = []
         for subscription in state.subscribers:
             queue = subscription._queue
-            if len(queue) >= limit:
+            backlog = len(queue)
+            if backlog >= limit:
                 full.append(subscription)
                 continue
             queue.append(shared)
+            if backlog >= urgent:
+                pressed = True
         waker = self._waker
-        if waker is None:
+        if waker is None or pressed:
             _wake_waiting((state,))
         else:
             self._published[state] = None

@@ -66,6 +66,7 @@ __all__ = ["MemstorePlugin"]
 DEFAULT_SWEEP_INTERVAL_MS = 1000
 DEFAULT_SUBSCRIBER_BUFFER = 1024
 MAX_DELIVERY_INTERVAL_MS = 1000
+DEFAULT_DELIVERY_INTERVAL_MS = 20
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LOG_PARTITIONS = 1
@@ -105,7 +106,6 @@ class MemstorePlugin(BackendPlugin):
             "default_ttl_ms",
             "sweep_interval_ms",
             "subscriber_buffer",
-            "delivery_interval_ms",
             "log_partitions",
             "log_retention",
             "log_max_in_flight",
@@ -117,9 +117,12 @@ class MemstorePlugin(BackendPlugin):
         )
         self._store = KeyValueStore(config.max_keys)
         self._kv = KeyValue(self._store, config.default_ttl_ms / 1000)
-        if config.delivery_interval_ms > MAX_DELIVERY_INTERVAL_MS:
+        delivery_interval_ms = config.delivery_interval_ms
+        if delivery_interval_ms is None:
+            delivery_interval_ms = DEFAULT_DELIVERY_INTERVAL_MS
+        if not 0 <= delivery_interval_ms <= MAX_DELIVERY_INTERVAL_MS:
             raise InvalidArgument(
-                f"config field 'delivery_interval_ms' must be at most {MAX_DELIVERY_INTERVAL_MS}"
+                f"config field 'delivery_interval_ms' must be from 0 to {MAX_DELIVERY_INTERVAL_MS}"
             )
         if config.log_partitions > MAX_LOG_PARTITIONS:
             raise InvalidArgument(
@@ -134,7 +137,7 @@ class MemstorePlugin(BackendPlugin):
             config.log_retention or DEFAULT_LOG_RETENTION,
         )
         self._log_max_in_flight = config.log_max_in_flight or DEFAULT_LOG_MAX_IN_FLIGHT
-        interval = config.delivery_interval_ms / 1000
+        interval = delivery_interval_ms / 1000
         self._broker = Broker(config.subscriber_buffer or DEFAULT_SUBSCRIBER_BUFFER, interval)
         if interval:
             await self.nursery.start(self._broker.run)

@@ -40,12 +40,16 @@ class MemstoreConfig(betterproto2.Message):
     with RESOURCE_EXHAUSTED. 0 = 1024.
     """
 
-    delivery_interval_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    delivery_interval_ms: "int | None" = betterproto2.field(
+        5, betterproto2.TYPE_INT32, optional=True
+    )
     """
-    Subscribers are woken at most once per this many milliseconds, each wake-up sending every
-    message queued by then: under heavy fan-out, one wake-up and one write per connection then
-    carry several messages, for up to this much added delivery latency. At most 1000; keep it
-    well below subscriber_buffer / (messages per second). 0 = at once, each message.
+    Subscribers of a topic are woken at most once per this many milliseconds, each wake-up
+    sending every message queued by then: under heavy fan-out, one wake-up and one write per
+    connection then carry several messages. A message published after a quiet spell (nothing
+    delivered in the last interval) is delivered at once, so only a busy topic waits, for up to
+    this long. Unset = 20; 0 = at once, each message; at most 1000. Keep it well below
+    subscriber_buffer / (messages per second).
     """
 
     log_partitions: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
