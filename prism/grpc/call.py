@@ -126,6 +126,10 @@ class ServerCall:
         self._state: CallState | None = None
         #: The client sends a stream of requests (client streaming or bidirectional).
         self.client_streaming = rpc.cardinality.client_streaming
+        # Client streaming with one response at the end: nobody waits on each request, so the
+        # reader may gather them (Connection._reader). Not bidirectional: a ping-pong would
+        # wait on every gathering.
+        self.gathers = rpc.cardinality is Cardinality.STREAM_UNARY
 
     @property
     def state(self) -> CallState:
@@ -135,6 +139,11 @@ class ServerCall:
         if state is None:
             state = self._state = CallState()
         return state
+
+    @property
+    def input_ended(self) -> bool:
+        """The client half-closed, or the stream is gone: no more requests will arrive."""
+        return self._input_ended
 
     # -- fed by the connection's reader -----------------------------------------------------
 
