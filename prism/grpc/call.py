@@ -130,6 +130,7 @@ class ServerCall:
         # reader may gather them (Connection._reader). Not bidirectional: a ping-pong would
         # wait on every gathering.
         self.gathers = rpc.cardinality is Cardinality.STREAM_UNARY
+        self.received = 0  # request messages fed so far
 
     @property
     def state(self) -> CallState:
@@ -150,6 +151,7 @@ class ServerCall:
     def feed(self, messages: list[bytes]) -> bool:
         """Queue ``messages`` for the handler; True when that woke it (it was waiting)."""
         self._inbox.extend(messages)
+        self.received += len(messages)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

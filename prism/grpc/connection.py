@@ -49,6 +49,9 @@ _MAX_RECEIVE_SIZE = 1 << 20
 _STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
 # After the final GOAWAY: how long to wait for the peer to close before we do.
 LINGER = 1.0
+# A client stream's reads are gathered (ServerOptions.client_stream_gather) only once it has
+# brought this many messages: a short stream ends as soon as its last message is read.
+GATHER_AFTER = 128
 
 
 class Connection:
@@ -221,12 +224,13 @@ class Connection:
                     fed is not None
                     and self._gather
                     and emptied
+                    and fed.received >= GATHER_AFTER
                     and not fed.input_ended
                     and len(self.calls) == 1
                     and self.calls.get(fed.stream_id) is fed
                     and conn.receive_window(fed.stream_id) >= self._gather_window
                 ):
-                    # A client stream mid-flight, alone on the connection, and the read
+                    # A long client stream mid-flight, alone on the connection, and the read
                     # emptied the socket: its client writes message after message, each as it
                     # comes, and reading each as it lands costs a wake-up, a read and a frame
                     # walk per one or two messages. Sleeping a moment first gathers several

@@ -10,6 +10,7 @@ import trio
 from grpc_testkit import Echo, RawClient, grpc_frame, request_headers, serving
 
 from prism import grpc as pg
+from prism.grpc.connection import GATHER_AFTER
 from prism.grpc.transport import YIELD_MESSAGES
 
 MESSAGE = b"m" * 1024
@@ -247,34 +248,37 @@ class Steps(pg.Service):
     name = "test.Steps"
 
     def __init__(self) -> None:
-        self.seen, self._seen_rx = trio.open_memory_channel[bytes](1000)
+        self.seen_tx, self.seen = trio.open_memory_channel[bytes](1000)
 
     @pg.stream_unary("Steps", bytes, bytes)
     async def steps(self, call: pg.ServerCall) -> bytes:
         got = []
         async for message in call:
             got.append(message)
-            self.seen.send_nowait(message)
-        return b",".join(got)
+            self.seen_tx.send_nowait(message)
+        return hashlib.sha256(b"|".join(got)).digest()  # small: within the client's window
 
 
 @pytest.mark.parametrize("gather", [0.001, 0.0])
 async def test_server_call_lock_step_client_stream_never_misses_a_message(gather: float) -> None:
-    # Each message is sent only once the handler took the one before: every read the server
-    # gathers after (client_stream_gather) finds the socket empty, or finds the next message
-    # when the pause is shorter than the sleep, and must go back to waiting for data either
-    # way, or the next message would never be read (a hang, not a slow call).
+    # Each message is sent only once the handler took the one before: past GATHER_AFTER
+    # messages, every read the server gathers (client_stream_gather) finds the socket empty,
+    # or the next message when the client's pause is shorter than the server's, and must go
+    # back to waiting for data either way, or the next message would never be read (a hang,
+    # not a slow call).
     service = Steps()
     options = pg.ServerOptions(client_stream_gather=gather)
     async with serving(service, options=options) as (_, target), RawClient.connect(target) as client:
+        with trio.fail_after(20):  # the server's SETTINGS: its 1 MiB window
+            await client.until(lambda: client.h2.remote_settings.initial_window_size > 65535)
         sid = client.h2.get_next_available_stream_id()
         client.h2.send_headers(sid, request_headers("/test.Steps/Steps"))
-        sent = [b"%d" % i for i in range(120)]
+        sent = [b"%d" % i for i in range(GATHER_AFTER + 60)]
         with trio.fail_after(60):
             for i, message in enumerate(sent):
                 client.h2.send_data(sid, grpc_frame(message))
                 await client.flush()
-                assert await service._seen_rx.receive() == message
+                assert await service.seen.receive() == message
                 if i % 2:
                     await trio.sleep(0.003)  # past the gathering: the socket stays empty
             client.h2.end_stream(sid)
@@ -282,7 +286,7 @@ async def test_server_call_lock_step_client_stream_never_misses_a_message(gather
             await client.until(lambda: client.ended(sid))
     assert client.trailers(sid)[b"grpc-status"] == b"0"
     response = b"".join(e.data for e in client.of(h2.events.DataReceived, sid))
-    assert response[5:] == b",".join(sent)
+    assert response[5:] == hashlib.sha256(b"|".join(sent)).digest()
 
 
 async def test_server_call_unary_calls_beside_a_gathering_client_stream_are_answered() -> None:
@@ -293,14 +297,16 @@ async def test_server_call_unary_calls_beside_a_gathering_client_stream_are_answ
         serving(Echo(), service) as (_, target),
         RawClient.connect(target) as client,
     ):
+        with trio.fail_after(20):  # the server's SETTINGS: its 1 MiB window
+            await client.until(lambda: client.h2.remote_settings.initial_window_size > 65535)
         sid = client.h2.get_next_available_stream_id()
         client.h2.send_headers(sid, request_headers("/test.Steps/Steps"))
         unary = []
         with trio.fail_after(60):
-            for i in range(50):
+            for i in range(GATHER_AFTER + 30):
                 client.h2.send_data(sid, grpc_frame(MESSAGE))
                 await client.flush()
-                await service._seen_rx.receive()
+                await service.seen.receive()
                 unary.append(await client.call("/test.Echo/Unary", b"u%d" % i))
             client.h2.end_stream(sid)
             await client.flush()
