@@ -268,7 +268,10 @@ async def test_server_call_lock_step_client_stream_never_misses_a_message(gather
     # not a slow call).
     service = Steps()
     options = pg.ServerOptions(client_stream_gather=gather)
-    async with serving(service, options=options) as (_, target), RawClient.connect(target) as client:
+    async with (
+        serving(service, options=options) as (_, target),
+        RawClient.connect(target) as client,
+    ):
         with trio.fail_after(20):  # the server's SETTINGS: its 1 MiB window
             await client.until(lambda: client.h2.remote_settings.initial_window_size > 65535)
         sid = client.h2.get_next_available_stream_id()
