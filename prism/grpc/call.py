@@ -126,6 +126,11 @@ class ServerCall:
         self._state: CallState | None = None
         #: The client sends a stream of requests (client streaming or bidirectional).
         self.client_streaming = rpc.cardinality.client_streaming
+        # Client streaming with one response at the end: nobody waits on each request, so the
+        # reader may gather them (Connection._reader). Not bidirectional: a ping-pong would
+        # wait on every gathering.
+        self.gathers = rpc.cardinality is Cardinality.STREAM_UNARY
+        self.received = 0  # request messages fed so far
 
     @property
     def state(self) -> CallState:
@@ -136,11 +141,17 @@ class ServerCall:
             state = self._state = CallState()
         return state
 
+    @property
+    def input_ended(self) -> bool:
+        """The client half-closed, or the stream is gone: no more requests will arrive."""
+        return self._input_ended
+
     # -- fed by the connection's reader -----------------------------------------------------
 
     def feed(self, messages: list[bytes]) -> bool:
         """Queue ``messages`` for the handler; True when that woke it (it was waiting)."""
         self._inbox.extend(messages)
+        self.received += len(messages)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

@@ -49,6 +49,9 @@ _MAX_RECEIVE_SIZE = 1 << 20
 _STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError)
 # After the final GOAWAY: how long to wait for the peer to close before we do.
 LINGER = 1.0
+# A client stream's reads are gathered (ServerOptions.client_stream_gather) only once it has
+# brought this many messages: a short stream ends as soon as its last message is read.
+GATHER_AFTER = 128
 
 
 class Connection:
@@ -94,6 +97,10 @@ class Connection:
         # max_connection_idle: when the last call ended (None: idleness is not watched).
         self._idle_since: float | None = None
         self._woke = False  # the events just dispatched woke a handler waiting for messages
+        # The client-streaming call (unary response) the events just dispatched fed, if any.
+        self._fed: ServerCall | None = None
+        self._gather = opts.client_stream_gather
+        self._gather_window = server._settings.initial_window_size // 4
 
     # The pieces ServerCall uses --------------------------------------------------------------
 
@@ -180,11 +187,13 @@ class Connection:
             if received:
                 data: bytes | bytearray = received
                 received = b""
+                emptied = False
             else:
                 data = await receive(size)
                 if not data:
                     self._peer_closed.set()
                     return
+                emptied = len(data) < size  # the read took all there was
                 # Bulk transfers fill every read: read more at a time (fewer trips through h2).
                 if len(data) == size:
                     size = min(size * 2, _MAX_RECEIVE_SIZE)
@@ -207,9 +216,32 @@ class Connection:
                     self.kick()
                     break
                 self._woke = False
+                self._fed = None
                 if self._dispatch(events):
                     return
-                if self._woke:
+                fed = self._fed
+                if (
+                    fed is not None
+                    and self._gather
+                    and emptied
+                    and fed.received >= GATHER_AFTER
+                    and not fed.input_ended
+                    and len(self.calls) == 1
+                    and self.calls.get(fed.stream_id) is fed
+                    and conn.receive_window(fed.stream_id) >= self._gather_window
+                ):
+                    # A long client stream mid-flight, alone on the connection, and the read
+                    # emptied the socket: its client writes message after message, each as it
+                    # comes, and reading each as it lands costs a wake-up, a read and a frame
+                    # walk per one or two messages. Sleeping a moment first gathers several
+                    # per read. Nothing waits on these messages but the handler (the
+                    # response comes at the end), and an empty socket after the sleep goes
+                    # back to reading as soon as data arrives: a message after a pause is
+                    # never held, nor is a client that used up most of its window (it may be
+                    # waiting for our WINDOW_UPDATE; docs/benchmarks.md, "Client streams
+                    # gathered").
+                    source.delay(self._gather)
+                elif self._woke:
                     # A request stream's handler waiting for messages got some and runs in
                     # the next batch: read again in that batch, without waiting for readiness
                     # first. A client writing message after message has put more in the
@@ -236,8 +268,11 @@ class Connection:
                 call = self.calls.get(event.stream_id)
                 # Only a request stream's handler: a unary request that came in two reads
                 # is all there is, and an early read would find nothing.
-                if call is not None and call.feed(event.messages) and call.client_streaming:
-                    self._woke = True
+                if call is not None:
+                    if call.feed(event.messages) and call.client_streaming:
+                        self._woke = True
+                    if call.gathers:
+                        self._fed = call
             elif type(event) is RequestReceived:
                 self._start_call(event)
             elif type(event) is InputEnded:

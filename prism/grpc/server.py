@@ -56,6 +56,9 @@ class ServerOptions:
     max_settings_per_window: int = 100
     #: Compress responses with this encoding ("gzip", "deflate") when the client accepts it.
     compression: str | None = None
+    #: Seconds a client stream's reads wait for more of its messages once a read emptied the
+    #: socket (client-streaming calls alone on their connection; 0: read as data arrives).
+    client_stream_gather: float = 0.001
 
     def __post_init__(self) -> None:
         check_encoding(self.compression, "ServerOptions.compression")
@@ -71,6 +74,10 @@ class ServerOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive or None, not {value}")
+        if not 0 <= self.client_stream_gather <= 0.1:
+            raise ValueError(
+                f"client_stream_gather must be between 0 and 0.1 s, not {self.client_stream_gather}"
+            )
         if self.max_concurrent_connections is not None and self.max_concurrent_connections < 1:
             raise ValueError(
                 f"max_concurrent_connections must be >= 1 or None, not "

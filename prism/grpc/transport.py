@@ -233,15 +233,22 @@ class Input:
         self._stream = stream
         self._sock = stream.socket if type(stream) is trio.SocketStream else None
         self._drained = False
+        self._delay = 0.0  # set by delay(): sleep this long before the next read
 
     async def receive(self, size: int) -> bytes | bytearray:
         """Up to ``size`` bytes; ``b""`` at end of stream. Always a checkpoint. Raises
         ``trio.ClosedResourceError`` once the stream was closed and ``BrokenResourceError``
         when the peer broke the connection."""
         sock = self._sock
+        delay = self._delay
+        if delay:
+            self._delay = 0.0
+            await trio.sleep(delay)
         if sock is None:
             return await self._stream.receive_some(size)
-        if self._drained:
+        if delay:
+            pass  # tried first: an empty socket falls back to waiting below
+        elif self._drained:
             await trio.lowlevel.wait_readable(sock)
         else:
             await trio.lowlevel.checkpoint()
@@ -263,6 +270,12 @@ class Input:
         """Have the next :meth:`receive` try the read before waiting for readability, even
         though the last read left the socket empty (data is expected by then)."""
         self._drained = False
+
+    def delay(self, seconds: float) -> None:
+        """Have the next :meth:`receive` sleep ``seconds`` and then read whatever arrived
+        meanwhile (or wait for readability if nothing did): one read, one wake-up, for what
+        a client writing message after message sends in that time."""
+        self._delay = seconds
 
 
 # Buffers per writev(2) call: well under IOV_MAX (1024 on Linux).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import h2.events
+import pytest
 import trio
-from grpc_testkit import RawClient, grpc_frame, request_headers, serving
+from grpc_testkit import Echo, RawClient, grpc_frame, request_headers, serving
 
 from prism import grpc as pg
+from prism.grpc.connection import GATHER_AFTER
 from prism.grpc.transport import YIELD_MESSAGES
 
 MESSAGE = b"m" * 1024
@@ -238,3 +240,82 @@ async def test_server_call_ping_pong_stream_never_misses_a_message() -> None:
             await call.end()
             assert await call.receive_message() is None
         assert call.status is pg.Status.OK
+
+
+class Steps(pg.Service):
+    """A client stream whose handler reports each message as it takes it."""
+
+    name = "test.Steps"
+
+    def __init__(self) -> None:
+        self.seen_tx, self.seen = trio.open_memory_channel[bytes](1000)
+
+    @pg.stream_unary("Steps", bytes, bytes)
+    async def steps(self, call: pg.ServerCall) -> bytes:
+        got = []
+        async for message in call:
+            got.append(message)
+            self.seen_tx.send_nowait(message)
+        return hashlib.sha256(b"|".join(got)).digest()  # small: within the client's window
+
+
+@pytest.mark.parametrize("gather", [0.001, 0.0])
+async def test_server_call_lock_step_client_stream_never_misses_a_message(gather: float) -> None:
+    # Each message is sent only once the handler took the one before: past GATHER_AFTER
+    # messages, every read the server gathers (client_stream_gather) finds the socket empty,
+    # or the next message when the client's pause is shorter than the server's, and must go
+    # back to waiting for data either way, or the next message would never be read (a hang,
+    # not a slow call).
+    service = Steps()
+    options = pg.ServerOptions(client_stream_gather=gather)
+    async with (
+        serving(service, options=options) as (_, target),
+        RawClient.connect(target) as client,
+    ):
+        with trio.fail_after(20):  # the server's SETTINGS: its 1 MiB window
+            await client.until(lambda: client.h2.remote_settings.initial_window_size > 65535)
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, request_headers("/test.Steps/Steps"))
+        sent = [b"%d" % i for i in range(GATHER_AFTER + 60)]
+        with trio.fail_after(60):
+            for i, message in enumerate(sent):
+                client.h2.send_data(sid, grpc_frame(message))
+                await client.flush()
+                assert await service.seen.receive() == message
+                if i % 2:
+                    await trio.sleep(0.003)  # past the gathering: the socket stays empty
+            client.h2.end_stream(sid)
+            await client.flush()
+            await client.until(lambda: client.ended(sid))
+    assert client.trailers(sid)[b"grpc-status"] == b"0"
+    response = b"".join(e.data for e in client.of(h2.events.DataReceived, sid))
+    assert response[5:] == hashlib.sha256(b"|".join(sent)).digest()
+
+
+async def test_server_call_unary_calls_beside_a_gathering_client_stream_are_answered() -> None:
+    # A client stream mid-flight gathers its reads only while it is alone on the connection:
+    # unary calls on the same connection, started between its messages, are all answered.
+    service = Steps()
+    async with (
+        serving(Echo(), service) as (_, target),
+        RawClient.connect(target) as client,
+    ):
+        with trio.fail_after(20):  # the server's SETTINGS: its 1 MiB window
+            await client.until(lambda: client.h2.remote_settings.initial_window_size > 65535)
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, request_headers("/test.Steps/Steps"))
+        unary = []
+        with trio.fail_after(60):
+            for i in range(GATHER_AFTER + 30):
+                client.h2.send_data(sid, grpc_frame(MESSAGE))
+                await client.flush()
+                await service.seen.receive()
+                unary.append(await client.call("/test.Echo/Unary", b"u%d" % i))
+            client.h2.end_stream(sid)
+            await client.flush()
+            await client.until(lambda: all(client.ended(s) for s in [sid, *unary]))
+        for i, u in enumerate(unary):
+            assert client.trailers(u)[b"grpc-status"] == b"0"
+            data = b"".join(e.data for e in client.of(h2.events.DataReceived, u))
+            assert data[5:] == b"u%d" % i
+    assert client.trailers(sid)[b"grpc-status"] == b"0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 import stat
@@ -606,6 +607,12 @@ async def test_server_invalid_handler_metadata_fails_only_that_call(method: str)
 def test_server_options_reject_invalid_http2_settings(options: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(options))):
         pg.Server([Echo()], pg.ServerOptions(**options))
+
+
+@pytest.mark.parametrize("seconds", [-0.001, 0.5, math.nan])
+def test_server_options_reject_a_client_stream_gather_out_of_range(seconds: float) -> None:
+    with pytest.raises(ValueError, match="client_stream_gather"):
+        pg.ServerOptions(client_stream_gather=seconds)
 
 
 async def test_server_shutdown_drops_connections_still_in_tls_handshake(

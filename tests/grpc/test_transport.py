@@ -35,6 +35,50 @@ async def test_input_reads_what_arrives_in_order_then_end_of_stream() -> None:
     await stream.aclose()
 
 
+async def test_input_after_a_delay_takes_what_arrived_meanwhile_in_one_read() -> None:
+    stream, peer = _pair()
+    reader = transport.Input(stream)
+    peer.sendall(b"a")
+    assert await reader.receive(1024) == b"a"  # drained
+    peer.sendall(b"b")
+
+    async def send_later() -> None:
+        await trio.lowlevel.checkpoint()  # runs while the reader sleeps
+        peer.sendall(b"c")
+
+    reader.delay(0.05)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_later)
+        # Without the delay the reader would find "b" ready and return it alone.
+        assert await reader.receive(1024) == b"bc"
+    peer.close()
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("tls_like", [False, True])
+async def test_input_after_a_delay_with_nothing_there_waits_for_data(tls_like: bool) -> None:
+    stream, peer = _pair()
+    # A stream that is not a plain trio.SocketStream reads through receive_some.
+    source: trio.abc.Stream = trio.StapledStream(stream, stream) if tls_like else stream
+    reader = transport.Input(source)
+    peer.sendall(b"a")
+    assert await reader.receive(1024) == b"a"
+    reader.delay(0.001)
+
+    async def send_later() -> None:
+        await trio.sleep(0.05)  # after the delay is over: the reader must wait, not give up
+        peer.sendall(b"z")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            assert await reader.receive(1024) == b"z"
+        reader.delay(0.001)
+        peer.close()
+        assert await reader.receive(1024) == b""  # end of stream after a delay
+    await stream.aclose()
+
+
 async def test_input_returns_at_most_the_size_asked_and_keeps_the_rest() -> None:
     stream, peer = _pair()
     reader = transport.Input(stream)

@@ -164,6 +164,17 @@ class H2Base:
         out = self._out.get(stream_id)
         return out.size if out is not None else 0
 
+    # -- inbound flow control ---------------------------------------------------------------
+
+    def receive_window(self, stream_id: int) -> int:
+        """What the peer may still send on ``stream_id`` before our next WINDOW_UPDATE: the
+        smaller of the stream's window and the connection's (0 for a stream that is gone)."""
+        stream = self._h2.streams.get(stream_id)
+        if stream is None:
+            return 0
+        window = stream._inbound_window_manager.current_window_size
+        return min(window, self._h2._inbound_flow_control_window_manager.current_window_size)
+
     def _queue(
         self, stream_id: int, data: bytes | memoryview, *, end: bool = False, body: bool = False
     ) -> None:

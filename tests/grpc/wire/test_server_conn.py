@@ -564,6 +564,30 @@ def test_server_connection_acknowledges_received_bytes_only_as_they_are_consumed
     assert link.peer.h2.local_flow_control_window(sid) > stalled + len(message)
 
 
+def test_server_connection_receive_window_is_what_the_peer_may_still_send() -> None:
+    window = 65535
+    link = server_link(Settings(initial_window_size=window, connection_window_size=1 << 20))
+    sid = open_stream(link)
+    assert link.ours.receive_window(sid) == window
+    message = grpc_frame(b"p" * 1000)
+    for _ in range(10):
+        send(link, sid, message)
+    # The stream's window, not the connection's (larger), and it agrees with the peer's view.
+    assert link.ours.receive_window(sid) == window - 10 * len(message)
+    assert link.ours.receive_window(sid) == link.peer.h2.local_flow_control_window(sid)
+    link.ours.consumed(sid, 10 * len(message))
+    link.pump()
+    assert link.ours.receive_window(sid) == link.peer.h2.local_flow_control_window(sid)
+    assert link.ours.receive_window(sid + 2) == 0  # no such stream
+
+
+def test_server_connection_receive_window_is_capped_by_the_connection_window() -> None:
+    link = server_link(Settings(initial_window_size=1 << 20, connection_window_size=65535))
+    sid = open_stream(link)
+    send(link, sid, grpc_frame(b"p" * 10000))
+    assert link.ours.receive_window(sid) == 65535 - 10005
+
+
 def test_server_connection_messages_spanning_reads_stay_within_the_window() -> None:
     # Messages longer than a frame arrive over several reads (an object's 1 MiB chunks). While
     # complete ones wait for the consumer, the beginnings of later ones are withheld too, so
