@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -95,9 +96,6 @@ def final_status(
 class ServerCall:
     """One RPC in progress. Handlers receive it as ``call``."""
 
-    # A class attribute, not set in __init__: most calls never need their trace id.
-    _trace_id: str | None = None
-
     def __init__(
         self,
         connection: Connection,
@@ -141,20 +139,14 @@ class ServerCall:
             state = self._state = CallState()
         return state
 
-    @property
+    @functools.cached_property
     def trace_id(self) -> str:
         """The call's W3C trace id, the one its internal errors are reported under: its
         ``traceparent``'s when that is valid, else a new one, made on first use (a call that
         never fails never makes one). A stage that starts the call's trace (the proxy's
-        tracing) sets it, so every record of the call names the same id."""
-        value = self._trace_id
-        if value is None:
-            value = self._trace_id = traceid.from_traceparent(self.metadata)
-        return value
-
-    @trace_id.setter
-    def trace_id(self, value: str) -> None:
-        self._trace_id = value
+        tracing) assigns it, so every record of the call names the same id: a plain
+        attribute store (a cached property has no setter to call)."""
+        return traceid.from_traceparent(self.metadata)
 
     # -- fed by the connection's reader -----------------------------------------------------
 
