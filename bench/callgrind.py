@@ -158,7 +158,10 @@ def measure(tree: Path, client: str, count: int, per_read: int, server: str = "e
         argv = [sys.executable, *server_argv]
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *argv],
-            cwd=ROOT,
+            # Not ROOT: `python -m` puts its working directory first on sys.path, ahead of
+            # PYTHONPATH, and `prism` would come from this tree whatever --tree says. (The
+            # server's module, bench.servers.*, comes from DIR when it has one: an export.)
+            cwd=tmp,
             env=env,
             stderr=subprocess.DEVNULL,
         )
