@@ -276,13 +276,7 @@ class Authentication:
 
     async def authenticate(self, call: ServerCall, info: RequestInfo) -> Identity:
         try:
-            known = self._known(call, info)
-            if isinstance(known, str):  # a token to verify (the only path that may wait)
-                assert self.jwt is not None
-                identity = await self.jwt.verify(known)
-                sans = certificate_sans(info.peer.certificate)
-                return dataclasses.replace(identity, sans=sans) if sans else identity
-            return known
+            return await self._identify(call, info)
         except AuthFailure as failure:
             self._metrics.auth_failed(failure.reason)
             skipped = self._log_budget.admit(failure.reason, trio.current_time())
@@ -298,29 +292,18 @@ class Authentication:
                 )
             raise Unauthenticated(GENERIC) from None
 
-    def _known(self, call: ServerCall, info: RequestInfo) -> Identity | str:
-        """The caller's identity when it is known without a signature check (a remembered
-        token, a certificate, anonymous), else the bearer token to verify. Synchronous: a
-        remembered token, every call after a client's first, costs no coroutine."""
+    async def _identify(self, call: ServerCall, info: RequestInfo) -> Identity:
         cert = info.peer.certificate
+        sans = certificate_sans(cert)
         if self.jwt is not None:
-            value: str | bytes | None = None
-            for key, entry in call.metadata:
-                if key == "authorization":
-                    if value is not None:
-                        raise AuthFailure("malformed", "more than one authorization entry")
-                    value = entry
-            if value is not None:
-                token = _bearer(value)
-                identity = self.jwt.remembered(token)
-                if identity is None:
-                    return token
-                if not cert:
-                    return identity
-                sans = certificate_sans(cert)
+            values = [value for key, value in call.metadata if key == "authorization"]
+            if len(values) > 1:
+                raise AuthFailure("malformed", "more than one authorization entry")
+            if values:
+                token = _bearer(values[0])
+                identity = self.jwt.remembered(token) or await self.jwt.verify(token)
                 return dataclasses.replace(identity, sans=sans) if sans else identity
         if cert:
-            sans = certificate_sans(cert)
             name = certificate_subject(cert, sans, self._identity_order)
             if name is None:
                 raise AuthFailure("certificate_identity", "no name of auth.mtls.identity's kinds")
