@@ -28,10 +28,7 @@ from prism.grpc.wire.status import PermissionDenied
 from prism.proxy.metrics import Counter
 from prism.proxy.request import ANONYMOUS, Identity, RequestInfo
 
-__all__ = ["MAX_DECISIONS", "NamespaceAuthorizer", "Rule"]
-
-#: Decisions a namespace's authorizer remembers (then it forgets them all and starts again).
-MAX_DECISIONS = 1024
+__all__ = ["NamespaceAuthorizer", "Rule"]
 
 # The kinds a SAN glob may name, and how certificate parsers spell them (ssl's getpeercert
 # says "IP Address"; cryptography's names differ in case).
@@ -109,8 +106,6 @@ class Rule:
             return False
         if self.scopes and not self.scopes <= identity.scopes:
             return False
-        if not self.claims:  # no generator made for the common rule without claims
-            return True
         claims = identity.claims
         return all(_claim_holds(_claim(claims, name), value) for name, value in self.claims)
 
@@ -121,32 +116,16 @@ class Rule:
 class NamespaceAuthorizer:
     """The authorization stage of one namespace (module docstring)."""
 
-    __slots__ = ("_decided", "_denied", "anonymous", "namespace", "rules")
+    __slots__ = ("_denied", "anonymous", "namespace", "rules")
 
     def __init__(self, namespace: str, access: AccessConfig, denied: Counter) -> None:
         self.namespace = namespace
         self.anonymous = access.anonymous
         self.rules = tuple(Rule(rule) for rule in access.rules)
         self._denied = denied
-        # Decisions by (id(identity), operation), each beside the identity it was made for
-        # (kept alive, so its id is not reused while the entry is here): a remembered token
-        # gives the same Identity object on every call, and a decision is a pure function
-        # of the identity and the operation. Bounded: cleared when full.
-        self._decided: dict[tuple[int, str], tuple[Identity, bool]] = {}
 
     def permits(self, identity: Identity, operation: str) -> bool:
         """Whether ``identity`` may call ``operation`` here."""
-        key = (id(identity), operation)
-        known = self._decided.get(key)
-        if known is not None and known[0] is identity:
-            return known[1]
-        allowed = self._decide(identity, operation)
-        if len(self._decided) >= MAX_DECISIONS:
-            self._decided.clear()
-        self._decided[key] = (identity, allowed)
-        return allowed
-
-    def _decide(self, identity: Identity, operation: str) -> bool:
         if identity.anonymous and not self.anonymous:
             return False
         rules = self.rules

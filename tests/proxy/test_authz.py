@@ -195,24 +195,3 @@ def test_access_rule_config_errors() -> None:
         AccessRule(operations=["*"], subjects="x")
     with pytest.raises(ConfigError, match="anonymous: expected true or false"):
         NamespaceConfig("kv", PluginConfig("memstore"), access={"anonymous": "yes"})
-
-
-def test_authorizer_remembered_decisions_stay_per_identity_and_operation() -> None:
-    from prism.config.auth import AccessConfig
-    from prism.proxy.authz import MAX_DECISIONS, NamespaceAuthorizer
-    from prism.proxy.metrics import Counter
-    from prism.proxy.request import Identity
-
-    access = AccessConfig(rules=[AccessRule(subject="alice", operations=["get"])])
-    authorizer = NamespaceAuthorizer("kv", access, Counter())
-    alice, bob = Identity("alice", "jwt"), Identity("bob", "jwt")
-    # Asked again and again (remembered from the second time on), and past the bound of
-    # remembered decisions: each answer is still the rule's.
-    for round_no in range(3):
-        assert authorizer.permits(alice, "get")
-        assert not authorizer.permits(alice, "set")
-        assert not authorizer.permits(bob, "get")
-        for n in range(MAX_DECISIONS if round_no == 1 else 0):
-            assert not authorizer.permits(alice, f"op-{n}")
-    # A new identity object for the same caller is decided afresh, and the same way.
-    assert authorizer.permits(Identity("alice", "jwt"), "get")
