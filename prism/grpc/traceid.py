@@ -12,16 +12,7 @@ import re
 from collections.abc import Iterable
 from random import randbytes
 
-__all__ = [
-    "TRACEPARENT",
-    "ZERO_SPAN",
-    "ZERO_TRACE",
-    "from_traceparent",
-    "new",
-    "new_pair",
-    "new_span",
-    "parse",
-]
+__all__ = ["TRACEPARENT", "ZERO_SPAN", "ZERO_TRACE", "from_traceparent", "new", "new_span", "parse"]
 
 TRACEPARENT = "traceparent"
 ZERO_TRACE, ZERO_SPAN = "0" * 32, "0" * 16
@@ -58,15 +49,6 @@ def new_span() -> str:
     while (value := randbytes(8).hex()) == ZERO_SPAN:
         pass
     return value
-
-
-def new_pair() -> tuple[str, str]:
-    """A new trace id and span id together: one call for the random bits of both."""
-    ids = randbytes(24).hex()
-    trace_id, span_id = ids[:32], ids[32:]
-    if trace_id == ZERO_TRACE or span_id == ZERO_SPAN:
-        return new(), new_span()
-    return trace_id, span_id
 
 
 def from_traceparent(headers: Iterable[tuple[str, str | bytes]]) -> str:

@@ -132,7 +132,6 @@ def _varint(n: int) -> bytes:
 # A version-00 traceparent is always 55 characters: its map entry's bytes up to the value are
 # always these.
 _TRACEPARENT_ENTRY = _metadata_entry(b"traceparent", "x" * 55)[:-55]
-_TRACEPARENT_PREFIX = _TRACEPARENT_ENTRY.decode("ascii")  # every byte of it is below 0x80
 #: Requests up to this size get the trace context joined on (one buffer); larger ones have it
 #: sent behind them (:class:`~prism.grpc.wire.framing.Pieces`), so they are not copied.
 _JOIN_LIMIT = 1 << 16
@@ -205,8 +204,7 @@ class W3CTracer:
             # No valid parent: a new trace, and its tracestate (if any) is not to be trusted.
             if self.spans is not None:
                 return self.spans.start(call, info, None, "")
-            trace_id, span_id = traceid.new_pair()
-            return TraceContext(trace_id, span_id, flags=self._new_flags)
+            return TraceContext(_new_trace_id(), _new_span_id(), flags=self._new_flags)
         trace_id, parent_id, flags = parsed
         tracestate = parse_tracestate(state) if state else ""
         if self.spans is not None:
@@ -217,10 +215,7 @@ class W3CTracer:
         trace = info.trace
         if trace is None:
             return request
-        # format_traceparent, with the map entry's prefix: one string, one encode.
-        extra = (
-            f"{_TRACEPARENT_PREFIX}00-{trace.trace_id}-{trace.span_id}-{trace.flags:02x}"
-        ).encode()
+        extra = _TRACEPARENT_ENTRY + format_traceparent(trace).encode()
         if trace.tracestate:
             extra += _metadata_entry(b"tracestate", trace.tracestate)
         if len(request) > _JOIN_LIMIT:
