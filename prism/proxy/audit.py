@@ -63,8 +63,6 @@ WAKE_AT = 1024
 #: Records turned into lines between two checkpoints of the writer (other tasks run between).
 _BATCH = 256
 _BUFFER = 64 << 10
-#: Escaped line parts kept (then forgotten all at once): client-chosen names are unbounded.
-_MAX_HEADS = 4096
 
 log = logging.getLogger(__name__)
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
@@ -93,10 +91,6 @@ class AuditLog:
         # A call's values (a tuple), or an admin action's line (a str), in order.
         self._queue: list[tuple[Any, ...] | str] = []
         self._wake = trio.Event()
-        # The escaped parts of call lines, made once per (namespace, operation, stream,
-        # caller) and per peer address.
-        self._heads: dict[tuple[str, str, bool, str | None, str | None], str] = {}
-        self._peers: dict[str, str] = {}
         self._second = -1  # the second _prefix is for
         self._prefix = ""
         if file is not None:
@@ -137,39 +131,18 @@ class AuditLog:
 
     def _call_line(self, values: tuple[Any, ...]) -> str:
         stamp, namespace, operation, stream, identity, status, duration, trace_id, peer = values
-        subject, source = (None, None) if identity is None else (identity.subject, identity.source)
-        # Who called what: the same few combinations over and over, escaped once each.
-        key = (namespace, operation, stream, subject, source)
-        heads = self._heads
-        head = heads.get(key)
-        if head is None:
-            if len(heads) >= _MAX_HEADS:
-                heads.clear()
-            head = heads[key] = self._head(namespace, operation, stream, subject, source)
-        quoted = self._peers.get(peer)
-        if quoted is None:
-            if len(self._peers) >= _MAX_HEADS:
-                self._peers.clear()
-            quoted = self._peers[peer] = _string(peer)
-        trace = "null" if trace_id is None else f'"{trace_id}"'
-        return (
-            f'{{"time": "{self._time(stamp)}", "kind": "call", {head}, "status": "{status.name}", '
-            f'"latency_ms": {round(duration * 1000, 3)!r}, "trace_id": {trace}, '
-            f'"peer": {quoted}}}'
-        )
-
-    @staticmethod
-    def _head(
-        namespace: str, operation: str, stream: bool, subject: str | None, source: str | None
-    ) -> str:
-        if subject is None:
+        if identity is None:
             who = '"subject": null, "source": null'
         else:
-            who = f'"subject": {_string(subject)}, "source": "{source}"'
+            who = f'"subject": {_string(identity.subject)}, "source": "{identity.source}"'
+        trace = "null" if trace_id is None else f'"{trace_id}"'
         return (
+            f'{{"time": "{self._time(stamp)}", "kind": "call", '
             f'"namespace": {_string(_name(namespace))}, '
             f'"operation": {_string(_name(operation))}, '
-            f'"stream": {"true" if stream else "false"}, {who}'
+            f'"stream": {"true" if stream else "false"}, {who}, "status": "{status.name}", '
+            f'"latency_ms": {round(duration * 1000, 3)!r}, "trace_id": {trace}, '
+            f'"peer": {_string(peer)}}}'
         )
 
     def _time(self, stamp: float) -> str:
