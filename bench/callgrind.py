@@ -16,7 +16,10 @@ suite's route case instead of the echo (`bench.servers.prism_proxy --no-call-sta
 door, route, an in-process memstore namespace) and sends Execute calls (a `set` of one key as
 the warm-up, then `get`s of it): its count over the echo's is issue 9's "plugin path within
 1.5x of prism's bare echo", read without the machine's noise (user-space instructions only:
-system calls and cache misses are not in it).
+system calls and cache misses are not in it). `--server stages` runs the same proxy with every
+stage on, as the proxy suite's `tracing` case configures it (bearer JWT, ES256, on every call;
+authorization by one rule; both rate limits; the concurrency limit; metrics; audit to a file;
+tracing): its count over route's is what the stages cost per call.
 
 Callgrind counts are deterministic to a fraction of a percent, so before/after compares on a
 noisy machine where timings don't. Needs valgrind (Debian's `valgrind`).
@@ -51,10 +54,18 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the server did not start listening")
 
 
-def _client(kind: str, port: int, count: int, per_read: int, server: str, warm_up: bool) -> None:
+def _client(
+    kind: str,
+    port: int,
+    count: int,
+    per_read: int,
+    server: str,
+    warm_up: bool,
+    headers: tuple[str, ...] = (),
+) -> None:
     target = f"127.0.0.1:{port}"
     if kind == "unary":
-        _unary(port, count, per_read, server, "set" if warm_up else "get")
+        _unary(port, count, per_read, server, "set" if warm_up else "get", headers)
         return
     if kind == "trickle":
         cmd = ["-m", "bench.trickle_client", target, str(count), "1024", str(per_read)]
@@ -76,12 +87,14 @@ def _execute(operation: str) -> bytes:
     return bytes(request)
 
 
-def _unary(port: int, count: int, in_flight: int, server: str, operation: str) -> None:
+def _unary(
+    port: int, count: int, in_flight: int, server: str, operation: str, headers: tuple[str, ...]
+) -> None:
     from bench import h2load
 
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "body"
-        if server == "route":
+        if server != "echo":
             message = _execute(operation)
             url = f"http://127.0.0.1:{port}/prism.proxy.v1.DataProxy/Execute"
         else:
@@ -91,32 +104,43 @@ def _unary(port: int, count: int, in_flight: int, server: str, operation: str) -
         load = h2load.Load(clients=1, streams=in_flight, requests=count)
         # Execute's responses are not echoes: check that each carried a message (a failed call
         # carries none), not its size.
-        least = 16 if server == "route" else None
-        h2load.run(h2load.find_h2load(), url, body, load, min_response_bytes=least)
+        least = 16 if server != "echo" else None
+        h2load.run(h2load.find_h2load(), url, body, load, headers=headers, min_response_bytes=least)
 
 
 NAMESPACE = "memstore"
 KEY = "callgrind-key"
 
 
-def _server_argv(server: str, port: int, tmp: Path) -> list[str]:
+def _server_argv(server: str, port: int, tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    """The server's command line, and the headers every request carries."""
     if server == "echo":
-        return ["-m", "bench.servers.prism_echo", str(port), "--no-flood-limits"]
-    config = {
-        "listen": f"127.0.0.1:{port}",
-        "runtime_dir": str(tmp / "run"),
-        "admin": {"enabled": False},
-        "namespaces": [
-            {
-                "name": NAMESPACE,
-                "plugin": {"name": "memstore", "mode": "in_process"},
-                "access": {"anonymous": True},
-            }
-        ],
-    }
-    path = tmp / "route.json"
+        return ["-m", "bench.servers.prism_echo", str(port), "--no-flood-limits"], ()
+    headers: tuple[str, ...] = ()
+    extra: list[str] = ["--no-call-stages"]
+    if server == "route":
+        config: dict[str, object] = {
+            "listen": f"127.0.0.1:{port}",
+            "runtime_dir": str(tmp / "run"),
+            "admin": {"enabled": False},
+            "namespaces": [
+                {
+                    "name": NAMESPACE,
+                    "plugin": {"name": "memstore", "mode": "in_process"},
+                    "access": {"anonymous": True},
+                }
+            ],
+        }
+    else:  # every stage: the proxy suite's last case, the one its verdict is read on
+        from bench.suites import proxy as suite
+
+        [case] = [c for c in suite.CASES.values() if c.all_stages]
+        setup = case.setup(tmp)
+        config = suite.proxy_config(port, setup, tmp / "run")
+        headers, extra = setup.headers, []
+    path = tmp / f"{server}.json"
     path.write_text(json.dumps(config))
-    return ["-m", "bench.servers.prism_proxy", str(port), "--config", str(path), "--no-call-stages"]
+    return ["-m", "bench.servers.prism_proxy", str(port), "--config", str(path), *extra], headers
 
 
 def _free_port() -> int:
@@ -130,19 +154,24 @@ def measure(tree: Path, client: str, count: int, per_read: int, server: str = "e
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"}
-        argv = [sys.executable, *_server_argv(server, port, Path(tmp))]
+        server_argv, headers = _server_argv(server, port, Path(tmp))
+        argv = [sys.executable, *server_argv]
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *argv],
-            cwd=ROOT,
+            # Not ROOT: `python -m` puts its working directory first on sys.path, ahead of
+            # PYTHONPATH, and `prism` would come from this tree whatever --tree says. (The
+            # server's module, bench.servers.*, comes from DIR when it has one: an export.)
+            cwd=tmp,
             env=env,
             stderr=subprocess.DEVNULL,
         )
         try:
             _wait_listening(port, proc)
-            _client(client, port, max(count // 10, 500), per_read, server, True)  # warm-up
+            warm_up = max(count // 10, 500)
+            _client(client, port, warm_up, per_read, server, True, headers)
             control = ["callgrind_control"]
             subprocess.run([*control, "-z", str(proc.pid)], check=True, stdout=subprocess.DEVNULL)
-            _client(client, port, count, per_read, server, False)
+            _client(client, port, count, per_read, server, False, headers)
             subprocess.run([*control, "-d", str(proc.pid)], check=True, stdout=subprocess.DEVNULL)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -167,14 +196,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=6000)
     parser.add_argument(
         "--server",
-        choices=["echo", "route"],
+        choices=["echo", "route", "stages"],
         default="echo",
         help="route: the proxy's route case (bench.servers.prism_proxy --no-call-stages, an "
-        "in-process memstore namespace), Execute get calls; needs --client unary",
+        "in-process memstore namespace), Execute get calls; stages: the same proxy with every "
+        "stage on (the proxy suite's tracing case); both need --client unary",
     )
     args = parser.parse_args()
-    if args.server == "route" and args.client != "unary":
-        parser.error("--server route needs --client unary")
+    if args.server != "echo" and args.client != "unary":
+        parser.error(f"--server {args.server} needs --client unary")
     per_message = measure(args.tree.resolve(), args.client, args.count, args.per_read, args.server)
     if args.client == "unary":
         what = f"{args.server} call (unary, {args.per_read} in flight)"

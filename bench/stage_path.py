@@ -51,7 +51,7 @@ SCOPE = trio.CancelScope()
 class Call:
     """What the stages read of a prism.grpc ServerCall."""
 
-    __slots__ = ("deadline", "metadata", "method", "peer", "scope", "state")
+    __slots__ = ("deadline", "metadata", "method", "peer", "scope", "state", "trace_id")
 
     def __init__(self, peer: PeerInfo, metadata: list[tuple[str, str]]) -> None:
         self.method = EXECUTE
@@ -62,6 +62,7 @@ class Call:
         # Not None: the handler gives the plugin its caller's cancel (CALLER_CANCEL), as the
         # front door does, instead of the engine opening a cancel scope per call.
         self.scope = SCOPE
+        self.trace_id = ""  # the tracing stage sets it (ServerCall makes one lazily)
 
     def cancel(self) -> None:
         pass

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.exceptions
 import trio
 
+from prism.grpc import traceid
 from prism.grpc.interceptor import CallState
 from prism.grpc.service import Cardinality, RpcMethod, decode, encode
 from prism.grpc.transport import YIELD_BYTES, YIELD_MESSAGES, PeerInfo
@@ -37,15 +38,16 @@ log = logging.getLogger("prism.grpc.server")
 _REPORT_BYTES = 1 << 16
 
 
-def error_from_exception(exc: BaseException, method: str) -> GrpcError:
+def error_from_exception(exc: BaseException, method: str, trace_id: str) -> GrpcError:
     """The status a handler's exception ends its RPC with.
 
     A :class:`GrpcError` keeps its status, also inside an exception group (the first one
-    found). Anything else is a bug or an unexpected failure: logged with a trace id next to
-    its traceback, and the RPC ends with UNKNOWN naming the trace id, so the message never
-    leaks internals (or secrets) to the client. A group holding both a GrpcError and a bug
-    ends with the GrpcError's status, and the bug is logged all the same: a sibling task's
-    deliberate error must not hide it.
+    found). Anything else is a bug or an unexpected failure: logged under the call's
+    ``trace_id`` (in the message and as the record's ``trace_id`` field) next to its
+    traceback, and the RPC ends with UNKNOWN naming the trace id, so the message never leaks
+    internals (or secrets) to the client, and the id the client reports is the one to grep
+    for. A group holding both a GrpcError and a bug ends with the GrpcError's status, and the
+    bug is logged all the same: a sibling task's deliberate error must not hide it.
     """
     if isinstance(exc, GrpcError):
         return exc
@@ -61,9 +63,9 @@ def error_from_exception(exc: BaseException, method: str) -> GrpcError:
         if bugs is None:
             assert found is not None
             return found
-    trace_id = uuid.uuid4().hex[:16]
+    extra = {"trace_id": trace_id}
     if found is None:
-        log.error("%s failed (trace id %s)", method, trace_id, exc_info=bugs)
+        log.error("%s failed (trace id %s)", method, trace_id, exc_info=bugs, extra=extra)
         return Unknown(f"internal error in {method} (trace id {trace_id})")
     log.error(
         "%s failed (trace id %s) with %s, and besides: %r",
@@ -72,6 +74,7 @@ def error_from_exception(exc: BaseException, method: str) -> GrpcError:
         found.status.name,
         bugs,
         exc_info=bugs,
+        extra=extra,
     )
     return found
 
@@ -145,6 +148,15 @@ class ServerCall:
     def input_ended(self) -> bool:
         """The client half-closed, or the stream is gone: no more requests will arrive."""
         return self._input_ended
+
+    @functools.cached_property
+    def trace_id(self) -> str:
+        """The call's W3C trace id, the one its internal errors are reported under: its
+        ``traceparent``'s when that is valid, else a new one, made on first use (a call that
+        never fails never makes one). A stage that starts the call's trace (the proxy's
+        tracing) assigns it, so every record of the call names the same id: a plain
+        attribute store (a cached property has no setter to call)."""
+        return traceid.from_traceparent(self.metadata)
 
     # -- fed by the connection's reader -----------------------------------------------------
 

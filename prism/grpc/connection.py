@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import ssl
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from prism.grpc.wire.events import (
     WindowUpdated,
 )
 from prism.grpc.wire.server_conn import ServerConnection
-from prism.grpc.wire.status import Status, Unavailable
+from prism.grpc.wire.status import GrpcError, Status, Unavailable
 
 if TYPE_CHECKING:
     from prism.grpc.server import Server
@@ -413,7 +412,11 @@ class Connection:
             ended = True
         except Exception as exc:
             failure = exc
-            error = error_from_exception(exc, call.method)
+            error = (
+                exc
+                if isinstance(exc, GrpcError)
+                else error_from_exception(exc, call.method, call.trace_id)
+            )
             status, message, extra = error.status, error.message, error.trailers
             ended = True
         finally:
@@ -450,11 +453,12 @@ def _after(
         try:
             interceptor.after(call, outcome)
         except Exception as exc:  # an interceptor's bug: logged; the outcome stands
-            trace_id = uuid.uuid4().hex[:16]
+            trace_id = call.trace_id
             log.error(
                 "%s: interceptor %r failed after the call (trace id %s)",
                 call.method,
                 interceptor,
                 trace_id,
                 exc_info=exc,
+                extra={"trace_id": trace_id},
             )

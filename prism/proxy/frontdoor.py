@@ -14,7 +14,6 @@ to grep for. A plugin's bug is reported by the SDK under that id too (it gets th
 from __future__ import annotations
 
 import logging
-import uuid
 
 from prism import grpc as pg
 from prism._proto.prism.proxy.v1 import (
@@ -25,11 +24,9 @@ from prism._proto.prism.proxy.v1 import (
 )
 from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import GrpcError, Unknown
-from prism.logsetup import current_trace_id
 from prism.proxy import discovery
 from prism.proxy.envelope import check_response
 from prism.proxy.pipeline import Pipeline, Route, Router
-from prism.proxy.request import REQUEST, RequestInfo
 
 __all__ = ["DataProxyService", "Route", "Router", "check_response", "internal_error"]
 
@@ -43,10 +40,10 @@ def internal_error(exc: Exception, call: pg.ServerCall) -> GrpcError | None:
         return None
     if isinstance(exc, ExceptionGroup) and exc.subgroup(GrpcError) is not None:
         return None
-    info = call.state.get(REQUEST)
-    trace = info.trace if isinstance(info, RequestInfo) else None
-    trace_id = trace.trace_id if trace is not None else current_trace_id() or uuid.uuid4().hex
-    log.error("%s failed (trace id %s)", call.method, trace_id, exc_info=exc)
+    trace_id = call.trace_id  # the tracing stage's, when it ran
+    log.error(
+        "%s failed (trace id %s)", call.method, trace_id, exc_info=exc, extra={"trace_id": trace_id}
+    )
     return Unknown(f"internal error in {call.method} (trace id {trace_id})")
 
 

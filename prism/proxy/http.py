@@ -24,7 +24,6 @@ import http
 import json
 import logging
 import ssl
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import h11
 import trio
 
-from prism.grpc import transport
+from prism.grpc import traceid, transport
 from prism.grpc.transport import PeerInfo
 
 __all__ = [
@@ -308,8 +307,14 @@ class _Connection:
         except HttpError as exc:
             return exc.response()
         except Exception:
-            trace_id = uuid.uuid4().hex[:16]
-            log.exception("%s %s failed (trace id %s)", request.method, request.path, trace_id)
+            trace_id = traceid.from_traceparent(request.headers)
+            log.exception(
+                "%s %s failed (trace id %s)",
+                request.method,
+                request.path,
+                trace_id,
+                extra={"trace_id": trace_id},
+            )
             return HttpError(500, f"internal error (trace id {trace_id})").response()
 
     async def _send_error(self, error: HttpError) -> None:

@@ -26,11 +26,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from random import randbytes
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from prism.grpc import traceid
 from prism.grpc.interceptor import CallOutcome
 from prism.grpc.wire.framing import Pieces
 from prism.grpc.wire.status import Status
@@ -57,10 +57,6 @@ log = logging.getLogger("prism.proxy.tracing")
 
 TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
 
-# version "-" trace-id "-" parent-id "-" trace-flags, lower-case hex only. A later version may
-# append fields after a "-"; version ff is invalid.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
-_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _KEY = re.compile(
     r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})\Z"
 )
@@ -69,17 +65,8 @@ _MAX_MEMBERS = 32
 _MAX_TRACESTATE = 8192  # what is read at all; members beyond 32 make it invalid anyway
 
 
-def parse_traceparent(value: str) -> tuple[str, str, int] | None:
-    """``(trace_id, parent_id, flags)`` of a valid ``traceparent``, else None."""
-    match = _TRACEPARENT.match(value)
-    if match is None:
-        return None
-    version, trace_id, parent_id, flags, rest = match.groups()
-    if version == "ff" or (version == "00" and rest is not None):
-        return None
-    if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
-        return None
-    return trace_id, parent_id, int(flags, 16)
+#: ``(trace_id, parent_id, flags)`` of a valid ``traceparent``, else None.
+parse_traceparent = traceid.parse
 
 
 def parse_tracestate(value: str) -> str:
@@ -108,18 +95,7 @@ def format_traceparent(trace: TraceContext) -> str:
     return f"00-{trace.trace_id}-{trace.span_id}-{trace.flags:02x}"
 
 
-def _new_trace_id() -> str:
-    # randbytes + hex: the cheapest way to a hex id measured here (os.urandom is a system
-    # call; ids need to be unique, not secret).
-    while (value := randbytes(16).hex()) == _ZERO_TRACE:
-        pass
-    return value
-
-
-def _new_span_id() -> str:
-    while (value := randbytes(8).hex()) == _ZERO_SPAN:
-        pass
-    return value
+_new_trace_id, _new_span_id = traceid.new, traceid.new_span
 
 
 def _client_context(call: ServerCall) -> tuple[str, str]:
@@ -212,10 +188,14 @@ class W3CTracer:
     def begin(self, call: ServerCall, info: RequestInfo) -> None:
         LOG_CONTEXT.set(CallLogContext(info, self._plugins))
         try:
-            info.trace = self._context(call, info)
+            trace = info.trace = self._context(call, info)
         except Exception:  # must not raise: a broken exporter costs the span, not the call
             log.exception("cannot start the span of a call")
-            info.trace = TraceContext(_new_trace_id(), _new_span_id(), flags=self._new_flags)
+            trace = info.trace = TraceContext(
+                _new_trace_id(), _new_span_id(), flags=self._new_flags
+            )
+        # The call's internal errors (prism.grpc's boundary) are reported under this id too.
+        call.trace_id = trace.trace_id
 
     def _context(self, call: ServerCall, info: RequestInfo) -> TraceContext:
         header, state = _client_context(call)

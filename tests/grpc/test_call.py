@@ -12,6 +12,7 @@ from prism import grpc as pg
 from prism.grpc.call import error_from_exception
 
 LOGGER = "prism.grpc.server"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def _trace_id(message: str) -> str:
@@ -23,9 +24,9 @@ def test_error_from_exception_keeps_a_grpc_error_and_logs_nothing(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     error = pg.NotFound("no such key")
-    assert error_from_exception(error, "/s/M") is error
+    assert error_from_exception(error, "/s/M", TRACE) is error
     grouped = ExceptionGroup("tasks", [ExceptionGroup("inner", [error])])
-    assert error_from_exception(grouped, "/s/M") is error
+    assert error_from_exception(grouped, "/s/M", TRACE) is error
     assert caplog.records == []
 
 
@@ -33,11 +34,13 @@ def test_error_from_exception_bug_is_unknown_and_logged_with_its_trace_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger=LOGGER)
-    error = error_from_exception(KeyError("password=hunter2"), "/s/M")
+    error = error_from_exception(KeyError("password=hunter2"), "/s/M", TRACE)
     assert error.status is pg.Status.UNKNOWN
     assert "hunter2" not in error.message
     [record] = caplog.records
-    assert _trace_id(error.message) in record.getMessage()
+    assert _trace_id(error.message) == TRACE
+    assert f"trace id {TRACE}" in record.getMessage()
+    assert record.__dict__["trace_id"] == TRACE
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], KeyError)
 
@@ -49,7 +52,7 @@ def test_error_from_exception_group_with_a_grpc_error_still_logs_the_bug(
     deliberate = pg.NotFound("no such key")
     bug = ZeroDivisionError("division by zero in a sibling task")
     group = ExceptionGroup("tasks", [deliberate, ExceptionGroup("more", [bug])])
-    assert error_from_exception(group, "/s/M") is deliberate
+    assert error_from_exception(group, "/s/M", TRACE) is deliberate
     [record] = caplog.records
     assert "trace id" in record.getMessage()
     assert "/s/M" in record.getMessage()

@@ -268,7 +268,21 @@ async def test_http_handler_bug_is_500_with_a_trace_id_never_its_message(
         assert (await client.get("/teapot")).json() == {"error": "no coffee here"}
         assert (await client.get("/hello")).status_code == 200  # same connection, still serving
     trace_id = reply.json()["error"].rsplit(" ", 1)[1].rstrip(")")
+    assert len(trace_id) == 32
     assert any(trace_id in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+
+
+async def test_http_handler_bug_is_reported_under_the_traceparents_trace_id(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    async with httpx.AsyncClient(base_url=served.url) as client:
+        reply = await client.get("/broken", headers=headers)
+    assert reply.json() == {"error": f"internal error (trace id {trace_id})"}
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"trace id {trace_id}" in record.getMessage()
+    assert record.__dict__["trace_id"] == trace_id
 
 
 async def test_http_shutdown_closes_idle_connections_and_finishes_requests(

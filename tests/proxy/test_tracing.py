@@ -256,7 +256,14 @@ class BuggyStage:
         raise ZeroDivisionError("a bug in the proxy")
 
 
-@pytest.mark.parametrize("where", ["proxy", "in_process", "sidecar"])
+class BuggyAuthenticator:
+    """An authenticator with a bug: it fails in the server interceptor, before the handler."""
+
+    async def authenticate(self, call: object, info: object) -> None:
+        raise ZeroDivisionError("a bug in authentication")
+
+
+@pytest.mark.parametrize("where", ["proxy", "authenticator", "in_process", "sidecar"])
 @pytest.mark.parametrize("sent", [True, False], ids=["traceparent", "no-traceparent"])
 async def test_tracer_internal_error_is_reported_under_the_calls_trace_id(
     where: str,
@@ -267,7 +274,7 @@ async def test_tracer_internal_error_is_reported_under_the_calls_trace_id(
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     audit = tmp_path / "audit.jsonl"
-    mode = "in_process" if where == "proxy" else where
+    mode = where if where in ("in_process", "sidecar") else "in_process"
     config = proxy_config(traced(mode), audit=AuditConfig(enabled=True, file=audit))
     headers = [("traceparent", CLIENT_PARENT)] if sent else []
     async with trio.open_nursery() as nursery:
@@ -275,6 +282,8 @@ async def test_tracer_internal_error_is_reported_under_the_calls_trace_id(
         await nursery.start(proxy.run)
         if where == "proxy":
             proxy.pipeline.namespaces["trace"].rate_limiter = BuggyStage()
+        elif where == "authenticator":
+            proxy.pipeline.authenticator = BuggyAuthenticator()  # type: ignore[assignment]
         assert proxy.address is not None
         async with pg.open_channel(f"{proxy.address[0]}:{proxy.address[1]}") as channel:
             with trio.fail_after(30), pytest.raises(pg.GrpcError) as failed:
@@ -292,6 +301,8 @@ async def test_tracer_internal_error_is_reported_under_the_calls_trace_id(
     if where != "sidecar":  # a sidecar's lines reach the proxy's log through its stderr
         [line] = [r for r in caplog.records if f"trace id {trace_id}" in r.getMessage()]
         assert line.levelno == logging.ERROR
+        if where in ("proxy", "authenticator"):  # the proxy's own record carries the field
+            assert line.__dict__["trace_id"] == trace_id
 
 
 # -- OpenTelemetry spans ------------------------------------------------------------------------
