@@ -200,8 +200,14 @@ class ObjectsSuite:
             proxies: dict[str, PrismProcess] = {}
             try:
                 for name, root in variants.items():
-                    proxies[name] = self._start_proxy(tmp / name, name, root, config, credentials,
-                                                      logs / f"proxy-{name}-{size // MIB}.log")
+                    proxies[name] = self._start_proxy(
+                        tmp / name,
+                        name,
+                        root,
+                        config,
+                        credentials,
+                        logs / f"proxy-{name}-{size // MIB}.log",
+                    )
                 idle = {
                     name: (
                         read_rss_bytes(proxy.pid) or 0,
@@ -209,9 +215,7 @@ class ObjectsSuite:
                     )
                     for name, proxy in proxies.items()
                 }
-                pids = {
-                    name: [proxy.pid, *_sidecars(proxy.pid)] for name, proxy in proxies.items()
-                }
+                pids = {name: [proxy.pid, *_sidecars(proxy.pid)] for name, proxy in proxies.items()}
                 for name, proxy in proxies.items():  # warm-up, not timed
                     trio.run(_through_proxy, f"127.0.0.1:{proxy.port}", "bench/warm", WARM_UP,
                              pids[name])  # fmt: skip

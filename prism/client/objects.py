@@ -212,10 +212,10 @@ class Objects:
         stays bounded by a chunk here). ``size``, when given, is checked by the plugin: another
         number of bytes stores nothing (``InvalidArgument``). It is filled in for bytes and for
         a regular file (the bytes from its position on); give it for an iterable when it is
-        known: the plugin then streams the parts to the backend instead of holding each one. The object
-        exists (replacing one of the same key) once this returns. An exception from ``data``
-        or a cancellation (the caller's cancel scope is the deadline: ``trio.fail_after``)
-        cancels the stream, and nothing is stored."""
+        known: the plugin then streams the parts to the backend instead of holding each one.
+        The object exists (replacing one of the same key) once this returns. An exception from
+        ``data`` or a cancellation (the caller's cancel scope is the deadline:
+        ``trio.fail_after``) cancels the stream, and nothing is stored."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         request = PutObjectRequest(

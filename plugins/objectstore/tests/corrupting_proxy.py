@@ -24,11 +24,14 @@ class CorruptingProxy:
             task_status.started(self.endpoint)
 
     async def _serve(self, client: trio.SocketStream) -> None:
-        async with client, await trio.open_tcp_stream(self.host, self.port) as server:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._answers, server, client, nursery.cancel_scope)
-                await self._requests(client, server)
-                nursery.cancel_scope.cancel()
+        async with (
+            client,
+            await trio.open_tcp_stream(self.host, self.port) as server,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._answers, server, client, nursery.cancel_scope)
+            await self._requests(client, server)
+            nursery.cancel_scope.cancel()
 
     async def _answers(
         self, server: trio.SocketStream, client: trio.SocketStream, scope: trio.CancelScope

@@ -114,7 +114,7 @@ class Upload:
             query=[("partNumber", str(number)), ("uploadId", self._upload_id)],
             body=body,
         )
-        return response.headers.get("etag", "")
+        return str(response.headers.get("etag", ""))
 
     async def part(self, data: bytes) -> None:
         """Upload the next part (of the configured part size), held whole."""
