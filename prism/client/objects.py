@@ -3,11 +3,13 @@ put and read as streams of chunks, never whole in memory unless the caller asks 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import AsyncIterable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from prism._proto.prism.data.v1 import (
     DeleteObjectRequest,
@@ -33,7 +35,24 @@ __all__ = ["ObjectInfo", "ObjectPage", "ObjectReader", "Objects", "PutResult"]
 #: The size of the chunks ``put`` cuts ``bytes`` into (well under a message's 4 MiB default).
 DEFAULT_CHUNK = 1 << 20
 
-Data = bytes | Iterable[bytes] | AsyncIterable[bytes]
+Data = bytes | Iterable[bytes] | AsyncIterable[bytes] | IO[bytes]
+
+
+def _known_size(data: Data) -> int | None:
+    """The number of bytes ``data`` holds, when that is known before reading it: bytes, or a
+    regular file (from its position to its end). The plugin streams a put of known size part
+    by part to the backend instead of holding each part."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return memoryview(data).nbytes
+    fileno = getattr(data, "fileno", None)
+    if fileno is None or not callable(getattr(data, "tell", None)):
+        return None
+    try:
+        status = os.fstat(fileno())
+        position = data.tell()  # type: ignore[union-attr]
+    except (OSError, ValueError):  # not a real file (io.BytesIO), or closed
+        return None
+    return status.st_size - position if stat.S_ISREG(status.st_mode) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +207,15 @@ class Objects:
         size: int | None = None,
         chunk_size: int = DEFAULT_CHUNK,
     ) -> PutResult:
-        """Store ``data`` under ``key``: ``bytes`` (sent in ``chunk_size`` pieces), or an
-        iterable or async iterable of chunks, streamed as they come (memory stays bounded
-        by a chunk here and by a part in the plugin). ``size``, when given, is checked by the
-        plugin: another number of bytes stores nothing (``InvalidArgument``). The object
-        exists (replacing one of the same key) once this returns. An exception from ``data``
-        or a cancellation (the caller's cancel scope is the deadline: ``trio.fail_after``)
-        cancels the stream, and nothing is stored."""
+        """Store ``data`` under ``key``: ``bytes`` or a binary file (sent in ``chunk_size``
+        pieces), or an iterable or async iterable of chunks, streamed as they come (memory
+        stays bounded by a chunk here). ``size``, when given, is checked by the plugin: another
+        number of bytes stores nothing (``InvalidArgument``). It is filled in for bytes and for
+        a regular file (the bytes from its position on); give it for an iterable when it is
+        known: the plugin then streams the parts to the backend instead of holding each one.
+        The object exists (replacing one of the same key) once this returns. An exception from
+        ``data`` or a cancellation (the caller's cancel scope is the deadline:
+        ``trio.fail_after``) cancels the stream, and nothing is stored."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         request = PutObjectRequest(
@@ -202,7 +223,7 @@ class Objects:
             key=key,
             content_type=content_type,
             metadata=dict(metadata or {}),
-            size=size,
+            size=_known_size(data) if size is None else size,
         )
         stream = self.client._stream(self.namespace, "put_object", request, _put_result)
         async with stream:
@@ -210,6 +231,10 @@ class Objects:
                 view = memoryview(data)
                 for start in range(0, len(view), chunk_size):
                     await stream.send(bytes(view[start : start + chunk_size]))
+            elif callable(getattr(data, "read", None)):
+                reader: IO[bytes] = data  # type: ignore[assignment]
+                while chunk := reader.read(chunk_size):
+                    await stream.send(bytes(chunk))
             elif isinstance(data, AsyncIterable):
                 async for chunk in data:
                     await stream.send(bytes(chunk))

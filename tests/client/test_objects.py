@@ -117,3 +117,18 @@ async def test_objects_a_failing_source_stores_nothing(objects: pc.Objects) -> N
             await objects.head("never")
         with pytest.raises(pc.InvalidArgument, match="size"):
             await objects.put("never", b"abc", size=4)
+
+
+async def test_objects_put_from_a_file_sends_its_bytes_from_its_position(
+    objects: pc.Objects, tmp_path: Path
+) -> None:
+    # 9 MiB from position 100: more than one 8 MiB part, a multipart upload of known size
+    # (the client fills in the size from the file).
+    data = bytes(range(256)) * (9 * 4096 + 1)
+    path = tmp_path / "upload.bin"
+    path.write_bytes(data)
+    with path.open("rb") as file, trio.fail_after(120):
+        file.seek(100)
+        written = await objects.put("a/file", file)
+        assert (written.size, written.etag[-2:]) == (len(data) - 100, "-2")
+        assert await objects.read("a/file") == data[100:]

@@ -1,13 +1,16 @@
 """The objectstore plugin on a real SeaweedFS (the acceptance framework's fixture), through the
 SDK's harness: what the conformance suite does not cover — config and credential checks,
 multipart uploads part by part (and their abort), the size check, bucket rules, the mapping of
-S3's errors to statuses, and that credentials never reach an error."""
+S3's errors to statuses, that credentials never reach an error; that a put of known size
+streams its parts (holding a few chunks, not parts) and that bytes altered between the plugin
+and the server fail the put with DATA_LOSS (a corrupting proxy in front of SeaweedFS)."""
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "acceptance"))
 
 from backends import AccessKey, SeaweedServer, free_port
+from corrupting_proxy import CorruptingProxy
 from prism_plugin_objectstore import ObjectStorePlugin
 from prism_plugin_objectstore.plugin import MIN_PART_SIZE
 from prism_plugin_objectstore.s3 import error_for
@@ -30,6 +34,7 @@ from prism._proto.prism.data.v1 import (
     PutObjectResponse,
 )
 from prism.sdk import (
+    DataLoss,
     InvalidArgument,
     NotFound,
     OutOfRange,
@@ -41,6 +46,7 @@ from prism.sdk import (
 from prism.sdk.testing import PluginHarness
 
 PART = MIN_PART_SIZE
+MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +243,7 @@ async def test_objectstore_range_past_the_end_is_out_of_range(server: SeaweedSer
         (403, "InvalidAccessKeyId", Status.UNAUTHENTICATED),
         (416, "InvalidRange", Status.OUT_OF_RANGE),
         (400, "EntityTooSmall", Status.INVALID_ARGUMENT),
+        (400, "BadDigest", Status.DATA_LOSS),
         (409, "BucketAlreadyOwnedByYou", Status.ALREADY_EXISTS),
         (412, "PreconditionFailed", Status.FAILED_PRECONDITION),
         (503, "SlowDown", Status.UNAVAILABLE),
@@ -246,3 +253,102 @@ async def test_objectstore_range_past_the_end_is_out_of_range(server: SeaweedSer
 )
 def test_objectstore_s3_errors_map_to_statuses(status: int, code: str, expected: Status) -> None:
     assert error_for(status, code, "", "object 'k'").status == expected
+
+
+async def test_objectstore_put_of_unknown_size_is_buffered_part_by_part(
+    server: SeaweedServer,
+) -> None:
+    data = bytes(range(256)) * (2 * PART // 256) + b"end"
+    chunks = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
+    async with harness(server, part_size=PART) as h:
+        written = await put(h, "unknown-size", chunks)  # no size: parts gathered as they fill
+        assert (written.size, written.etag[-2:]) == (len(data), "-3")
+        _, body = await get(h, "unknown-size")
+    assert body == data
+
+
+@pytest.mark.parametrize(("sent", "message"), [(-1, "bytes came"), (1, "more bytes")])
+async def test_objectstore_streamed_put_of_another_size_stores_nothing(
+    server: SeaweedServer, sent: int, message: str
+) -> None:
+    size = 2 * PART + 100
+    data = b"z" * (size + sent)
+    chunks = [data[i : i + MIB] for i in range(0, len(data), MIB)]
+    async with harness(server, part_size=PART) as h:
+        with pytest.raises(InvalidArgument, match=message):
+            await put(h, f"streamed-{sent}", chunks, size=size)
+        with pytest.raises(NotFound):
+            await h.execute("head_object", HeadObjectRequest(key=f"streamed-{sent}"))
+    assert f"streamed-{sent}" not in uploads_in_progress(server)
+
+
+async def test_objectstore_streamed_put_holds_a_few_chunks_not_its_parts(
+    server: SeaweedServer,
+) -> None:
+    # Parts of 16 MiB, two at once: buffering them would hold 32 MiB and more (tracemalloc
+    # counts every bytes object the put makes, on the harness's side too).
+    part = 16 * MIB
+    chunk = b"q" * MIB
+    size = 4 * part + 5
+    chunks = [chunk] * (size // MIB) + [chunk[: size % MIB]]
+    async with harness(server, part_size=part) as h:
+        tracemalloc.start()
+        try:
+            written = await put(h, "bounded", chunks, size=size)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (written.size, written.etag[-2:]) == (size, "-5")
+        info = await h.execute("head_object", HeadObjectRequest(key="bounded"))
+    assert info.size == size  # type: ignore[union-attr]
+    assert peak < part // 2, f"a streamed put held {peak / MIB:.1f} MiB at its peak"
+
+
+@pytest.fixture
+async def corrupting(server: SeaweedServer) -> AsyncIterator[CorruptingProxy]:
+    proxy = CorruptingProxy("127.0.0.1", server.server.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        yield proxy
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("size", "known"),
+    [(2 * PART + 7, True), (2 * PART + 7, False), (1000, False), (1000, True)],
+    ids=["streamed-parts", "buffered-parts", "single-put", "single-put-known-size"],
+)
+async def test_objectstore_bytes_altered_on_the_way_are_data_loss_and_nothing_is_stored(
+    server: SeaweedServer, corrupting: CorruptingProxy, size: int, known: bool
+) -> None:
+    """Streamed parts: the ETag (the MD5 of what SeaweedFS stored) is not the MD5 of what was
+    sent. Buffered parts and single PUTs: SeaweedFS refuses the body its Content-MD5 does not
+    match (BadDigest)."""
+    key = f"altered-{size}-{known}"
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    chunks = [data[i : i + MIB] for i in range(0, len(data), MIB)]
+    async with harness(server, endpoint=corrupting.endpoint, part_size=PART) as h:
+        with pytest.raises(DataLoss, match="other bytes"):
+            await put(h, key, chunks, size=size if known else None)
+    assert corrupting.corrupted >= 1
+    async with harness(server) as direct:
+        with pytest.raises(NotFound):
+            await direct.execute("head_object", HeadObjectRequest(key=key))
+    assert key not in uploads_in_progress(server)
+
+
+async def test_objectstore_skip_etag_check_trusts_the_backend(
+    server: SeaweedServer, corrupting: CorruptingProxy
+) -> None:
+    """The check is what catches a streamed part altered on the way: without it, the altered
+    bytes are stored (what `skip_etag_check` trades for servers whose ETags are not MD5s)."""
+    size = 2 * PART + 7
+    data = b"s" * size
+    chunks = [data[i : i + MIB] for i in range(0, len(data), MIB)]
+    config = {"endpoint": corrupting.endpoint, "part_size": PART, "skip_etag_check": True}
+    async with harness(server, **config) as h:
+        written = await put(h, "unchecked", chunks, size=size)
+    assert written.size == size
+    stored = server.s3("GET", f"/{server.BUCKET}/unchecked").content
+    assert len(stored) == size
+    assert stored != data

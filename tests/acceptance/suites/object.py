@@ -1,6 +1,7 @@
 """object: put streamed in chunks, get streamed (whole, and byte ranges), head, list by prefix
 page by page, delete — with size, content type, ETag and user metadata. Round trips of the
 sizes where streams break (0, 1, a chunk less one, a chunk, a chunk and one, several parts),
+with the size announced (the plugin streams the parts) and without (it gathers them),
 checked in the backend itself where the target has an inspector; a put cancelled half-way
 stores nothing and leaves no multipart upload behind.
 
@@ -87,6 +88,36 @@ async def every_size_round_trips_byte_for_byte(ctx: Ctx) -> None:
         assert b"".join(chunks) == data, f"{size} bytes did not come back as they went"
         if ctx.inspector is not None:
             assert await backend_bytes(ctx, key) == data, f"the backend holds other bytes ({size})"
+
+
+@check("object")
+async def puts_of_announced_size_round_trip_byte_for_byte(ctx: Ctx) -> None:
+    # With its size given, a put of several parts streams them to the backend as they come;
+    # chunks that straddle parts (SEND does not divide PART + 1) must land in the right one.
+    for size, send in ((2 * PART + 1, SEND), (3 * PART - 3, 3 * SEND + 5), (PART, SEND)):
+        key = ctx.key(f"announced-{size}")
+        data = payload(size, key)
+        written = await put(ctx, key, data, send=send, size=size)
+        assert written.size == size
+        header, chunks = await get(ctx, key)
+        assert header.info.etag == written.etag
+        assert b"".join(chunks) == data, f"{size} bytes (size given) did not come back"
+        if ctx.inspector is not None:
+            assert await backend_bytes(ctx, key) == data, f"the backend holds other bytes ({size})"
+
+
+@check("object")
+async def a_multipart_put_of_another_size_than_announced_stores_nothing(ctx: Ctx) -> None:
+    inspector: Any = ctx.inspector
+    uploads = getattr(inspector, "uploads", None)
+    for sent in (2 * PART - 1, 2 * PART + 1):  # announced: 2 * PART
+        key = ctx.key(f"announced-multipart-{sent}")
+        with expect_status(Status.INVALID_ARGUMENT):
+            await put(ctx, key, payload(sent, key), size=2 * PART)
+        with expect_status(Status.NOT_FOUND):
+            await ctx.call("head_object", HeadObjectRequest(key=key))
+        if uploads is not None:
+            assert key not in await trio.to_thread.run_sync(uploads)
 
 
 @check("object")

@@ -1,7 +1,8 @@
 """objectstore: the object contract (``prism.data.v1`` object.proto) on an S3-compatible API.
 
 Requests go through ``s3.S3`` (httpx on Trio, SigV4 by botocore's signer). Puts and gets stream:
-a put holds at most one part (``part_size``) in memory, a get at most one chunk.
+a put of known size streams its parts as the bytes come (``upload.put_streamed``: a chunk or two
+per part in flight), one of unknown size holds a part (``part_size``), a get a chunk.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from prism.sdk import (
 from prism_plugin_objectstore import names
 from prism_plugin_objectstore._proto.prism.plugins.objectstore.v1 import ObjectStoreConfig
 from prism_plugin_objectstore.s3 import S3, children, object_path, parse_xml, text
-from prism_plugin_objectstore.upload import Upload
+from prism_plugin_objectstore.upload import Upload, put_streamed
 
 __all__ = ["ObjectStorePlugin"]
 
@@ -193,9 +194,11 @@ class ObjectStorePlugin(BackendPlugin):
         "put_object", params=PutObjectRequest, result=PutObjectResponse, inbound=bytes
     )
     async def put_object(self, params: PutObjectRequest, stream: OperationStream) -> None:
-        """Chunks are gathered into parts of ``part_size``; a stream no longer than one part is
-        one PUT, a longer one a multipart upload whose parts go up as they fill. Cancellation
-        or a failure aborts the upload (see ``upload.Upload``): nothing is stored."""
+        """A put whose ``size`` is given and larger than ``part_size`` is a multipart upload
+        whose parts stream to the backend as the chunks come (see ``upload.put_streamed``).
+        Otherwise chunks are gathered into parts of ``part_size``: a stream no longer than one
+        part is one PUT, a longer one a multipart upload whose parts go up as they fill.
+        Cancellation or a failure aborts the upload (see ``upload.Upload``): nothing is stored."""
         bucket, key, what = self._target(params.bucket, params.key)
         if params.size is not None and params.size < 0:
             raise InvalidArgument("size must not be negative")
@@ -203,27 +206,41 @@ class ObjectStorePlugin(BackendPlugin):
             "Content-Type": names.check_content_type(params.content_type),
             **names.check_metadata(params.metadata),
         }
-        async with Upload(self.s3, object_path(bucket, key), what, headers, self.logger) as upload:
-            total = 0
-            buffer = bytearray()
-            part_size = self.config.part_size
-            while (chunk := await stream.receive()) is not None:
-                assert isinstance(chunk, bytes)
-                total += len(chunk)
-                if params.size is not None and total > params.size:
-                    raise InvalidArgument(f"{what}: more bytes than the size given ({params.size})")
-                buffer += chunk
-                # A part goes up only once more bytes follow it: an object of exactly one part
-                # is a single PUT.
-                while len(buffer) > part_size:
-                    part = bytes(memoryview(buffer)[:part_size])
-                    del buffer[:part_size]
-                    await upload.part(part)
-            if params.size is not None and total != params.size:
-                raise InvalidArgument(
-                    f"{what}: {total} bytes came, the size given is {params.size}"
-                )
-            etag = await upload.finish(bytes(buffer))
+
+        async def receive() -> bytes | None:
+            chunk = await stream.receive()
+            assert chunk is None or isinstance(chunk, bytes)
+            return chunk
+
+        part_size = self.config.part_size
+        check = not self.config.skip_etag_check
+        path = object_path(bucket, key)
+        async with Upload(self.s3, path, what, headers, self.logger, check_etags=check) as upload:
+            if params.size is not None and params.size > part_size:
+                await put_streamed(upload, receive, params.size, part_size, what)
+                total = params.size
+                etag = await upload.finish(b"")
+            else:
+                total = 0
+                buffer = bytearray()
+                while (chunk := await receive()) is not None:
+                    total += len(chunk)
+                    if params.size is not None and total > params.size:
+                        raise InvalidArgument(
+                            f"{what}: more bytes than the size given ({params.size})"
+                        )
+                    buffer += chunk
+                    # A part goes up only once more bytes follow it: an object of exactly one
+                    # part is a single PUT.
+                    while len(buffer) > part_size:
+                        part = bytes(memoryview(buffer)[:part_size])
+                        del buffer[:part_size]
+                        await upload.part(part)
+                if params.size is not None and total != params.size:
+                    raise InvalidArgument(
+                        f"{what}: {total} bytes came, the size given is {params.size}"
+                    )
+                etag = await upload.finish(bytes(buffer))
         await stream.send(PutObjectResponse(size=total, etag=etag))
 
     @stream_operation("get_object", params=GetObjectRequest, result=bytes)

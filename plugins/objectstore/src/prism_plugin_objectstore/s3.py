@@ -1,15 +1,19 @@
 """The S3 API over httpx (on Trio), each request signed with botocore's SigV4 signer.
 
 Path-style addressing (``<endpoint>/<bucket>/<key>``), which every S3-compatible server serves.
-Bodies are ``bytes`` the caller holds (at most one part); responses are read whole only when
-they are small (XML listings, errors), and streamed otherwise (:meth:`S3.open`).
+A body is either ``bytes`` the caller holds (at most one part), signed with its SHA-256 and sent
+with its ``Content-MD5`` (which the server checks: SeaweedFS ignores ``x-amz-content-sha256``),
+or :class:`Streamed`, bytes that come while they are sent, signed ``UNSIGNED-PAYLOAD``, whose
+integrity the caller checks (upload.py: the part's MD5 against its ETag). Responses are read
+whole only when they are small (XML listings, errors), and streamed otherwise (:meth:`S3.open`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +21,13 @@ from urllib.parse import quote
 
 import httpx
 import trio
-from botocore.auth import S3SigV4Auth
+from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from prism.sdk import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     GrpcError,
     InvalidArgument,
@@ -34,10 +39,10 @@ from prism.sdk import (
     Unknown,
 )
 
-__all__ = ["S3", "Answer", "error_for", "text"]
+__all__ = ["S3", "Answer", "Streamed", "error_for", "text"]
 
-#: Bodies at least this large are hashed (SigV4's payload hash) in a worker thread: hashlib
-#: releases the GIL, and the event loop keeps serving other streams meanwhile.
+#: Bodies at least this large are hashed (SigV4's payload hash, Content-MD5) in a worker
+#: thread: hashlib releases the GIL, and the event loop keeps serving other streams meanwhile.
 THREADED_HASH = 1 << 20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Error bodies and listings read whole: more than this is not an S3 answer.
@@ -66,7 +71,6 @@ _INVALID = {
     "InvalidPartOrder",
     "MalformedXML",
     "InvalidDigest",
-    "BadDigest",
     "IncompleteBody",
     "InvalidRequest",
 }
@@ -80,6 +84,15 @@ class Answer:
     status: int
     headers: httpx.Headers
     content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A body of ``length`` bytes that ``chunks`` yields while it is sent (never held whole).
+    It is signed ``UNSIGNED-PAYLOAD``: its SHA-256 would need every byte before the request."""
+
+    length: int
+    chunks: AsyncIterable[bytes]
 
 
 class _Signer(S3SigV4Auth):
@@ -108,6 +121,8 @@ def error_for(status: int, code: str, message: str, what: str) -> GrpcError:
         return OutOfRange(detail)
     if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
         return AlreadyExists(detail)
+    if code == "BadDigest":  # the bytes the server got are not those whose MD5 was sent
+        return DataLoss(f"{what}: the backend received other bytes than were sent ({code})")
     if code == "PreconditionFailed" or status == 412:
         return FailedPrecondition(detail)
     if code in _INVALID or status == 400:
@@ -177,28 +192,34 @@ class S3:
         path: str,
         query: Sequence[tuple[str, str]],
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | Streamed,
     ) -> httpx.Request:
         url = self.endpoint + path + (f"?{_query(query)}" if query else "")
         headers = dict(headers)
-        if body:
+        content: AsyncIterable[bytes] | None = None
+        if isinstance(body, Streamed):
+            headers["Content-Length"] = str(body.length)
+            digest = UNSIGNED_PAYLOAD
+            content = body.chunks
+        elif body:
             headers["Content-Length"] = str(len(body))
-        if self._signer is not None:
-            if not body:
-                digest = EMPTY_SHA256
-            elif len(body) >= THREADED_HASH:
-                digest = await trio.to_thread.run_sync(_sha256, body)
+            if len(body) >= THREADED_HASH:
+                digest, md5 = await trio.to_thread.run_sync(_digests, body)
             else:
-                digest = _sha256(body)
+                digest, md5 = _digests(body)
+            headers["Content-MD5"] = md5
+            # The body goes as a one-shot async iterable (with its Content-Length, so not
+            # chunked): an httpx Request holding the bytes themselves keeps them alive as long
+            # as its Response, which sits in a reference cycle until a full garbage collection
+            # — a part per request, piling up in a long put.
+            content = _once(body)
+        else:
+            digest = EMPTY_SHA256
+        if self._signer is not None:
             signed = AWSRequest(method=method, url=url, headers=headers)
             signed.context["prism_payload_sha256"] = digest
             self._signer.add_auth(signed)
             headers = dict(signed.headers.items())
-        # The body goes as a one-shot async iterable (with its Content-Length, so not chunked):
-        # an httpx Request holding the bytes themselves keeps them alive as long as its
-        # Response, which sits in a reference cycle until a full garbage collection — a part
-        # per request, piling up in a long put.
-        content = _once(body) if body else None
         return self.http.build_request(method, url, headers=headers, content=content)
 
     async def call(
@@ -209,9 +230,10 @@ class S3:
         *,
         query: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | Streamed = b"",
     ) -> Answer:
         """One request whose answer is small (read whole); a non-2xx answer raises its status.
+        A :class:`Streamed` body is pulled from its iterator as the socket takes it.
         Cancellation abandons the request (its connection is closed, not reused)."""
         request = await self._request(method, path, query, headers or {}, body)
         try:
@@ -259,8 +281,10 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-def _sha256(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+def _digests(body: bytes) -> tuple[str, str]:
+    """SigV4's payload hash and the Content-MD5 header of ``body``."""
+    md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+    return hashlib.sha256(body).hexdigest(), md5
 
 
 async def _read_small(response: httpx.Response, what: str) -> bytes:

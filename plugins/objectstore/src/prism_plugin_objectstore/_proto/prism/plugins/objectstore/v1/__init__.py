@@ -47,8 +47,9 @@ class ObjectStoreConfig(betterproto2.Message):
     part_size: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
     """
     An object of up to this many bytes is stored with one PUT; a larger one with a multipart
-    upload of parts this size (the last one smaller). The plugin holds at most one part per put
-    stream in memory. 0 = 8 MiB; at least 5 MiB (S3's smallest part), at most 512 MiB.
+    upload of parts this size (the last one smaller). A put whose size is given streams its parts
+    as the bytes come (two at once, a chunk or two of each in memory); one without holds a part
+    at a time in memory. 0 = 8 MiB; at least 5 MiB (S3's smallest part), at most 512 MiB.
     """
 
     chunk_size: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
@@ -72,6 +73,14 @@ class ObjectStoreConfig(betterproto2.Message):
     """
     The PEM file of the CA that signed an https endpoint's certificate (a relative path is
     relative to the proxy's config file); "" = the system's roots.
+    """
+
+    skip_etag_check: "bool" = betterproto2.field(11, betterproto2.TYPE_BOOL)
+    """
+    Streamed parts (a put whose size is given) are signed UNSIGNED-PAYLOAD, and checked by
+    comparing the MD5 of the bytes sent with the part's ETag: another ETag fails the put with
+    DATA_LOSS. Set this for a server whose part ETags are not MD5s (S3 with SSE-KMS or SSE-C
+    encryption); those parts are then not checked end to end (TLS still protects them on the way).
     """
 
 
