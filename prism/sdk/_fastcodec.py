@@ -216,7 +216,7 @@ def _get_many_request_checked(data: bytes) -> GetManyRequest | None:
     if type(data) is not bytes or not data.isascii():
         return None
     text = data.decode("ascii")
-    keys = []
+    keys: list[str] = []
     append = keys.append
     pos, end = 0, len(data)
     while pos < end:
