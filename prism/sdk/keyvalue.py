@@ -173,8 +173,13 @@ def _list_check(plugin: str, limits: KeyValueLimits, params: ListKeysRequest) ->
 
 
 def _get_many_check(plugin: str, limits: KeyValueLimits, params: GetManyRequest) -> None:
-    limits.check_batch(len(params.keys), "keys")
-    for index, key in enumerate(params.keys):
+    keys = params.keys
+    limits.check_batch(len(keys), "keys")
+    # Every key non-empty and short enough that its length decides (``check_text``): two C
+    # loops instead of a call and a formatted name per key (~30 → ~3 µs for 100 keys).
+    if keys and all(keys) and max(map(len, keys)) * 4 <= limits.max_key_bytes:
+        return
+    for index, key in enumerate(keys):
         limits.check_key(key, f"keys[{index}]")
 
 

@@ -71,6 +71,9 @@ def unpack(any_message: Any | None, cls: type[M]) -> M:
         raise InvalidArgument(f"expected {expected}, got nothing")
     if type_name(any_message.type_url) != expected:
         raise InvalidArgument(f"expected {expected}, got {any_message.type_url}")
+    fused = _fastcodec.decode_checked(cls, any_message.value)
+    if fused is not None:
+        return fused  # type: ignore[no-any-return]
     try:
         checked = protocheck.check(cls, any_message.value)
     except protocheck.MalformedMessage as exc:

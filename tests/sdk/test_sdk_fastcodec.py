@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prism import protowire
-from prism._proto.google.protobuf import NullValue
+from prism._proto.google.protobuf import Any, NullValue
 from prism._proto.prism.data.v1 import (
     Array,
     DeleteRequest,
@@ -32,6 +32,7 @@ from prism._proto.prism.data.v1 import (
     Value,
 )
 from prism.grpc import protocheck
+from prism.grpc.wire.status import InvalidArgument
 from prism.sdk import _fastcodec
 from prism.sdk.typed import pack, unpack
 
@@ -61,6 +62,42 @@ def test_fastcodec_get_many_request_decodes_as_betterproto2(keys: list[str]) -> 
     data = bytes(GetManyRequest(keys=keys))
     assert _fastcodec.decode(GetManyRequest, data) == GetManyRequest.parse(data)
     assert list(unpack(pack(GetManyRequest(keys=keys)), GetManyRequest).keys) == keys
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=64),
+        st.lists(st.text(max_size=140), max_size=12).map(lambda k: bytes(GetManyRequest(keys=k))),
+        st.tuples(
+            st.lists(st.text(st.characters(max_codepoint=127), max_size=20), max_size=8),
+            st.binary(max_size=4),
+            st.integers(min_value=0, max_value=200),
+        ).map(lambda t: (bytes(GetManyRequest(keys=t[0])) + t[1])[: t[2]]),
+    )
+)
+def test_fastcodec_checked_get_many_request_accepts_only_what_protocheck_accepts(
+    data: bytes,
+) -> None:
+    decoded = _fastcodec.decode_checked(GetManyRequest, data)
+    if decoded is None:
+        return  # protocheck and the plain decoder decide, as before
+    assert protocheck.check(GetManyRequest, data) is data
+    assert decoded == GetManyRequest.parse(data)
+
+
+def test_fastcodec_checked_get_many_request_leaves_the_unusual_to_protocheck() -> None:
+    plain = bytes(GetManyRequest(keys=["a", "bc"]))
+    assert _fastcodec.decode_checked(GetManyRequest, plain) == GetManyRequest(keys=["a", "bc"])
+    for unusual in (
+        plain[:-1],  # truncated: the last key runs past the end
+        plain + b"\x0a",  # a tag without its length
+        plain + b"\x10\x01",  # an unknown varint field
+        bytes(GetManyRequest(keys=["é"])),  # not ASCII
+        bytes(GetManyRequest(keys=["k" * 200])),  # a two-byte length
+    ):
+        assert _fastcodec.decode_checked(GetManyRequest, unusual) is None
+    with pytest.raises(InvalidArgument, match="malformed"):
+        unpack(Any(type_url=pack(GetManyRequest()).type_url, value=plain[:-1]), GetManyRequest)
 
 
 def test_fastcodec_unusual_bytes_and_other_messages_are_betterproto2s() -> None:

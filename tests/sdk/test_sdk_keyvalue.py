@@ -162,6 +162,18 @@ REFUSED = [
     ("list_keys", ListKeysRequest(limit=-1), InvalidArgument, "limit must not be negative"),
     ("get_many", GetManyRequest(keys=["a", ""]), InvalidArgument, r"keys\[1\] must not be empty"),
     (
+        "get_many",
+        GetManyRequest(keys=["a", "b", "k" * (DEFAULT_MAX_KEY_BYTES + 1)]),
+        InvalidArgument,
+        r"keys\[2\] is longer than the limit",
+    ),
+    (
+        "get_many",
+        GetManyRequest(keys=["a" * 300, "é" * (DEFAULT_MAX_KEY_BYTES // 2 + 1)]),
+        InvalidArgument,
+        r"keys\[1\] is longer",
+    ),
+    (
         "set_many",
         SetManyRequest(items=[SetRequest(key="a"), SetRequest(key="b", if_absent=True)]),
         Unimplemented,
@@ -192,6 +204,7 @@ async def test_keyvalue_bad_requests_never_reach_the_handler(
 ACCEPTED = [
     ("get", GetRequest(key="k" * DEFAULT_MAX_KEY_BYTES)),
     ("get", GetRequest(key="é" * (DEFAULT_MAX_KEY_BYTES // 2))),
+    ("get_many", GetManyRequest(keys=["a", "k" * DEFAULT_MAX_KEY_BYTES, "é" * 512])),
     ("set", SetRequest(key="k", value=b"v" * DEFAULT_MAX_VALUE_BYTES, if_match="e")),
     ("set", SetRequest(key="k", if_absent=True)),
     ("expire", ExpireRequest(key="k", persist=True)),
